@@ -1,0 +1,45 @@
+"""RL agents that train a TextGen-v0 policy, and a registry so swapping algorithms is one name.
+
+    agent = make_agent("reinforce", env, learning_rate=1e-4)
+    agent.learn(total_timesteps=20_000)
+"""
+
+from __future__ import annotations
+
+import inspect
+from typing import Any
+
+from textenv.agents.base import SCALARS, Agent
+from textenv.agents.reinforce import Reinforce
+
+AGENTS: dict[str, type[Agent]] = {}
+
+
+def register_agent(cls: type[Agent]) -> type[Agent]:
+    """Add an :class:`Agent` subclass under its ``name`` (usable as a class decorator)."""
+    if not cls.name:
+        raise ValueError(f"{cls.__name__} needs a non-empty class attribute `name` to be registered")
+    AGENTS[cls.name] = cls
+    return cls
+
+
+def agent_class(name: str) -> type[Agent]:
+    """The registered class for ``name``; a clear error lists the valid names."""
+    if name not in AGENTS:
+        raise ValueError(f"agent {name!r} is not registered; choose one of {sorted(AGENTS)}")
+    return AGENTS[name]
+
+
+def make_agent(name: str, env: Any, **hyperparameters: Any) -> Agent:
+    """Build agent ``name`` on ``env``; an unknown hyper-parameter is rejected with the valid ones."""
+    cls = agent_class(name)
+    accepted = [p for p in inspect.signature(cls.__init__).parameters if p not in ("self", "env")]
+    unknown = sorted(set(hyperparameters) - set(accepted))
+    if unknown:
+        raise ValueError(f"unknown hyper-parameter(s) {unknown} for agent {name!r}; it accepts {accepted}")
+    return cls(env, **hyperparameters)
+
+
+register_agent(Reinforce)
+
+__all__ = ["AGENTS", "SCALARS", "Agent", "Reinforce", "agent_class", "make_agent", "register_agent"]

@@ -1,0 +1,133 @@
+"""REINFORCE (Williams 1992) with a baseline, on TextGen-v0.
+
+``shared/rlhf-notes.md``, "REINFORCE":
+    ∇_θ J ≈ (1/N) Σ_i (R(x^i, y^i) − b^i) · ∇_θ log π_θ(y^i|x^i),   log π_θ(y|x) = Σ_t log π_θ(y_t|x, y_<t)
+R is the env's episode return (RM score − β·KL, the KL-penalised reward of InstructGPT eq. 2). The
+baseline b leaves the gradient unbiased and cuts its variance:
+    "running": an exponential moving average of past returns;
+    "batch":   the mean return of the current batch;
+    "loo":     leave-one-out mean over the K samples of the same prompt (needs the env's group_size K ≥ 2).
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+import numpy as np
+import torch
+
+from textenv.agents.base import Agent
+from textenv.rollout import collect_rollout, completion_logits, entropy, masked_mean, token_logprobs
+from textenv.vector_env import TextGenVectorEnv
+
+BASELINES = ("running", "batch", "loo", "none")
+
+
+class Reinforce(Agent):
+    """Monte-Carlo policy gradient on whole completions.
+
+    Args:
+        env: a ``TextGenVectorEnv`` with ``autoreset_mode="disabled"``; one rollout = ``env.num_envs`` episodes.
+        learning_rate: Adam α.
+        baseline: one of ``"running"``, ``"batch"``, ``"loo"``, ``"none"``.
+        baseline_decay: EMA decay of the running baseline, in [0, 1).
+        normalize_advantages: divide R − b by the batch standard deviation.
+        max_grad_norm: gradient-norm clip (``None``: no clipping).
+        temperature: sampling temperature; must be 1 to stay on-policy (kept for evaluation ablations).
+    """
+
+    name = "reinforce"
+
+    def __init__(
+        self,
+        env: TextGenVectorEnv,
+        learning_rate: float = 1e-4,
+        baseline: str = "running",
+        baseline_decay: float = 0.9,
+        normalize_advantages: bool = True,
+        max_grad_norm: float | None = 1.0,
+        seed: int | None = 0,
+        tensorboard_log: str | None = None,
+        verbose: int = 0,
+    ) -> None:
+        super().__init__(env, learning_rate=learning_rate, seed=seed, tensorboard_log=tensorboard_log, verbose=verbose)
+        if baseline not in BASELINES:
+            raise ValueError(f"baseline={baseline!r} is not one of {BASELINES}")
+        if baseline == "loo" and env.group_size < 2:
+            raise ValueError("baseline='loo' needs K ≥ 2 samples per prompt: build the env with group_size >= 2")
+        if not 0 <= baseline_decay < 1:
+            raise ValueError(f"baseline_decay={baseline_decay} must be in [0, 1)")
+        if max_grad_norm is not None and max_grad_norm <= 0:
+            raise ValueError(f"max_grad_norm={max_grad_norm} must be > 0 or None")
+        self.baseline = baseline
+        self.baseline_decay = baseline_decay
+        self.normalize_advantages = normalize_advantages
+        self.max_grad_norm = max_grad_norm
+        self.running_baseline: float | None = None
+        self.optimizer = torch.optim.Adam(self.policy.parameters(), lr=learning_rate)
+
+    def hyperparameters(self) -> dict[str, Any]:
+        return {
+            **super().hyperparameters(),
+            "baseline": self.baseline,
+            "baseline_decay": self.baseline_decay,
+            "normalize_advantages": self.normalize_advantages,
+            "max_grad_norm": self.max_grad_norm,
+        }
+
+    def optimizers(self) -> dict[str, torch.optim.Optimizer]:
+        return {"policy": self.optimizer}
+
+    def _extra_state(self) -> dict[str, Any]:
+        return {"running_baseline": self.running_baseline}
+
+    def _load_extra_state(self, state: dict[str, Any]) -> None:
+        self.running_baseline = state.get("running_baseline")
+
+    def compute_baseline(self, returns: np.ndarray) -> np.ndarray:
+        """b^i for every episode, shape ``(B,)`` (uses returns from before this batch for "running")."""
+        if self.baseline == "none":
+            return np.zeros_like(returns)
+        if self.baseline == "batch":
+            return np.full_like(returns, returns.mean())
+        if self.baseline == "loo":
+            k = self.env.group_size
+            groups = returns.reshape(-1, k)
+            return ((groups.sum(axis=1, keepdims=True) - groups) / (k - 1)).reshape(-1)
+        previous = returns.mean() if self.running_baseline is None else self.running_baseline
+        self.running_baseline = self.baseline_decay * previous + (1 - self.baseline_decay) * float(returns.mean())
+        return np.full_like(returns, previous)
+
+    def train_iteration(self) -> dict[str, float]:
+        rollout = collect_rollout(self.env, self.generator)
+        advantages = rollout.returns - self.compute_baseline(rollout.returns)
+        if self.normalize_advantages and len(advantages) > 1:
+            advantages = advantages / (advantages.std() + 1e-8)
+        advantages_t = torch.as_tensor(advantages, dtype=torch.float32, device=self.env.device)
+
+        self.policy.train()
+        logits = completion_logits(self.policy, rollout)
+        logprobs = token_logprobs(logits, rollout.actions) * rollout.action_mask  # (B, T)
+        sequence_logprob = logprobs.sum(dim=1)  # log π_θ(y|x)
+        loss = -(advantages_t * sequence_logprob).mean()  # −(1/N) Σ_i (R_i − b_i) log π_θ(y^i|x^i)
+        self.optimizer.zero_grad(set_to_none=True)
+        loss.backward()
+        if self.max_grad_norm is not None:
+            torch.nn.utils.clip_grad_norm_(self.policy.parameters(), self.max_grad_norm)
+        self.optimizer.step()
+        self.policy.eval()
+
+        if self.iterations % 10 == 0:
+            self.log_samples(rollout.prompts, rollout.texts)
+        with torch.no_grad():
+            mean_entropy = masked_mean(entropy(logits.detach()), rollout.action_mask)
+        return {
+            "num_tokens": rollout.num_tokens,
+            "rollout/reward": float(rollout.returns.mean()),
+            "rollout/rm_score": float(rollout.rm_score.mean()),
+            "rollout/kl": float(rollout.episode_kl.mean()),
+            "rollout/kl_coef": rollout.kl_coef,
+            "rollout/length": float(rollout.action_mask.sum(dim=1).mean()),
+            "train/loss": float(loss.detach()),
+            "train/entropy": float(mean_entropy),
+        }

@@ -1,0 +1,85 @@
+"""TextGen-v0 as a single Gymnasium ``Env``: one row of :class:`~textenv.vector_env.TextGenVectorEnv`.
+
+The batched env is the implementation (and the fast path); this class unbatches it so that
+``gym.make("TextGen-v0")``, ``check_env`` and any single-env algorithm work unchanged.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+import gymnasium as gym
+import numpy as np
+import torch
+
+from textenv.vector_env import TextGenVectorEnv
+
+
+class TextGenEnv(gym.Env):
+    """Generate one completion token by token; see :class:`TextGenVectorEnv` for every argument.
+
+    Observation: ``{"input_ids": int64 (W,), "attention_mask": int64 (W,)}``, left-padded.
+    Action: a token id in ``Discrete(vocab_size)``. Reward: 0 until the last step, then
+    r_φ(x, y) − β·KL (or the dense per-token form). ``info`` on the last step carries ``text``,
+    ``prompt``, ``rm_score``, ``episode_kl`` and ``kl_coef``.
+    """
+
+    metadata = {"render_modes": ["ansi"], "render_fps": 4}
+
+    def __init__(self, render_mode: str | None = None, **kwargs: Any) -> None:
+        if kwargs.get("group_size", 1) != 1:
+            raise ValueError("group_size applies to the vector env (gym.make_vec); the single env has one row")
+        kwargs.pop("autoreset_mode", None)
+        self.vector_env = TextGenVectorEnv(num_envs=1, autoreset_mode="disabled", render_mode=render_mode, **kwargs)
+        self.render_mode = render_mode
+        self.observation_space = self.vector_env.single_observation_space
+        self.action_space = self.vector_env.single_action_space
+        self._done = True
+
+    @property
+    def policy(self) -> torch.nn.Module:
+        """The trainable policy model π_θ."""
+        return self.vector_env.policy
+
+    @property
+    def tokenizer(self):
+        return self.vector_env.tokenizer
+
+    def reset(
+        self, *, seed: int | None = None, options: dict[str, Any] | None = None
+    ) -> tuple[dict[str, np.ndarray], dict[str, Any]]:
+        """Draw a prompt (``options={"prompt": str}`` forces one) and return the first observation."""
+        super().reset(seed=seed)
+        options = dict(options or {})
+        if "prompt" in options:
+            options["prompts"] = [options.pop("prompt")]
+        if seed is not None:
+            self.vector_env.reset(seed=seed, options=options)
+        else:
+            self.vector_env.reset(options=options)
+        self._done = False
+        obs = self.vector_env._observation()
+        return _row(obs), {"prompt": self.vector_env._row_prompts[0]}
+
+    def step(self, action: Any) -> tuple[dict[str, np.ndarray], float, bool, bool, dict[str, Any]]:
+        if self._done:
+            raise RuntimeError("the episode has ended: call reset() before step()")
+        if isinstance(action, (bool, np.bool_)) or not isinstance(action, (int, np.integer)) and not (
+            isinstance(action, np.ndarray) and action.shape == () and action.dtype.kind in "iu"
+        ):
+            raise TypeError(f"action must be an int token id in [0, {self.action_space.n}), got {action!r}")
+        obs, rewards, terminated, truncated, info = self.vector_env.step(np.array([int(action)]))
+        self._done = bool(terminated[0] or truncated[0])
+        row_info = {k: v[0] for k, v in info.items() if not k.startswith("_") and info.get(f"_{k}", [True])[0]}
+        return _row(obs), float(rewards[0]), bool(terminated[0]), bool(truncated[0]), row_info
+
+    def render(self) -> str | None:
+        return self.vector_env.render()
+
+    def next_token_logits(self) -> torch.Tensor:
+        """π_θ's next-token logits for the current state, shape ``(V,)``, no grad."""
+        return self.vector_env.next_token_logits()[0]
+
+
+def _row(obs: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
+    return {key: value[0] for key, value in obs.items()}

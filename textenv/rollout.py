@@ -1,0 +1,140 @@
+"""Collect one batch of synchronised episodes from a TextGen vector env, and score them again with grad.
+
+Every on-policy agent does the same two things: (1) play B episodes to the end, sampling each action
+from the logits the env already computed (no second policy forward), and (2) in the update, run **one
+forward per episode** over prompt + completion to get log π_θ(y_t|s_t) with gradients.
+"""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Sequence
+from dataclasses import dataclass
+
+import numpy as np
+import torch
+from transformers import PreTrainedModel
+
+from textenv.vector_env import TextGenVectorEnv
+
+
+@dataclass
+class Rollout:
+    """B finished episodes. T = longest completion in the batch; P = prompt width (left-padded).
+
+    input_ids, attention_mask: ``(B, P + T)`` prompt + completion, as the engine laid them out.
+    action_mask: ``(B, T)`` float, 1 where step t was taken (the action ``input_ids[:, P + t]``).
+    logprobs: ``(B, T)`` log π_θ(a_t|s_t) at sampling time (nats, no grad).
+    kl: ``(B, T)`` per-token KL estimate paid by the env; rewards: ``(B, T)`` env rewards per step.
+    rm_score, episode_kl, returns: ``(B,)``: reward-model score, Σ_t KL_t, Σ_t rewards.
+    """
+
+    input_ids: torch.Tensor
+    attention_mask: torch.Tensor
+    prompt_width: int
+    action_mask: torch.Tensor
+    logprobs: torch.Tensor
+    kl: torch.Tensor
+    rewards: torch.Tensor
+    rm_score: np.ndarray
+    episode_kl: np.ndarray
+    returns: np.ndarray
+    kl_coef: float
+    prompts: list[str]
+    texts: list[str]
+    seconds: float
+
+    @property
+    def num_tokens(self) -> int:
+        """Actions taken in this rollout (env steps summed over rows)."""
+        return int(self.action_mask.sum())
+
+    @property
+    def actions(self) -> torch.Tensor:
+        """``(B, T)`` sampled token ids (padding where ``action_mask`` is 0)."""
+        return self.input_ids[:, self.prompt_width :]
+
+
+def sample_actions(logits: torch.Tensor, generator: torch.Generator | None, temperature: float = 1.0) -> torch.Tensor:
+    """Sample one token per row from ``(B, V)`` logits; ``temperature=0`` is greedy."""
+    if temperature == 0:
+        return logits.argmax(dim=-1)
+    probs = torch.softmax(logits / temperature, dim=-1)
+    return torch.multinomial(probs, 1, generator=generator).squeeze(1)
+
+
+@torch.no_grad()
+def collect_rollout(
+    env: TextGenVectorEnv,
+    generator: torch.Generator | None = None,
+    prompts: Sequence[str] | None = None,
+    temperature: float = 1.0,
+) -> Rollout:
+    """Reset ``env`` (``autoreset_mode="disabled"``) and play every row to EOS or the length limit."""
+    if env.autoreset_mode != "disabled":
+        raise ValueError("collect_rollout needs a TextGenVectorEnv built with autoreset_mode='disabled'")
+    start = time.perf_counter()
+    _, reset_info = env.reset(options=None if prompts is None else {"prompts": list(prompts)})
+    prompt_width = env.engine.input_ids.shape[1]
+    B = env.num_envs
+    logprobs, kls, rewards, masks = [], [], [], []
+    rm_score, episode_kl, texts = np.zeros(B), np.zeros(B), [""] * B
+    kl_coef = env.kl_coef
+    while not env.finished.all():
+        active = torch.from_numpy(~env.finished).float()
+        actions = sample_actions(env.next_token_logits(), generator, temperature)
+        _, reward, _, _, info = env.step(actions)
+        masks.append(active)
+        logprobs.append(torch.from_numpy(info["logprob"]))
+        kls.append(torch.from_numpy(info["kl"]))
+        rewards.append(torch.from_numpy(reward))
+        if "rm_score" in info:
+            done = info["_rm_score"]
+            rm_score[done] = info["rm_score"][done]
+            episode_kl[done] = info["episode_kl"][done]
+            for row in np.flatnonzero(done):
+                texts[row] = info["text"][row]
+    rewards_t = torch.stack(rewards, dim=1).float()
+    return Rollout(
+        input_ids=env.engine.input_ids.clone(),
+        attention_mask=env.engine.attention_mask.clone(),
+        prompt_width=prompt_width,
+        action_mask=torch.stack(masks, dim=1).to(env.device),
+        logprobs=torch.stack(logprobs, dim=1).to(env.device),
+        kl=torch.stack(kls, dim=1).to(env.device),
+        rewards=rewards_t.to(env.device),
+        rm_score=rm_score,
+        episode_kl=episode_kl,
+        returns=rewards_t.sum(dim=1).numpy().astype(np.float64),
+        kl_coef=kl_coef,
+        prompts=list(reset_info["prompt"]),
+        texts=texts,
+        seconds=time.perf_counter() - start,
+    )
+
+
+def completion_logits(model: PreTrainedModel, rollout: Rollout) -> torch.Tensor:
+    """One forward over prompt + completion; logits predicting each action, ``(B, T, V)``.
+
+    Position ids count unmasked tokens only, exactly as the env's cached forward did, so
+    ``token_logprobs(completion_logits(...))`` equals ``rollout.logprobs`` up to float error.
+    """
+    positions = (rollout.attention_mask.cumsum(dim=1) - 1).clamp(min=0)
+    out = model(input_ids=rollout.input_ids, attention_mask=rollout.attention_mask, position_ids=positions)
+    return out.logits[:, rollout.prompt_width - 1 : -1].float()
+
+
+def token_logprobs(logits: torch.Tensor, actions: torch.Tensor) -> torch.Tensor:
+    """log softmax(logits)[action]: ``(B, T, V), (B, T) -> (B, T)``."""
+    return logits.log_softmax(dim=-1).gather(2, actions[..., None]).squeeze(-1)
+
+
+def entropy(logits: torch.Tensor) -> torch.Tensor:
+    """Entropy of each next-token distribution, ``(B, T, V) -> (B, T)`` nats."""
+    logp = logits.log_softmax(dim=-1)
+    return -(logp.exp() * logp).sum(dim=-1)
+
+
+def masked_mean(values: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
+    """Mean of ``values`` where ``mask`` is 1."""
+    return (values * mask).sum() / mask.sum().clamp(min=1)

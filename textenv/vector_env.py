@@ -1,0 +1,377 @@
+"""TextGen-v0 as a native batched Gymnasium ``VectorEnv`` (the fast path).
+
+Each of the ``num_envs`` sub-environments is one row of a :class:`~textenv.engine.GenerationEngine`:
+
+* state s_t = prompt + tokens generated so far; observation = that sequence as token ids + mask;
+* action a_t = one token id, ``Discrete(vocab_size)``;
+* the episode terminates when the action is EOS and truncates after ``max_new_tokens`` actions;
+* reward (``kl_penalty="terminal"``, InstructGPT eq. 2) on the last step:
+  R = r_φ(x, y) − β · Σ_t KL_t, and 0 before it; with ``kl_penalty="dense"`` every step pays
+  r_t = −β · KL_t and the last step adds r_φ(x, y). KL_t is the ``kl_estimator`` at the sampled token.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from typing import Any
+
+import gymnasium as gym
+import numpy as np
+import torch
+from gymnasium import spaces
+from gymnasium.vector import AutoresetMode, VectorEnv
+from transformers import PreTrainedModel, PreTrainedTokenizerBase
+
+from textenv.engine import GenerationEngine
+from textenv.kl import KL_ESTIMATORS, kl_per_token, make_kl_controller
+from textenv.models import DEFAULT_MODEL, frozen_copy, load_causal_lm, load_tokenizer, resolve_device
+from textenv.prompts import PromptSource, load_prompts
+from textenv.reward_models import RewardModel, checked_scores, make_reward_model
+
+KL_PENALTIES = ("terminal", "dense")
+AUTORESET_MODES = {"next_step": AutoresetMode.NEXT_STEP, "disabled": AutoresetMode.DISABLED}
+
+
+def disable_dropout(model: torch.nn.Module) -> None:
+    """Set every dropout probability to 0 so rollout and update log-probs agree (as TRL does)."""
+    for module in model.modules():
+        if isinstance(module, torch.nn.Dropout):
+            module.p = 0.0
+
+
+class TextGenVectorEnv(VectorEnv):
+    """B token-generation episodes advanced together, one cached forward per model per step.
+
+    Args:
+        num_envs: batch size B (rows).
+        model: policy name or path for ``from_pretrained`` (default: the embedded tiny GPT-2), or a loaded
+            ``PreTrainedModel`` that agents train. The env never updates its weights.
+        tokenizer: name/path or tokenizer object; defaults to ``model``'s.
+        reward_model: a registered name (``"vader"``), a :class:`RewardModel`, or ``fn(prompts, completions)``.
+        prompts: ``"builtin"``, a list of strings, a ``.txt``/``.jsonl`` path, or a ``datasets.Dataset``.
+        prompt_split: ``"train"`` or ``"eval"`` for the built-in prompts.
+        max_new_tokens: episode length limit T.
+        max_prompt_tokens: longest prompt allowed (tokens); default: the longest prompt in the set.
+        kl_coef: β ≥ 0; β = 0 loads no reference model at all.
+        target_kl: if set, β adapts (Ziegler et al. 2019) towards this per-episode KL (nats).
+        kl_horizon: horizon of the adaptive controller (env steps).
+        kl_estimator: ``"k1"`` (log π − log π_ref) or ``"k3"``.
+        kl_penalty: ``"terminal"`` (all of R on the last step) or ``"dense"`` (per-token −β·KL_t).
+        group_size: K; every reset draws B/K prompts and repeats each K times in consecutive rows
+            (RLOO/GRPO). Needs ``autoreset_mode="disabled"`` when K > 1.
+        autoreset_mode: ``"next_step"`` (Gymnasium default: a finished row restarts on the next step,
+            ignoring that step's action) or ``"disabled"`` (finished rows ignore actions and pay 0 until
+            ``reset()``; :attr:`finished` tells which rows are done). Native agents use ``"disabled"``.
+        reference: an explicit frozen reference model (default: a frozen copy of the policy).
+        device: ``"auto"`` (CUDA if available), ``"cpu"``, ``"cuda:0"``...
+        render_mode: ``None`` or ``"ansi"``.
+
+    Observation space (per row): ``Dict(input_ids=Box(0, V-1, (W,), int64), attention_mask=Box(0, 1, (W,),
+    int64))`` with W = ``max_prompt_tokens + max_new_tokens``. Tokens are right-aligned (left padding with
+    the pad id and mask 0), so the last column is always the most recent token.
+    """
+
+    metadata = {"render_modes": ["ansi"], "render_fps": 4, "autoreset_mode": AutoresetMode.NEXT_STEP}
+
+    def __init__(
+        self,
+        num_envs: int = 8,
+        model: str | PreTrainedModel = DEFAULT_MODEL,
+        tokenizer: str | PreTrainedTokenizerBase | None = None,
+        reward_model: str | RewardModel | Any = "vader",
+        prompts: PromptSource = "builtin",
+        prompt_split: str = "train",
+        max_new_tokens: int = 32,
+        max_prompt_tokens: int | None = None,
+        kl_coef: float = 0.05,
+        target_kl: float | None = None,
+        kl_horizon: int = 10_000,
+        kl_estimator: str = "k1",
+        kl_penalty: str = "terminal",
+        group_size: int = 1,
+        autoreset_mode: str = "next_step",
+        reference: PreTrainedModel | None = None,
+        device: str | torch.device = "auto",
+        render_mode: str | None = None,
+    ) -> None:
+        _check_int("num_envs", num_envs, minimum=1)
+        #: JSON-serialisable constructor arguments, saved with checkpoints so runs can be rebuilt.
+        self.spec_kwargs = {
+            key: value
+            for key, value in dict(
+                model=model, tokenizer=tokenizer, reward_model=reward_model, prompts=prompts,
+                prompt_split=prompt_split, max_new_tokens=max_new_tokens, max_prompt_tokens=max_prompt_tokens,
+                kl_coef=kl_coef, target_kl=target_kl, kl_horizon=kl_horizon, kl_estimator=kl_estimator,
+                kl_penalty=kl_penalty, group_size=group_size, num_envs=num_envs,
+            ).items()
+            if value is None or isinstance(value, (str, int, float))
+        }
+        _check_int("max_new_tokens", max_new_tokens, minimum=1)
+        _check_int("group_size", group_size, minimum=1)
+        _check_choice("kl_estimator", kl_estimator, KL_ESTIMATORS)
+        _check_choice("kl_penalty", kl_penalty, KL_PENALTIES)
+        _check_choice("autoreset_mode", autoreset_mode, tuple(AUTORESET_MODES))
+        _check_choice("render_mode", render_mode, (None, "ansi"))
+        if num_envs % group_size:
+            raise ValueError(f"num_envs={num_envs} must be a multiple of group_size={group_size}")
+        if group_size > 1 and autoreset_mode != "disabled":
+            raise ValueError("group_size > 1 keeps groups of rows in step: pass autoreset_mode='disabled'")
+
+        self.device = resolve_device(device)
+        self.tokenizer = _resolve_tokenizer(tokenizer, model)
+        self.policy = model if isinstance(model, PreTrainedModel) else load_causal_lm(model, self.device)
+        self.policy.to(self.device)
+        disable_dropout(self.policy)
+        self.kl_controller = make_kl_controller(kl_coef, target_kl, kl_horizon)
+        self.reference = None
+        if kl_coef > 0:
+            self.reference = frozen_copy(self.policy) if reference is None else reference.to(self.device).eval()
+            self.reference.requires_grad_(False)
+        self.reward_model = make_reward_model(reward_model)
+
+        self.prompts = load_prompts(prompts, prompt_split)
+        self._prompt_ids = self._tokenize_prompts(self.prompts, max_prompt_tokens)
+        self.max_prompt_tokens = max_prompt_tokens or max(len(p) for p in self._prompt_ids)
+        self.max_new_tokens = max_new_tokens
+        self._check_context_length()
+
+        self.num_envs = num_envs
+        self.group_size = group_size
+        self.kl_estimator = kl_estimator
+        self.kl_penalty = kl_penalty
+        self.render_mode = render_mode
+        self.autoreset_mode = autoreset_mode
+        self.metadata = {**self.metadata, "autoreset_mode": AUTORESET_MODES[autoreset_mode]}
+        self.engine = GenerationEngine(self.policy, self.reference, self.tokenizer, max_new_tokens)
+
+        vocab_size = len(self.tokenizer)
+        width = self.max_prompt_tokens + max_new_tokens
+        self.single_action_space = spaces.Discrete(vocab_size)
+        self.single_observation_space = spaces.Dict(
+            {
+                "input_ids": spaces.Box(0, vocab_size - 1, shape=(width,), dtype=np.int64),
+                "attention_mask": spaces.Box(0, 1, shape=(width,), dtype=np.int64),
+            }
+        )
+        self.action_space = spaces.MultiDiscrete(np.full(num_envs, vocab_size))
+        self.observation_space = gym.vector.utils.batch_space(self.single_observation_space, num_envs)
+
+        self._row_prompts: list[str] = [""] * num_envs
+        self._episode_kl = torch.zeros(num_envs, device=self.device)  # Σ_t KL_t so far, per row (nats)
+        self._needs_restart = np.zeros(num_envs, dtype=bool)
+        self._kl_window: list[float] = []  # per-episode KL of finished episodes since the last β update
+        self._kl_window_steps = 0
+        self._started = False
+
+    # ------------------------------------------------------------------ Gymnasium API
+    def reset(
+        self, *, seed: int | None = None, options: dict[str, Any] | None = None
+    ) -> tuple[dict[str, np.ndarray], dict[str, Any]]:
+        """Start episodes. ``options``: ``{"prompts": [...]}`` uses these prompts (one per row) instead of
+        sampling; ``{"reset_mask": bool array (B,)}`` restarts only those rows."""
+        super().reset(seed=seed)
+        options = options or {}
+        mask = options.get("reset_mask")
+        if mask is not None and self._started:
+            mask = np.asarray(mask, dtype=bool)
+            if mask.shape != (self.num_envs,):
+                raise ValueError(f"options['reset_mask'] must have shape ({self.num_envs},), got {mask.shape}")
+            self._restart(mask, options.get("prompts"))
+        else:
+            self._start_all(options.get("prompts"))
+        self._started = True
+        return self._observation(), {"prompt": np.array(self._row_prompts, dtype=object)}
+
+    def step(
+        self, actions: Any
+    ) -> tuple[dict[str, np.ndarray], np.ndarray, np.ndarray, np.ndarray, dict[str, Any]]:
+        """Advance every row by one token. ``actions``: int array ``(B,)`` or a long tensor."""
+        if not self._started:
+            raise RuntimeError("call reset() before step()")
+        actions = self._check_actions(actions)
+        restarting = self._needs_restart.copy()
+        beta = self.kl_controller.value
+        out = self.engine.advance(actions, run_forward=not restarting.any())
+
+        rewards = np.zeros(self.num_envs, dtype=np.float64)
+        info: dict[str, Any] = {}
+        if self.reference is not None:
+            kl_t = kl_per_token(out.logprob, out.ref_logprob, self.kl_estimator) * out.active
+            self._episode_kl += kl_t
+            if self.kl_penalty == "dense":
+                rewards -= beta * kl_t.cpu().numpy()
+        else:
+            kl_t = torch.zeros_like(out.logprob)
+        info["logprob"] = out.logprob.cpu().numpy()
+        info["kl"] = kl_t.cpu().numpy()
+
+        terminated = out.terminated.cpu().numpy()
+        truncated = out.truncated.cpu().numpy()
+        done_rows = np.flatnonzero(terminated | truncated)
+        if done_rows.size:
+            rewards[done_rows] += self._finish(done_rows, beta, info)
+
+        if self.autoreset_mode == "next_step":
+            if restarting.any():
+                self._restart(restarting, None)
+                rewards[restarting] = 0.0
+                terminated[restarting] = truncated[restarting] = False
+            self._needs_restart = terminated | truncated
+        return self._observation(), rewards, terminated, truncated, info
+
+    def render(self) -> str | None:
+        """``"ansi"``: one line per row, the prompt then ``|`` then the generated text."""
+        if self.render_mode != "ansi":
+            return None
+        lines = []
+        for row in range(self.num_envs):
+            text = self.engine.completions([row])[0] if self._started else ""
+            status = " [done]" if self._started and bool(self.engine.finished[row]) else ""
+            lines.append(f"[{row}] {self._row_prompts[row]} | {text}{status}")
+        return "\n".join(lines) + "\n"
+
+    def close(self, **kwargs: Any) -> None:
+        """Nothing to release: the models are ordinary torch modules."""
+
+    # ------------------------------------------------------------------ for agents
+    @property
+    def finished(self) -> np.ndarray:
+        """Bool ``(B,)``: rows whose episode has ended (and not restarted yet)."""
+        return self.engine.finished.cpu().numpy()
+
+    @property
+    def kl_coef(self) -> float:
+        """Current β (changes over time with the adaptive controller)."""
+        return self.kl_controller.value
+
+    def next_token_logits(self) -> torch.Tensor:
+        """π_θ's next-token logits for the current states, ``(B, V)`` float32, no grad.
+
+        Already computed by the env's cached forward: agents sample from these instead of running the
+        policy a second time.
+        """
+        return self.engine.policy_logits
+
+    # ------------------------------------------------------------------ internals
+    def _sample_prompts(self, n: int) -> list[int]:
+        """Indices of ``n`` prompts; each distinct prompt is repeated ``group_size`` times."""
+        distinct = self.np_random.integers(len(self.prompts), size=max(n // self.group_size, 1))
+        return np.repeat(distinct, self.group_size)[:n].tolist()
+
+    def _prompt_choice(self, n: int, given: Sequence[str] | None) -> tuple[list[str], list[list[int]]]:
+        if given is None:
+            idx = self._sample_prompts(n)
+            return [self.prompts[i] for i in idx], [self._prompt_ids[i] for i in idx]
+        given = load_prompts(list(given))
+        if len(given) != n:
+            raise ValueError(f"options['prompts'] has {len(given)} prompts for {n} rows")
+        return given, self._tokenize_prompts(given, self.max_prompt_tokens)
+
+    def _start_all(self, given: Sequence[str] | None) -> None:
+        texts, ids = self._prompt_choice(self.num_envs, given)
+        self._row_prompts = texts
+        self.engine.start(ids)
+        self._episode_kl.zero_()
+        self._needs_restart[:] = False
+
+    def _restart(self, rows: np.ndarray, given: Sequence[str] | None) -> None:
+        texts, ids = self._prompt_choice(int(rows.sum()), given)
+        for row, text in zip(np.flatnonzero(rows), texts):
+            self._row_prompts[row] = text
+        self.engine.restart_rows(torch.as_tensor(rows), ids)
+        self._episode_kl[torch.as_tensor(rows, device=self.device)] = 0.0
+        self._needs_restart[rows] = False
+
+    def _finish(self, rows: np.ndarray, beta: float, info: dict[str, Any]) -> np.ndarray:
+        """Score finished rows with the reward model; returns their terminal rewards."""
+        prompts = [self._row_prompts[r] for r in rows]
+        completions = self.engine.completions(rows.tolist())
+        scores = checked_scores(self.reward_model, prompts, completions)
+        episode_kl = self._episode_kl[torch.as_tensor(rows, device=self.device)].cpu().numpy()
+        terminal = scores if self.kl_penalty == "dense" else scores - beta * episode_kl
+        num_tokens = self.engine.num_generated[torch.as_tensor(rows, device=self.device)].cpu().numpy()
+        for key, values in (
+            ("prompt", prompts),
+            ("text", completions),
+            ("rm_score", scores),
+            ("episode_kl", episode_kl),
+            ("kl_coef", np.full(len(rows), beta)),
+            ("num_tokens", num_tokens),
+        ):
+            array = np.zeros(self.num_envs, dtype=object if key in ("prompt", "text") else np.asarray(values).dtype)
+            array[rows] = values
+            info[key] = array
+            info[f"_{key}"] = np.isin(np.arange(self.num_envs), rows)
+        self._kl_window.extend(episode_kl.tolist())
+        self._kl_window_steps += int(num_tokens.sum())
+        if len(self._kl_window) >= self.num_envs:
+            self.kl_controller.update(float(np.mean(self._kl_window)), self._kl_window_steps)
+            self._kl_window, self._kl_window_steps = [], 0
+        return terminal
+
+    def _observation(self) -> dict[str, np.ndarray]:
+        ids, mask = self.engine.window(self.max_prompt_tokens + self.max_new_tokens)
+        return {"input_ids": ids.cpu().numpy(), "attention_mask": mask.cpu().numpy()}
+
+    def _check_actions(self, actions: Any) -> torch.Tensor:
+        if isinstance(actions, torch.Tensor):
+            tensor = actions
+        else:
+            array = np.asarray(actions)
+            if array.dtype.kind not in "iu":
+                raise TypeError(f"actions must be integer token ids, got dtype {array.dtype}")
+            tensor = torch.from_numpy(array.astype(np.int64, copy=False))
+        if tensor.dtype in (torch.float16, torch.float32, torch.float64, torch.bfloat16, torch.bool):
+            raise TypeError(f"actions must be integer token ids, got {tensor.dtype}")
+        if tuple(tensor.shape) != (self.num_envs,):
+            raise ValueError(f"actions must have shape ({self.num_envs},), got {tuple(tensor.shape)}")
+        vocab = self.single_action_space.n
+        if bool(((tensor < 0) | (tensor >= vocab)).any()):
+            raise ValueError(f"actions must be token ids in [0, {vocab}), got {tensor.tolist()}")
+        return tensor.to(self.device, torch.long)
+
+    def _tokenize_prompts(self, prompts: Sequence[str], limit: int | None) -> list[list[int]]:
+        ids = self.tokenizer(list(prompts), add_special_tokens=True)["input_ids"]
+        for prompt, tokens in zip(prompts, ids):
+            if not tokens:
+                raise ValueError(f"prompt {prompt!r} tokenizes to nothing; give a non-empty prompt")
+            if limit is not None and len(tokens) > limit:
+                raise ValueError(
+                    f"prompt {prompt[:60]!r} has {len(tokens)} tokens > max_prompt_tokens={limit}; "
+                    "shorten it or raise max_prompt_tokens"
+                )
+        return ids
+
+    def _check_context_length(self) -> None:
+        limit = getattr(self.policy.config, "max_position_embeddings", None) or getattr(
+            self.policy.config, "n_positions", None
+        )
+        total = self.max_prompt_tokens + self.max_new_tokens
+        if limit is not None and total > limit:
+            raise ValueError(
+                f"max_prompt_tokens + max_new_tokens = {total} exceeds the model's context of {limit} tokens; "
+                "lower max_new_tokens or max_prompt_tokens"
+            )
+
+
+def _resolve_tokenizer(tokenizer: Any, model: Any) -> PreTrainedTokenizerBase:
+    if tokenizer is None:
+        if isinstance(model, PreTrainedModel):
+            source = getattr(model, "name_or_path", "") or DEFAULT_MODEL
+            return load_tokenizer(source)
+        return load_tokenizer(model)
+    if isinstance(tokenizer, PreTrainedTokenizerBase):
+        if tokenizer.pad_token_id is None:
+            tokenizer.pad_token = tokenizer.eos_token
+        return tokenizer
+    return load_tokenizer(tokenizer)
+
+
+def _check_int(name: str, value: Any, minimum: int) -> None:
+    if isinstance(value, bool) or not isinstance(value, (int, np.integer)) or value < minimum:
+        raise ValueError(f"{name}={value!r} must be an integer >= {minimum}")
+
+
+def _check_choice(name: str, value: Any, choices: Sequence[Any]) -> None:
+    if value not in choices:
+        raise ValueError(f"{name}={value!r} is not one of {list(choices)}")
