@@ -1,0 +1,57 @@
+"""Shared fixtures: a tiny random GPT-2 + BPE tokenizer built in seconds, for fast behavioural tests.
+
+Tests of the *shipped* default model use ``textenv.models.DEFAULT_MODEL`` directly; everything else uses
+``tiny_model_dir`` so the suite stays fast and independent of the embedded weights.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+import torch
+
+TINY_TEXTS = [
+    "the film was good and the acting was great",
+    "the book was bad and boring",
+    "i liked the pasta at the restaurant",
+    "this blender is loud but it works",
+    "the hotel room was clean and the staff were friendly",
+]
+
+
+def build_tiny_model(directory: Path, seed: int = 0) -> Path:
+    """Train a ~300-token byte-level BPE on a few sentences and save a random 2-layer GPT-2 beside it."""
+    from tokenizers import Tokenizer, decoders, models, pre_tokenizers, trainers
+    from transformers import GPT2Config, GPT2LMHeadModel, PreTrainedTokenizerFast
+
+    bpe = Tokenizer(models.BPE())
+    bpe.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False)
+    bpe.decoder = decoders.ByteLevel()
+    trainer = trainers.BpeTrainer(
+        vocab_size=300, special_tokens=["<|endoftext|>"], initial_alphabet=pre_tokenizers.ByteLevel.alphabet()
+    )
+    bpe.train_from_iterator(TINY_TEXTS * 20, trainer)
+    eos = "<|endoftext|>"
+    tokenizer = PreTrainedTokenizerFast(
+        tokenizer_object=bpe, eos_token=eos, bos_token=eos, pad_token=eos, unk_token=eos, model_max_length=96
+    )
+    torch.manual_seed(seed)
+    config = GPT2Config(
+        vocab_size=len(tokenizer), n_positions=96, n_embd=32, n_layer=2, n_head=2,
+        eos_token_id=tokenizer.eos_token_id, bos_token_id=tokenizer.eos_token_id, pad_token_id=tokenizer.eos_token_id,
+    )
+    GPT2LMHeadModel(config).save_pretrained(directory)
+    tokenizer.save_pretrained(directory)
+    return directory
+
+
+@pytest.fixture(scope="session")
+def tiny_model_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """A ``save_pretrained`` directory (model + tokenizer) of a tiny random GPT-2."""
+    return build_tiny_model(tmp_path_factory.mktemp("tiny-gpt2"))
+
+
+@pytest.fixture
+def tiny_prompts() -> list[str]:
+    return ["the film was", "i liked the pasta at the", "the book", "this blender"]

@@ -1,0 +1,313 @@
+"""TextGen-v0: registration, spaces, episode ends, reward = RM − β·KL, KV-cache equivalence, errors."""
+
+from __future__ import annotations
+
+import subprocess
+import sys
+
+import gymnasium as gym
+import numpy as np
+import pytest
+import torch
+
+import textenv  # noqa: F401  (registers TextGen-v0)
+from textenv.engine import GenerationEngine
+from textenv.kl import AdaptiveKLController, kl_per_token
+from textenv.models import load_causal_lm, load_tokenizer
+from textenv.rollout import collect_rollout, completion_logits, token_logprobs
+from textenv.vector_env import TextGenVectorEnv
+
+
+def length_reward(prompts, completions):
+    return [len(c) / 10.0 for c in completions]
+
+
+@pytest.fixture
+def vec(tiny_model_dir, tiny_prompts):
+    return TextGenVectorEnv(
+        num_envs=4, model=str(tiny_model_dir), prompts=tiny_prompts, reward_model=length_reward,
+        max_new_tokens=6, autoreset_mode="disabled", kl_coef=0.1, render_mode="ansi", device="cpu",
+    )
+
+
+@torch.no_grad()
+def perturb(model: torch.nn.Module, seed: int = 0, scale: float = 0.05) -> None:
+    """Move the policy away from the reference so KL terms are non-zero."""
+    generator = torch.Generator().manual_seed(seed)
+    for p in model.parameters():
+        p.add_(scale * torch.randn(p.shape, generator=generator))
+
+
+def play(env: TextGenVectorEnv, seed: int = 0):
+    """Sample every row to the end; return per-step rewards (B, T) and the last step's info per row."""
+    generator = torch.Generator().manual_seed(seed)
+    rewards, final = [], {}
+    while not env.finished.all():
+        actions = torch.multinomial(env.next_token_logits().softmax(-1), 1, generator=generator).squeeze(1)
+        _, reward, _, _, info = env.step(actions.numpy())
+        rewards.append(reward)
+        for key in ("rm_score", "episode_kl", "kl_coef", "text"):
+            if key in info:
+                for row in np.flatnonzero(info[f"_{key}"]):
+                    final.setdefault(row, {})[key] = info[key][row]
+    return np.stack(rewards, axis=1), final
+
+
+# ---------------------------------------------------------------- registration and spaces
+def test_make_and_make_vec(tiny_model_dir, tiny_prompts):
+    env = gym.make("TextGen-v0", model=str(tiny_model_dir), prompts=tiny_prompts, max_new_tokens=4)
+    assert env.action_space.n == len(load_tokenizer(str(tiny_model_dir)))
+    obs, info = env.reset(seed=0)
+    assert obs in env.observation_space
+    assert info["prompt"] in tiny_prompts
+    envs = gym.make_vec("TextGen-v0", num_envs=3, model=str(tiny_model_dir), prompts=tiny_prompts, max_new_tokens=4)
+    assert isinstance(envs, TextGenVectorEnv)
+    obs, _ = envs.reset(seed=0)
+    assert obs["input_ids"].shape == (3, envs.max_prompt_tokens + 4)
+    assert obs in envs.observation_space
+
+
+def test_module_prefixed_id_needs_no_import(tiny_model_dir):
+    code = (
+        "import gymnasium as gym; "
+        f"env = gym.make('textenv:TextGen-v0', model={str(tiny_model_dir)!r}, prompts=['the film'], max_new_tokens=2); "
+        "env.reset(seed=0); print(type(env.unwrapped).__name__)"
+    )
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
+    assert out.stdout.strip().endswith("TextGenEnv")
+
+
+def test_observation_is_left_padded_and_tracks_tokens(vec):
+    obs, _ = vec.reset(seed=1)
+    prompt_tokens = obs["attention_mask"].sum(axis=1)
+    assert (obs["attention_mask"][:, -1] == 1).all()  # right-aligned
+    obs, *_ = vec.step(np.full(4, 5))
+    assert (obs["attention_mask"].sum(axis=1) == prompt_tokens + 1).all()
+    assert (obs["input_ids"][:, -1] == 5).all()
+    # padding columns hold the pad id
+    pad = vec.tokenizer.pad_token_id
+    assert (obs["input_ids"][obs["attention_mask"] == 0] == pad).all()
+
+
+def test_episode_terminates_on_eos_and_truncates_at_limit(vec):
+    vec.reset(seed=0)
+    eos = vec.tokenizer.eos_token_id
+    _, _, terminated, truncated, _ = vec.step(np.array([eos, 7, 7, 7]))
+    assert terminated.tolist() == [True, False, False, False] and not truncated.any()
+    for _ in range(4):
+        _, _, terminated, truncated, _ = vec.step(np.full(4, 7))
+        assert not terminated.any() and not truncated.any()
+    _, _, terminated, truncated, _ = vec.step(np.full(4, 7))  # 6th token for rows 1..3
+    assert truncated.tolist() == [False, True, True, True] and not terminated.any()
+    assert vec.finished.all()
+
+
+# ---------------------------------------------------------------- reward and KL
+def test_terminal_reward_is_rm_score_minus_beta_kl(vec):
+    perturb(vec.policy)
+    vec.reset(seed=3)
+    rewards, final = play(vec)
+    for row, info in final.items():
+        expected = len(info["text"]) / 10.0 - 0.1 * info["episode_kl"]
+        assert rewards[row].sum() == pytest.approx(expected, abs=1e-6)
+        assert info["rm_score"] == pytest.approx(len(info["text"]) / 10.0)
+    assert ((rewards != 0).sum(axis=1) <= 1).all()  # terminal mode: the reward arrives once
+
+
+def test_dense_penalty_sums_to_the_terminal_reward(tiny_model_dir, tiny_prompts):
+    kwargs = dict(num_envs=4, model=str(tiny_model_dir), prompts=tiny_prompts, reward_model=length_reward,
+                  max_new_tokens=6, autoreset_mode="disabled", kl_coef=0.1, device="cpu")
+    terminal = TextGenVectorEnv(kl_penalty="terminal", **kwargs)
+    dense = TextGenVectorEnv(kl_penalty="dense", **kwargs)
+    perturb(terminal.policy)
+    perturb(dense.policy)
+    terminal.reset(seed=5)
+    dense.reset(seed=5)
+    r_terminal, _ = play(terminal, seed=9)
+    r_dense, _ = play(dense, seed=9)
+    np.testing.assert_allclose(r_terminal.sum(axis=1), r_dense.sum(axis=1), atol=1e-5)
+    assert (r_dense[:, 0] != 0).any()  # dense pays per token
+    assert ((r_terminal != 0).sum(axis=1) <= 1).all()
+
+
+def test_kl_estimators():
+    logp = torch.tensor([-1.0, -2.0, -0.5])
+    ref = torch.tensor([-1.5, -1.0, -0.5])
+    assert torch.allclose(kl_per_token(logp, ref, "k1"), logp - ref)
+    k3 = kl_per_token(logp, ref, "k3")
+    assert (k3 >= 0).all() and k3[2] == 0
+    assert torch.allclose(k3, torch.exp(ref - logp) - 1 - (ref - logp))
+    with pytest.raises(ValueError, match="kl_estimator"):
+        kl_per_token(logp, ref, "k2")
+
+
+def test_adaptive_kl_controller_moves_beta_towards_target():
+    controller = AdaptiveKLController(0.1, target=2.0, horizon=1000)
+    controller.update(mean_kl=10.0, n_steps=100)  # error clipped to +0.2
+    assert controller.value == pytest.approx(0.1 * (1 + 0.2 * 100 / 1000))
+    controller.update(mean_kl=0.0, n_steps=100)
+    assert controller.value < 0.1 * (1 + 0.2 * 100 / 1000)
+
+
+def test_env_adapts_beta_with_target_kl(tiny_model_dir, tiny_prompts):
+    env = TextGenVectorEnv(num_envs=4, model=str(tiny_model_dir), prompts=tiny_prompts, reward_model=length_reward,
+                           max_new_tokens=4, autoreset_mode="disabled", kl_coef=0.1, target_kl=100.0, kl_horizon=10)
+    perturb(env.policy, scale=0.01)  # KL > 0 but far below the target: β must shrink
+    env.reset(seed=0)
+    play(env)
+    assert env.kl_coef < 0.1
+
+
+def test_zero_beta_loads_no_reference(tiny_model_dir, tiny_prompts):
+    env = TextGenVectorEnv(num_envs=2, model=str(tiny_model_dir), prompts=tiny_prompts, kl_coef=0.0,
+                           reward_model=length_reward, max_new_tokens=3, autoreset_mode="disabled")
+    assert env.reference is None and env.engine.ref_logits is None
+    env.reset(seed=0)
+    rewards, final = play(env)
+    for row, info in final.items():
+        assert rewards[row].sum() == pytest.approx(len(info["text"]) / 10.0)
+
+
+# ---------------------------------------------------------------- the engine's KV cache
+def test_cached_logprobs_equal_full_recompute(tiny_model_dir, tiny_prompts):
+    env = TextGenVectorEnv(num_envs=4, model=str(tiny_model_dir), prompts=tiny_prompts, reward_model=length_reward,
+                           max_new_tokens=8, autoreset_mode="disabled", kl_coef=0.1, kl_estimator="k1")
+    perturb(env.policy)  # policy and reference differ, so both caches are checked separately
+    rollout = collect_rollout(env, torch.Generator().manual_seed(0))
+    with torch.no_grad():
+        policy_lp = token_logprobs(completion_logits(env.policy, rollout), rollout.actions)
+        ref_lp = token_logprobs(completion_logits(env.reference, rollout), rollout.actions)
+    mask = rollout.action_mask.bool()
+    assert (policy_lp - rollout.logprobs)[mask].abs().max() <= 1e-4
+    assert ((policy_lp - ref_lp) - rollout.kl)[mask].abs().max() <= 1e-4  # k1 = log π − log π_ref
+    assert rollout.kl[mask].abs().max() > 1e-3  # the check above is not vacuous
+
+
+def test_restart_rows_matches_fresh_prefill(tiny_model_dir):
+    model = load_causal_lm(str(tiny_model_dir), "cpu")
+    tok = load_tokenizer(str(tiny_model_dir))
+    engine = GenerationEngine(model, None, tok, max_new_tokens=10)
+    prompts = [tok("the film was")["input_ids"], tok("the book")["input_ids"]]
+    engine.start(prompts)
+    engine.advance(torch.tensor([5, 6]))
+    engine.advance(torch.tensor([7, 8]))
+    new_prompt = tok("i liked the pasta at the")["input_ids"]
+    engine.restart_rows(torch.tensor([True, False]), [new_prompt])
+    assert engine.generated_ids(1) == [6, 8] and engine.generated_ids(0) == []
+    fresh = GenerationEngine(model, None, tok, max_new_tokens=10)
+    fresh.start([new_prompt, prompts[1] + [6, 8]])
+    torch.testing.assert_close(engine.policy_logits, fresh.policy_logits, atol=1e-4, rtol=0)
+    out = engine.advance(torch.tensor([9, 9]))  # caches stay consistent after a restart
+    fresh_out = fresh.advance(torch.tensor([9, 9]))
+    torch.testing.assert_close(out.logprob, fresh_out.logprob, atol=1e-4, rtol=0)
+
+
+def test_next_step_autoreset(tiny_model_dir, tiny_prompts):
+    env = TextGenVectorEnv(num_envs=2, model=str(tiny_model_dir), prompts=tiny_prompts, reward_model=length_reward,
+                           max_new_tokens=5, kl_coef=0.0)
+    obs0, _ = env.reset(seed=0)
+    eos = env.tokenizer.eos_token_id
+    _, r, term, _, info = env.step(np.array([eos, 9]))
+    assert term.tolist() == [True, False] and info["_text"].tolist() == [True, False]
+    obs, r, term, trunc, _ = env.step(np.array([9, 9]))  # row 0 restarts, its action ignored
+    assert r[0] == 0 and not term[0] and not trunc[0]
+    assert env.engine.num_generated.tolist() == [0, 2]
+    assert obs["attention_mask"][1].sum() == obs0["attention_mask"][1].sum() + 2
+
+
+# ---------------------------------------------------------------- info, render, seeding, device
+def test_info_render_and_reproducible_reset(tiny_model_dir, tiny_prompts):
+    env = gym.make("TextGen-v0", model=str(tiny_model_dir), prompts=tiny_prompts, reward_model=length_reward,
+                   max_new_tokens=3, render_mode="ansi")
+    obs_a, info_a = env.reset(seed=42)
+    obs_b, info_b = env.reset(seed=42)
+    assert info_a["prompt"] == info_b["prompt"]
+    np.testing.assert_array_equal(obs_a["input_ids"], obs_b["input_ids"])
+    done = False
+    while not done:
+        _, _, terminated, truncated, info = env.step(11)
+        done = terminated or truncated
+    assert {"text", "prompt", "rm_score", "episode_kl", "kl_coef"} <= set(info)
+    screen = env.render()
+    assert info["prompt"] in screen and info["text"] in screen and "[done]" in screen
+
+
+def test_device_auto_is_cpu_without_cuda(tiny_model_dir, tiny_prompts):
+    env = TextGenVectorEnv(num_envs=1, model=str(tiny_model_dir), prompts=tiny_prompts, device="auto")
+    expected = "cuda" if torch.cuda.is_available() else "cpu"
+    assert env.device.type == expected and next(env.policy.parameters()).device.type == expected
+
+
+def test_passes_gymnasium_and_sb3_env_checkers(tiny_model_dir, tiny_prompts):
+    from gymnasium.utils.env_checker import check_env
+    from stable_baselines3.common.env_checker import check_env as sb3_check_env
+
+    env = gym.make("TextGen-v0", model=str(tiny_model_dir), prompts=tiny_prompts, reward_model=length_reward,
+                   max_new_tokens=3)
+    check_env(env.unwrapped, skip_render_check=True)
+    sb3_check_env(env.unwrapped, warn=True)
+
+
+# ---------------------------------------------------------------- bad input
+def test_bad_actions_are_rejected(vec):
+    vec.reset(seed=0)
+    with pytest.raises(ValueError, match=r"actions must be token ids in \[0"):
+        vec.step(np.array([0, 1, 2, vec.single_action_space.n]))
+    with pytest.raises(ValueError, match="actions must be token ids"):
+        vec.step(np.array([-1, 1, 2, 3]))
+    with pytest.raises(TypeError, match="integer token ids"):
+        vec.step(np.array([0.5, 1, 2, 3]))
+    with pytest.raises(ValueError, match=r"shape \(4,\)"):
+        vec.step(np.array([1, 2]))
+
+
+def test_single_env_errors(tiny_model_dir, tiny_prompts):
+    env = gym.make("TextGen-v0", model=str(tiny_model_dir), prompts=tiny_prompts, max_new_tokens=2,
+                   reward_model=length_reward).unwrapped
+    with pytest.raises(RuntimeError, match="reset"):
+        env.step(1)
+    env.reset(seed=0)
+    with pytest.raises(TypeError, match="action must be an int"):
+        env.step(1.5)
+    env.step(1)
+    env.step(1)
+    with pytest.raises(RuntimeError, match="episode has ended"):
+        env.step(1)
+
+
+@pytest.mark.parametrize(
+    ("kwargs", "message"),
+    [
+        ({"prompts": []}, "prompts is empty"),
+        ({"prompts": ["ok", "  "]}, r"prompts\[1\]"),
+        ({"prompts": ["the film was good and long"], "max_prompt_tokens": 2}, "max_prompt_tokens=2"),
+        ({"model": "/nonexistent/model-dir"}, "could not load"),
+        ({"max_new_tokens": 0}, "max_new_tokens"),
+        ({"max_new_tokens": 500}, "exceeds the model's context"),
+        ({"kl_coef": -1.0}, "kl_coef"),
+        ({"kl_penalty": "sometimes"}, "kl_penalty"),
+        ({"num_envs": 3, "group_size": 2}, "multiple of group_size"),
+        ({"reward_model": "no-such-rm"}, "reward_model='no-such-rm'"),
+    ],
+)
+def test_bad_constructor_arguments(tiny_model_dir, tiny_prompts, kwargs, message):
+    base = dict(num_envs=2, model=str(tiny_model_dir), prompts=tiny_prompts, autoreset_mode="disabled")
+    with pytest.raises(ValueError, match=message):
+        TextGenVectorEnv(**{**base, **kwargs})
+
+
+@pytest.mark.parametrize(
+    ("reward", "message"),
+    [(lambda p, c: [float("nan")] * len(c), "NaN/inf"), (lambda p, c: [1.0], "returned 1 scores for 2")],
+)
+def test_bad_reward_model_output(tiny_model_dir, tiny_prompts, reward, message):
+    env = TextGenVectorEnv(num_envs=2, model=str(tiny_model_dir), prompts=tiny_prompts, reward_model=reward,
+                           max_new_tokens=1, autoreset_mode="disabled")
+    env.reset(seed=0)
+    with pytest.raises(ValueError, match=message):
+        env.step(np.array([3, 3]))
+
+
+def test_forced_prompt_too_long_at_reset(vec):
+    with pytest.raises(ValueError, match="max_prompt_tokens"):
+        vec.reset(options={"prompts": ["the film was good and the acting was great " * 5] * 4})

@@ -1,0 +1,207 @@
+"""The ``textenv`` command line: ``textenv train`` and ``textenv eval``.
+
+    textenv train --agent NAME [--total-timesteps N] [--output DIR] [--config FILE] [--seed S] [--resume DIR]
+    textenv eval CHECKPOINT [--num-prompts N] [--seed S]
+
+A YAML config file may set any of the flags (``agent``, ``total_timesteps``, ``output``, ``seed``, ...) plus
+``env:`` (TextGenVectorEnv arguments) and ``agent_kwargs:`` (the agent's hyper-parameters); flags given on
+the command line override the file.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+import time
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+import yaml
+
+#: Defaults of the main job (``textenv train --agent reinforce`` on the embedded model and VADER reward).
+TRAIN_DEFAULTS: dict[str, Any] = {
+    "agent": "reinforce",
+    "total_timesteps": 50_000,
+    "output": None,  # runs/<agent>
+    "seed": 0,
+    "checkpoint_every": 25,
+    "eval_prompts": 128,
+    "env": {"num_envs": 32, "max_new_tokens": 32, "kl_coef": 0.05},
+    "agent_kwargs": {},
+}
+
+
+def load_config(path: str | None) -> dict[str, Any]:
+    """Read a YAML config; unknown top-level keys are rejected with the valid ones."""
+    if path is None:
+        return {}
+    file = Path(path)
+    if not file.is_file():
+        raise SystemExit(f"--config {path}: no such file")
+    data = yaml.safe_load(file.read_text()) or {}
+    if not isinstance(data, dict):
+        raise SystemExit(f"--config {path}: the file must hold a mapping of option: value")
+    unknown = sorted(set(data) - set(TRAIN_DEFAULTS))
+    if unknown:
+        raise SystemExit(f"--config {path}: unknown key(s) {unknown}; valid keys: {sorted(TRAIN_DEFAULTS)}")
+    return data
+
+
+def resolve_train_options(args: argparse.Namespace) -> dict[str, Any]:
+    """Defaults ← config file ← command-line flags (``env`` and ``agent_kwargs`` merge key by key)."""
+    config = load_config(args.config)
+    options = {**TRAIN_DEFAULTS, **config}
+    options["env"] = {**TRAIN_DEFAULTS["env"], **config.get("env", {})}
+    options["agent_kwargs"] = {**config.get("agent_kwargs", {})}
+    for key in ("agent", "total_timesteps", "output", "seed"):
+        value = getattr(args, key)
+        if value is not None:
+            options[key] = value
+    if options["output"] is None:
+        options["output"] = str(Path("runs") / options["agent"])
+    return options
+
+
+def build_env(env_kwargs: dict[str, Any], group_size: int = 1):
+    """The training env: a native ``TextGenVectorEnv`` with synchronised episodes."""
+    from textenv.vector_env import TextGenVectorEnv
+
+    kwargs = {"autoreset_mode": "disabled", **env_kwargs}
+    kwargs.setdefault("group_size", group_size)
+    return TextGenVectorEnv(**kwargs)
+
+
+@torch.no_grad()
+def held_out_eval(train_env, num_prompts: int, seed: int) -> dict[str, float]:
+    """Mean RM score and KL on held-out (``eval`` split) prompts, sharing the training env's models."""
+    from textenv.prompts import load_prompts
+    from textenv.rollout import collect_rollout
+    from textenv.vector_env import TextGenVectorEnv
+
+    prompts = load_prompts("builtin", "eval")[:num_prompts]
+    env = TextGenVectorEnv(
+        num_envs=min(len(prompts), 64),
+        model=train_env.policy,
+        tokenizer=train_env.tokenizer,
+        reward_model=train_env.reward_model,
+        prompts=prompts,
+        max_new_tokens=train_env.max_new_tokens,
+        max_prompt_tokens=train_env.max_prompt_tokens,
+        kl_coef=max(train_env.kl_coef, 1e-8),  # KL is reported even when training with β = 0
+        reference=train_env.reference,
+        autoreset_mode="disabled",
+        device=train_env.device,
+    )
+    generator = torch.Generator(device=env.device).manual_seed(seed)
+    scores, kls, texts = [], [], []
+    for start in range(0, len(prompts) - env.num_envs + 1, env.num_envs):
+        rollout = collect_rollout(env, generator, prompts=prompts[start : start + env.num_envs])
+        scores.append(rollout.rm_score)
+        kls.append(rollout.episode_kl)
+        texts.extend(zip(rollout.prompts, rollout.texts))
+    return {
+        "rm_score": float(np.concatenate(scores).mean()),
+        "kl": float(np.concatenate(kls).mean()),
+        "num_prompts": int(sum(len(s) for s in scores)),
+        "samples": texts[:5],
+    }
+
+
+def cmd_train(args: argparse.Namespace) -> int:
+    from textenv.agents import agent_class, make_agent
+
+    options = resolve_train_options(args)
+    cls = agent_class(options["agent"])  # fails early on an unknown agent name
+    output = Path(options["output"])
+    output.mkdir(parents=True, exist_ok=True)
+    env_kwargs = dict(options["env"])
+    env = build_env(env_kwargs)
+    print(f"textenv train: agent={cls.name} env={env_kwargs} output={output}")
+    agent = make_agent(options["agent"], env, seed=options["seed"], tensorboard_log=str(output / "tensorboard"),
+                       **options["agent_kwargs"])
+    if args.resume:
+        agent.load_state(args.resume)
+        print(f"resumed from {args.resume} at step {agent.num_timesteps}")
+    eval_seed = options["seed"] + 10_000
+    before = held_out_eval(env, options["eval_prompts"], eval_seed)
+    print(f"held-out before: mean {env.reward_model.__class__.__name__} = {before['rm_score']:+.3f}, "
+          f"KL = {before['kl']:.3f} nats ({before['num_prompts']} prompts)")
+    start = time.perf_counter()
+    agent.learn(
+        options["total_timesteps"],
+        progress_bar=not args.no_progress,
+        checkpoint_dir=output / "checkpoint",
+        checkpoint_every=options["checkpoint_every"],
+    )
+    minutes = (time.perf_counter() - start) / 60
+    after = held_out_eval(env, options["eval_prompts"], eval_seed)
+    print(f"held-out after:  mean {env.reward_model.__class__.__name__} = {after['rm_score']:+.3f}, "
+          f"KL = {after['kl']:.3f} nats; change {after['rm_score'] - before['rm_score']:+.3f} "
+          f"in {minutes:.1f} min, {agent.num_timesteps} tokens")
+    for prompt, text in after["samples"][:3]:
+        print(f"  {prompt} | {text}")
+    summary = {"agent": cls.name, "before": before, "after": after, "minutes": minutes,
+               "num_timesteps": agent.num_timesteps, "options": options}
+    (output / "summary.json").write_text(json.dumps(summary, indent=2, default=str))
+    print(f"checkpoint: {output / 'checkpoint'}   tensorboard: {output / 'tensorboard'}")
+    return 0
+
+
+def cmd_eval(args: argparse.Namespace) -> int:
+    checkpoint = Path(args.checkpoint)
+    meta_file = checkpoint / "agent.json"
+    if not meta_file.is_file():
+        raise SystemExit(f"{checkpoint} is not a checkpoint directory (no agent.json); pass DIR/checkpoint")
+    meta = json.loads(meta_file.read_text())
+    env_kwargs = {k: v for k, v in meta.get("env", {}).items() if k != "num_envs"}
+    from textenv.models import load_causal_lm, load_tokenizer
+    from textenv.vector_env import TextGenVectorEnv
+
+    base = env_kwargs.pop("model", None) or "textenv/default"
+    policy = load_causal_lm(checkpoint / "policy")
+    reference = load_causal_lm(base)
+    env_kwargs["kl_coef"] = max(env_kwargs.get("kl_coef", 0.0), 1e-8)
+    env_kwargs.pop("group_size", None)
+    env = TextGenVectorEnv(num_envs=8, model=policy, tokenizer=load_tokenizer(checkpoint / "policy"),
+                           reference=reference, autoreset_mode="disabled", **env_kwargs)
+    result = held_out_eval(env, args.num_prompts, args.seed)
+    print(json.dumps(result, indent=2))
+    return 0
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="textenv", description=__doc__.split("\n\n")[0])
+    sub = parser.add_subparsers(dest="command", required=True)
+
+    train = sub.add_parser("train", help="train a policy on TextGen-v0")
+    train.add_argument("--agent", help="algorithm name (see `textenv.agents.AGENTS`)")
+    train.add_argument("--total-timesteps", dest="total_timesteps", type=int, help="tokens to generate in training")
+    train.add_argument("--output", help="directory for TensorBoard events, checkpoints and summary.json")
+    train.add_argument("--config", help="YAML file with options, `env:` and `agent_kwargs:`")
+    train.add_argument("--seed", type=int)
+    train.add_argument("--resume", help="checkpoint directory to continue from exactly")
+    train.add_argument("--no-progress", action="store_true", help="no progress bar")
+    train.set_defaults(func=cmd_train)
+
+    evaluate = sub.add_parser("eval", help="evaluate a checkpoint on held-out prompts")
+    evaluate.add_argument("checkpoint")
+    evaluate.add_argument("--num-prompts", type=int, default=128)
+    evaluate.add_argument("--seed", type=int, default=0)
+    evaluate.set_defaults(func=cmd_eval)
+    return parser
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    try:
+        return args.func(args)
+    except ValueError as err:
+        print(f"textenv {args.command}: error: {err}", file=sys.stderr)
+        return 2
+
+
+if __name__ == "__main__":
+    sys.exit(main())
