@@ -8,6 +8,7 @@ curves overlay), periodic atomic checkpoints, ``save`` / ``load`` / exact resume
 
 from __future__ import annotations
 
+import copy
 import json
 import random
 import time
@@ -21,6 +22,7 @@ from safetensors.torch import load_file, save_file
 from tqdm.auto import tqdm
 
 from textenv.checkpoint import atomic_directory
+from textenv.lora import is_peft_model
 from textenv.rollout import sample_actions
 from textenv.vector_env import TextGenVectorEnv
 
@@ -189,7 +191,12 @@ class Agent(ABC):
         A crash mid-save leaves the previous checkpoint at ``path`` intact.
         """
         with atomic_directory(path) as tmp:
-            self.policy.save_pretrained(tmp / "policy", safe_serialization=True)
+            if is_peft_model(self.policy):  # adapters for resume, merged weights for from_pretrained users
+                self.policy.save_pretrained(tmp / "adapter", safe_serialization=True)
+                merged = copy.deepcopy(self.policy).merge_and_unload()
+                merged.save_pretrained(tmp / "policy", safe_serialization=True)
+            else:
+                self.policy.save_pretrained(tmp / "policy", safe_serialization=True)
             self.env.tokenizer.save_pretrained(tmp / "policy")
             modules = {f"{name}.{k}": v.detach().cpu().contiguous()
                        for name, module in self.trainable_modules().items() for k, v in module.state_dict().items()}
@@ -212,8 +219,13 @@ class Agent(ABC):
         path = Path(path)
         if not (path / "trainer_state.pt").is_file():
             raise ValueError(f"{path} is not a textenv checkpoint (no trainer_state.pt); pass the directory save() wrote")
-        saved = AutoModelForCausalLM.from_pretrained(path / "policy")
-        self.policy.load_state_dict(saved.state_dict())
+        if is_peft_model(self.policy):
+            from peft import set_peft_model_state_dict
+
+            set_peft_model_state_dict(self.policy, load_file(str(path / "adapter" / "adapter_model.safetensors")))
+        else:
+            saved = AutoModelForCausalLM.from_pretrained(path / "policy")
+            self.policy.load_state_dict(saved.state_dict())
         if (path / "modules.safetensors").is_file():
             tensors = load_file(str(path / "modules.safetensors"))
             for name, module in self.trainable_modules().items():

@@ -311,3 +311,25 @@ def test_bad_reward_model_output(tiny_model_dir, tiny_prompts, reward, message):
 def test_forced_prompt_too_long_at_reset(vec):
     with pytest.raises(ValueError, match="max_prompt_tokens"):
         vec.reset(options={"prompts": ["the film was good and the acting was great " * 5] * 4})
+
+
+def test_lora_reference_is_the_policy_with_adapters_disabled(tiny_model_dir, tiny_prompts):
+    env = TextGenVectorEnv(num_envs=2, model=str(tiny_model_dir), prompts=tiny_prompts, reward_model=length_reward,
+                           max_new_tokens=4, autoreset_mode="disabled", lora={"r": 4, "lora_alpha": 8})
+    trainable = [n for n, p in env.policy.named_parameters() if p.requires_grad]
+    assert trainable and all("lora_" in n for n in trainable)
+    assert list(env.reference.parameters()) == []  # no second copy of the weights
+    with torch.no_grad():  # move the adapters: the policy changes, the reference must not
+        for name, p in env.policy.named_parameters():
+            if "lora_B" in name:
+                p.add_(0.5)
+    rollout = collect_rollout(env, torch.Generator().manual_seed(0))
+    base = load_causal_lm(str(tiny_model_dir), "cpu")
+    with torch.no_grad():
+        base_lp = token_logprobs(completion_logits(base, rollout), rollout.actions)
+        policy_lp = token_logprobs(completion_logits(env.policy, rollout), rollout.actions)
+    mask = rollout.action_mask.bool()
+    ref_lp = rollout.logprobs - rollout.kl  # k1: log π_ref = log π − KL_t
+    assert (ref_lp - base_lp)[mask].abs().max() <= 1e-4
+    assert (policy_lp - rollout.logprobs)[mask].abs().max() <= 1e-4
+    assert rollout.kl[mask].abs().max() > 1e-3

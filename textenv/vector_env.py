@@ -24,6 +24,7 @@ from transformers import PreTrainedModel, PreTrainedTokenizerBase
 
 from textenv.engine import GenerationEngine
 from textenv.kl import KL_ESTIMATORS, kl_per_token, make_kl_controller
+from textenv.lora import AdapterDisabledReference, apply_lora, is_peft_model
 from textenv.models import DEFAULT_MODEL, frozen_copy, load_causal_lm, load_tokenizer, resolve_device
 from textenv.prompts import PromptSource, load_prompts
 from textenv.reward_models import RewardModel, checked_scores, make_reward_model
@@ -63,6 +64,8 @@ class TextGenVectorEnv(VectorEnv):
             ignoring that step's action) or ``"disabled"`` (finished rows ignore actions and pay 0 until
             ``reset()``; :attr:`finished` tells which rows are done). Native agents use ``"disabled"``.
         reference: an explicit frozen reference model (default: a frozen copy of the policy).
+        lora: ``True`` or ``peft.LoraConfig`` kwargs to train LoRA adapters; the reference is then the same
+            model with adapters disabled (one copy of the weights in memory).
         device: ``"auto"`` (CUDA if available), ``"cpu"``, ``"cuda:0"``...
         render_mode: ``None`` or ``"ansi"``.
 
@@ -91,6 +94,7 @@ class TextGenVectorEnv(VectorEnv):
         group_size: int = 1,
         autoreset_mode: str = "next_step",
         reference: PreTrainedModel | None = None,
+        lora: dict[str, Any] | bool | None = None,
         device: str | torch.device = "auto",
         render_mode: str | None = None,
     ) -> None:
@@ -102,9 +106,9 @@ class TextGenVectorEnv(VectorEnv):
                 model=model, tokenizer=tokenizer, reward_model=reward_model, prompts=prompts,
                 prompt_split=prompt_split, max_new_tokens=max_new_tokens, max_prompt_tokens=max_prompt_tokens,
                 kl_coef=kl_coef, target_kl=target_kl, kl_horizon=kl_horizon, kl_estimator=kl_estimator,
-                kl_penalty=kl_penalty, group_size=group_size, num_envs=num_envs,
+                kl_penalty=kl_penalty, group_size=group_size, num_envs=num_envs, lora=lora,
             ).items()
-            if value is None or isinstance(value, (str, int, float))
+            if value is None or isinstance(value, (str, int, float, dict))
         }
         _check_int("max_new_tokens", max_new_tokens, minimum=1)
         _check_int("group_size", group_size, minimum=1)
@@ -119,14 +123,21 @@ class TextGenVectorEnv(VectorEnv):
 
         self.device = resolve_device(device)
         self.tokenizer = _resolve_tokenizer(tokenizer, model)
-        self.policy = model if isinstance(model, PreTrainedModel) else load_causal_lm(model, self.device)
+        self.policy = model if isinstance(model, torch.nn.Module) else load_causal_lm(model, self.device)
         self.policy.to(self.device)
+        if lora:
+            if reference is not None:
+                raise ValueError("lora=... uses the policy with adapters disabled as reference: drop reference=")
+            self.policy = apply_lora(self.policy, lora)
         disable_dropout(self.policy)
         self.kl_controller = make_kl_controller(kl_coef, target_kl, kl_horizon)
         self.reference = None
         if kl_coef > 0:
-            self.reference = frozen_copy(self.policy) if reference is None else reference.to(self.device).eval()
-            self.reference.requires_grad_(False)
+            if is_peft_model(self.policy) and reference is None:
+                self.reference = AdapterDisabledReference(self.policy)
+            else:
+                self.reference = frozen_copy(self.policy) if reference is None else reference.to(self.device).eval()
+                self.reference.requires_grad_(False)
         self.reward_model = make_reward_model(reward_model)
 
         self.prompts = load_prompts(prompts, prompt_split)
@@ -356,8 +367,8 @@ class TextGenVectorEnv(VectorEnv):
 
 def _resolve_tokenizer(tokenizer: Any, model: Any) -> PreTrainedTokenizerBase:
     if tokenizer is None:
-        if isinstance(model, PreTrainedModel):
-            source = getattr(model, "name_or_path", "") or DEFAULT_MODEL
+        if isinstance(model, torch.nn.Module):
+            source = getattr(model.config, "_name_or_path", "") or DEFAULT_MODEL
             return load_tokenizer(source)
         return load_tokenizer(model)
     if isinstance(tokenizer, PreTrainedTokenizerBase):
