@@ -1,7 +1,10 @@
-"""The ``textenv`` command line: ``textenv train`` and ``textenv eval``.
+"""The ``textenv`` command line.
 
     textenv train --agent NAME [--total-timesteps N] [--output DIR] [--config FILE] [--seed S] [--resume DIR]
     textenv eval CHECKPOINT [--num-prompts N] [--seed S]
+    textenv collect --output FILE ...     # K completions per prompt, ranked by a gold scorer
+    textenv label INPUT --output FILE     # rank completions by hand (keyboard, resumable)
+    textenv train-rm --data FILE --output DIR   # Bradley-Terry preference reward model
 
 A YAML config file may set any of the flags (``agent``, ``total_timesteps``, ``output``, ``seed``, ...) plus
 ``env:`` (TextGenVectorEnv arguments) and ``agent_kwargs:`` (the agent's hyper-parameters); flags given on
@@ -191,6 +194,22 @@ def build_parser() -> argparse.ArgumentParser:
     evaluate.add_argument("--num-prompts", type=int, default=128)
     evaluate.add_argument("--seed", type=int, default=0)
     evaluate.set_defaults(func=cmd_eval)
+
+    from textenv import collect as collect_cmd
+    from textenv import label as label_cmd
+    from textenv.reward_models import preference as preference_rm
+
+    collect = sub.add_parser("collect", help="sample K completions per prompt and rank them with a gold reward model")
+    collect_cmd.add_arguments(collect)
+    collect.set_defaults(func=collect_cmd.run)
+
+    label = sub.add_parser("label", help="rank completions by hand in the terminal (resumable)")
+    label_cmd.add_arguments(label)
+    label.set_defaults(func=label_cmd.run)
+
+    train_rm = sub.add_parser("train-rm", help="train a Bradley-Terry preference reward model")
+    preference_rm.add_arguments(train_rm)
+    train_rm.set_defaults(func=preference_rm.run)
     return parser
 
 
