@@ -1,14 +1,15 @@
 """textenv: token generation as a Gymnasium environment, for RL on language-model policies (RLHF).
 
 ``import textenv`` registers ``TextGen-v0``: ``gym.make("TextGen-v0")`` is one episode at a time,
-``gym.make_vec("TextGen-v0", num_envs=B)`` the native batched env (the fast path).
+``gym.make_vec("TextGen-v0", num_envs=B)`` the native batched env (the fast path). Importing the package
+does not import torch; the model helpers below load on first use.
 """
 
 from __future__ import annotations
 
-from gymnasium.envs.registration import register, registry
+from typing import Any
 
-from textenv.models import DEFAULT_MODEL, load_causal_lm, load_tokenizer, resolve_device
+from gymnasium.envs.registration import register, registry
 
 __version__ = "0.1.0"
 
@@ -19,4 +20,15 @@ if "TextGen-v0" not in registry:
         vector_entry_point="textenv.vector_env:TextGenVectorEnv",
     )
 
-__all__ = ["DEFAULT_MODEL", "__version__", "load_causal_lm", "load_tokenizer", "resolve_device"]
+_MODEL_HELPERS = ("DEFAULT_MODEL", "load_causal_lm", "load_tokenizer", "resolve_device")
+
+
+def __getattr__(name: str) -> Any:
+    if name in _MODEL_HELPERS:
+        from textenv import models
+
+        return getattr(models, name)
+    raise AttributeError(f"module 'textenv' has no attribute {name!r}")
+
+
+__all__ = ["__version__", *_MODEL_HELPERS]
