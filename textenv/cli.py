@@ -159,7 +159,8 @@ def cmd_eval(args: argparse.Namespace) -> int:
     if not meta_file.is_file():
         raise SystemExit(f"{checkpoint} is not a checkpoint directory (no agent.json); pass DIR/checkpoint")
     meta = json.loads(meta_file.read_text())
-    env_kwargs = {k: v for k, v in meta.get("env", {}).items() if k != "num_envs"}
+    env_kwargs = {k: v for k, v in meta.get("env", {}).items()
+                  if k not in ("num_envs", "tokenizer", "group_size", "lora") and v is not None}
     from textenv.models import load_causal_lm, load_tokenizer
     from textenv.vector_env import TextGenVectorEnv
 
@@ -167,7 +168,6 @@ def cmd_eval(args: argparse.Namespace) -> int:
     policy = load_causal_lm(checkpoint / "policy")
     reference = load_causal_lm(base)
     env_kwargs["kl_coef"] = max(env_kwargs.get("kl_coef", 0.0), 1e-8)
-    env_kwargs.pop("group_size", None)
     env = TextGenVectorEnv(num_envs=8, model=policy, tokenizer=load_tokenizer(checkpoint / "policy"),
                            reference=reference, autoreset_mode="disabled", **env_kwargs)
     result = held_out_eval(env, args.num_prompts, args.seed)
