@@ -10,7 +10,9 @@ import inspect
 from typing import Any
 
 from textenv.agents.base import SCALARS, Agent
+from textenv.agents.dpo import DPO, LRML
 from textenv.agents.reinforce import Reinforce
+from textenv.agents.sft import SFT
 
 AGENTS: dict[str, type[Agent]] = {}
 
@@ -40,6 +42,8 @@ def make_agent(name: str, env: Any, **hyperparameters: Any) -> Agent:
     return cls(env, **hyperparameters)
 
 
-register_agent(Reinforce)
+for _cls in (Reinforce, SFT, DPO, LRML):
+    register_agent(_cls)
 
-__all__ = ["AGENTS", "SCALARS", "Agent", "Reinforce", "agent_class", "make_agent", "register_agent"]
+__all__ = ["AGENTS", "DPO", "LRML", "SCALARS", "SFT", "Agent", "Reinforce", "agent_class", "make_agent",
+           "register_agent"]

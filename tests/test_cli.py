@@ -47,7 +47,7 @@ def test_train_writes_tensorboard_checkpoint_and_summary(config_file, tmp_path, 
 
     assert main(["eval", str(out / "checkpoint"), "--num-prompts", "8"]) == 0
     result = json.loads(capsys.readouterr().out)
-    assert {"rm_score", "kl", "num_prompts"} <= set(result)
+    assert {"gold_reward", "kl", "perplexity", "distinct_2", "samples"} <= set(result)
 
 
 def test_unknown_config_key_and_agent_are_clear_errors(tmp_path, capsys):

@@ -20,8 +20,6 @@ import time
 from pathlib import Path
 from typing import Any
 
-import numpy as np
-import torch
 import yaml
 
 #: Defaults of the main job (``textenv train --agent reinforce`` on the embedded model and VADER reward).
@@ -77,40 +75,23 @@ def build_env(env_kwargs: dict[str, Any], group_size: int = 1):
     return TextGenVectorEnv(**kwargs)
 
 
-@torch.no_grad()
-def held_out_eval(train_env, num_prompts: int, seed: int) -> dict[str, float]:
-    """Mean RM score and KL on held-out (``eval`` split) prompts, sharing the training env's models."""
+def held_out_eval(env, num_prompts: int, seed: int) -> dict[str, Any]:
+    """Gold reward (the env's reward model) and KL to the env's reference on held-out prompts."""
+    from textenv.evaluation import evaluate_policy
     from textenv.prompts import load_prompts
-    from textenv.rollout import collect_rollout
-    from textenv.vector_env import TextGenVectorEnv
 
-    prompts = load_prompts("builtin", "eval")[:num_prompts]
-    env = TextGenVectorEnv(
-        num_envs=min(len(prompts), 64),
-        model=train_env.policy,
-        tokenizer=train_env.tokenizer,
-        reward_model=train_env.reward_model,
-        prompts=prompts,
-        max_new_tokens=train_env.max_new_tokens,
-        max_prompt_tokens=train_env.max_prompt_tokens,
-        kl_coef=max(train_env.kl_coef, 1e-8),  # KL is reported even when training with β = 0
-        reference=train_env.reference,
-        autoreset_mode="disabled",
-        device=train_env.device,
+    return evaluate_policy(
+        env.policy,
+        prompts=load_prompts("builtin", "eval")[:num_prompts],
+        gold=env.reward_model,
+        reference=env.reference if env.reference is not None else env.spec_kwargs.get("model", "textenv/default"),
+        tokenizer=env.tokenizer,
+        max_new_tokens=env.max_new_tokens,
+        seed=seed,
+        batch_size=64,
+        max_table_rows=5,
+        device=env.device,
     )
-    generator = torch.Generator(device=env.device).manual_seed(seed)
-    scores, kls, texts = [], [], []
-    for start in range(0, len(prompts) - env.num_envs + 1, env.num_envs):
-        rollout = collect_rollout(env, generator, prompts=prompts[start : start + env.num_envs])
-        scores.append(rollout.rm_score)
-        kls.append(rollout.episode_kl)
-        texts.extend(zip(rollout.prompts, rollout.texts))
-    return {
-        "rm_score": float(np.concatenate(scores).mean()),
-        "kl": float(np.concatenate(kls).mean()),
-        "num_prompts": int(sum(len(s) for s in scores)),
-        "samples": texts[:5],
-    }
 
 
 def cmd_train(args: argparse.Namespace) -> int:
@@ -130,8 +111,8 @@ def cmd_train(args: argparse.Namespace) -> int:
         print(f"resumed from {args.resume} at step {agent.num_timesteps}")
     eval_seed = options["seed"] + 10_000
     before = held_out_eval(env, options["eval_prompts"], eval_seed)
-    print(f"held-out before: mean {env.reward_model.__class__.__name__} = {before['rm_score']:+.3f}, "
-          f"KL = {before['kl']:.3f} nats ({before['num_prompts']} prompts)")
+    print(f"held-out before: mean {env.reward_model.__class__.__name__} = {before['gold_reward']:+.3f}, "
+          f"KL = {before['kl']:.3f} nats ({options['eval_prompts']} prompts)")
     start = time.perf_counter()
     agent.learn(
         options["total_timesteps"],
@@ -141,11 +122,11 @@ def cmd_train(args: argparse.Namespace) -> int:
     )
     minutes = (time.perf_counter() - start) / 60
     after = held_out_eval(env, options["eval_prompts"], eval_seed)
-    print(f"held-out after:  mean {env.reward_model.__class__.__name__} = {after['rm_score']:+.3f}, "
-          f"KL = {after['kl']:.3f} nats; change {after['rm_score'] - before['rm_score']:+.3f} "
+    print(f"held-out after:  mean {env.reward_model.__class__.__name__} = {after['gold_reward']:+.3f}, "
+          f"KL = {after['kl']:.3f} nats; change {after['gold_reward'] - before['gold_reward']:+.3f} "
           f"in {minutes:.1f} min, {agent.num_timesteps} tokens")
-    for prompt, text in after["samples"][:3]:
-        print(f"  {prompt} | {text}")
+    for row in after["samples"][:3]:
+        print(f"  {row['prompt']} | {row['completion']}")
     summary = {"agent": cls.name, "before": before, "after": after, "minutes": minutes,
                "num_timesteps": agent.num_timesteps, "options": options}
     (output / "summary.json").write_text(json.dumps(summary, indent=2, default=str))
@@ -154,24 +135,17 @@ def cmd_train(args: argparse.Namespace) -> int:
 
 
 def cmd_eval(args: argparse.Namespace) -> int:
-    checkpoint = Path(args.checkpoint)
-    meta_file = checkpoint / "agent.json"
-    if not meta_file.is_file():
-        raise SystemExit(f"{checkpoint} is not a checkpoint directory (no agent.json); pass DIR/checkpoint")
-    meta = json.loads(meta_file.read_text())
-    env_kwargs = {k: v for k, v in meta.get("env", {}).items()
-                  if k not in ("num_envs", "tokenizer", "group_size", "lora") and v is not None}
-    from textenv.models import load_causal_lm, load_tokenizer
-    from textenv.vector_env import TextGenVectorEnv
+    from textenv.evaluation import evaluate_policy, save_eval_json
 
-    base = env_kwargs.pop("model", None) or "textenv/default"
-    policy = load_causal_lm(checkpoint / "policy")
-    reference = load_causal_lm(base)
-    env_kwargs["kl_coef"] = max(env_kwargs.get("kl_coef", 0.0), 1e-8)
-    env = TextGenVectorEnv(num_envs=8, model=policy, tokenizer=load_tokenizer(checkpoint / "policy"),
-                           reference=reference, autoreset_mode="disabled", **env_kwargs)
-    result = held_out_eval(env, args.num_prompts, args.seed)
-    print(json.dumps(result, indent=2))
+    checkpoint = Path(args.checkpoint)
+    if not (checkpoint / "agent.json").is_file():
+        raise SystemExit(f"{checkpoint} is not a checkpoint directory (no agent.json); pass DIR/checkpoint")
+    from textenv.prompts import load_prompts
+
+    result = evaluate_policy(checkpoint, prompts=load_prompts("builtin", "eval")[: args.num_prompts],
+                             seed=args.seed, max_table_rows=5)
+    save_eval_json(checkpoint.parent / "eval.json", result)
+    print(json.dumps({k: v for k, v in result.items() if k != "settings"}, indent=2, default=str))
     return 0
 
 

@@ -1,0 +1,290 @@
+"""Offline preference optimisation: DPO and DiscoPOP / LRML, directly on preference pairs (no RM, no RL loop).
+
+``shared/rlhf-notes.md``, "Direct preference optimisation". For a prompt x with preferred completion y_w and
+dispreferred y_l, the policy's implicit reward margin is
+
+    ρ = [log π_θ(y_w|x) − log π_ref(y_w|x)] − [log π_θ(y_l|x) − log π_ref(y_l|x)],
+
+with sequence log-probs summed over the completion tokens, and the loss is a function f(βρ):
+
+* ``loss="sigmoid"`` — DPO (Rafailov et al. 2023, eq. 7): f(βρ) = −log σ(βρ);
+* ``loss="lrml"``    — DiscoPOP / log-ratio modulated loss (Chris Lu et al. 2024, eq. 5 / appendix eq. 27):
+      f(βρ) = (1 − σ(βρ/τ)) · log(1 + exp(−βρ)) + σ(βρ/τ) · exp(−βρ),   τ = 0.05,
+  a blend of the logistic (DPO) and the exponential loss. It is non-convex: for τ = 0.05 it has a local
+  minimum at βρ ≈ −0.12 and a local maximum at βρ ≈ +0.07, so its slope at ρ = 0 is *positive*
+  (d/dρ f(βρ) at 0 = β[(1 − log 2)/(4τ) − 3/4] ≈ +0.78 β): the update direction −f' there is negative
+  and lowers ρ (the "negative gradient at ρ = 0" of rlhf-notes is true of −f', not of f'). Since ρ = 0 for
+  every pair while π_θ = π_ref, small steps slide into that dip (negative margins). In nats of ρ the dip
+  spans about [−0.12/β, +0.07/β], so a small β widens it: on the embedded model with VADER-ranked pairs,
+  LRML stalled at β = 0.1 (45 % of pairs with ρ > 0 after 150 steps) but learned as fast as DPO at β = 0.5.
+
+The reference π_ref is the env's frozen ``reference`` (the model the env's KL is measured against), or,
+when the env has none (``kl_coef=0``) or ``reference="initial_policy"``, a frozen copy of the policy taken
+when the agent is built. Its log-probs are computed on the same padded batch as the policy's, so ρ is
+exactly 0 before the first update.
+
+Preference data: a JSONL file (or list of rows) in the :mod:`textenv.preferences` format; a ranking of K
+completions counts as its C(K, 2) pairs (:func:`textenv.preferences.expand_pairs`).
+"""
+
+from __future__ import annotations
+
+import os
+from typing import Any
+
+import torch
+import torch.nn.functional as F
+
+from textenv.agents.base import Agent
+from textenv.agents.sft import (
+    MinibatchSampler,
+    TokenBatch,
+    collate,
+    completion_logprobs,
+    context_length,
+    encode_pairs,
+)
+from textenv.models import frozen_copy
+from textenv.preferences import PreferencePair, as_preference_rows, expand_pairs
+from textenv.rollout import entropy, masked_mean
+from textenv.vector_env import TextGenVectorEnv
+
+PreferenceSource = Any  # str | os.PathLike | Sequence[dict | PreferencePair | PreferenceRanking]
+REFERENCES = ("env", "initial_policy")
+
+
+# ---------------------------------------------------------------------------------------------- losses
+def dpo_loss(rho: torch.Tensor, beta: float) -> torch.Tensor:
+    """DPO (Rafailov et al. 2023, eq. 7): −log σ(βρ) = softplus(−βρ), elementwise (stable for any ρ)."""
+    return F.softplus(-beta * rho)
+
+
+def lrml_loss(rho: torch.Tensor, beta: float, tau: float = 0.05) -> torch.Tensor:
+    """DiscoPOP / LRML (Lu et al. 2024, eq. 5 / appendix eq. 27), elementwise, with x = βρ:
+
+        f(x) = (1 − σ(x/τ)) · log(1 + e^{−x}) + σ(x/τ) · e^{−x}.
+
+    Computed stably as σ(−x/τ)·softplus(−x) + exp(log σ(x/τ) − x): the exponential term never overflows,
+    because where e^{−x} is huge (x ≪ 0) its weight σ(x/τ) is e^{x/τ}-small and the exponent x(1/τ − 1)
+    stays ≤ 0 (τ < 1).
+    """
+    if not tau > 0:
+        raise ValueError(f"tau={tau!r} must be > 0")
+    x = beta * rho
+    return torch.sigmoid(-x / tau) * F.softplus(-x) + torch.exp(F.logsigmoid(x / tau) - x)
+
+
+LOSSES = ("sigmoid", "lrml")
+
+
+# ---------------------------------------------------------------------------------------------- data
+def load_pairs(source: PreferenceSource) -> list[PreferencePair]:
+    """Every comparison in ``source`` as a pair (rankings expanded to C(K, 2) pairs, grouped by prompt)."""
+    if source is None:
+        raise ValueError(
+            "preferences=None: pass a preference JSONL file ({'prompt','chosen','rejected'} or "
+            "{'prompt','ranked'} lines, e.g. written by `textenv collect`) or a list of such rows"
+        )
+    return [pair for group in expand_pairs(as_preference_rows(source)) for pair in group.as_pairs()]
+
+
+# ---------------------------------------------------------------------------------------------- agent
+class DPO(Agent):
+    """Direct preference optimisation of the env's policy on a fixed preference dataset.
+
+    One :meth:`train_iteration` is one Adam step on ``batch_size`` pairs: one policy forward (with grad) and
+    one reference forward (no grad) over the 2·``batch_size`` sequences (chosen rows, then rejected rows).
+    ``num_tokens`` is the number of completion tokens scored (chosen + rejected).
+
+    Args:
+        env: a ``TextGenVectorEnv``: its ``policy``, ``reference``, ``tokenizer`` and ``device`` are used.
+        preferences: a preference JSONL path or a list of rows (see :mod:`textenv.preferences`).
+        learning_rate: Adam α.
+        beta: β, the strength of the implicit KL regularisation (larger: stay closer to π_ref).
+        loss: ``"sigmoid"`` (DPO) or ``"lrml"`` (DiscoPOP).
+        tau: LRML's modulation temperature τ (ignored by ``"sigmoid"``).
+        batch_size: preference pairs per step.
+        max_grad_norm: gradient-norm clip (``None``: no clipping).
+        reference: ``"env"`` (the env's frozen reference, or a copy of the initial policy if it has none) or
+            ``"initial_policy"`` (always a frozen copy of the policy as it is when the agent is built).
+        append_eos: end every completion with EOS (as the env's terminated episodes do).
+        max_length: longest prompt + completion in tokens (default: the model's context length).
+    """
+
+    name = "dpo"
+
+    def __init__(
+        self,
+        env: TextGenVectorEnv,
+        preferences: PreferenceSource = None,
+        learning_rate: float = 5e-5,
+        beta: float = 0.1,
+        loss: str = "sigmoid",
+        tau: float = 0.05,
+        batch_size: int = 16,
+        max_grad_norm: float | None = 1.0,
+        reference: str = "env",
+        append_eos: bool = True,
+        max_length: int | None = None,
+        seed: int | None = 0,
+        tensorboard_log: str | None = None,
+        verbose: int = 0,
+    ) -> None:
+        super().__init__(env, learning_rate=learning_rate, seed=seed, tensorboard_log=tensorboard_log, verbose=verbose)
+        if loss not in LOSSES:
+            raise ValueError(f"loss={loss!r} is not one of {LOSSES}")
+        if reference not in REFERENCES:
+            raise ValueError(f"reference={reference!r} is not one of {REFERENCES}")
+        for key, value in (("beta", beta), ("tau", tau)):
+            if isinstance(value, bool) or not isinstance(value, (int, float)) or not value > 0:
+                raise ValueError(f"{key}={value!r} must be a number > 0")
+        if isinstance(batch_size, bool) or not isinstance(batch_size, int) or batch_size < 1:
+            raise ValueError(f"batch_size={batch_size!r} must be an integer >= 1")
+        if max_grad_norm is not None and max_grad_norm <= 0:
+            raise ValueError(f"max_grad_norm={max_grad_norm} must be > 0 or None")
+        self.preferences = preferences
+        self.beta = float(beta)
+        self.loss = loss
+        self.tau = float(tau)
+        self.batch_size = batch_size
+        self.max_grad_norm = max_grad_norm
+        self.reference_source = reference
+        self.append_eos = append_eos
+        self.max_length = max_length
+
+        pairs = load_pairs(preferences)
+        limit = max_length or context_length(self.policy)
+        prompts = [p.prompt for p in pairs]
+        self.chosen = encode_pairs(env.tokenizer, prompts, [p.chosen for p in pairs], limit, append_eos)
+        self.rejected = encode_pairs(env.tokenizer, prompts, [p.rejected for p in pairs], limit, append_eos)
+        use_env = reference == "env" and env.reference is not None
+        self.reference = env.reference if use_env else frozen_copy(self.policy)
+        self.sampler = MinibatchSampler(len(pairs), batch_size, self.generator)
+        self.optimizer = torch.optim.Adam(self.policy.parameters(), lr=learning_rate)
+
+    def hyperparameters(self) -> dict[str, Any]:
+        source = self.preferences
+        return {
+            **super().hyperparameters(),
+            "preferences": str(source) if isinstance(source, os.PathLike) else _jsonable(source),
+            "beta": self.beta,
+            "loss": self.loss,
+            "tau": self.tau,
+            "batch_size": self.batch_size,
+            "max_grad_norm": self.max_grad_norm,
+            "reference": self.reference_source,
+            "append_eos": self.append_eos,
+            "max_length": self.max_length,
+        }
+
+    def optimizers(self) -> dict[str, torch.optim.Optimizer]:
+        return {"policy": self.optimizer}
+
+    def _extra_state(self) -> dict[str, Any]:
+        return {"sampler": self.sampler.state_dict()}
+
+    def _load_extra_state(self, state: dict[str, Any]) -> None:
+        if "sampler" in state:
+            self.sampler.load_state_dict(state["sampler"])
+
+    def preference_loss(self, rho: torch.Tensor) -> torch.Tensor:
+        """f(βρ) per pair, ``(N,) -> (N,)``: DPO's or LRML's (module docstring)."""
+        if self.loss == "lrml":
+            return lrml_loss(rho, self.beta, self.tau)
+        return dpo_loss(rho, self.beta)
+
+    def _margins(
+        self, indices: list[int], grad: bool
+    ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, TokenBatch, torch.Tensor]:
+        """For the N pairs ``indices``: ρ, log π_θ/π_ref of y_w, the same of y_l (each ``(N,)``), the batch
+        (N chosen rows then N rejected rows) and the policy's logits over it ``(2N, L − 1, V)``."""
+        n = len(indices)
+        batch = collate([self.chosen[i] for i in indices] + [self.rejected[i] for i in indices],
+                        self.env.tokenizer.pad_token_id, self.env.device)
+        with torch.set_grad_enabled(grad):
+            logprobs, logits = completion_logprobs(self.policy, batch)
+        with torch.no_grad():
+            ref_logprobs, _ = completion_logprobs(self.reference, batch)
+        logratio = logprobs.sum(dim=1) - ref_logprobs.sum(dim=1)  # log π_θ(y|x) − log π_ref(y|x), (2N,)
+        chosen, rejected = logratio[:n], logratio[n:]
+        return chosen - rejected, chosen, rejected, batch, logits
+
+    def train_iteration(self) -> dict[str, float]:
+        self.policy.train()
+        rho, chosen, rejected, batch, logits = self._margins(self.sampler.next(), grad=True)
+        loss = self.preference_loss(rho).mean()
+        self.optimizer.zero_grad(set_to_none=True)
+        loss.backward()
+        if self.max_grad_norm is not None:
+            torch.nn.utils.clip_grad_norm_(self.policy.parameters(), self.max_grad_norm)
+        self.optimizer.step()
+        self.policy.eval()
+        with torch.no_grad():
+            mean_entropy = masked_mean(entropy(logits.detach()), batch.target_mask)
+            rho = rho.detach()
+        return {
+            "num_tokens": batch.num_tokens,
+            "train/loss": float(loss.detach()),
+            "train/entropy": float(mean_entropy),
+            "train/reward_margin": float((self.beta * rho).mean()),  # β·ρ, the implicit reward gap
+            "train/pref_accuracy": float((rho > 0).float().mean()),
+            "train/chosen_reward": float(self.beta * chosen.detach().mean()),
+            "train/rejected_reward": float(self.beta * rejected.detach().mean()),
+        }
+
+    @torch.no_grad()
+    def evaluate_preferences(self, batch_size: int = 32) -> dict[str, float]:
+        """Loss, mean β·ρ and the fraction of pairs with ρ > 0 over the whole dataset (no update)."""
+        was_training = self.policy.training
+        self.policy.eval()
+        rhos = []
+        for start in range(0, len(self.chosen), batch_size):
+            rho, *_ = self._margins(list(range(start, min(start + batch_size, len(self.chosen)))), grad=False)
+            rhos.append(rho)
+        self.policy.train(was_training)
+        rho = torch.cat(rhos)
+        return {
+            "loss": float(self.preference_loss(rho).mean()),
+            "reward_margin": float((self.beta * rho).mean()),
+            "pref_accuracy": float((rho > 0).float().mean()),
+        }
+
+
+class LRML(DPO):
+    """DPO with the DiscoPOP / LRML loss (``loss="lrml"`` fixed); see :class:`DPO` for the arguments."""
+
+    name = "lrml"
+
+    def __init__(
+        self,
+        env: TextGenVectorEnv,
+        preferences: PreferenceSource = None,
+        learning_rate: float = 5e-5,
+        beta: float = 0.1,
+        tau: float = 0.05,
+        batch_size: int = 16,
+        max_grad_norm: float | None = 1.0,
+        reference: str = "env",
+        append_eos: bool = True,
+        max_length: int | None = None,
+        seed: int | None = 0,
+        tensorboard_log: str | None = None,
+        verbose: int = 0,
+    ) -> None:
+        super().__init__(
+            env, preferences=preferences, learning_rate=learning_rate, beta=beta, loss="lrml", tau=tau,
+            batch_size=batch_size, max_grad_norm=max_grad_norm, reference=reference, append_eos=append_eos,
+            max_length=max_length, seed=seed, tensorboard_log=tensorboard_log, verbose=verbose,
+        )
+
+    def hyperparameters(self) -> dict[str, Any]:
+        hyperparameters = super().hyperparameters()
+        del hyperparameters["loss"]
+        return hyperparameters
+
+
+def _jsonable(source: Any) -> Any:
+    """In-memory preference rows as JSON-able dicts (for ``agent.json``); paths and None pass through."""
+    if source is None or isinstance(source, str):
+        return source
+    return [row.to_json() if hasattr(row, "to_json") else row for row in source]

@@ -1,0 +1,389 @@
+"""Evaluate a policy: gold and proxy reward, KL to the reference, reference perplexity, diversity; and plots.
+
+:func:`evaluate_policy` samples ``num_samples`` completions per prompt from the policy through the batched
+env (:class:`~textenv.vector_env.TextGenVectorEnv` + :func:`~textenv.rollout.collect_rollout`: KV-cached,
+one forward per model per token) and reports, over all samples:
+
+* ``gold_reward``: mean score of the *gold* reward model (default VADER) — the quantity we actually want;
+* ``proxy_reward``: mean score of the *proxy* (e.g. a learned Bradley–Terry RM the policy was trained on);
+* ``kl``: KL(π_θ‖π_ref) estimated as the mean over samples of Σ_t [log π_θ(y_t|s_t) − log π_ref(y_t|s_t)]
+  (the k1 estimator of ``shared/rlhf-notes.md``, nats per sequence; unbiased at ``temperature=1``);
+* ``perplexity``: exp(−Σ log π_ref(y_t|s_t) / N_tokens) — how natural the samples look to the reference
+  (per token, over all samples; the EOS token counts when it was sampled);
+* ``distinct_1`` / ``distinct_2``: unique word n-grams / total word n-grams over all samples (Li et al. 2016);
+  collapse to a few repeated phrases shows as low distinct-n;
+* ``samples``: the table of (prompt, completion, gold, proxy, kl) rows.
+
+Reward over-optimisation ("Known failure modes", rlhf-notes) shows as the proxy rising while the gold
+reward stalls or falls as KL grows: :func:`plot_proxy_vs_gold` draws that over checkpoints, and
+:func:`plot_reward_kl_frontier` draws gold reward against KL for a β sweep (the reward–KL frontier of the
+DiscoPOP paper's IMDb experiment, its Fig. 5).
+"""
+
+from __future__ import annotations
+
+import io
+import json
+import math
+import os
+import tempfile
+import time
+from collections.abc import Mapping, Sequence
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+from transformers import PreTrainedModel, PreTrainedTokenizerBase
+
+from textenv.models import DEFAULT_MODEL, load_causal_lm, load_tokenizer, resolve_device, resolve_model_path
+from textenv.prompts import PromptSource, load_prompts
+from textenv.reward_models import RewardModel, checked_scores, make_reward_model
+from textenv.rollout import collect_rollout
+from textenv.vector_env import TextGenVectorEnv
+
+#: Scalar keys of an :func:`evaluate_policy` result (``proxy_reward`` is ``None`` without a proxy).
+METRICS = (
+    "gold_reward", "gold_reward_std", "proxy_reward", "proxy_reward_std", "kl", "kl_std", "perplexity",
+    "policy_perplexity", "distinct_1", "distinct_2", "length",
+)
+
+
+# ---------------------------------------------------------------------------------------------- evaluation
+@torch.no_grad()
+def evaluate_policy(
+    policy: str | os.PathLike | PreTrainedModel,
+    prompts: PromptSource = "builtin",
+    gold: Any = "vader",
+    proxy: Any = None,
+    reference: str | os.PathLike | PreTrainedModel | None = None,
+    tokenizer: str | PreTrainedTokenizerBase | None = None,
+    num_samples: int = 1,
+    max_new_tokens: int = 32,
+    temperature: float = 1.0,
+    seed: int = 0,
+    batch_size: int = 32,
+    prompt_split: str = "eval",
+    max_table_rows: int | None = None,
+    device: str | torch.device = "auto",
+) -> dict[str, Any]:
+    """Sample from ``policy`` on ``prompts`` and measure it (see the module docstring for the metrics).
+
+    Args:
+        policy: a ``PreTrainedModel``, a ``save_pretrained`` directory / model name, or a textenv agent
+            checkpoint directory (``Agent.save``: its ``policy/`` is loaded).
+        prompts: any prompt source of :func:`textenv.prompts.load_prompts`; default the built-in held-out
+            ``"eval"`` split.
+        gold: the reward model we care about: a registered name, a :class:`RewardModel`, a callable, or the
+            directory of a saved :class:`~textenv.reward_models.preference.PreferenceRewardModel`.
+        proxy: optional second reward model (same forms), e.g. the learned RM used for training.
+        reference: π_ref for KL and perplexity (model, name or path). Default: the base model recorded in an
+            agent checkpoint, else the embedded default model.
+        tokenizer: default: the policy's own.
+        num_samples: completions per prompt.
+        max_new_tokens: completion length limit (tokens).
+        temperature: sampling temperature (1: sample from π_θ itself, needed for an unbiased KL).
+        seed: seeds the sampler; the same arguments give the same samples.
+        batch_size: rows generated together.
+        prompt_split: split of the built-in prompts.
+        max_table_rows: keep only this many rows in ``samples`` (``None``: all).
+        device: ``"auto"``, ``"cpu"``, ``"cuda"``...
+
+    Returns:
+        A JSON-serialisable dict with the :data:`METRICS`, ``samples`` (list of dicts with ``prompt``,
+        ``completion``, ``gold``, ``proxy``, ``kl``), counts, ``seconds`` and the settings used.
+
+    Note: a passed-in ``PreTrainedModel`` is used in place (moved to ``device``, dropout disabled by the env).
+    """
+    for name, value in (("num_samples", num_samples), ("max_new_tokens", max_new_tokens), ("batch_size", batch_size)):
+        if isinstance(value, bool) or not isinstance(value, int) or value < 1:
+            raise ValueError(f"{name}={value!r} must be an integer >= 1")
+    if not temperature > 0:
+        raise ValueError(f"temperature={temperature!r} must be > 0 (sampling; greedy decoding has no KL estimate)")
+    start = time.perf_counter()
+    device = resolve_device(device)
+    policy_model, policy_tokenizer, base_model = _load_policy(policy, device)
+    tokenizer = tokenizer if tokenizer is not None else policy_tokenizer
+    reference_model = _load_reference(reference if reference is not None else base_model or DEFAULT_MODEL, device)
+    _check_same_vocabulary(policy_model, reference_model)
+    gold_model = load_reward_model(gold, device)
+    proxy_model = None if proxy is None else load_reward_model(proxy, device)
+
+    prompt_list = load_prompts(prompts, prompt_split)
+    rows = [p for p in prompt_list for _ in range(num_samples)]
+    env = TextGenVectorEnv(
+        num_envs=min(batch_size, len(rows)), model=policy_model, tokenizer=tokenizer, reward_model=gold_model,
+        prompts=prompt_list, max_new_tokens=max_new_tokens, kl_coef=1.0, kl_estimator="k1",
+        autoreset_mode="disabled", reference=reference_model, device=device,
+    )  # β only makes the env compute π_ref's log-probs; the env's reward is not used here
+    generator = torch.Generator(device=env.device).manual_seed(seed)
+
+    texts: list[str] = []
+    gold_scores, kls, lengths = [], [], []
+    ref_logprob_sum = policy_logprob_sum = 0.0
+    for first in range(0, len(rows), env.num_envs):
+        chunk = rows[first : first + env.num_envs]
+        filler = [chunk[-1]] * (env.num_envs - len(chunk))  # the last batch is topped up, extra rows dropped
+        rollout = collect_rollout(env, generator, prompts=chunk + filler, temperature=temperature)
+        n = len(chunk)
+        mask = rollout.action_mask[:n]
+        # k1: KL_t = log π_θ(y_t|s_t) − log π_ref(y_t|s_t), so log π_ref = logprob − KL_t.
+        ref_logprob_sum += float(((rollout.logprobs[:n] - rollout.kl[:n]) * mask).sum())
+        policy_logprob_sum += float((rollout.logprobs[:n] * mask).sum())
+        texts += rollout.texts[:n]
+        gold_scores.append(rollout.rm_score[:n])
+        kls.append(rollout.episode_kl[:n])
+        lengths.append(mask.sum(dim=1).cpu().numpy())
+    gold_arr, kl_arr, length_arr = np.concatenate(gold_scores), np.concatenate(kls), np.concatenate(lengths)
+    proxy_arr = None if proxy_model is None else checked_scores(proxy_model, rows, texts)
+    num_tokens = float(length_arr.sum())
+
+    samples = [
+        {"prompt": p, "completion": t, "gold": float(g), "proxy": None if proxy_arr is None else float(proxy_arr[i]),
+         "kl": float(k)}
+        for i, (p, t, g, k) in enumerate(zip(rows, texts, gold_arr, kl_arr))
+    ]
+    return {
+        "gold_reward": float(gold_arr.mean()),
+        "gold_reward_std": float(gold_arr.std()),
+        "proxy_reward": None if proxy_arr is None else float(proxy_arr.mean()),
+        "proxy_reward_std": None if proxy_arr is None else float(proxy_arr.std()),
+        "kl": float(kl_arr.mean()),
+        "kl_std": float(kl_arr.std()),
+        "perplexity": math.exp(-ref_logprob_sum / max(num_tokens, 1.0)),
+        "policy_perplexity": math.exp(-policy_logprob_sum / max(num_tokens, 1.0)),
+        "distinct_1": distinct_n(texts, 1),
+        "distinct_2": distinct_n(texts, 2),
+        "length": float(length_arr.mean()),
+        "num_prompts": len(prompt_list),
+        "num_samples": len(rows),
+        "num_tokens": int(num_tokens),
+        "seconds": time.perf_counter() - start,
+        "settings": {
+            "policy": _describe(policy),
+            "reference": _describe(reference if reference is not None else base_model or DEFAULT_MODEL),
+            "gold": _describe(gold),
+            "proxy": None if proxy is None else _describe(proxy),
+            "samples_per_prompt": num_samples,
+            "max_new_tokens": max_new_tokens,
+            "temperature": temperature,
+            "seed": seed,
+        },
+        "samples": samples if max_table_rows is None else samples[:max_table_rows],
+    }
+
+
+def evaluate_checkpoints(checkpoints: Sequence[str | os.PathLike], **kwargs: Any) -> list[dict[str, Any]]:
+    """:func:`evaluate_policy` on each agent checkpoint directory, in order; each result also gets
+    ``checkpoint`` and ``num_timesteps`` (from its ``agent.json``, ``None`` if absent). ``kwargs`` are
+    passed on (use the same ``seed`` and prompts for comparable points)."""
+    results = []
+    for checkpoint in checkpoints:
+        result = evaluate_policy(checkpoint, **kwargs)
+        meta = Path(checkpoint) / "agent.json"
+        result["checkpoint"] = str(checkpoint)
+        result["num_timesteps"] = json.loads(meta.read_text())["num_timesteps"] if meta.is_file() else None
+        results.append(result)
+    return results
+
+
+def distinct_n(texts: Sequence[str], n: int) -> float:
+    """Unique word n-grams / total word n-grams over all ``texts`` (whitespace words; 0.0 if there are none).
+
+    >>> distinct_n(["a b a b"], 2)  # bigrams (a b), (b a), (a b): 2 unique of 3
+    0.6666666666666666
+    """
+    if isinstance(n, bool) or not isinstance(n, int) or n < 1:
+        raise ValueError(f"n={n!r} must be an integer >= 1")
+    ngrams = [tuple(words[i : i + n]) for words in (t.split() for t in texts) for i in range(len(words) - n + 1)]
+    return len(set(ngrams)) / len(ngrams) if ngrams else 0.0
+
+
+def load_reward_model(spec: Any, device: str | torch.device = "auto") -> RewardModel:
+    """:func:`~textenv.reward_models.make_reward_model`, plus the directory of a saved
+    ``PreferenceRewardModel`` (it holds ``reward_model.json``)."""
+    if isinstance(spec, (str, os.PathLike)) and (Path(spec) / "reward_model.json").is_file():
+        from textenv.reward_models.preference import PreferenceRewardModel
+
+        return PreferenceRewardModel.load(spec, device=device)
+    return make_reward_model(spec)
+
+
+def _load_policy(
+    policy: str | os.PathLike | PreTrainedModel, device: torch.device
+) -> tuple[PreTrainedModel, PreTrainedTokenizerBase | None, str | None]:
+    """``(model, tokenizer or None, base model name recorded in an agent checkpoint or None)``."""
+    if isinstance(policy, torch.nn.Module):  # a PreTrainedModel or a peft-wrapped one
+        return policy.to(device).eval(), None, None
+    if not isinstance(policy, (str, os.PathLike)):
+        raise TypeError(f"policy must be a PreTrainedModel, a model directory or a checkpoint, got {type(policy)}")
+    path = Path(resolve_model_path(policy))
+    base = None
+    if (path / "agent.json").is_file() and (path / "policy").is_dir():  # an Agent.save checkpoint
+        recorded = json.loads((path / "agent.json").read_text()).get("env", {}).get("model")
+        base = recorded if isinstance(recorded, str) else None
+        path = path / "policy"
+    return load_causal_lm(path, device).eval(), load_tokenizer(path), base
+
+
+def _load_reference(reference: str | os.PathLike | PreTrainedModel, device: torch.device) -> PreTrainedModel:
+    model = reference if isinstance(reference, torch.nn.Module) else load_causal_lm(reference, device)
+    model = model.to(device).eval()
+    model.requires_grad_(False)
+    return model
+
+
+def _check_same_vocabulary(policy: PreTrainedModel, reference: PreTrainedModel) -> None:
+    sizes = (policy.config.vocab_size, reference.config.vocab_size)
+    if sizes[0] != sizes[1]:
+        raise ValueError(
+            f"the policy's vocabulary ({sizes[0]} tokens) differs from the reference's ({sizes[1]}): KL and "
+            "perplexity need the same tokenizer; pass reference=<the policy's base model>"
+        )
+
+
+def _describe(spec: Any) -> Any:
+    if spec is None or isinstance(spec, (str, int, float)):
+        return spec
+    if isinstance(spec, os.PathLike):
+        return str(spec)
+    if isinstance(spec, PreTrainedModel):
+        return getattr(spec, "name_or_path", None) or type(spec).__name__
+    return type(spec).__name__
+
+
+# ---------------------------------------------------------------------------------------------- files
+def save_eval_json(path: str | os.PathLike, result: Mapping[str, Any]) -> Path:
+    """Write ``result`` as indented JSON atomically (temporary file beside ``path``, fsync, ``os.replace``):
+    a crash leaves either the old file or the new one. NumPy scalars/arrays and paths are converted."""
+    text = json.dumps(result, indent=2, default=_json_default, allow_nan=True)
+    return _atomic_write(Path(path), text.encode("utf-8"))
+
+
+def load_eval_json(path: str | os.PathLike) -> dict[str, Any]:
+    """Read a file written by :func:`save_eval_json`."""
+    return json.loads(Path(path).read_text(encoding="utf-8"))
+
+
+def _json_default(value: Any) -> Any:
+    if isinstance(value, np.generic):
+        return value.item()
+    if isinstance(value, np.ndarray):
+        return value.tolist()
+    if isinstance(value, torch.Tensor):
+        return value.tolist()
+    if isinstance(value, os.PathLike):
+        return str(value)
+    raise TypeError(f"cannot write {type(value).__name__} to JSON")
+
+
+def _atomic_write(path: Path, data: bytes) -> Path:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.tmp-", dir=path.parent)
+    try:
+        with os.fdopen(fd, "wb") as handle:
+            handle.write(data)
+            handle.flush()
+            os.fsync(handle.fileno())
+        os.replace(tmp, path)
+    except BaseException:
+        Path(tmp).unlink(missing_ok=True)
+        raise
+    return path
+
+
+# ---------------------------------------------------------------------------------------------- plots
+def plot_reward_kl_frontier(
+    results_by_beta: Mapping[Any, Mapping[str, Any] | Sequence[Mapping[str, Any]]],
+    path: str | os.PathLike,
+    reward_key: str = "gold_reward",
+    title: str = "Reward–KL frontier",
+) -> Path:
+    """Reward against KL(π‖π_ref), one labelled series per β (DiscoPOP Fig. 5 style); writes a PNG.
+
+    Args:
+        results_by_beta: ``{β: result}`` or ``{β: [result per checkpoint, ...]}`` of :func:`evaluate_policy`
+            results (any mapping with ``"kl"`` and ``reward_key``). Numeric keys are labelled ``β = key``,
+            others (e.g. ``"dpo β=0.1"``) as given. A series with several checkpoints is joined in order.
+        path: the PNG file to write (atomically).
+        reward_key: which reward to plot (``"gold_reward"`` or ``"proxy_reward"``).
+    """
+    if not results_by_beta:
+        raise ValueError("results_by_beta is empty: give {beta: evaluate_policy(...) result(s)}")
+    figure = _figure()
+    axes = figure.subplots()
+    numeric = sorted(k for k in results_by_beta if isinstance(k, (int, float)))  # βs in order, then named series
+    keys = numeric + [k for k in results_by_beta if not isinstance(k, (int, float))]
+    for key in keys:
+        series = results_by_beta[key]
+        series = [series] if isinstance(series, Mapping) else list(series)
+        kl = [_value(r, "kl", key) for r in series]
+        reward = [_value(r, reward_key, key) for r in series]
+        label = f"β = {key:g}" if isinstance(key, (int, float)) else str(key)
+        axes.plot(kl, reward, marker="o", label=label)
+    axes.set_xlabel("KL(π‖π_ref)  [nats / sequence]")
+    axes.set_ylabel(reward_key.replace("_", " "))
+    axes.set_title(title)
+    axes.grid(alpha=0.3)
+    axes.legend()
+    return _save_figure(figure, path)
+
+
+def plot_proxy_vs_gold(
+    history: Sequence[Mapping[str, Any]], path: str | os.PathLike, title: str = "Proxy vs gold reward"
+) -> Path:
+    """Proxy and gold reward against KL over a run's checkpoints (in order); writes a PNG.
+
+    The two rewards live on different scales, so each has its own y-axis (gold left, proxy right).
+    Over-optimisation shows as the proxy still rising while the gold reward flattens or falls.
+    ``history``: :func:`evaluate_policy` results with a proxy (``"kl"``, ``"gold_reward"``, ``"proxy_reward"``);
+    a ``"num_timesteps"`` key, if present, labels the points.
+    """
+    if not history:
+        raise ValueError("history is empty: give a list of evaluate_policy(..., proxy=...) results")
+    kl = [_value(r, "kl", i) for i, r in enumerate(history)]
+    gold = [_value(r, "gold_reward", i) for i, r in enumerate(history)]
+    proxy = [_value(r, "proxy_reward", i) for i, r in enumerate(history)]
+    figure = _figure()
+    gold_axes = figure.subplots()
+    proxy_axes = gold_axes.twinx()
+    gold_axes.plot(kl, gold, marker="o", color="tab:blue", label="gold")
+    proxy_axes.plot(kl, proxy, marker="s", color="tab:red", label="proxy")
+    for x, y, r in zip(kl, gold, history):
+        if r.get("num_timesteps") is not None:
+            gold_axes.annotate(str(r["num_timesteps"]), (x, y), textcoords="offset points", xytext=(3, 3), fontsize=7)
+    gold_axes.set_xlabel("KL(π‖π_ref)  [nats / sequence]")
+    gold_axes.set_ylabel("gold reward", color="tab:blue")
+    proxy_axes.set_ylabel("proxy reward", color="tab:red")
+    gold_axes.set_title(title)
+    gold_axes.grid(alpha=0.3)
+    handles = gold_axes.get_lines()[:1] + proxy_axes.get_lines()[:1]
+    figure.legend(handles, [h.get_label() for h in handles], loc="outside lower center", ncols=2)  # clear of both
+    return _save_figure(figure, path)
+
+
+def _value(result: Mapping[str, Any], key: str, where: Any) -> float:
+    value = result.get(key) if isinstance(result, Mapping) else None
+    if value is None:
+        raise ValueError(
+            f"result {where!r} has no {key!r}; pass evaluate_policy results (with proxy= for proxy_reward)"
+        )
+    return float(value)
+
+
+def _figure() -> Any:
+    """A pyplot-free matplotlib Figure (Agg canvas): no global backend switch, safe in threads and notebooks."""
+    try:
+        from matplotlib.figure import Figure
+    except ImportError as err:
+        raise ImportError("plotting needs matplotlib: pip install 'textenv[plot]'") from err
+    return Figure(figsize=(6.4, 4.8), layout="constrained")
+
+
+def _save_figure(figure: Any, path: str | os.PathLike) -> Path:
+    from matplotlib.backends.backend_agg import FigureCanvasAgg
+
+    FigureCanvasAgg(figure)
+    buffer = io.BytesIO()
+    figure.savefig(buffer, format="png", dpi=120)
+    return _atomic_write(Path(path), buffer.getvalue())
