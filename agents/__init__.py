@@ -11,7 +11,11 @@ from typing import Any
 
 from textenv.agents.base import SCALARS, Agent
 from textenv.agents.dpo import DPO, LRML
+from textenv.agents.grpo import GRPO
+from textenv.agents.ppo import PPO
 from textenv.agents.reinforce import Reinforce
+from textenv.agents.rloo import RLOO
+from textenv.agents.sb3 import SB3A2C, SB3PPO, MaskablePPOAgent
 from textenv.agents.sft import SFT
 
 AGENTS: dict[str, type[Agent]] = {}
@@ -42,8 +46,8 @@ def make_agent(name: str, env: Any, **hyperparameters: Any) -> Agent:
     return cls(env, **hyperparameters)
 
 
-for _cls in (Reinforce, SFT, DPO, LRML):
+for _cls in (Reinforce, PPO, RLOO, GRPO, SB3PPO, SB3A2C, MaskablePPOAgent, SFT, DPO, LRML):
     register_agent(_cls)
 
-__all__ = ["AGENTS", "DPO", "LRML", "SCALARS", "SFT", "Agent", "Reinforce", "agent_class", "make_agent",
-           "register_agent"]
+__all__ = ["AGENTS", "DPO", "GRPO", "LRML", "PPO", "RLOO", "SB3A2C", "SB3PPO", "SCALARS", "SFT", "Agent",
+           "MaskablePPOAgent", "Reinforce", "agent_class", "make_agent", "register_agent"]

@@ -51,6 +51,8 @@ class Agent(ABC):
     """
 
     name: ClassVar[str] = ""
+    #: K completions per prompt that ``textenv train`` asks of the env unless the config sets ``group_size``.
+    default_group_size: ClassVar[int] = 1
 
     def __init__(
         self,

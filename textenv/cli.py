@@ -102,7 +102,7 @@ def cmd_train(args: argparse.Namespace) -> int:
     output = Path(options["output"])
     output.mkdir(parents=True, exist_ok=True)
     env_kwargs = dict(options["env"])
-    env = build_env(env_kwargs)
+    env = build_env(env_kwargs, group_size=cls.default_group_size)
     print(f"textenv train: agent={cls.name} env={env_kwargs} output={output}")
     agent = make_agent(options["agent"], env, seed=options["seed"], tensorboard_log=str(output / "tensorboard"),
                        **options["agent_kwargs"])

@@ -1,0 +1,420 @@
+"""PPO for RLHF (Ziegler et al. 2019; InstructGPT, Ouyang et al. 2022), with the optional PPO-ptx term.
+
+``shared/rlhf-notes.md``, "PPO (Schulman et al. 2017)" and "PPO-ptx (InstructGPT eq. 4)". One iteration:
+
+1. Roll out B = ``env.num_envs`` episodes; keep the sampling-time log π_old(a_t|s_t) (no re-computation).
+2. Per-token rewards. ``reward_shaping="per_token"`` (default) uses the "Per-token (dense) form used by PPO
+   implementations": r_t = −β·KL_t at every generated token, plus r_φ(x, y) added at the last one, built from
+   the rollout's ``kl`` and ``rm_score`` (whatever the env's ``kl_penalty``). Σ_t r_t equals the env's
+   return R(x, y) = r_φ − β·Σ_t KL_t (InstructGPT eq. 2) either way; the dense form only tells the critic
+   *where* the KL was paid. ``reward_shaping="env"`` uses the env's own step rewards unchanged (with
+   ``kl_penalty="terminal"`` all of R arrives at the last step).
+3. Values V(s_t) from a scalar head ``nn.Linear(hidden_size, 1)`` on the policy's own last hidden states (one
+   trunk, no second model), read with one no-grad forward per episode before the epochs (V_old).
+4. GAE (Schulman et al. 2016): δ_t = r_t + γ·V(s_{t+1}) − V(s_t), Â_t = Σ_l (γλ)^l δ_{t+l}; the value target
+   is V_targ = Â_t + V_old(s_t); the state after the last token is terminal (V = 0). Â is whitened over the
+   batch's tokens.
+5. ``n_epochs`` passes over the episodes in ``num_minibatches`` shuffled minibatches; every minibatch runs ONE
+   forward per episode that gives both log π_θ(a_t|s_t) (logits) and V_θ(s_t) (hidden states), then
+       ρ_t = π_θ(a_t|s_t) / π_old(a_t|s_t)
+       L_clip = E_t[ min(ρ_t·Â_t, clip(ρ_t, 1−ε, 1+ε)·Â_t) ]                 (Schulman et al. 2017, eq. 7)
+       L_V = ½·E_t[ max((V_θ − V_targ)², (V_old + clip(V_θ − V_old, −ε_v, ε_v) − V_targ)²) ]   (value clipping)
+       loss = −L_clip + c_v·L_V − c_e·H[π_θ(·|s_t)] + γ_ptx·L_ptx
+   with L_ptx = −E_{x~D_pretrain}[log π_θ(x)], the LM loss on a minibatch of pre-training text
+   (InstructGPT eq. 4: objective = E[R] + γ·E_{x~D_pretrain}[log π_θ(x)]; γ_ptx = 0 is plain PPO).
+   The gradient norm is clipped; with ``target_kl`` the epochs stop early once the approximate
+   KL(π_old‖π_θ) ≈ E_t[(ρ_t − 1) − log ρ_t] of a minibatch exceeds 1.5·target_kl (as stable-baselines3).
+"""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Sequence
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+from torch import nn
+
+from textenv.agents.base import Agent
+from textenv.rollout import Rollout, collect_rollout, entropy, masked_mean, token_logprobs
+from textenv.vector_env import TextGenVectorEnv
+
+REWARD_SHAPINGS = ("per_token", "env")
+
+
+class PPO(Agent):
+    """Proximal Policy Optimization with a value head on the policy's trunk (and optional PPO-ptx).
+
+    Args:
+        env: a ``TextGenVectorEnv`` with ``autoreset_mode="disabled"``; one rollout = ``env.num_envs`` episodes.
+        learning_rate: Adam α for the policy.
+        vf_learning_rate: Adam α for the value head (default: 10 × ``learning_rate``). Adam moves each
+            parameter by about α per step, so at the policy's α a zero-initialised head would need hundreds of
+            iterations just to reach the mean return.
+        n_epochs: passes over each rollout.
+        num_minibatches: minibatches (of episodes) per epoch; at most ``env.num_envs``.
+        clip_range: ε of the clipped surrogate.
+        clip_range_vf: ε_v of value clipping around V_old (``None``: no value clipping).
+        gamma: discount γ over tokens, in [0, 1].
+        gae_lambda: GAE λ, in [0, 1].
+        vf_coef: c_v, weight of the value loss.
+        ent_coef: c_e, weight of the entropy bonus (the KL penalty usually suffices, default 0).
+        max_grad_norm: gradient-norm clip (``None``: no clipping).
+        target_kl: stop the epochs once the old→new approximate KL of a minibatch exceeds 1.5·target_kl
+            (nats per token; ``None``: never stop early). Not the env's ``target_kl`` (which adapts β).
+        whiten_advantages: normalise Â to zero mean and unit variance over the batch's tokens.
+        reward_shaping: ``"per_token"`` (r_t = −β·KL_t, plus r_φ at the last token) or ``"env"`` (the env's rewards).
+        ptx_coef: γ_ptx of PPO-ptx (InstructGPT eq. 4); 0 disables the pre-training term.
+        ptx_texts: pre-training text, a list of strings or a ``.txt`` path (one text per line). Default when
+            ``ptx_coef > 0``: 2048 reviews from ``textenv.corpus.generate_reviews`` (the embedded model's corpus).
+        ptx_batch_size: pre-training texts per optimizer step (default: the episodes per minibatch).
+        seed, tensorboard_log, verbose: see :class:`~textenv.agents.base.Agent`.
+    """
+
+    name = "ppo"
+
+    def __init__(
+        self,
+        env: TextGenVectorEnv,
+        learning_rate: float = 1e-4,
+        vf_learning_rate: float | None = None,
+        n_epochs: int = 2,
+        num_minibatches: int = 2,
+        clip_range: float = 0.2,
+        clip_range_vf: float | None = 0.2,
+        gamma: float = 1.0,
+        gae_lambda: float = 0.95,
+        vf_coef: float = 0.1,
+        ent_coef: float = 0.0,
+        max_grad_norm: float | None = 1.0,
+        target_kl: float | None = None,
+        whiten_advantages: bool = True,
+        reward_shaping: str = "per_token",
+        ptx_coef: float = 0.0,
+        ptx_texts: Sequence[str] | str | None = None,
+        ptx_batch_size: int | None = None,
+        seed: int | None = 0,
+        tensorboard_log: str | None = None,
+        verbose: int = 0,
+    ) -> None:
+        super().__init__(env, learning_rate=learning_rate, seed=seed, tensorboard_log=tensorboard_log, verbose=verbose)
+        if env.autoreset_mode != "disabled":
+            raise ValueError("env: PPO plays synchronised episodes; build the env with autoreset_mode='disabled'")
+        _check_number("vf_learning_rate", vf_learning_rate, low=0.0, low_open=True, none_ok=True)
+        _check_int("n_epochs", n_epochs, 1)
+        _check_int("num_minibatches", num_minibatches, 1)
+        if num_minibatches > env.num_envs:
+            raise ValueError(f"num_minibatches={num_minibatches} must be <= env.num_envs={env.num_envs} (episodes)")
+        _check_number("clip_range", clip_range, low=0.0, low_open=True)
+        _check_number("clip_range_vf", clip_range_vf, low=0.0, low_open=True, none_ok=True)
+        _check_number("gamma", gamma, low=0.0, high=1.0)
+        _check_number("gae_lambda", gae_lambda, low=0.0, high=1.0)
+        _check_number("vf_coef", vf_coef, low=0.0)
+        _check_number("ent_coef", ent_coef, low=0.0)
+        _check_number("max_grad_norm", max_grad_norm, low=0.0, low_open=True, none_ok=True)
+        _check_number("target_kl", target_kl, low=0.0, low_open=True, none_ok=True)
+        if reward_shaping not in REWARD_SHAPINGS:
+            raise ValueError(f"reward_shaping={reward_shaping!r} is not one of {REWARD_SHAPINGS}")
+        _check_number("ptx_coef", ptx_coef, low=0.0)
+        if ptx_batch_size is not None:
+            _check_int("ptx_batch_size", ptx_batch_size, 1)
+        self.vf_learning_rate = None if vf_learning_rate is None else float(vf_learning_rate)
+        self.n_epochs = int(n_epochs)
+        self.num_minibatches = int(num_minibatches)
+        self.clip_range = float(clip_range)
+        self.clip_range_vf = None if clip_range_vf is None else float(clip_range_vf)
+        self.gamma = float(gamma)
+        self.gae_lambda = float(gae_lambda)
+        self.vf_coef = float(vf_coef)
+        self.ent_coef = float(ent_coef)
+        self.max_grad_norm = None if max_grad_norm is None else float(max_grad_norm)
+        self.target_kl = None if target_kl is None else float(target_kl)
+        self.whiten_advantages = bool(whiten_advantages)
+        self.reward_shaping = reward_shaping
+        self.ptx_coef = float(ptx_coef)
+        if isinstance(ptx_texts, (str, os.PathLike)):
+            ptx_texts = str(ptx_texts)  # a path: saved as given in agent.json
+        self.ptx_texts = ptx_texts if ptx_texts is None or isinstance(ptx_texts, str) else list(ptx_texts)
+        self.ptx_batch_size = ptx_batch_size
+        # Pre-training token ids (one list per text), only when the ptx term is on.
+        self._ptx_ids = self._tokenize_ptx(load_ptx_texts(ptx_texts, seed)) if self.ptx_coef > 0 else []
+
+        # V(s_t) = w·h_t + b on the policy's last hidden state h_t: one shared trunk, no second model.
+        hidden_size = getattr(self.policy.config, "hidden_size", None) or self.policy.get_output_embeddings().in_features
+        self.value_head = nn.Linear(hidden_size, 1).to(env.device)
+        nn.init.zeros_(self.value_head.weight)  # V ≡ 0 at the start: the first advantages are the returns
+        nn.init.zeros_(self.value_head.bias)
+        self.optimizer = torch.optim.Adam([
+            {"params": list(self.policy.parameters()), "lr": self.learning_rate},
+            {"params": list(self.value_head.parameters()), "lr": self.vf_learning_rate or 10 * self.learning_rate},
+        ])
+
+    # ------------------------------------------------------------------ Agent interface
+    def hyperparameters(self) -> dict[str, Any]:
+        return {
+            **super().hyperparameters(),
+            "vf_learning_rate": self.vf_learning_rate,
+            "n_epochs": self.n_epochs,
+            "num_minibatches": self.num_minibatches,
+            "clip_range": self.clip_range,
+            "clip_range_vf": self.clip_range_vf,
+            "gamma": self.gamma,
+            "gae_lambda": self.gae_lambda,
+            "vf_coef": self.vf_coef,
+            "ent_coef": self.ent_coef,
+            "max_grad_norm": self.max_grad_norm,
+            "target_kl": self.target_kl,
+            "whiten_advantages": self.whiten_advantages,
+            "reward_shaping": self.reward_shaping,
+            "ptx_coef": self.ptx_coef,
+            "ptx_texts": self.ptx_texts,
+            "ptx_batch_size": self.ptx_batch_size,
+        }
+
+    def trainable_modules(self) -> dict[str, nn.Module]:
+        return {"value_head": self.value_head}
+
+    def optimizers(self) -> dict[str, torch.optim.Optimizer]:
+        return {"policy": self.optimizer}
+
+    # ------------------------------------------------------------------ the pieces
+    def policy_and_values(
+        self, input_ids: torch.Tensor, attention_mask: torch.Tensor, prompt_width: int
+    ) -> tuple[torch.Tensor, torch.Tensor]:
+        """ONE forward over prompt + completion: logits predicting each action ``(N, T, V)`` and V(s_t) ``(N, T)``.
+
+        Column t is the state s_t = (x, y_<t) in which action a_t = ``input_ids[:, P + t]`` was taken; position
+        ids count unmasked tokens exactly as the env's cached forward did (see ``rollout.completion_logits``).
+        """
+        positions = (attention_mask.cumsum(dim=1) - 1).clamp(min=0)
+        out = self.policy(
+            input_ids=input_ids, attention_mask=attention_mask, position_ids=positions, output_hidden_states=True
+        )
+        logits = out.logits[:, prompt_width - 1 : -1].float()
+        hidden = out.hidden_states[-1][:, prompt_width - 1 : -1].float()  # the trunk's last (final-norm) layer
+        return logits, self.value_head(hidden).squeeze(-1)
+
+    def token_rewards(self, rollout: Rollout) -> torch.Tensor:
+        """Per-token rewards r_t ``(B, T)`` (see ``reward_shaping``); Σ_t r_t is the env's return R(x, y)."""
+        if self.reward_shaping == "env":
+            return rollout.rewards * rollout.action_mask
+        mask = rollout.action_mask
+        rewards = -rollout.kl_coef * rollout.kl * mask  # r_t = −β·KL_t ...
+        last = (mask.sum(dim=1).long() - 1).clamp(min=0)  # index of each episode's final token
+        rm_score = torch.as_tensor(rollout.rm_score, dtype=rewards.dtype, device=rewards.device)
+        rewards[torch.arange(len(last), device=rewards.device), last] += rm_score  # ... + r_φ(x, y) at the end
+        return rewards
+
+    def pretraining_loss(self) -> torch.Tensor:
+        """L_ptx = −mean log π_θ(x_i|x_<i) over the tokens of ``ptx_batch_size`` random pre-training texts."""
+        batch_size = self.ptx_batch_size or max(self.env.num_envs // self.num_minibatches, 1)
+        picks = torch.randint(len(self._ptx_ids), (batch_size,), generator=self.generator, device=self.generator.device)
+        texts = [self._ptx_ids[int(i)] for i in picks]
+        width = max(len(t) for t in texts)
+        ids = torch.full((len(texts), width), self.env.tokenizer.pad_token_id, dtype=torch.long)
+        mask = torch.zeros((len(texts), width), dtype=torch.long)
+        for row, tokens in enumerate(texts):  # right padding: positions are 0, 1, ... as in pre-training
+            ids[row, : len(tokens)] = torch.tensor(tokens)
+            mask[row, : len(tokens)] = 1
+        ids, mask = ids.to(self.env.device), mask.to(self.env.device)
+        logits = self.policy(input_ids=ids, attention_mask=mask).logits[:, :-1].float()
+        logprobs = token_logprobs(logits, ids[:, 1:])
+        return -masked_mean(logprobs, mask[:, 1:].float())
+
+    # ------------------------------------------------------------------ one iteration
+    def train_iteration(self) -> dict[str, float]:
+        rollout = collect_rollout(self.env, self.generator)
+        mask = rollout.action_mask  # (B, T)
+        actions = rollout.actions
+        old_logprobs = rollout.logprobs  # log π_old(a_t|s_t) at sampling time
+        rewards = self.token_rewards(rollout)
+
+        # V_old(s_t): one no-grad forward per episode; its log-probs must reproduce the sampling-time ones.
+        self.policy.eval()
+        with torch.no_grad():
+            logits, old_values = self.policy_and_values(rollout.input_ids, rollout.attention_mask, rollout.prompt_width)
+            logprob_mismatch = float(((token_logprobs(logits, actions) - old_logprobs).abs() * mask).max())
+            del logits
+            old_values = old_values * mask
+            advantages, returns = generalized_advantage_estimation(
+                rewards, old_values, mask, self.gamma, self.gae_lambda
+            )
+            if self.whiten_advantages:
+                advantages = whiten(advantages, mask)
+
+        self.policy.train()
+        stats: dict[str, list[float]] = {k: [] for k in (
+            "loss", "policy_loss", "value_loss", "entropy", "clip_fraction", "approx_kl", "ptx_loss")}
+        epochs_run, stop = 0, False
+        B = mask.shape[0]
+        for _ in range(self.n_epochs):
+            order = torch.randperm(B, generator=self.generator, device=self.generator.device).to(mask.device)
+            for idx in order.chunk(self.num_minibatches):
+                m = mask[idx]
+                logits, values = self.policy_and_values(
+                    rollout.input_ids[idx], rollout.attention_mask[idx], rollout.prompt_width
+                )
+                logprobs = token_logprobs(logits, actions[idx])
+                log_ratio = (logprobs - old_logprobs[idx]) * m
+                ratio = log_ratio.exp()  # ρ_t = π_θ / π_old
+                with torch.no_grad():
+                    approx_kl = float(masked_mean((ratio - 1) - log_ratio, m))  # k3 estimate of KL(π_old‖π_θ)
+                if self.target_kl is not None and approx_kl > 1.5 * self.target_kl:
+                    stop = True
+                    break
+                adv = advantages[idx]
+                # Clipped surrogate (Schulman et al. 2017, eq. 7), as a loss to minimise.
+                policy_loss = masked_mean(
+                    torch.max(-adv * ratio, -adv * ratio.clamp(1 - self.clip_range, 1 + self.clip_range)), m
+                )
+                # Value loss with clipping around V_old (Ziegler et al. 2019 / OpenAI baselines).
+                value_error = (values - returns[idx]) ** 2
+                if self.clip_range_vf is not None:
+                    clipped = old_values[idx] + (values - old_values[idx]).clamp(-self.clip_range_vf, self.clip_range_vf)
+                    value_error = torch.max(value_error, (clipped - returns[idx]) ** 2)
+                value_loss = 0.5 * masked_mean(value_error, m)
+                mean_entropy = masked_mean(entropy(logits), m)
+                loss = policy_loss + self.vf_coef * value_loss - self.ent_coef * mean_entropy
+                if self.ptx_coef > 0:  # PPO-ptx, InstructGPT eq. 4: + γ·E_pretrain[log π_θ(x)] in the objective
+                    ptx_loss = self.pretraining_loss()
+                    loss = loss + self.ptx_coef * ptx_loss
+                    stats["ptx_loss"].append(float(ptx_loss.detach()))
+
+                self.optimizer.zero_grad(set_to_none=True)
+                loss.backward()
+                if self.max_grad_norm is not None:
+                    nn.utils.clip_grad_norm_([*self.policy.parameters(), *self.value_head.parameters()],
+                                             self.max_grad_norm)
+                self.optimizer.step()
+
+                stats["loss"].append(float(loss.detach()))
+                stats["policy_loss"].append(float(policy_loss.detach()))
+                stats["value_loss"].append(float(value_loss.detach()))
+                stats["entropy"].append(float(mean_entropy.detach()))
+                stats["approx_kl"].append(approx_kl)
+                with torch.no_grad():
+                    stats["clip_fraction"].append(float(masked_mean(((ratio - 1).abs() > self.clip_range).float(), m)))
+            if stop:
+                break
+            epochs_run += 1
+        self.policy.eval()
+
+        if self.iterations % 10 == 0:
+            self.log_samples(rollout.prompts, rollout.texts)
+        metrics = {
+            "num_tokens": rollout.num_tokens,
+            "rollout/reward": float(rollout.returns.mean()),
+            "rollout/rm_score": float(rollout.rm_score.mean()),
+            "rollout/kl": float(rollout.episode_kl.mean()),
+            "rollout/kl_coef": rollout.kl_coef,
+            "rollout/length": float(mask.sum(dim=1).mean()),
+            "train/explained_variance": explained_variance(old_values, returns, mask),
+            "train/logprob_mismatch": logprob_mismatch,
+            "train/epochs": float(epochs_run),
+        }
+        for key, values in stats.items():
+            if values:
+                metrics[f"train/{key}"] = float(np.mean(values))
+        if "train/loss" not in metrics:  # the very first minibatch already exceeded target_kl
+            metrics.update({"train/loss": float("nan"), "train/entropy": float("nan")})
+        return metrics
+
+    def _tokenize_ptx(self, texts: list[str]) -> list[list[int]]:
+        """Token ids of each text followed by EOS, cut to the model's context length."""
+        tokenizer = self.env.tokenizer
+        limit = getattr(self.policy.config, "n_positions", None) or getattr(
+            self.policy.config, "max_position_embeddings", None) or 1024
+        ids = [(t + [tokenizer.eos_token_id])[:limit] for t in tokenizer(texts, add_special_tokens=True)["input_ids"]]
+        ids = [t for t in ids if len(t) >= 2]
+        if not ids:
+            raise ValueError("ptx_texts: every text is empty after tokenisation; give non-empty pre-training text")
+        return ids
+
+
+# ---------------------------------------------------------------------- estimators
+def generalized_advantage_estimation(
+    rewards: torch.Tensor, values: torch.Tensor, mask: torch.Tensor, gamma: float, lam: float
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """GAE(γ, λ) (Schulman et al. 2016, eq. 16) over ``(B, T)`` per-token rewards and values.
+
+    δ_t = r_t + γ·V(s_{t+1}) − V(s_t), with V = 0 after an episode's last token (the episode ends there,
+    at EOS or the length limit); Â_t = δ_t + γλ·Â_{t+1}. Returns ``(advantages, value_targets)``, both
+    ``(B, T)`` and 0 where ``mask`` is 0; value_targets = Â + V.
+    """
+    T = rewards.shape[1]
+    advantages = torch.zeros_like(rewards)
+    next_advantage = torch.zeros_like(rewards[:, 0])
+    for t in reversed(range(T)):
+        next_mask = mask[:, t + 1] if t + 1 < T else torch.zeros_like(mask[:, t])
+        next_value = values[:, t + 1] * next_mask if t + 1 < T else torch.zeros_like(values[:, t])
+        delta = rewards[:, t] + gamma * next_value - values[:, t]
+        next_advantage = (delta + gamma * lam * next_mask * next_advantage) * mask[:, t]
+        advantages[:, t] = next_advantage
+    return advantages, (advantages + values) * mask
+
+
+def whiten(values: torch.Tensor, mask: torch.Tensor, eps: float = 1e-8) -> torch.Tensor:
+    """(x − mean) / std over the entries where ``mask`` is 1; 0 elsewhere."""
+    mean = masked_mean(values, mask)
+    var = masked_mean((values - mean) ** 2, mask)
+    return (values - mean) * torch.rsqrt(var + eps) * mask
+
+
+def explained_variance(predictions: torch.Tensor, targets: torch.Tensor, mask: torch.Tensor) -> float:
+    """1 − Var(targets − predictions) / Var(targets) over masked entries (1 = perfect critic, ≤ 0 = useless)."""
+    keep = mask.bool()
+    y, p = targets[keep], predictions[keep]
+    var_y = float(y.var()) if y.numel() > 1 else 0.0
+    return float("nan") if var_y == 0 else 1.0 - float((y - p).var()) / var_y
+
+
+def load_ptx_texts(source: Sequence[str] | str | Path | None, seed: int | None = 0, n: int = 2048) -> list[str]:
+    """Pre-training text for PPO-ptx: a list, a ``.txt`` file (one text per line) or, for ``None``, ``n``
+    reviews of the embedded model's corpus (``textenv.corpus.generate_reviews``)."""
+    if source is None:
+        try:
+            from textenv.corpus import generate_reviews
+        except ImportError as err:
+            raise ValueError("ptx_texts=None needs textenv.corpus; pass ptx_texts=[...] or a .txt path") from err
+        return generate_reviews(n, seed=seed or 0)
+    if isinstance(source, (str, Path)):
+        path = Path(source)
+        if not path.is_file():
+            raise ValueError(f"ptx_texts={str(source)!r} is not an existing .txt file (one text per line)")
+        texts = [line for line in path.read_text(encoding="utf-8").splitlines() if line.strip()]
+    else:
+        texts = list(source)
+        if not all(isinstance(t, str) for t in texts):
+            raise ValueError("ptx_texts must be a list of strings or a path to a .txt file")
+    if not texts:
+        raise ValueError("ptx_texts is empty; give at least one pre-training text")
+    return texts
+
+
+# ---------------------------------------------------------------------- argument checks
+def _check_int(name: str, value: Any, minimum: int) -> None:
+    if isinstance(value, bool) or not isinstance(value, (int, np.integer)) or value < minimum:
+        raise ValueError(f"{name}={value!r} must be an integer >= {minimum}")
+
+
+def _check_number(
+    name: str,
+    value: Any,
+    low: float | None = None,
+    high: float | None = None,
+    low_open: bool = False,
+    none_ok: bool = False,
+) -> None:
+    if value is None and none_ok:
+        return
+    ok = not isinstance(value, bool) and isinstance(value, (int, float, np.floating, np.integer)) and np.isfinite(value)
+    if ok and low is not None:
+        ok = value > low if low_open else value >= low
+    if ok and high is not None:
+        ok = value <= high
+    if not ok:
+        bounds = (f"{'>' if low_open else '>='} {low}" if low is not None else "") + (
+            f"{' and ' if low is not None else ''}<= {high}" if high is not None else "")
+        raise ValueError(f"{name}={value!r} must be a finite number {bounds}" + (" (or None)" if none_ok else ""))
