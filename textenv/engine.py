@@ -17,7 +17,7 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 
 import torch
-from transformers import DynamicCache, PreTrainedModel, PreTrainedTokenizerBase
+from transformers import PreTrainedModel, PreTrainedTokenizerBase, StaticCache
 
 
 @dataclass
@@ -68,8 +68,8 @@ class GenerationEngine:
         self.finished = torch.empty(0, dtype=torch.bool, device=self.device)
         self.policy_logits: torch.Tensor | None = None  # (B, V) next-token logits of π_θ at the current state
         self.ref_logits: torch.Tensor | None = None  # (B, V) next-token logits of π_ref
-        self._policy_cache: DynamicCache | None = None
-        self._ref_cache: DynamicCache | None = None
+        self._policy_cache: StaticCache | None = None
+        self._ref_cache: StaticCache | None = None
 
     # ------------------------------------------------------------------ state changes
     def start(self, prompt_ids: Sequence[Sequence[int]]) -> None:
@@ -127,12 +127,13 @@ class GenerationEngine:
 
         if run_forward and not bool(self.finished.all()):
             positions = (self.attention_mask.sum(dim=1, keepdim=True) - 1).clamp(min=0)
-            self.policy_logits, self._policy_cache = _forward(
-                self.policy, tokens[:, None], self.attention_mask, positions, self._policy_cache
+            column = torch.tensor([self.attention_mask.shape[1] - 1], device=self.device)
+            self.policy_logits = _forward(
+                self.policy, tokens[:, None], self.attention_mask, positions, self._policy_cache, column
             )
             if self.reference is not None:
-                self.ref_logits, self._ref_cache = _forward(
-                    self.reference, tokens[:, None], self.attention_mask, positions, self._ref_cache
+                self.ref_logits = _forward(
+                    self.reference, tokens[:, None], self.attention_mask, positions, self._ref_cache, column
                 )
         return StepOutput(logprob, ref_logprob, active, terminated, truncated)
 
@@ -170,14 +171,18 @@ class GenerationEngine:
                 mask[row, width - len(seq) :] = 1
         self.input_ids, self.attention_mask = ids.to(self.device), mask.to(self.device)
         positions = (self.attention_mask.cumsum(dim=1) - 1).clamp(min=0)
-        self.policy_logits, self._policy_cache = _forward(
-            self.policy, self.input_ids, self.attention_mask, positions, DynamicCache()
-        )
+        columns = torch.arange(width, device=self.device)
+        # Preallocated caches: each step writes one column in place, so a step's cost does not grow with
+        # the length generated so far (a growing cache would copy itself every step).
+        capacity = width + self.max_new_tokens
+        self._policy_cache = StaticCache(config=self.policy.config, max_cache_len=capacity)
+        self.policy_logits = _forward(self.policy, self.input_ids, self.attention_mask, positions,
+                                      self._policy_cache, columns)
         self.ref_logits, self._ref_cache = None, None
         if self.reference is not None:
-            self.ref_logits, self._ref_cache = _forward(
-                self.reference, self.input_ids, self.attention_mask, positions, DynamicCache()
-            )
+            self._ref_cache = StaticCache(config=self.reference.config, max_cache_len=capacity)
+            self.ref_logits = _forward(self.reference, self.input_ids, self.attention_mask, positions,
+                                       self._ref_cache, columns)
 
 
 @torch.no_grad()
@@ -186,18 +191,20 @@ def _forward(
     input_ids: torch.Tensor,
     attention_mask: torch.Tensor,
     position_ids: torch.Tensor,
-    cache: DynamicCache,
-) -> tuple[torch.Tensor, DynamicCache]:
-    """One cached forward; returns float32 logits at the last position ``(B, V)`` and the cache."""
+    cache: StaticCache,
+    cache_position: torch.Tensor,
+) -> torch.Tensor:
+    """One cached forward writing ``cache`` at columns ``cache_position``; float32 last logits ``(B, V)``."""
     out = model(
         input_ids=input_ids,
         attention_mask=attention_mask,
         position_ids=position_ids,
         past_key_values=cache,
+        cache_position=cache_position,
         use_cache=True,
         logits_to_keep=1,
     )
-    return out.logits[:, -1].float(), out.past_key_values
+    return out.logits[:, -1].float()
 
 
 def _token_logprobs(logits: torch.Tensor, tokens: torch.Tensor) -> torch.Tensor:
