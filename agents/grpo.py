@@ -9,7 +9,7 @@ broadcast to all of its tokens:
 The objective is PPO's clipped surrogate per token (Schulman et al. 2017, eq. 7), averaged over each
 completion's tokens and then over the completions (DeepSeekMath eq. 3):
 
-    J = (1/G) Σ_i (1/|y_i|) Σ_t [ min(ρ_{i,t}·Â_{i,t}, clip(ρ_{i,t}, 1−ε, 1+ε)·Â_{i,t}) − β_grpo·D_{i,t} ]
+    J = (1/G) Σ_i (1/|y_i|) Σ_t [ min(ρ_{i,t}·Â_{i,t}, clip(ρ_{i,t}, 1−ε, 1+ε)·Â_{i,t}) − β·D_{i,t} ]
     ρ_{i,t} = π_θ(y_{i,t}|x, y_{i,<t}) / π_old(y_{i,t}|x, y_{i,<t})
     D_{i,t} = π_ref/π_θ − log(π_ref/π_θ) − 1      (the k3 estimator of KL(π_θ‖π_ref), DeepSeekMath eq. 4)
 

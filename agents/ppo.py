@@ -18,7 +18,7 @@
    forward per episode that gives both log π_θ(a_t|s_t) (logits) and V_θ(s_t) (hidden states), then
        ρ_t = π_θ(a_t|s_t) / π_old(a_t|s_t)
        L_clip = E_t[ min(ρ_t·Â_t, clip(ρ_t, 1−ε, 1+ε)·Â_t) ]                 (Schulman et al. 2017, eq. 7)
-       L_V = ½·E_t[ max((V_θ − V_targ)², (V_old + clip(V_θ − V_old, −ε_v, ε_v) − V_targ)²) ]   (value clipping)
+       L_V = ½·E_t[ max((V_θ − V_targ)², (V_old + clip(V_θ − V_old, −ε_v, ε_v) − V_targ)²) ]  (value clip)
        loss = −L_clip + c_v·L_V − c_e·H[π_θ(·|s_t)] + γ_ptx·L_ptx
    with L_ptx = −E_{x~D_pretrain}[log π_θ(x)], the LM loss on a minibatch of pre-training text
    (InstructGPT eq. 4: objective = E[R] + γ·E_{x~D_pretrain}[log π_θ(x)]; γ_ptx = 0 is plain PPO).
@@ -65,7 +65,8 @@ class PPO(Agent):
         target_kl: stop the epochs once the old→new approximate KL of a minibatch exceeds 1.5·target_kl
             (nats per token; ``None``: never stop early). Not the env's ``target_kl`` (which adapts β).
         whiten_advantages: normalise Â to zero mean and unit variance over the batch's tokens.
-        reward_shaping: ``"per_token"`` (r_t = −β·KL_t, plus r_φ at the last token) or ``"env"`` (the env's rewards).
+        reward_shaping: ``"per_token"`` (r_t = −β·KL_t, plus r_φ at the last token) or ``"env"`` (the env's
+            own step rewards).
         ptx_coef: γ_ptx of PPO-ptx (InstructGPT eq. 4); 0 disables the pre-training term.
         ptx_texts: pre-training text, a list of strings or a ``.txt`` path (one text per line). Default when
             ``ptx_coef > 0``: 2048 reviews from ``textenv.corpus.generate_reviews`` (the embedded model's corpus).
@@ -142,7 +143,8 @@ class PPO(Agent):
         self._ptx_ids = self._tokenize_ptx(load_ptx_texts(ptx_texts, seed)) if self.ptx_coef > 0 else []
 
         # V(s_t) = w·h_t + b on the policy's last hidden state h_t: one shared trunk, no second model.
-        hidden_size = getattr(self.policy.config, "hidden_size", None) or self.policy.get_output_embeddings().in_features
+        config = self.policy.config
+        hidden_size = getattr(config, "hidden_size", None) or self.policy.get_output_embeddings().in_features
         self.value_head = nn.Linear(hidden_size, 1).to(env.device)
         nn.init.zeros_(self.value_head.weight)  # V ≡ 0 at the start: the first advantages are the returns
         nn.init.zeros_(self.value_head.bias)
@@ -272,7 +274,8 @@ class PPO(Agent):
                 # Value loss with clipping around V_old (Ziegler et al. 2019 / OpenAI baselines).
                 value_error = (values - returns[idx]) ** 2
                 if self.clip_range_vf is not None:
-                    clipped = old_values[idx] + (values - old_values[idx]).clamp(-self.clip_range_vf, self.clip_range_vf)
+                    step = (values - old_values[idx]).clamp(-self.clip_range_vf, self.clip_range_vf)
+                    clipped = old_values[idx] + step
                     value_error = torch.max(value_error, (clipped - returns[idx]) ** 2)
                 value_loss = 0.5 * masked_mean(value_error, m)
                 mean_entropy = masked_mean(entropy(logits), m)
