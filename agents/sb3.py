@@ -73,7 +73,7 @@ class TextGenSB3VecEnv(VecEnv):
         **env_kwargs: ``TextGenVectorEnv`` arguments when ``env`` is ``None``.
 
     Step semantics (SB3 ``VecEnv`` API): ``step(actions)`` returns ``(obs, rewards float32 (B,), dones bool
-    (B,), infos list of B dicts)``. Every info has ``"logprob"`` and ``"kl"`` (this step, nats). A row that
+    (B,), infos list of B dicts)``. Every info has ``"logprob"`` (this step, nats). A row that
     finished also has ``"terminal_observation"`` (its last obs), ``"episode": {"r", "l", "t"}`` (return,
     length in tokens, seconds since start; Monitor's format), ``"text"``, ``"prompt"``, ``"rm_score"``,
     ``"episode_kl"``, ``"kl_coef"``, ``"num_tokens"``, ``"truncated"``, and is already restarted: its obs
@@ -153,12 +153,7 @@ class TextGenSB3VecEnv(VecEnv):
         """Recompute the env's cached state (both KV caches, next-token logits) from every row's tokens with
         the current weights. The linked policy calls this when SB3 returns from an update to collecting, so
         episodes that span an update continue with the new π_θ (for sampling and for the env's KL)."""
-        engine = self.env.engine
-        if hasattr(engine, "refresh"):
-            engine.refresh()
-        elif engine.batch_size:  # same as GenerationEngine.refresh(): one prefill of the live tokens
-            engine._prefill([engine.input_ids[row][engine.attention_mask[row].bool()].tolist()
-                             for row in range(engine.batch_size)])
+        self.env.engine.refresh()
 
     # ------------------------------------------------------------------ VecEnv API
     def reset(self) -> dict[str, np.ndarray]:
@@ -197,7 +192,7 @@ class TextGenSB3VecEnv(VecEnv):
         self._returns += rewards
         self._lengths += 1
         infos: list[dict[str, Any]] = [
-            {"logprob": float(info["logprob"][i]), "kl": float(info["kl"][i])} for i in range(self.num_envs)
+            {"logprob": float(info["logprob"][i])} for i in range(self.num_envs)
         ]
         done_rows = np.flatnonzero(dones)
         for i in done_rows:

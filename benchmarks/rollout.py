@@ -2,10 +2,13 @@
 
 Both sides use the same model, batch, prompts and lengths, and produce the same things:
   env:    sampled tokens with policy log-probs, reference log-probs and the reward, via the env's
-          step() loop (one cached forward per model per step);
+          step() loop (one cached policy forward per step; the reference cache is fed lazily, in one
+          multi-token cached forward when rows finish, as the env does with the terminal KL penalty),
+          sampling with textenv's own sampler (`textenv.rollout.sample_actions`);
   limit:  `model.generate` (sampling, KV cache) + ONE reference forward over the full sequences +
           the reward on decoded completions (the cheapest way to get the same quantities).
-EOS is suppressed on both sides so every row generates exactly T tokens.
+EOS is suppressed on both sides so every row generates exactly T tokens. The two sides alternate, repeat
+by repeat, and each keeps its best time, so a busy machine slows both alike.
 
 Prints a table, tokens/s at 16, 64 and 256 new tokens (cost per token should stay flat), and as its last
 line `rollout_vs_generate: <ratio>` (env tokens/s ÷ limit tokens/s at the main length; target ≥ 0.9).
@@ -22,6 +25,7 @@ import torch
 
 from textenv.models import DEFAULT_MODEL, frozen_copy, load_causal_lm, load_tokenizer
 from textenv.prompts import load_prompts
+from textenv.rollout import sample_actions
 from textenv.reward_models import VaderSentimentReward, checked_scores
 from textenv.vector_env import TextGenVectorEnv
 
@@ -34,8 +38,7 @@ def env_rollout(env: TextGenVectorEnv, prompts: list[str], generator: torch.Gene
     while not env.finished.all():
         logits = env.next_token_logits().clone()
         logits[:, eos] = float("-inf")
-        actions = torch.multinomial(logits.softmax(-1), 1, generator=generator).squeeze(1)
-        env.step(actions)
+        env.step(sample_actions(logits, generator))
         tokens += env.num_envs
     return tokens
 
@@ -64,14 +67,16 @@ def generate_limit(policy, reference, tokenizer, reward, prompts: list[str], new
     return actions.numel()
 
 
-def measure(fn, repeats: int) -> float:
-    """Best-of-``repeats`` tokens/s (after one warm-up call)."""
-    fn()
-    best = 0.0
+def measure(fns: list, repeats: int) -> list[float]:
+    """Best-of-``repeats`` tokens/s of each function (after one warm-up call), the functions alternating."""
+    for fn in fns:
+        fn()
+    best = [0.0] * len(fns)
     for _ in range(repeats):
-        start = time.perf_counter()
-        tokens = fn()
-        best = max(best, tokens / (time.perf_counter() - start))
+        for i, fn in enumerate(fns):
+            start = time.perf_counter()
+            tokens = fn()
+            best[i] = max(best[i], tokens / (time.perf_counter() - start))
     return best
 
 
@@ -105,9 +110,11 @@ def main() -> None:
             print(f"{new_tokens:>10} skipped: exceeds the model's context of {context}")
             continue
         generator = torch.Generator().manual_seed(0)
-        env_tps = measure(lambda: env_rollout(env, prompts, generator), args.repeats)
-        limit_tps = measure(lambda: generate_limit(policy, reference, tokenizer, reward, prompts, new_tokens),
-                            args.repeats)
+        env_tps, limit_tps = measure(
+            [lambda: env_rollout(env, prompts, generator),
+             lambda: generate_limit(policy, reference, tokenizer, reward, prompts, new_tokens)],
+            args.repeats,
+        )
         ratios[new_tokens] = env_tps / limit_tps
         print(f"{new_tokens:>10} {env_tps:>10.0f} {limit_tps:>12.0f} {ratios[new_tokens]:>10.2f}")
     print(f"rollout_vs_generate: {ratios[args.new_tokens]:.2f}")

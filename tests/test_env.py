@@ -169,9 +169,12 @@ def test_zero_beta_loads_no_reference(tiny_model_dir, tiny_prompts):
 
 
 # ---------------------------------------------------------------- the engine's KV cache
-def test_cached_logprobs_equal_full_recompute(tiny_model_dir, tiny_prompts):
+@pytest.mark.parametrize("kl_penalty", ["terminal", "dense"])  # lazy reference (fed when rows finish) / eager
+def test_cached_logprobs_equal_full_recompute(tiny_model_dir, tiny_prompts, kl_penalty):
     env = TextGenVectorEnv(num_envs=4, model=str(tiny_model_dir), prompts=tiny_prompts, reward_model=length_reward,
-                           max_new_tokens=8, autoreset_mode="disabled", kl_coef=0.1, kl_estimator="k1")
+                           max_new_tokens=8, autoreset_mode="disabled", kl_coef=0.1, kl_estimator="k1",
+                           kl_penalty=kl_penalty)
+    assert env.engine.lazy_reference == (kl_penalty == "terminal")
     perturb(env.policy)  # policy and reference differ, so both caches are checked separately
     rollout = collect_rollout(env, torch.Generator().manual_seed(0))
     with torch.no_grad():
@@ -181,6 +184,33 @@ def test_cached_logprobs_equal_full_recompute(tiny_model_dir, tiny_prompts):
     assert (policy_lp - rollout.logprobs)[mask].abs().max() <= 1e-4
     assert ((policy_lp - ref_lp) - rollout.kl)[mask].abs().max() <= 1e-4  # k1 = log π − log π_ref
     assert rollout.kl[mask].abs().max() > 1e-3  # the check above is not vacuous
+
+
+@pytest.mark.parametrize("kl_penalty", ["terminal", "dense"])
+def test_episode_kl_equals_full_recompute_across_autoresets(tiny_model_dir, tiny_prompts, kl_penalty):
+    """Rows finish and restart at different steps (caches rebuilt, a lazy reference catching up in between);
+    every finished episode's KL must equal Σ_t log π − log π_ref recomputed from scratch."""
+    env = TextGenVectorEnv(num_envs=3, model=str(tiny_model_dir), prompts=tiny_prompts, reward_model=length_reward,
+                           max_new_tokens=4, kl_coef=0.1, kl_penalty=kl_penalty, device="cpu")
+    perturb(env.policy)
+    env.reset(seed=0)
+    rng = np.random.default_rng(0)
+    eos, checked = env.tokenizer.eos_token_id, 0
+    for _ in range(14):
+        actions = rng.integers(0, len(env.tokenizer), size=3)
+        actions[rng.random(3) < 0.3] = eos  # episodes of different lengths
+        obs, _, terminated, truncated, info = env.step(actions)
+        for row in np.flatnonzero(terminated | truncated):
+            ids = torch.as_tensor(obs["input_ids"][row][obs["attention_mask"][row] == 1])[None]
+            prompt_len = len(env.tokenizer(info["prompt"][row])["input_ids"])
+            with torch.no_grad():
+                lp = env.policy(ids).logits[0, :-1].log_softmax(-1)
+                ref = env.reference(ids).logits[0, :-1].log_softmax(-1)
+            targets = ids[0, 1:, None]
+            expected = (lp.gather(1, targets) - ref.gather(1, targets))[prompt_len - 1 :].sum()
+            assert info["episode_kl"][row] == pytest.approx(float(expected), abs=1e-4)
+            checked += 1
+    assert checked >= 6
 
 
 def test_restart_rows_matches_fresh_prefill(tiny_model_dir):

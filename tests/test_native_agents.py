@@ -234,7 +234,11 @@ def test_group_agents_save_load_restore_optimizer(tiny_model_dir, tmp_path, cls)
 
 # ---------------------------------------------------------------------- GRPO's KL term
 def test_grpo_beta_pays_kl_in_the_loss_not_the_reward(tiny_model_dir):
-    env = make_env(tiny_model_dir, num_envs=8, group_size=4)  # kl_coef=0: the agent keeps its own reference
+    def text_length(prompts, completions):  # varies within every group, so the first update moves π_θ
+        return np.array([len(c) for c in completions], dtype=float)
+
+    # kl_coef=0: the agent keeps its own reference
+    env = make_env(tiny_model_dir, num_envs=8, group_size=4, reward_model=text_length)
     agent = GRPO(env, seed=0, beta=0.1, learning_rate=1e-2)
     assert agent.reference is not None and agent.reference is not agent.policy
     first = agent.train_iteration()

@@ -2,13 +2,20 @@
 
 The engine is the state machine under TextGen-v0. It holds B rows; each row is a prompt plus the tokens
 generated so far (the RL state s_t = (x, y_<t)). After every change of state it has already computed the
-next-token logits of both models for every row, with **one cached forward per model for the whole
-batch** (the prefix is never recomputed). Agents sample from :attr:`policy_logits` instead of running
-the policy again.
+policy's next-token logits for every row, with **one cached forward for the whole batch** (the prefix is
+never recomputed). Agents sample from :attr:`policy_logits` instead of running the policy again.
+
+The reference π_ref has its own batched KV cache and is fed the same columns. It runs either every step
+(``lazy_reference=False``: one cached forward per step, needed for per-token (dense) KL rewards and for
+reference-based action masks) or **lazily**: the columns it has not seen yet are fed in one cached
+multi-token forward when something needs them — the log-probs of a finishing row, or :attr:`ref_logits`.
+Both give the same numbers; lazy needs far fewer forwards when only the episode's total KL is needed.
 
 Layout: ``input_ids`` / ``attention_mask`` are ``(B, S)`` with every row ending at column S. A row is
 ``[left padding][prompt][generated tokens][padding appended after it finished]``; padding has mask 0.
-Position ids count only unmasked tokens, so left padding does not shift positions.
+Position ids count only unmasked tokens, so left padding does not shift positions. Per column the engine
+also keeps ``generated`` (bool), ``logprobs`` (log π_θ of that token when it was sampled) and
+``ref_logprobs`` (log π_ref of it, filled in by :meth:`sync_reference`).
 """
 
 from __future__ import annotations
@@ -25,8 +32,10 @@ class StepOutput:
     """What one :meth:`GenerationEngine.advance` did; tensors of shape ``(B,)``.
 
     ``logprob`` / ``ref_logprob`` are log π(a_t|s_t) and log π_ref(a_t|s_t) in nats (0 for rows that were
-    already finished, and ``ref_logprob`` is ``None`` without a reference). ``active`` marks the rows that
-    took an action; ``terminated`` (EOS) and ``truncated`` (length limit) mark rows that finished now.
+    already finished). ``ref_logprob`` is ``None`` without a reference and with a lazy one (read
+    :attr:`GenerationEngine.ref_logprobs` after :meth:`~GenerationEngine.sync_reference` instead).
+    ``active`` marks the rows that took an action; ``terminated`` (EOS) and ``truncated`` (length limit)
+    mark rows that finished now.
     """
 
     logprob: torch.Tensor
@@ -44,6 +53,8 @@ class GenerationEngine:
         reference: the frozen π_ref, or ``None`` when no KL penalty is needed (β = 0).
         tokenizer: decodes completions; its ``eos_token_id`` ends episodes, ``pad_token_id`` pads.
         max_new_tokens: episode length limit T (truncation).
+        lazy_reference: feed the reference only when its log-probs or logits are asked for (one
+            multi-token cached forward over the columns it has not seen), instead of every step.
     """
 
     def __init__(
@@ -52,74 +63,108 @@ class GenerationEngine:
         reference: PreTrainedModel | None,
         tokenizer: PreTrainedTokenizerBase,
         max_new_tokens: int,
+        lazy_reference: bool = False,
     ) -> None:
         self.policy = policy
         self.reference = reference
         self.tokenizer = tokenizer
         self.max_new_tokens = max_new_tokens
+        self.lazy_reference = lazy_reference
         self.eos_token_id = int(tokenizer.eos_token_id)
         self.pad_token_id = int(tokenizer.pad_token_id)
         self.device = next(policy.parameters()).device
         self.batch_size = 0
-        self.input_ids = torch.empty(0, 0, dtype=torch.long, device=self.device)
-        self.attention_mask = torch.empty(0, 0, dtype=torch.long, device=self.device)
+        empty_long = torch.empty(0, 0, dtype=torch.long, device=self.device)
+        self.input_ids = empty_long
+        self.attention_mask = empty_long
+        self.generated = torch.empty(0, 0, dtype=torch.bool, device=self.device)  # (B, S) generated columns
+        self.logprobs = torch.empty(0, 0, device=self.device)  # (B, S) log π_θ(token) at generated columns
+        self.ref_logprobs = torch.empty(0, 0, device=self.device)  # (B, S) log π_ref(token), see sync_reference
         self.prompt_lengths = torch.empty(0, dtype=torch.long, device=self.device)
         self.num_generated = torch.empty(0, dtype=torch.long, device=self.device)
         self.finished = torch.empty(0, dtype=torch.bool, device=self.device)
         self.policy_logits: torch.Tensor | None = None  # (B, V) next-token logits of π_θ at the current state
-        self.ref_logits: torch.Tensor | None = None  # (B, V) next-token logits of π_ref
+        self.policy_hidden: torch.Tensor | None = None  # (B, H) π_θ's last-layer hidden state (value heads)
         self._policy_cache: StaticCache | None = None
         self._ref_cache: StaticCache | None = None
+        self._ref_fed = 0  # columns [0, _ref_fed) are in the reference cache
+        self._ref_next: torch.Tensor | None = None  # (B, V) reference logits predicting column _ref_fed
+        self._first_new_column = 0  # columns before this were laid out by the last prefill
 
     # ------------------------------------------------------------------ state changes
     def start(self, prompt_ids: Sequence[Sequence[int]]) -> None:
-        """Begin B new episodes from tokenised prompts (one prefill forward per model)."""
+        """Begin B new episodes from tokenised prompts (one prefill forward of the policy)."""
         self.batch_size = len(prompt_ids)
-        self._prefill([list(p) for p in prompt_ids])
+        sequences = [list(p) for p in prompt_ids]
         self.prompt_lengths = torch.tensor([len(p) for p in prompt_ids], device=self.device)
         self.num_generated = torch.zeros(self.batch_size, dtype=torch.long, device=self.device)
         self.finished = torch.zeros(self.batch_size, dtype=torch.bool, device=self.device)
+        self._prefill(sequences, [[0.0] * len(s) for s in sequences], [[0.0] * len(s) for s in sequences],
+                      [0] * len(sequences))
 
     def restart_rows(self, rows: torch.Tensor, prompt_ids: Sequence[Sequence[int]]) -> None:
         """Start new episodes in ``rows`` (bool ``(B,)``) while the other rows continue.
 
-        The continuing rows keep their tokens; the caches are rebuilt with one prefill of the live tokens
-        (which also drops columns that only held padding).
+        The continuing rows keep their tokens and log-probs; the caches are rebuilt with one prefill of the
+        live tokens (which also drops columns that only held padding).
         """
         rows = rows.to(self.device)
         if int(rows.sum()) != len(prompt_ids):
             raise ValueError(f"restart_rows got {len(prompt_ids)} prompts for {int(rows.sum())} rows")
+        self.sync_reference(next_logits=False)  # score every token of the continuing rows first
         new_prompts = iter(prompt_ids)
-        sequences = []
+        sequences, logprobs, ref_logprobs, num_generated = [], [], [], []
         for row in range(self.batch_size):
             if rows[row]:
-                sequences.append(list(next(new_prompts)))
+                prompt = list(next(new_prompts))
+                sequences.append(prompt)
+                logprobs.append([0.0] * len(prompt))
+                ref_logprobs.append([0.0] * len(prompt))
+                num_generated.append(0)
             else:
-                sequences.append(self.input_ids[row][self.attention_mask[row].bool()].tolist())
-        self._prefill(sequences)
+                live = self.attention_mask[row].bool()
+                sequences.append(self.input_ids[row][live].tolist())
+                logprobs.append(self.logprobs[row][live].tolist())
+                ref_logprobs.append(self.ref_logprobs[row][live].tolist())
+                num_generated.append(int(self.num_generated[row]))
         lengths = torch.tensor([len(p) for p in prompt_ids], device=self.device)
         self.prompt_lengths[rows] = lengths
         self.num_generated[rows] = 0
         self.finished[rows] = False
+        self._prefill(sequences, logprobs, ref_logprobs, num_generated)
+
+    def refresh(self) -> None:
+        """Recompute the caches and next-token logits from every row's tokens with the current weights (one
+        prefill), e.g. after an update in the middle of episodes. Tokens and recorded log-probs stay."""
+        if not self.batch_size:
+            return
+        self.sync_reference(next_logits=False)
+        live = [self.attention_mask[row].bool() for row in range(self.batch_size)]
+        self._prefill(
+            [self.input_ids[row][m].tolist() for row, m in enumerate(live)],
+            [self.logprobs[row][m].tolist() for row, m in enumerate(live)],
+            [self.ref_logprobs[row][m].tolist() for row, m in enumerate(live)],
+            self.num_generated.tolist(),
+        )
 
     def advance(self, actions: torch.Tensor, run_forward: bool = True) -> StepOutput:
         """Append ``actions`` (long ``(B,)``) to the unfinished rows; finished rows ignore theirs.
 
-        Computes log π and log π_ref of the actions from the stored logits, then runs one cached forward
-        per model (skipped once every row has finished) so the next logits are ready. Pass
-        ``run_forward=False`` when :meth:`restart_rows` follows at once: its prefill computes them.
+        Computes log π (and, with an eager reference, log π_ref) of the actions from the stored logits,
+        then runs one cached forward of the policy (and of an eager reference), skipped once every row has
+        finished, so the next logits are ready. Pass ``run_forward=False`` when :meth:`restart_rows`
+        follows at once: its prefill computes them.
         """
         active = ~self.finished
         logprob = torch.zeros(self.batch_size, device=self.device)
         logprob[active] = _token_logprobs(self.policy_logits[active], actions[active])
-        ref_logprob = None
-        if self.ref_logits is not None:
-            ref_logprob = torch.zeros(self.batch_size, device=self.device)
-            ref_logprob[active] = _token_logprobs(self.ref_logits[active], actions[active])
 
         tokens = torch.where(active, actions, torch.full_like(actions, self.pad_token_id))
         self.input_ids = torch.cat([self.input_ids, tokens[:, None]], dim=1)
         self.attention_mask = torch.cat([self.attention_mask, active.long()[:, None]], dim=1)
+        self.generated = torch.cat([self.generated, active[:, None]], dim=1)
+        self.logprobs = torch.cat([self.logprobs, logprob[:, None]], dim=1)
+        self.ref_logprobs = torch.cat([self.ref_logprobs, torch.zeros_like(logprob)[:, None]], dim=1)
         self.num_generated += active.long()
         terminated = active & (actions == self.eos_token_id)
         truncated = active & ~terminated & (self.num_generated >= self.max_new_tokens)
@@ -128,14 +173,56 @@ class GenerationEngine:
         if run_forward and not bool(self.finished.all()):
             positions = (self.attention_mask.sum(dim=1, keepdim=True) - 1).clamp(min=0)
             column = torch.tensor([self.attention_mask.shape[1] - 1], device=self.device)
-            self.policy_logits = _forward(
-                self.policy, tokens[:, None], self.attention_mask, positions, self._policy_cache, column
+            logits, self.policy_hidden = _forward(
+                self.policy, tokens[:, None], self.attention_mask, positions, self._policy_cache, column, 1,
+                keep_hidden=True,
             )
-            if self.reference is not None:
-                self.ref_logits = _forward(
-                    self.reference, tokens[:, None], self.attention_mask, positions, self._ref_cache, column
-                )
+            self.policy_logits = logits[:, -1]
+        ref_logprob = None
+        if self.reference is not None and not self.lazy_reference:
+            self.sync_reference(next_logits=run_forward)
+            ref_logprob = self.ref_logprobs[:, -1] * active
         return StepOutput(logprob, ref_logprob, active, terminated, truncated)
+
+    # ------------------------------------------------------------------ the reference
+    def sync_reference(self, next_logits: bool = True) -> None:
+        """Feed the reference every column it has not seen, in one cached forward, and fill
+        :attr:`ref_logprobs` for all generated columns. With ``next_logits`` (and some row unfinished) the
+        last column is fed too, so :attr:`ref_logits` holds π_ref's next-token logits."""
+        if self.reference is None:
+            return
+        width = self.input_ids.shape[1]
+        start = self._ref_fed
+        if start < width and start >= self._first_new_column and self._ref_next is not None:
+            self.ref_logprobs[:, start] = (
+                _token_logprobs(self._ref_next, self.input_ids[:, start]) * self.generated[:, start]
+            )
+        end = width if next_logits and not bool(self.finished.all()) else width - 1
+        if end <= start:
+            return
+        first_needed = max(start, self._first_new_column - 1)  # logits before it would predict prompt tokens
+        positions = (self.attention_mask[:, :end].cumsum(dim=1) - 1).clamp(min=0)[:, start:end]
+        logits = _forward(
+            self.reference, self.input_ids[:, start:end], self.attention_mask[:, :end], positions,
+            self._ref_cache, torch.arange(start, end, device=self.device), max(end - first_needed, 1),
+            keep_hidden=False,
+        )[0]  # (B, end - first_needed, V): logits[:, j] predicts column first_needed + 1 + j
+        targets = self.input_ids[:, first_needed + 1 : end + 1]
+        scored = targets.shape[1]
+        if scored:
+            columns = slice(first_needed + 1, first_needed + 1 + scored)
+            logprobs = logits[:, :scored].log_softmax(dim=-1).gather(2, targets[..., None]).squeeze(-1)
+            self.ref_logprobs[:, columns] = logprobs * self.generated[:, columns]  # 0 at prompt and padding
+        self._ref_fed, self._ref_next = end, logits[:, -1]
+
+    @property
+    def ref_logits(self) -> torch.Tensor | None:
+        """π_ref's next-token logits at the current state, ``(B, V)`` float32 (``None`` without a
+        reference); a lazy reference catches up first."""
+        if self.reference is None or self.batch_size == 0:
+            return None
+        self.sync_reference()
+        return self._ref_next
 
     # ------------------------------------------------------------------ reading the state
     def generated_ids(self, row: int) -> list[int]:
@@ -161,28 +248,48 @@ class GenerationEngine:
         return ids[:, -width:], mask[:, -width:]
 
     # ------------------------------------------------------------------ internals
-    def _prefill(self, sequences: list[list[int]]) -> None:
+    def _prefill(
+        self,
+        sequences: list[list[int]],
+        logprobs: list[list[float]],
+        ref_logprobs: list[list[float]],
+        num_generated: list[int],
+    ) -> None:
+        """Lay the rows out right-aligned (the last ``num_generated[row]`` tokens of a row are generated
+        ones) and prefill the policy cache; an eager reference is prefilled too, a lazy one on demand."""
         width = max(len(s) for s in sequences)
         ids = torch.full((len(sequences), width), self.pad_token_id, dtype=torch.long)
         mask = torch.zeros((len(sequences), width), dtype=torch.long)
+        generated = torch.zeros((len(sequences), width), dtype=torch.bool)
+        logprob = torch.zeros((len(sequences), width))
+        ref_logprob = torch.zeros((len(sequences), width))
         for row, seq in enumerate(sequences):
             if seq:
                 ids[row, width - len(seq) :] = torch.tensor(seq)
                 mask[row, width - len(seq) :] = 1
+                logprob[row, width - len(seq) :] = torch.tensor(logprobs[row])
+                ref_logprob[row, width - len(seq) :] = torch.tensor(ref_logprobs[row])
+            if num_generated[row]:
+                generated[row, width - num_generated[row] :] = True
         self.input_ids, self.attention_mask = ids.to(self.device), mask.to(self.device)
+        self.generated, self.logprobs = generated.to(self.device), logprob.to(self.device)
+        self.ref_logprobs = ref_logprob.to(self.device)
         positions = (self.attention_mask.cumsum(dim=1) - 1).clamp(min=0)
         columns = torch.arange(width, device=self.device)
         # Preallocated caches: each step writes one column in place, so a step's cost does not grow with
         # the length generated so far (a growing cache would copy itself every step).
         capacity = width + self.max_new_tokens
         self._policy_cache = StaticCache(config=self.policy.config, max_cache_len=capacity)
-        self.policy_logits = _forward(self.policy, self.input_ids, self.attention_mask, positions,
-                                      self._policy_cache, columns)
-        self.ref_logits, self._ref_cache = None, None
+        logits, self.policy_hidden = _forward(
+            self.policy, self.input_ids, self.attention_mask, positions, self._policy_cache, columns, 1,
+            keep_hidden=True,
+        )
+        self.policy_logits = logits[:, -1]
+        self._first_new_column, self._ref_fed, self._ref_next, self._ref_cache = width, 0, None, None
         if self.reference is not None:
             self._ref_cache = StaticCache(config=self.reference.config, max_cache_len=capacity)
-            self.ref_logits = _forward(self.reference, self.input_ids, self.attention_mask, positions,
-                                       self._ref_cache, columns)
+            if not self.lazy_reference:
+                self.sync_reference()
 
 
 @torch.no_grad()
@@ -193,8 +300,14 @@ def _forward(
     position_ids: torch.Tensor,
     cache: StaticCache,
     cache_position: torch.Tensor,
-) -> torch.Tensor:
-    """One cached forward writing ``cache`` at columns ``cache_position``; float32 last logits ``(B, V)``."""
+    logits_to_keep: int,
+    keep_hidden: bool,
+) -> tuple[torch.Tensor, torch.Tensor | None]:
+    """One cached forward writing ``cache`` at columns ``cache_position``.
+
+    Returns float32 logits of the last ``logits_to_keep`` positions, ``(B, logits_to_keep, V)``, and, with
+    ``keep_hidden``, the last-layer hidden state at the last position ``(B, H)``.
+    """
     out = model(
         input_ids=input_ids,
         attention_mask=attention_mask,
@@ -202,9 +315,10 @@ def _forward(
         past_key_values=cache,
         cache_position=cache_position,
         use_cache=True,
-        logits_to_keep=1,
+        logits_to_keep=logits_to_keep,
+        output_hidden_states=keep_hidden,
     )
-    return out.logits[:, -1].float()
+    return out.logits.float(), (out.hidden_states[-1][:, -1] if keep_hidden else None)
 
 
 def _token_logprobs(logits: torch.Tensor, tokens: torch.Tensor) -> torch.Tensor:

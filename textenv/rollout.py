@@ -56,11 +56,18 @@ class Rollout:
 
 
 def sample_actions(logits: torch.Tensor, generator: torch.Generator | None, temperature: float = 1.0) -> torch.Tensor:
-    """Sample one token per row from ``(B, V)`` logits; ``temperature=0`` is greedy."""
+    """Sample one token per row from ``(B, V)`` logits; ``temperature=0`` is greedy.
+
+    Inverse-CDF sampling: the first token whose cumulative probability exceeds u ~ U(0, total). Exact (in
+    float64; a token of probability 0 is never drawn) and, with one uniform per row, about 10× faster on
+    CPU than ``torch.multinomial``, which dominated a rollout step of a small model.
+    """
     if temperature == 0:
         return logits.argmax(dim=-1)
-    probs = torch.softmax(logits / temperature, dim=-1)
-    return torch.multinomial(probs, 1, generator=generator).squeeze(1)
+    cumulative = torch.softmax(logits / temperature, dim=-1).double().cumsum(dim=-1)  # (B, V)
+    u = torch.rand(logits.shape[0], 1, generator=generator, dtype=torch.float64, device=logits.device)
+    index = torch.searchsorted(cumulative, u * cumulative[:, -1:], right=True)
+    return index.clamp(max=logits.shape[-1] - 1).squeeze(1)
 
 
 @torch.no_grad()
@@ -77,7 +84,7 @@ def collect_rollout(
     _, reset_info = env.reset(options=None if prompts is None else {"prompts": list(prompts)})
     prompt_width = env.engine.input_ids.shape[1]
     B = env.num_envs
-    logprobs, kls, rewards, masks = [], [], [], []
+    logprobs, rewards, masks = [], [], []
     rm_score, episode_kl, texts = np.zeros(B), np.zeros(B), [""] * B
     kl_coef = env.kl_coef
     while not env.finished.all():
@@ -86,7 +93,6 @@ def collect_rollout(
         _, reward, _, _, info = env.step(actions)
         masks.append(active)
         logprobs.append(torch.from_numpy(info["logprob"]))
-        kls.append(torch.from_numpy(info["kl"]))
         rewards.append(torch.from_numpy(reward))
         if "rm_score" in info:
             done = info["_rm_score"]
@@ -101,7 +107,7 @@ def collect_rollout(
         prompt_width=prompt_width,
         action_mask=torch.stack(masks, dim=1).to(env.device),
         logprobs=torch.stack(logprobs, dim=1).to(env.device),
-        kl=torch.stack(kls, dim=1).to(env.device),
+        kl=env.token_kl()[:, prompt_width:].clone(),
         rewards=rewards_t.to(env.device),
         rm_score=rm_score,
         episode_kl=episode_kl,

@@ -72,6 +72,12 @@ class TextGenVectorEnv(VectorEnv):
     Observation space (per row): ``Dict(input_ids=Box(0, V-1, (W,), int64), attention_mask=Box(0, 1, (W,),
     int64))`` with W = ``max_prompt_tokens + max_new_tokens``. Tokens are right-aligned (left padding with
     the pad id and mask 0), so the last column is always the most recent token.
+
+    ``info`` of :meth:`step`: ``"logprob"`` (B,) log π_θ(a_t|s_t) every step; with ``kl_penalty="dense"``
+    also ``"kl"`` (B,) the KL_t paid this step. Rows that finish get ``"prompt"``, ``"text"``,
+    ``"rm_score"``, ``"episode_kl"`` (Σ_t KL_t, nats), ``"kl_coef"`` (the β paid) and ``"num_tokens"``, each
+    with its Gymnasium ``"_key"`` mask. With the terminal penalty the reference is fed lazily (when rows
+    finish), so there is no per-step ``"kl"``; :meth:`token_kl` gives the per-token KL of the episodes.
     """
 
     metadata = {"render_modes": ["ansi"], "render_fps": 4, "autoreset_mode": AutoresetMode.NEXT_STEP}
@@ -153,7 +159,11 @@ class TextGenVectorEnv(VectorEnv):
         self.render_mode = render_mode
         self.autoreset_mode = autoreset_mode
         self.metadata = {**self.metadata, "autoreset_mode": AUTORESET_MODES[autoreset_mode]}
-        self.engine = GenerationEngine(self.policy, self.reference, self.tokenizer, max_new_tokens)
+        # With the terminal penalty only each episode's total KL is needed, so the reference is fed lazily: one
+        # multi-token cached forward when rows finish, instead of one forward per step (same numbers).
+        self.engine = GenerationEngine(
+            self.policy, self.reference, self.tokenizer, max_new_tokens, lazy_reference=kl_penalty == "terminal"
+        )
 
         vocab_size = len(self.tokenizer)
         width = self.max_prompt_tokens + max_new_tokens
@@ -168,7 +178,6 @@ class TextGenVectorEnv(VectorEnv):
         self.observation_space = gym.vector.utils.batch_space(self.single_observation_space, num_envs)
 
         self._row_prompts: list[str] = [""] * num_envs
-        self._episode_kl = torch.zeros(num_envs, device=self.device)  # Σ_t KL_t so far, per row (nats)
         self._needs_restart = np.zeros(num_envs, dtype=bool)
         self._kl_window: list[float] = []  # per-episode KL of finished episodes since the last β update
         self._kl_window_steps = 0
@@ -205,16 +214,13 @@ class TextGenVectorEnv(VectorEnv):
         out = self.engine.advance(actions, run_forward=not restarting.any())
 
         rewards = np.zeros(self.num_envs, dtype=np.float64)
-        info: dict[str, Any] = {}
-        if self.reference is not None:
-            kl_t = kl_per_token(out.logprob, out.ref_logprob, self.kl_estimator) * out.active
-            self._episode_kl += kl_t
-            if self.kl_penalty == "dense":
-                rewards -= beta * kl_t.cpu().numpy()
-        else:
+        info: dict[str, Any] = {"logprob": out.logprob.cpu().numpy()}
+        if self.kl_penalty == "dense":  # r_t = −β·KL_t every step, and the RM score at the end
             kl_t = torch.zeros_like(out.logprob)
-        info["logprob"] = out.logprob.cpu().numpy()
-        info["kl"] = kl_t.cpu().numpy()
+            if out.ref_logprob is not None:
+                kl_t = kl_per_token(out.logprob, out.ref_logprob, self.kl_estimator) * out.active
+            info["kl"] = kl_t.cpu().numpy()
+            rewards -= beta * info["kl"]
 
         terminated = out.terminated.cpu().numpy()
         truncated = out.truncated.cpu().numpy()
@@ -255,6 +261,17 @@ class TextGenVectorEnv(VectorEnv):
         """Current β (changes over time with the adaptive controller)."""
         return self.kl_controller.value
 
+    def token_kl(self) -> torch.Tensor:
+        """Per-token KL estimates KL_t (nats) of the current episodes, ``(B, S)`` aligned with the engine's
+        columns (``env.engine.input_ids``); 0 at prompt and padding columns, and everywhere when β = 0.
+
+        Feeds a lazy reference the tokens it has not seen yet (one cached forward)."""
+        engine = self.engine
+        if self.reference is None:
+            return torch.zeros_like(engine.logprobs)
+        engine.sync_reference(next_logits=False)
+        return kl_per_token(engine.logprobs, engine.ref_logprobs, self.kl_estimator) * engine.generated
+
     def next_token_logits(self) -> torch.Tensor:
         """π_θ's next-token logits for the current states, ``(B, V)`` float32, no grad.
 
@@ -282,7 +299,6 @@ class TextGenVectorEnv(VectorEnv):
         texts, ids = self._prompt_choice(self.num_envs, given)
         self._row_prompts = texts
         self.engine.start(ids)
-        self._episode_kl.zero_()
         self._needs_restart[:] = False
 
     def _restart(self, rows: np.ndarray, given: Sequence[str] | None) -> None:
@@ -290,7 +306,6 @@ class TextGenVectorEnv(VectorEnv):
         for row, text in zip(np.flatnonzero(rows), texts):
             self._row_prompts[row] = text
         self.engine.restart_rows(torch.as_tensor(rows), ids)
-        self._episode_kl[torch.as_tensor(rows, device=self.device)] = 0.0
         self._needs_restart[rows] = False
 
     def _finish(self, rows: np.ndarray, beta: float, info: dict[str, Any]) -> np.ndarray:
@@ -298,7 +313,7 @@ class TextGenVectorEnv(VectorEnv):
         prompts = [self._row_prompts[r] for r in rows]
         completions = self.engine.completions(rows.tolist())
         scores = checked_scores(self.reward_model, prompts, completions)
-        episode_kl = self._episode_kl[torch.as_tensor(rows, device=self.device)].cpu().numpy()
+        episode_kl = self.token_kl()[torch.as_tensor(rows, device=self.device)].sum(dim=1).double().cpu().numpy()
         terminal = scores if self.kl_penalty == "dense" else scores - beta * episode_kl
         num_tokens = self.engine.num_generated[torch.as_tensor(rows, device=self.device)].cpu().numpy()
         for key, values in (
