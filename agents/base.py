@@ -24,6 +24,7 @@ from tqdm.auto import tqdm
 from textenv.checkpoint import atomic_directory
 from textenv.lora import is_peft_model
 from textenv.rollout import sample_actions
+from textenv.validation import check_positive
 from textenv.vector_env import TextGenVectorEnv
 
 #: Scalar names every agent writes (a metric key ``"rollout/reward"`` becomes that TensorBoard tag).
@@ -66,7 +67,7 @@ class Agent(ABC):
             raise TypeError(
                 f"env must be a TextGenVectorEnv (gym.make_vec('TextGen-v0', ...).unwrapped), got {type(env)}"
             )
-        _check_positive("learning_rate", learning_rate)
+        check_positive("learning_rate", learning_rate)
         self.env = env
         self.policy = env.policy
         self.learning_rate = float(learning_rate)
@@ -285,8 +286,3 @@ def set_global_seeds(seed: int) -> None:
     random.seed(seed)
     np.random.seed(seed)
     torch.manual_seed(seed)
-
-
-def _check_positive(name: str, value: Any) -> None:
-    if isinstance(value, bool) or not isinstance(value, (int, float)) or not value > 0:
-        raise ValueError(f"{name}={value!r} must be a number > 0")

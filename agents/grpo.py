@@ -28,10 +28,11 @@ from typing import Any
 
 import numpy as np
 import torch
-
 from textenv.agents.base import Agent
+
 from textenv.models import frozen_copy
 from textenv.rollout import collect_rollout, completion_logits, entropy, masked_mean, token_logprobs
+from textenv.validation import check_int
 from textenv.vector_env import TextGenVectorEnv
 
 
@@ -86,8 +87,8 @@ class GRPO(Agent):
                 f"env.group_size={env.group_size}: GRPO normalises rewards within a group of G >= 2 completions "
                 "per prompt; build the env with group_size=G (e.g. 4) and num_envs a multiple of G"
             )
-        _check_int("n_epochs", n_epochs, 1)
-        _check_int("num_minibatches", num_minibatches, 1)
+        check_int("n_epochs", n_epochs, 1)
+        check_int("num_minibatches", num_minibatches, 1)
         if num_minibatches > env.num_envs:
             raise ValueError(f"num_minibatches={num_minibatches} must be <= env.num_envs={env.num_envs} (episodes)")
         for name, value, allow_zero in (("clip_range", clip_range, False), ("beta", beta, True), ("eps", eps, False)):
@@ -173,16 +174,6 @@ class GRPO(Agent):
         if self.iterations % 10 == 0:
             self.log_samples(rollout.prompts, rollout.texts)
         return {
-            "num_tokens": rollout.num_tokens,
-            "rollout/reward": float(rollout.returns.mean()),
-            "rollout/rm_score": float(rollout.rm_score.mean()),
-            "rollout/kl": float(rollout.episode_kl.mean()),
-            "rollout/kl_coef": rollout.kl_coef,
-            "rollout/length": float(mask.sum(dim=1).mean()),
+            **rollout.metrics(),
             **{f"train/{key}": float(np.mean(values)) for key, values in stats.items() if values},
         }
-
-
-def _check_int(name: str, value: Any, minimum: int) -> None:
-    if isinstance(value, bool) or not isinstance(value, (int, np.integer)) or value < minimum:
-        raise ValueError(f"{name}={value!r} must be an integer >= {minimum}")

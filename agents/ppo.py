@@ -35,10 +35,11 @@ from typing import Any
 
 import numpy as np
 import torch
+from textenv.agents.base import Agent
 from torch import nn
 
-from textenv.agents.base import Agent
 from textenv.rollout import Rollout, collect_rollout, entropy, masked_mean, token_logprobs
+from textenv.validation import check_int, check_number
 from textenv.vector_env import TextGenVectorEnv
 
 REWARD_SHAPINGS = ("per_token", "env")
@@ -103,24 +104,24 @@ class PPO(Agent):
         super().__init__(env, learning_rate=learning_rate, seed=seed, tensorboard_log=tensorboard_log, verbose=verbose)
         if env.autoreset_mode != "disabled":
             raise ValueError("env: PPO plays synchronised episodes; build the env with autoreset_mode='disabled'")
-        _check_number("vf_learning_rate", vf_learning_rate, low=0.0, low_open=True, none_ok=True)
-        _check_int("n_epochs", n_epochs, 1)
-        _check_int("num_minibatches", num_minibatches, 1)
+        check_number("vf_learning_rate", vf_learning_rate, low=0.0, low_open=True, none_ok=True)
+        check_int("n_epochs", n_epochs, 1)
+        check_int("num_minibatches", num_minibatches, 1)
         if num_minibatches > env.num_envs:
             raise ValueError(f"num_minibatches={num_minibatches} must be <= env.num_envs={env.num_envs} (episodes)")
-        _check_number("clip_range", clip_range, low=0.0, low_open=True)
-        _check_number("clip_range_vf", clip_range_vf, low=0.0, low_open=True, none_ok=True)
-        _check_number("gamma", gamma, low=0.0, high=1.0)
-        _check_number("gae_lambda", gae_lambda, low=0.0, high=1.0)
-        _check_number("vf_coef", vf_coef, low=0.0)
-        _check_number("ent_coef", ent_coef, low=0.0)
-        _check_number("max_grad_norm", max_grad_norm, low=0.0, low_open=True, none_ok=True)
-        _check_number("target_kl", target_kl, low=0.0, low_open=True, none_ok=True)
+        check_number("clip_range", clip_range, low=0.0, low_open=True)
+        check_number("clip_range_vf", clip_range_vf, low=0.0, low_open=True, none_ok=True)
+        check_number("gamma", gamma, low=0.0, high=1.0)
+        check_number("gae_lambda", gae_lambda, low=0.0, high=1.0)
+        check_number("vf_coef", vf_coef, low=0.0)
+        check_number("ent_coef", ent_coef, low=0.0)
+        check_number("max_grad_norm", max_grad_norm, low=0.0, low_open=True, none_ok=True)
+        check_number("target_kl", target_kl, low=0.0, low_open=True, none_ok=True)
         if reward_shaping not in REWARD_SHAPINGS:
             raise ValueError(f"reward_shaping={reward_shaping!r} is not one of {REWARD_SHAPINGS}")
-        _check_number("ptx_coef", ptx_coef, low=0.0)
+        check_number("ptx_coef", ptx_coef, low=0.0)
         if ptx_batch_size is not None:
-            _check_int("ptx_batch_size", ptx_batch_size, 1)
+            check_int("ptx_batch_size", ptx_batch_size, 1)
         self.vf_learning_rate = None if vf_learning_rate is None else float(vf_learning_rate)
         self.n_epochs = int(n_epochs)
         self.num_minibatches = int(num_minibatches)
@@ -307,12 +308,7 @@ class PPO(Agent):
         if self.iterations % 10 == 0:
             self.log_samples(rollout.prompts, rollout.texts)
         metrics = {
-            "num_tokens": rollout.num_tokens,
-            "rollout/reward": float(rollout.returns.mean()),
-            "rollout/rm_score": float(rollout.rm_score.mean()),
-            "rollout/kl": float(rollout.episode_kl.mean()),
-            "rollout/kl_coef": rollout.kl_coef,
-            "rollout/length": float(mask.sum(dim=1).mean()),
+            **rollout.metrics(),
             "train/explained_variance": explained_variance(old_values, returns, mask),
             "train/logprob_mismatch": logprob_mismatch,
             "train/epochs": float(epochs_run),
@@ -394,30 +390,3 @@ def load_ptx_texts(source: Sequence[str] | str | Path | None, seed: int | None =
     if not texts:
         raise ValueError("ptx_texts is empty; give at least one pre-training text")
     return texts
-
-
-# ---------------------------------------------------------------------- argument checks
-def _check_int(name: str, value: Any, minimum: int) -> None:
-    if isinstance(value, bool) or not isinstance(value, (int, np.integer)) or value < minimum:
-        raise ValueError(f"{name}={value!r} must be an integer >= {minimum}")
-
-
-def _check_number(
-    name: str,
-    value: Any,
-    low: float | None = None,
-    high: float | None = None,
-    low_open: bool = False,
-    none_ok: bool = False,
-) -> None:
-    if value is None and none_ok:
-        return
-    ok = not isinstance(value, bool) and isinstance(value, (int, float, np.floating, np.integer)) and np.isfinite(value)
-    if ok and low is not None:
-        ok = value > low if low_open else value >= low
-    if ok and high is not None:
-        ok = value <= high
-    if not ok:
-        bounds = (f"{'>' if low_open else '>='} {low}" if low is not None else "") + (
-            f"{' and ' if low is not None else ''}<= {high}" if high is not None else "")
-        raise ValueError(f"{name}={value!r} must be a finite number {bounds}" + (" (or None)" if none_ok else ""))

@@ -122,12 +122,7 @@ class Reinforce(Agent):
         with torch.no_grad():
             mean_entropy = masked_mean(entropy(logits.detach()), rollout.action_mask)
         return {
-            "num_tokens": rollout.num_tokens,
-            "rollout/reward": float(rollout.returns.mean()),
-            "rollout/rm_score": float(rollout.rm_score.mean()),
-            "rollout/kl": float(rollout.episode_kl.mean()),
-            "rollout/kl_coef": rollout.kl_coef,
-            "rollout/length": float(rollout.action_mask.sum(dim=1).mean()),
+            **rollout.metrics(),
             "train/loss": float(loss.detach()),
             "train/entropy": float(mean_entropy),
         }

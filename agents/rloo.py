@@ -25,9 +25,10 @@ from typing import Any
 
 import numpy as np
 import torch
-
 from textenv.agents.base import Agent
+
 from textenv.rollout import collect_rollout, completion_logits, entropy, masked_mean, token_logprobs
+from textenv.validation import check_int
 from textenv.vector_env import TextGenVectorEnv
 
 
@@ -77,8 +78,8 @@ class RLOO(Agent):
                 f"env.group_size={env.group_size}: RLOO needs K >= 2 samples per prompt for its leave-one-out "
                 "baseline; build the env with group_size=K (e.g. 4) and num_envs a multiple of K"
             )
-        _check_int("n_epochs", n_epochs, 1)
-        _check_int("num_minibatches", num_minibatches, 1)
+        check_int("n_epochs", n_epochs, 1)
+        check_int("num_minibatches", num_minibatches, 1)
         if num_minibatches > env.num_envs:
             raise ValueError(f"num_minibatches={num_minibatches} must be <= env.num_envs={env.num_envs} (episodes)")
         if isinstance(clip_range, bool) or not isinstance(clip_range, (int, float)) or not clip_range > 0:
@@ -146,16 +147,6 @@ class RLOO(Agent):
         if self.iterations % 10 == 0:
             self.log_samples(rollout.prompts, rollout.texts)
         return {
-            "num_tokens": rollout.num_tokens,
-            "rollout/reward": float(rollout.returns.mean()),
-            "rollout/rm_score": float(rollout.rm_score.mean()),
-            "rollout/kl": float(rollout.episode_kl.mean()),
-            "rollout/kl_coef": rollout.kl_coef,
-            "rollout/length": float(mask.sum(dim=1).mean()),
+            **rollout.metrics(),
             **{f"train/{key}": float(np.mean(values)) for key, values in stats.items()},
         }
-
-
-def _check_int(name: str, value: Any, minimum: int) -> None:
-    if isinstance(value, bool) or not isinstance(value, (int, np.integer)) or value < minimum:
-        raise ValueError(f"{name}={value!r} must be an integer >= {minimum}")

@@ -32,12 +32,13 @@ from pathlib import Path
 from typing import Any
 
 import torch
+from textenv.agents.base import Agent
 from transformers import PreTrainedModel, PreTrainedTokenizerBase
 
-from textenv.agents.base import Agent
 from textenv.corpus import generate_reviews
 from textenv.preferences import PreferencePair, PreferenceRanking, as_preference_rows
 from textenv.rollout import entropy, masked_mean
+from textenv.validation import check_int
 from textenv.vector_env import TextGenVectorEnv
 
 #: Anything :func:`load_demonstrations` accepts.
@@ -257,8 +258,8 @@ class SFT(Agent):
         verbose: int = 0,
     ) -> None:
         super().__init__(env, learning_rate=learning_rate, seed=seed, tensorboard_log=tensorboard_log, verbose=verbose)
-        _check_int("batch_size", batch_size)
-        _check_int("num_demonstrations", num_demonstrations)
+        check_int("batch_size", batch_size)
+        check_int("num_demonstrations", num_demonstrations)
         if max_grad_norm is not None and max_grad_norm <= 0:
             raise ValueError(f"max_grad_norm={max_grad_norm} must be > 0 or None")
         self.demonstrations = demonstrations
@@ -367,8 +368,3 @@ class MinibatchSampler:
                 "resume with the same demonstrations/preferences"
             )
         self.order, self.cursor, self.epoch = list(state["order"]), state["cursor"], state["epoch"]
-
-
-def _check_int(name: str, value: Any, minimum: int = 1) -> None:
-    if isinstance(value, bool) or not isinstance(value, int) or value < minimum:
-        raise ValueError(f"{name}={value!r} must be an integer >= {minimum}")

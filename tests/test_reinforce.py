@@ -61,7 +61,7 @@ def test_baselines(tiny_model_dir):
     [
         ("reinforse", {}, "agent 'reinforse' is not registered; choose one of"),
         ("reinforce", {"learning_rat": 1e-3}, r"unknown hyper-parameter\(s\) \['learning_rat'\]"),
-        ("reinforce", {"learning_rate": -1.0}, "learning_rate=-1.0 must be a number > 0"),
+        ("reinforce", {"learning_rate": -1.0}, "learning_rate=-1.0 must be a finite number > 0"),
         ("reinforce", {"baseline": "median"}, "baseline='median'"),
         ("reinforce", {"baseline": "loo"}, "group_size >= 2"),
         ("reinforce", {"baseline_decay": 1.0}, "baseline_decay"),

@@ -49,6 +49,18 @@ class Rollout:
         """Actions taken in this rollout (env steps summed over rows)."""
         return int(self.action_mask.sum())
 
+    def metrics(self) -> dict[str, float]:
+        """The ``rollout/*`` scalars every agent logs under the same names (so TensorBoard curves overlay),
+        plus ``num_tokens``: mean return, RM score and episode KL (nats), the β paid, mean length (tokens)."""
+        return {
+            "num_tokens": self.num_tokens,
+            "rollout/reward": float(self.returns.mean()),
+            "rollout/rm_score": float(self.rm_score.mean()),
+            "rollout/kl": float(self.episode_kl.mean()),
+            "rollout/kl_coef": float(self.kl_coef),
+            "rollout/length": float(self.action_mask.sum(dim=1).mean()),
+        }
+
     @property
     def actions(self) -> torch.Tensor:
         """``(B, T)`` sampled token ids (padding where ``action_mask`` is 0)."""

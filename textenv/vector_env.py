@@ -28,6 +28,7 @@ from textenv.lora import AdapterDisabledReference, apply_lora, is_peft_model
 from textenv.models import DEFAULT_MODEL, frozen_copy, load_causal_lm, load_tokenizer, resolve_device
 from textenv.prompts import PromptSource, load_prompts
 from textenv.reward_models import RewardModel, checked_scores, make_reward_model
+from textenv.validation import check_choice, check_int
 
 KL_PENALTIES = ("terminal", "dense")
 AUTORESET_MODES = {"next_step": AutoresetMode.NEXT_STEP, "disabled": AutoresetMode.DISABLED}
@@ -104,7 +105,7 @@ class TextGenVectorEnv(VectorEnv):
         device: str | torch.device = "auto",
         render_mode: str | None = None,
     ) -> None:
-        _check_int("num_envs", num_envs, minimum=1)
+        check_int("num_envs", num_envs, minimum=1)
         #: JSON-serialisable constructor arguments, saved with checkpoints so runs can be rebuilt.
         self.spec_kwargs = {
             key: value
@@ -116,12 +117,12 @@ class TextGenVectorEnv(VectorEnv):
             ).items()
             if value is None or isinstance(value, (str, int, float, dict))
         }
-        _check_int("max_new_tokens", max_new_tokens, minimum=1)
-        _check_int("group_size", group_size, minimum=1)
-        _check_choice("kl_estimator", kl_estimator, KL_ESTIMATORS)
-        _check_choice("kl_penalty", kl_penalty, KL_PENALTIES)
-        _check_choice("autoreset_mode", autoreset_mode, tuple(AUTORESET_MODES))
-        _check_choice("render_mode", render_mode, (None, "ansi"))
+        check_int("max_new_tokens", max_new_tokens, minimum=1)
+        check_int("group_size", group_size, minimum=1)
+        check_choice("kl_estimator", kl_estimator, KL_ESTIMATORS)
+        check_choice("kl_penalty", kl_penalty, KL_PENALTIES)
+        check_choice("autoreset_mode", autoreset_mode, tuple(AUTORESET_MODES))
+        check_choice("render_mode", render_mode, (None, "ansi"))
         if num_envs % group_size:
             raise ValueError(f"num_envs={num_envs} must be a multiple of group_size={group_size}")
         if group_size > 1 and autoreset_mode != "disabled":
@@ -391,13 +392,3 @@ def _resolve_tokenizer(tokenizer: Any, model: Any) -> PreTrainedTokenizerBase:
             tokenizer.pad_token = tokenizer.eos_token
         return tokenizer
     return load_tokenizer(tokenizer)
-
-
-def _check_int(name: str, value: Any, minimum: int) -> None:
-    if isinstance(value, bool) or not isinstance(value, (int, np.integer)) or value < minimum:
-        raise ValueError(f"{name}={value!r} must be an integer >= {minimum}")
-
-
-def _check_choice(name: str, value: Any, choices: Sequence[Any]) -> None:
-    if value not in choices:
-        raise ValueError(f"{name}={value!r} is not one of {list(choices)}")

@@ -1,0 +1,54 @@
+"""Argument checks at the library's boundary: a bad value raises ``ValueError`` naming the argument and what
+it must be, before any work starts (the ``check_env`` spirit of stable-baselines3)."""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Sequence
+from typing import Any
+
+import numpy as np
+
+
+def check_int(name: str, value: Any, minimum: int = 1) -> None:
+    """``value`` must be an integer (not a bool) ``>= minimum``."""
+    if isinstance(value, bool) or not isinstance(value, (int, np.integer)) or value < minimum:
+        raise ValueError(f"{name}={value!r} must be an integer >= {minimum}")
+
+
+def check_number(
+    name: str,
+    value: Any,
+    low: float | None = None,
+    high: float | None = None,
+    low_open: bool = False,
+    none_ok: bool = False,
+) -> None:
+    """``value`` must be a finite real number in ``[low, high]`` (``(low, high]`` with ``low_open``);
+    ``None`` passes when ``none_ok``."""
+    if value is None and none_ok:
+        return
+    ok = (not isinstance(value, bool) and isinstance(value, (int, float, np.integer, np.floating))
+          and math.isfinite(value))
+    if ok and low is not None:
+        ok = value > low if low_open else value >= low
+    if ok and high is not None:
+        ok = value <= high
+    if not ok:
+        bounds = [f"{'>' if low_open else '>='} {low}"] if low is not None else []
+        bounds += [f"<= {high}"] if high is not None else []
+        raise ValueError(
+            f"{name}={value!r} must be a finite number {' and '.join(bounds)}".rstrip()
+            + (" (or None)" if none_ok else "")
+        )
+
+
+def check_positive(name: str, value: Any) -> None:
+    """``value`` must be a finite number > 0."""
+    check_number(name, value, low=0, low_open=True)
+
+
+def check_choice(name: str, value: Any, choices: Sequence[Any]) -> None:
+    """``value`` must be one of ``choices``."""
+    if value not in choices:
+        raise ValueError(f"{name}={value!r} is not one of {list(choices)}")
