@@ -184,6 +184,27 @@ class GenerationEngine:
             ref_logprob = self.ref_logprobs[:, -1] * active
         return StepOutput(logprob, ref_logprob, active, terminated, truncated)
 
+    # ------------------------------------------------------------------ checkpoints
+    _STATE_KEYS = ("input_ids", "attention_mask", "generated", "logprobs", "ref_logprobs", "prompt_lengths",
+                   "num_generated", "finished")
+
+    def state_dict(self) -> dict[str, torch.Tensor]:
+        """The rows' episodes in progress (tokens, per-column log-probs, counters) as CPU tensors; the KV
+        caches are not saved: :meth:`load_state_dict` recomputes them with one prefill."""
+        self.sync_reference(next_logits=False)  # score pending tokens now: a new cache cannot score them later
+        return {key: getattr(self, key).detach().cpu().clone() for key in self._STATE_KEYS}
+
+    def load_state_dict(self, state: dict[str, torch.Tensor]) -> None:
+        """Continue the episodes of :meth:`state_dict` (same weights give the same logits as a refresh)."""
+        missing = sorted(set(self._STATE_KEYS) - set(state))
+        if missing:
+            raise ValueError(f"engine state is missing {missing}; pass what GenerationEngine.state_dict() returned")
+        for key in self._STATE_KEYS:
+            setattr(self, key, state[key].to(self.device))
+        self.batch_size = int(self.input_ids.shape[0])
+        self._first_new_column = self.input_ids.shape[1]  # every recorded column is scored already
+        self.refresh()
+
     # ------------------------------------------------------------------ the reference
     def sync_reference(self, next_logits: bool = True) -> None:
         """Feed the reference every column it has not seen, in one cached forward, and fill
@@ -192,6 +213,8 @@ class GenerationEngine:
         if self.reference is None:
             return
         width = self.input_ids.shape[1]
+        if not next_logits and width <= self._first_new_column:
+            return  # no token generated since the layout was made: nothing to score
         start = self._ref_fed
         if start < width and start >= self._first_new_column and self._ref_next is not None:
             self.ref_logprobs[:, start] = (

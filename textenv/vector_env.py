@@ -262,6 +262,23 @@ class TextGenVectorEnv(VectorEnv):
         """Current β (changes over time with the adaptive controller)."""
         return self.kl_controller.value
 
+    def episode_state(self) -> dict[str, Any]:
+        """The episodes in progress (engine rows, their prompts, pending restarts), for checkpoints of agents
+        whose iterations end mid-episode (SB3). β, its window and the prompt RNG are saved by the agent."""
+        return {"engine": self.engine.state_dict(), "row_prompts": list(self._row_prompts),
+                "needs_restart": self._needs_restart.copy(), "started": self._started}
+
+    def load_episode_state(self, state: dict[str, Any]) -> None:
+        """Continue the episodes saved by :meth:`episode_state` (on an env built with the same arguments)."""
+        if len(state["row_prompts"]) != self.num_envs:
+            raise ValueError(f"the saved episodes have {len(state['row_prompts'])} rows; this env has "
+                             f"num_envs={self.num_envs}")
+        self._row_prompts = list(state["row_prompts"])
+        self._needs_restart = np.asarray(state["needs_restart"], dtype=bool).copy()
+        self._started = bool(state["started"])
+        if self._started:
+            self.engine.load_state_dict(state["engine"])
+
     def token_kl(self) -> torch.Tensor:
         """Per-token KL estimates KL_t (nats) of the current episodes, ``(B, S)`` aligned with the engine's
         columns (``env.engine.input_ids``); 0 at prompt and padding columns, and everywhere when β = 0.
