@@ -213,23 +213,40 @@ def test_episode_kl_equals_full_recompute_across_autoresets(tiny_model_dir, tiny
     assert checked >= 6
 
 
-def test_restart_rows_matches_fresh_prefill(tiny_model_dir):
+@pytest.mark.parametrize("lazy_reference", [False, True])
+@pytest.mark.parametrize(("new_prompt", "in_place"), [("a great", True), ("i liked the pasta at the", False)])
+def test_restart_rows_matches_fresh_prefill(tiny_model_dir, lazy_reference, new_prompt, in_place):
+    """A restarted row equals a fresh prefill, whether the prompt fits in place (only that row is prefilled)
+    or is wider than the layout (every row is laid out again); so does the continuing row, for both models."""
     model = load_causal_lm(str(tiny_model_dir), "cpu")
+    perturb(model)
+    reference = load_causal_lm(str(tiny_model_dir), "cpu")
     tok = load_tokenizer(str(tiny_model_dir))
-    engine = GenerationEngine(model, None, tok, max_new_tokens=10)
+
+    def engine_for(prompts):
+        engine = GenerationEngine(model, reference, tok, max_new_tokens=10, lazy_reference=lazy_reference)
+        engine.start(prompts)
+        return engine
+
     prompts = [tok("the film was")["input_ids"], tok("the book")["input_ids"]]
-    engine.start(prompts)
+    new_ids = tok(new_prompt)["input_ids"]
+    engine = engine_for(prompts)
     engine.advance(torch.tensor([5, 6]))
     engine.advance(torch.tensor([7, 8]))
-    new_prompt = tok("i liked the pasta at the")["input_ids"]
-    engine.restart_rows(torch.tensor([True, False]), [new_prompt])
+    prefills = engine.num_prefills
+    engine.restart_rows(torch.tensor([True, False]), [new_ids])
+    assert (engine.num_prefills == prefills) == in_place
     assert engine.generated_ids(1) == [6, 8] and engine.generated_ids(0) == []
-    fresh = GenerationEngine(model, None, tok, max_new_tokens=10)
-    fresh.start([new_prompt, prompts[1] + [6, 8]])
+    fresh = engine_for([new_ids, prompts[1] + [6, 8]])
     torch.testing.assert_close(engine.policy_logits, fresh.policy_logits, atol=1e-4, rtol=0)
-    out = engine.advance(torch.tensor([9, 9]))  # caches stay consistent after a restart
-    fresh_out = fresh.advance(torch.tensor([9, 9]))
-    torch.testing.assert_close(out.logprob, fresh_out.logprob, atol=1e-4, rtol=0)
+    torch.testing.assert_close(engine.ref_logits, fresh.ref_logits, atol=1e-4, rtol=0)
+    for step in ([9, 9], [10, 11], [12, 13]):  # the caches stay consistent after the restart
+        out, fresh_out = engine.advance(torch.tensor(step)), fresh.advance(torch.tensor(step))
+        torch.testing.assert_close(out.logprob, fresh_out.logprob, atol=1e-4, rtol=0)
+    engine.sync_reference()
+    fresh.sync_reference()
+    torch.testing.assert_close(engine.ref_logprobs[:, -3:], fresh.ref_logprobs[:, -3:], atol=1e-4, rtol=0)
+    assert engine.ref_logprobs[1].abs().sum() > 0 and engine.ref_logprobs[1, -5:].ne(0).all()  # incl. 6, 8
 
 
 def test_next_step_autoreset(tiny_model_dir, tiny_prompts):

@@ -90,6 +90,9 @@ class GenerationEngine:
         self._ref_fed = 0  # columns [0, _ref_fed) are in the reference cache
         self._ref_next: torch.Tensor | None = None  # (B, V) reference logits predicting column _ref_fed
         self._first_new_column = 0  # columns before this were laid out by the last prefill
+        self._policy_fed = 0  # columns [0, _policy_fed) are in the policy cache
+        self._capacity = 0  # columns the caches hold
+        self.num_prefills = 0  # full prefills so far (diagnostics: in-place restarts do not add to it)
 
     # ------------------------------------------------------------------ state changes
     def start(self, prompt_ids: Sequence[Sequence[int]]) -> None:
@@ -103,58 +106,57 @@ class GenerationEngine:
                       [0] * len(sequences))
 
     def restart_rows(self, rows: torch.Tensor, prompt_ids: Sequence[Sequence[int]]) -> None:
-        """Start new episodes in ``rows`` (bool ``(B,)``) while the other rows continue.
+        """Start new episodes in ``rows`` (bool ``(B,)``) while the other rows continue (Gymnasium autoreset).
 
-        The continuing rows keep their tokens and log-probs; the caches are rebuilt with one prefill of the
-        live tokens (which also drops columns that only held padding).
+        In place: each new prompt takes its row's last columns, the row's old tokens are masked out, and one
+        prefill of just the restarting rows writes their KV entries into the caches; the continuing rows
+        are not touched. (When a prompt is wider than the layout, every row is laid out again instead.)
         """
         rows = rows.to(self.device)
         if int(rows.sum()) != len(prompt_ids):
             raise ValueError(f"restart_rows got {len(prompt_ids)} prompts for {int(rows.sum())} rows")
-        self.sync_reference(next_logits=False)  # score every token of the continuing rows first
-        new_prompts = iter(prompt_ids)
-        sequences, logprobs, ref_logprobs, num_generated = [], [], [], []
-        for row in range(self.batch_size):
-            if rows[row]:
-                prompt = list(next(new_prompts))
-                sequences.append(prompt)
-                logprobs.append([0.0] * len(prompt))
-                ref_logprobs.append([0.0] * len(prompt))
-                num_generated.append(0)
-            else:
-                live = self.attention_mask[row].bool()
-                sequences.append(self.input_ids[row][live].tolist())
-                logprobs.append(self.logprobs[row][live].tolist())
-                ref_logprobs.append(self.ref_logprobs[row][live].tolist())
-                num_generated.append(int(self.num_generated[row]))
-        lengths = torch.tensor([len(p) for p in prompt_ids], device=self.device)
-        self.prompt_lengths[rows] = lengths
+        self.sync_reference(next_logits=False)  # score the finished episodes' tokens before they go
+        index = torch.nonzero(rows).squeeze(1)
+        width, longest = self.input_ids.shape[1], max(len(p) for p in prompt_ids)
+        self.prompt_lengths[rows] = torch.tensor([len(p) for p in prompt_ids], device=self.device)
         self.num_generated[rows] = 0
         self.finished[rows] = False
-        self._prefill(sequences, logprobs, ref_logprobs, num_generated)
+        if longest > width or self._policy_fed < width:  # no room, or the policy cache lags: lay out anew
+            self._relayout(dict(zip(index.tolist(), prompt_ids)))
+            return
+        ids = torch.full((len(prompt_ids), longest), self.pad_token_id, dtype=torch.long, device=self.device)
+        mask = torch.zeros_like(ids)
+        for i, prompt in enumerate(prompt_ids):
+            ids[i, longest - len(prompt) :] = torch.as_tensor(list(prompt), dtype=torch.long, device=self.device)
+            mask[i, longest - len(prompt) :] = 1
+        for buffer in (self.input_ids, self.attention_mask, self.generated, self.logprobs, self.ref_logprobs):
+            buffer[index] = 0
+        self.input_ids[index] = self.pad_token_id
+        self.input_ids[index, width - longest :] = ids
+        self.attention_mask[index, width - longest :] = mask
+        logits, hidden = self._prefill_rows(self.policy, self._policy_cache, index, ids, mask, keep_hidden=True)
+        self.policy_logits[index], self.policy_hidden[index] = logits, hidden
+        if self.reference is not None and self._ref_fed > width - longest:  # prompt columns already passed
+            ref_logits, _ = self._prefill_rows(self.reference, self._ref_cache, index, ids, mask, keep_hidden=False)
+            if self._ref_fed == width and self._ref_next is not None:
+                self._ref_next[index] = ref_logits
 
     def refresh(self) -> None:
         """Recompute the caches and next-token logits from every row's tokens with the current weights (one
         prefill), e.g. after an update in the middle of episodes. Tokens and recorded log-probs stay."""
-        if not self.batch_size:
-            return
-        self.sync_reference(next_logits=False)
-        live = [self.attention_mask[row].bool() for row in range(self.batch_size)]
-        self._prefill(
-            [self.input_ids[row][m].tolist() for row, m in enumerate(live)],
-            [self.logprobs[row][m].tolist() for row, m in enumerate(live)],
-            [self.ref_logprobs[row][m].tolist() for row, m in enumerate(live)],
-            self.num_generated.tolist(),
-        )
+        if self.batch_size:
+            self._relayout()
 
     def advance(self, actions: torch.Tensor, run_forward: bool = True) -> StepOutput:
         """Append ``actions`` (long ``(B,)``) to the unfinished rows; finished rows ignore theirs.
 
         Computes log π (and, with an eager reference, log π_ref) of the actions from the stored logits,
         then runs one cached forward of the policy (and of an eager reference), skipped once every row has
-        finished, so the next logits are ready. Pass ``run_forward=False`` when :meth:`restart_rows`
-        follows at once: its prefill computes them.
+        finished, so the next logits are ready. ``run_forward=False`` skips it (the next logits are then
+        stale until a prefill: :meth:`start` or :meth:`refresh`).
         """
+        if self.input_ids.shape[1] >= self._capacity:  # the caches are full (long autoreset runs): compact
+            self._relayout()
         active = ~self.finished
         logprob = torch.zeros(self.batch_size, device=self.device)
         logprob[active] = _token_logprobs(self.policy_logits[active], actions[active])
@@ -178,6 +180,7 @@ class GenerationEngine:
                 keep_hidden=True,
             )
             self.policy_logits = logits[:, -1]
+            self._policy_fed = self.input_ids.shape[1]
         ref_logprob = None
         if self.reference is not None and not self.lazy_reference:
             self.sync_reference(next_logits=run_forward)
@@ -271,15 +274,61 @@ class GenerationEngine:
         return ids[:, -width:], mask[:, -width:]
 
     # ------------------------------------------------------------------ internals
+    def _relayout(self, new_prompts: dict[int, Sequence[int]] | None = None) -> None:
+        """One prefill of every row's live tokens (a row in ``new_prompts`` gets that fresh prompt instead),
+        dropping columns that only hold padding, with ``max_new_tokens`` spare columns for autoresets.
+        Recorded log-probs carry over."""
+        self.sync_reference(next_logits=False)
+        new_prompts = new_prompts or {}
+        sequences, logprobs, ref_logprobs, num_generated = [], [], [], []
+        for row in range(self.batch_size):
+            if row in new_prompts:
+                prompt = list(new_prompts[row])
+                sequences.append(prompt)
+                logprobs.append([0.0] * len(prompt))
+                ref_logprobs.append([0.0] * len(prompt))
+                num_generated.append(0)
+            else:
+                live = self.attention_mask[row].bool()
+                sequences.append(self.input_ids[row][live].tolist())
+                logprobs.append(self.logprobs[row][live].tolist())
+                ref_logprobs.append(self.ref_logprobs[row][live].tolist())
+                num_generated.append(int(self.num_generated[row]))
+        self._prefill(sequences, logprobs, ref_logprobs, num_generated, spare_columns=self.max_new_tokens)
+
+    def _prefill_rows(
+        self,
+        model: PreTrainedModel,
+        cache: StaticCache,
+        index: torch.Tensor,
+        ids: torch.Tensor,
+        mask: torch.Tensor,
+        keep_hidden: bool,
+    ) -> tuple[torch.Tensor, torch.Tensor | None]:
+        """Prefill rows ``index`` only: run ``ids``/``mask`` ``(R, L)`` (left-padded prompts) through ``model``
+        with a small cache of their own and copy its KV entries into ``cache`` at those rows' last L columns.
+        Every other row's entries stay. Returns the next-token logits ``(R, V)`` (and hidden state)."""
+        width = self.input_ids.shape[1]
+        own_cache = StaticCache(config=model.config, max_cache_len=ids.shape[1])
+        positions = (mask.cumsum(dim=1) - 1).clamp(min=0)
+        logits, hidden = _forward(model, ids, mask, positions, own_cache,
+                                  torch.arange(ids.shape[1], device=self.device), 1, keep_hidden=keep_hidden)
+        for layer, own in zip(cache.layers, own_cache.layers):
+            layer.keys[index, :, width - ids.shape[1] : width] = own.keys
+            layer.values[index, :, width - ids.shape[1] : width] = own.values
+        return logits[:, -1], hidden
+
     def _prefill(
         self,
         sequences: list[list[int]],
         logprobs: list[list[float]],
         ref_logprobs: list[list[float]],
         num_generated: list[int],
+        spare_columns: int = 0,
     ) -> None:
         """Lay the rows out right-aligned (the last ``num_generated[row]`` tokens of a row are generated
-        ones) and prefill the policy cache; an eager reference is prefilled too, a lazy one on demand."""
+        ones) and prefill the policy cache; an eager reference is prefilled too, a lazy one on demand. The
+        caches hold ``max_new_tokens + spare_columns`` more columns."""
         width = max(len(s) for s in sequences)
         ids = torch.full((len(sequences), width), self.pad_token_id, dtype=torch.long)
         mask = torch.zeros((len(sequences), width), dtype=torch.long)
@@ -301,16 +350,17 @@ class GenerationEngine:
         columns = torch.arange(width, device=self.device)
         # Preallocated caches: each step writes one column in place, so a step's cost does not grow with
         # the length generated so far (a growing cache would copy itself every step).
-        capacity = width + self.max_new_tokens
-        self._policy_cache = StaticCache(config=self.policy.config, max_cache_len=capacity)
+        self.num_prefills += 1
+        self._capacity = width + self.max_new_tokens + spare_columns
+        self._policy_cache = StaticCache(config=self.policy.config, max_cache_len=self._capacity)
         logits, self.policy_hidden = _forward(
             self.policy, self.input_ids, self.attention_mask, positions, self._policy_cache, columns, 1,
             keep_hidden=True,
         )
-        self.policy_logits = logits[:, -1]
+        self.policy_logits, self._policy_fed = logits[:, -1], width
         self._first_new_column, self._ref_fed, self._ref_next, self._ref_cache = width, 0, None, None
         if self.reference is not None:
-            self._ref_cache = StaticCache(config=self.reference.config, max_cache_len=capacity)
+            self._ref_cache = StaticCache(config=self.reference.config, max_cache_len=self._capacity)
             if not self.lazy_reference:
                 self.sync_reference()
 

@@ -212,7 +212,7 @@ class TextGenVectorEnv(VectorEnv):
         actions = self._check_actions(actions)
         restarting = self._needs_restart.copy()
         beta = self.kl_controller.value
-        out = self.engine.advance(actions, run_forward=not restarting.any())
+        out = self.engine.advance(actions)
 
         rewards = np.zeros(self.num_envs, dtype=np.float64)
         info: dict[str, Any] = {"logprob": out.logprob.cpu().numpy()}
