@@ -34,7 +34,6 @@ from typing import Any
 
 import torch
 import torch.nn.functional as F
-
 from textenv.agents.base import Agent
 from textenv.agents.sft import (
     MinibatchSampler,
@@ -44,9 +43,11 @@ from textenv.agents.sft import (
     context_length,
     encode_pairs,
 )
+
 from textenv.models import frozen_copy
 from textenv.preferences import PreferencePair, as_preference_rows, expand_pairs
 from textenv.rollout import entropy, masked_mean
+from textenv.validation import check_choice, check_int, check_number, check_positive
 from textenv.vector_env import TextGenVectorEnv
 
 PreferenceSource = Any  # str | os.PathLike | Sequence[dict | PreferencePair | PreferenceRanking]
@@ -133,15 +134,11 @@ class DPO(Agent):
         super().__init__(env, learning_rate=learning_rate, seed=seed, tensorboard_log=tensorboard_log, verbose=verbose)
         if loss not in LOSSES:
             raise ValueError(f"loss={loss!r} is not one of {LOSSES}")
-        if reference not in REFERENCES:
-            raise ValueError(f"reference={reference!r} is not one of {REFERENCES}")
-        for key, value in (("beta", beta), ("tau", tau)):
-            if isinstance(value, bool) or not isinstance(value, (int, float)) or not value > 0:
-                raise ValueError(f"{key}={value!r} must be a number > 0")
-        if isinstance(batch_size, bool) or not isinstance(batch_size, int) or batch_size < 1:
-            raise ValueError(f"batch_size={batch_size!r} must be an integer >= 1")
-        if max_grad_norm is not None and max_grad_norm <= 0:
-            raise ValueError(f"max_grad_norm={max_grad_norm} must be > 0 or None")
+        check_choice("reference", reference, REFERENCES)
+        check_positive("beta", beta)
+        check_positive("tau", tau)
+        check_int("batch_size", batch_size, 1)
+        check_number("max_grad_norm", max_grad_norm, low=0.0, low_open=True, none_ok=True)
         self.preferences = preferences
         self.beta = float(beta)
         self.loss = loss

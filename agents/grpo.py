@@ -32,7 +32,7 @@ from textenv.agents.base import Agent
 
 from textenv.models import frozen_copy
 from textenv.rollout import collect_rollout, completion_logits, entropy, masked_mean, token_logprobs
-from textenv.validation import check_int
+from textenv.validation import check_int, check_number
 from textenv.vector_env import TextGenVectorEnv
 
 
@@ -91,13 +91,10 @@ class GRPO(Agent):
         check_int("num_minibatches", num_minibatches, 1)
         if num_minibatches > env.num_envs:
             raise ValueError(f"num_minibatches={num_minibatches} must be <= env.num_envs={env.num_envs} (episodes)")
-        for name, value, allow_zero in (("clip_range", clip_range, False), ("beta", beta, True), ("eps", eps, False)):
-            if isinstance(value, bool) or not isinstance(value, (int, float)) or not (
-                value >= 0 if allow_zero else value > 0
-            ):
-                raise ValueError(f"{name}={value!r} must be a number {'>= 0' if allow_zero else '> 0'}")
-        if max_grad_norm is not None and (isinstance(max_grad_norm, bool) or not max_grad_norm > 0):
-            raise ValueError(f"max_grad_norm={max_grad_norm!r} must be a number > 0 or None")
+        check_number("clip_range", clip_range, low=0.0, low_open=True)
+        check_number("beta", beta, low=0.0)
+        check_number("eps", eps, low=0.0, low_open=True)
+        check_number("max_grad_norm", max_grad_norm, low=0.0, low_open=True, none_ok=True)
         self.n_epochs = int(n_epochs)
         self.num_minibatches = int(num_minibatches)
         self.clip_range = float(clip_range)

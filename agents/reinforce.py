@@ -15,9 +15,10 @@ from typing import Any
 
 import numpy as np
 import torch
-
 from textenv.agents.base import Agent
+
 from textenv.rollout import collect_rollout, completion_logits, entropy, masked_mean, token_logprobs
+from textenv.validation import check_choice, check_number
 from textenv.vector_env import TextGenVectorEnv
 
 BASELINES = ("running", "batch", "loo", "none")
@@ -51,14 +52,11 @@ class Reinforce(Agent):
         verbose: int = 0,
     ) -> None:
         super().__init__(env, learning_rate=learning_rate, seed=seed, tensorboard_log=tensorboard_log, verbose=verbose)
-        if baseline not in BASELINES:
-            raise ValueError(f"baseline={baseline!r} is not one of {BASELINES}")
+        check_choice("baseline", baseline, BASELINES)
         if baseline == "loo" and env.group_size < 2:
             raise ValueError("baseline='loo' needs K ≥ 2 samples per prompt: build the env with group_size >= 2")
-        if not 0 <= baseline_decay < 1:
-            raise ValueError(f"baseline_decay={baseline_decay} must be in [0, 1)")
-        if max_grad_norm is not None and max_grad_norm <= 0:
-            raise ValueError(f"max_grad_norm={max_grad_norm} must be > 0 or None")
+        check_number("baseline_decay", baseline_decay, low=0.0, high=1.0, high_open=True)
+        check_number("max_grad_norm", max_grad_norm, low=0.0, low_open=True, none_ok=True)
         self.baseline = baseline
         self.baseline_decay = baseline_decay
         self.normalize_advantages = normalize_advantages

@@ -28,7 +28,7 @@ import torch
 from textenv.agents.base import Agent
 
 from textenv.rollout import collect_rollout, completion_logits, entropy, masked_mean, token_logprobs
-from textenv.validation import check_int
+from textenv.validation import check_int, check_number
 from textenv.vector_env import TextGenVectorEnv
 
 
@@ -82,10 +82,8 @@ class RLOO(Agent):
         check_int("num_minibatches", num_minibatches, 1)
         if num_minibatches > env.num_envs:
             raise ValueError(f"num_minibatches={num_minibatches} must be <= env.num_envs={env.num_envs} (episodes)")
-        if isinstance(clip_range, bool) or not isinstance(clip_range, (int, float)) or not clip_range > 0:
-            raise ValueError(f"clip_range={clip_range!r} must be a number > 0")
-        if max_grad_norm is not None and (isinstance(max_grad_norm, bool) or not max_grad_norm > 0):
-            raise ValueError(f"max_grad_norm={max_grad_norm!r} must be a number > 0 or None")
+        check_number("clip_range", clip_range, low=0.0, low_open=True)
+        check_number("max_grad_norm", max_grad_norm, low=0.0, low_open=True, none_ok=True)
         self.n_epochs = int(n_epochs)
         self.num_minibatches = int(num_minibatches)
         self.clip_range = float(clip_range)

@@ -30,6 +30,7 @@ def test_check_int_accepts(value):
         (-0.1, {"low": 0}, ">= 0"),
         (0.0, {"low": 0, "low_open": True}, "> 0"),
         (1.5, {"low": 0, "high": 1}, ">= 0 and <= 1"),
+        (1.0, {"low": 0, "high": 1, "high_open": True}, ">= 0 and < 1"),
         (None, {"low": 0}, ">= 0"),
         (True, {}, "must be a finite number"),
     ],

@@ -23,9 +23,10 @@ def check_number(
     high: float | None = None,
     low_open: bool = False,
     none_ok: bool = False,
+    high_open: bool = False,
 ) -> None:
-    """``value`` must be a finite real number in ``[low, high]`` (``(low, high]`` with ``low_open``);
-    ``None`` passes when ``none_ok``."""
+    """``value`` must be a finite real number in ``[low, high]`` (open at ``low`` with ``low_open``, at
+    ``high`` with ``high_open``); ``None`` passes when ``none_ok``."""
     if value is None and none_ok:
         return
     ok = (not isinstance(value, bool) and isinstance(value, (int, float, np.integer, np.floating))
@@ -33,10 +34,10 @@ def check_number(
     if ok and low is not None:
         ok = value > low if low_open else value >= low
     if ok and high is not None:
-        ok = value <= high
+        ok = value < high if high_open else value <= high
     if not ok:
         bounds = [f"{'>' if low_open else '>='} {low}"] if low is not None else []
-        bounds += [f"<= {high}"] if high is not None else []
+        bounds += [f"{'<' if high_open else '<='} {high}"] if high is not None else []
         raise ValueError(
             f"{name}={value!r} must be a finite number {' and '.join(bounds)}".rstrip()
             + (" (or None)" if none_ok else "")
