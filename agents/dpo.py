@@ -34,6 +34,7 @@ from typing import Any
 
 import torch
 import torch.nn.functional as F
+
 from textenv.agents.base import Agent
 from textenv.agents.sft import (
     MinibatchSampler,
@@ -43,7 +44,6 @@ from textenv.agents.sft import (
     context_length,
     encode_pairs,
 )
-
 from textenv.models import frozen_copy
 from textenv.preferences import PreferencePair, as_preference_rows, expand_pairs
 from textenv.rollout import entropy, masked_mean

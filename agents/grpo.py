@@ -28,8 +28,8 @@ from typing import Any
 
 import numpy as np
 import torch
-from textenv.agents.base import Agent
 
+from textenv.agents.base import Agent
 from textenv.models import frozen_copy
 from textenv.rollout import collect_rollout, completion_logits, entropy, masked_mean, token_logprobs
 from textenv.validation import check_int, check_number

@@ -35,9 +35,9 @@ from typing import Any
 
 import numpy as np
 import torch
-from textenv.agents.base import Agent
 from torch import nn
 
+from textenv.agents.base import Agent
 from textenv.rollout import Rollout, collect_rollout, entropy, masked_mean, token_logprobs
 from textenv.validation import check_int, check_number
 from textenv.vector_env import TextGenVectorEnv

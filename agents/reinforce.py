@@ -15,8 +15,8 @@ from typing import Any
 
 import numpy as np
 import torch
-from textenv.agents.base import Agent
 
+from textenv.agents.base import Agent
 from textenv.rollout import collect_rollout, completion_logits, entropy, masked_mean, token_logprobs
 from textenv.validation import check_choice, check_number
 from textenv.vector_env import TextGenVectorEnv

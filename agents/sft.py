@@ -32,9 +32,9 @@ from pathlib import Path
 from typing import Any
 
 import torch
-from textenv.agents.base import Agent
 from transformers import PreTrainedModel, PreTrainedTokenizerBase
 
+from textenv.agents.base import Agent
 from textenv.corpus import generate_reviews
 from textenv.preferences import PreferencePair, PreferenceRanking, as_preference_rows
 from textenv.rollout import entropy, masked_mean
