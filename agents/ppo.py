@@ -10,7 +10,8 @@
    *where* the KL was paid. ``reward_shaping="env"`` uses the env's own step rewards unchanged (with
    ``kl_penalty="terminal"`` all of R arrives at the last step).
 3. Values V(s_t) from a scalar head ``nn.Linear(hidden_size, 1)`` on the policy's own last hidden states (one
-   trunk, no second model), read with one no-grad forward per episode before the epochs (V_old).
+   trunk, no second model). V_old(s_t) reads the hidden states the env's cached forward computed while
+   sampling (``Rollout.hidden_states``), so no extra forward runs before the epochs.
 4. GAE (Schulman et al. 2016): δ_t = r_t + γ·V(s_{t+1}) − V(s_t), Â_t = Σ_l (γλ)^l δ_{t+l}; the value target
    is V_targ = Â_t + V_old(s_t); the state after the last token is terminal (V = 0). Â is whitened over the
    batch's tokens.
@@ -28,6 +29,7 @@
 
 from __future__ import annotations
 
+import math
 import os
 from collections.abc import Sequence
 from pathlib import Path
@@ -193,9 +195,10 @@ class PPO(Agent):
         """
         positions = (attention_mask.cumsum(dim=1) - 1).clamp(min=0)
         out = self.policy(
-            input_ids=input_ids, attention_mask=attention_mask, position_ids=positions, output_hidden_states=True
+            input_ids=input_ids, attention_mask=attention_mask, position_ids=positions, output_hidden_states=True,
+            logits_to_keep=input_ids.shape[1] - prompt_width + 1,  # the LM head runs on completion positions only
         )
-        logits = out.logits[:, prompt_width - 1 : -1].float()
+        logits = out.logits[:, :-1].float()
         hidden = out.hidden_states[-1][:, prompt_width - 1 : -1].float()  # the trunk's last (final-norm) layer
         return logits, self.value_head(hidden).squeeze(-1)
 
@@ -234,13 +237,10 @@ class PPO(Agent):
         old_logprobs = rollout.logprobs  # log π_old(a_t|s_t) at sampling time
         rewards = self.token_rewards(rollout)
 
-        # V_old(s_t): one no-grad forward per episode; its log-probs must reproduce the sampling-time ones.
-        self.policy.eval()
+        # V_old(s_t) from the hidden states the env's cached forward already computed while sampling: no
+        # extra forward (the first minibatch below checks that a full forward reproduces the rollout).
         with torch.no_grad():
-            logits, old_values = self.policy_and_values(rollout.input_ids, rollout.attention_mask, rollout.prompt_width)
-            logprob_mismatch = float(((token_logprobs(logits, actions) - old_logprobs).abs() * mask).max())
-            del logits
-            old_values = old_values * mask
+            old_values = self.value_head(rollout.hidden_states).squeeze(-1) * mask
             advantages, returns = generalized_advantage_estimation(
                 rewards, old_values, mask, self.gamma, self.gae_lambda
             )
@@ -250,7 +250,7 @@ class PPO(Agent):
         self.policy.train()
         stats: dict[str, list[float]] = {k: [] for k in (
             "loss", "policy_loss", "value_loss", "entropy", "clip_fraction", "approx_kl", "ptx_loss")}
-        epochs_run, stop = 0, False
+        epochs_run, stop, logprob_mismatch = 0, False, float("nan")
         B = mask.shape[0]
         for _ in range(self.n_epochs):
             order = torch.randperm(B, generator=self.generator, device=self.generator.device).to(mask.device)
@@ -260,6 +260,8 @@ class PPO(Agent):
                     rollout.input_ids[idx], rollout.attention_mask[idx], rollout.prompt_width
                 )
                 logprobs = token_logprobs(logits, actions[idx])
+                if math.isnan(logprob_mismatch):  # π_θ = π_old before the first step: must equal the rollout
+                    logprob_mismatch = float(((logprobs.detach() - old_logprobs[idx]).abs() * m).max())
                 log_ratio = (logprobs - old_logprobs[idx]) * m
                 ratio = log_ratio.exp()  # ρ_t = π_θ / π_old
                 with torch.no_grad():

@@ -184,6 +184,12 @@ def test_cached_logprobs_equal_full_recompute(tiny_model_dir, tiny_prompts, kl_p
     assert (policy_lp - rollout.logprobs)[mask].abs().max() <= 1e-4
     assert ((policy_lp - ref_lp) - rollout.kl)[mask].abs().max() <= 1e-4  # k1 = log π − log π_ref
     assert rollout.kl[mask].abs().max() > 1e-3  # the check above is not vacuous
+    with torch.no_grad():  # the rollout's hidden states (PPO's V_old input) equal a full forward's
+        positions = (rollout.attention_mask.cumsum(1) - 1).clamp(min=0)
+        full = env.policy(input_ids=rollout.input_ids, attention_mask=rollout.attention_mask, position_ids=positions,
+                          output_hidden_states=True).hidden_states[-1][:, rollout.prompt_width - 1 : -1]
+    assert (full - rollout.hidden_states)[mask].abs().max() <= 1e-4
+    assert torch.all(rollout.hidden_states[~mask] == 0) and rollout.hidden_states[mask].abs().max() > 0.1
 
 
 @pytest.mark.parametrize("kl_penalty", ["terminal", "dense"])

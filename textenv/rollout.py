@@ -27,6 +27,8 @@ class Rollout:
     logprobs: ``(B, T)`` log π_θ(a_t|s_t) at sampling time (nats, no grad).
     kl: ``(B, T)`` per-token KL estimate paid by the env; rewards: ``(B, T)`` env rewards per step.
     rm_score, episode_kl, returns: ``(B,)``: reward-model score, Σ_t KL_t, Σ_t rewards.
+    hidden_states: ``(B, T, H)`` the policy's last-layer hidden state at each state s_t, from the env's cached
+    forward (what a value head on the trunk reads: PPO's V_old needs no extra forward); 0 where not taken.
     """
 
     input_ids: torch.Tensor
@@ -43,6 +45,7 @@ class Rollout:
     prompts: list[str]
     texts: list[str]
     seconds: float
+    hidden_states: torch.Tensor | None = None
 
     @property
     def num_tokens(self) -> int:
@@ -96,12 +99,13 @@ def collect_rollout(
     _, reset_info = env.reset(options=None if prompts is None else {"prompts": list(prompts)})
     prompt_width = env.engine.input_ids.shape[1]
     B = env.num_envs
-    logprobs, rewards, masks = [], [], []
+    logprobs, rewards, masks, hidden = [], [], [], []
     rm_score, episode_kl, texts = np.zeros(B), np.zeros(B), [""] * B
     kl_coef = env.kl_coef
     while not env.finished.all():
         active = torch.from_numpy(~env.finished).float()
         actions = sample_actions(env.next_token_logits(), generator, temperature)
+        hidden.append(env.engine.policy_hidden.float() * active.to(env.device)[:, None])
         _, reward, _, _, info = env.step(actions)
         masks.append(active)
         logprobs.append(torch.from_numpy(info["logprob"]))
@@ -128,6 +132,7 @@ def collect_rollout(
         prompts=list(reset_info["prompt"]),
         texts=texts,
         seconds=time.perf_counter() - start,
+        hidden_states=torch.stack(hidden, dim=1),
     )
 
 
@@ -138,8 +143,10 @@ def completion_logits(model: PreTrainedModel, rollout: Rollout) -> torch.Tensor:
     ``token_logprobs(completion_logits(...))`` equals ``rollout.logprobs`` up to float error.
     """
     positions = (rollout.attention_mask.cumsum(dim=1) - 1).clamp(min=0)
-    out = model(input_ids=rollout.input_ids, attention_mask=rollout.attention_mask, position_ids=positions)
-    return out.logits[:, rollout.prompt_width - 1 : -1].float()
+    completion_width = rollout.input_ids.shape[1] - rollout.prompt_width
+    out = model(input_ids=rollout.input_ids, attention_mask=rollout.attention_mask, position_ids=positions,
+                logits_to_keep=completion_width + 1)  # the LM head runs on completion positions only
+    return out.logits[:, :-1].float()
 
 
 def token_logprobs(logits: torch.Tensor, actions: torch.Tensor) -> torch.Tensor:
