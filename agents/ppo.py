@@ -281,7 +281,8 @@ class PPO(Agent):
                     clipped = old_values[idx] + step
                     value_error = torch.max(value_error, (clipped - returns[idx]) ** 2)
                 value_loss = 0.5 * masked_mean(value_error, m)
-                mean_entropy = masked_mean(entropy(logits), m)
+                # H[π_θ(·|s_t)] over the whole vocabulary; kept out of the graph when it has no weight in the loss.
+                mean_entropy = masked_mean(entropy(logits if self.ent_coef > 0 else logits.detach()), m)
                 loss = policy_loss + self.vf_coef * value_loss - self.ent_coef * mean_entropy
                 if self.ptx_coef > 0:  # PPO-ptx, InstructGPT eq. 4: + γ·E_pretrain[log π_θ(x)] in the objective
                     ptx_loss = self.pretraining_loss()

@@ -89,6 +89,7 @@ class GenerationEngine:
         self._ref_cache: StaticCache | None = None
         self._ref_fed = 0  # columns [0, _ref_fed) are in the reference cache
         self._ref_next: torch.Tensor | None = None  # (B, V) reference logits predicting column _ref_fed
+        self._ref_scored = torch.empty(0, dtype=torch.long, device=self.device)  # per row: columns < it scored
         self._first_new_column = 0  # columns before this were laid out by the last prefill
         self._policy_fed = 0  # columns [0, _policy_fed) are in the policy cache
         self._capacity = 0  # columns the caches hold
@@ -133,6 +134,7 @@ class GenerationEngine:
             buffer[index] = 0
         self.input_ids[index] = self.pad_token_id
         self.input_ids[index, width - longest :] = ids
+        self._ref_scored[index] = width  # nothing generated in these rows yet
         self.attention_mask[index, width - longest :] = mask
         logits, hidden = self._prefill_rows(self.policy, self._policy_cache, index, ids, mask, keep_hidden=True)
         self.policy_logits[index], self.policy_hidden[index] = logits, hidden
@@ -205,41 +207,60 @@ class GenerationEngine:
         for key in self._STATE_KEYS:
             setattr(self, key, state[key].to(self.device))
         self.batch_size = int(self.input_ids.shape[0])
-        self._first_new_column = self.input_ids.shape[1]  # every recorded column is scored already
-        self.refresh()
+        self._ref_scored = torch.full((self.batch_size,), self.input_ids.shape[1], device=self.device)
+        self.refresh()  # every recorded column is scored already
 
     # ------------------------------------------------------------------ the reference
-    def sync_reference(self, next_logits: bool = True) -> None:
-        """Feed the reference every column it has not seen, in one cached forward, and fill
-        :attr:`ref_logprobs` for all generated columns. With ``next_logits`` (and some row unfinished) the
-        last column is fed too, so :attr:`ref_logits` holds π_ref's next-token logits."""
+    def sync_reference(self, next_logits: bool = True, rows: torch.Tensor | None = None) -> None:
+        """Feed the reference the columns it has not seen, in one cached forward, and fill :attr:`ref_logprobs`
+        for the generated columns. With ``next_logits`` (and some row unfinished) the last column is fed too,
+        so :attr:`ref_logits` holds π_ref's next-token logits.
+
+        ``rows`` (long indices, e.g. the rows that just finished): only those rows' tokens are needed. Unless
+        they are the whole batch, their generated tokens are scored through a private copy of their cache rows
+        (a forward over R rows instead of B); the shared cache, fed the prompts once, stays put.
+        """
         if self.reference is None:
             return
+        if rows is not None and (next_logits or len(rows) == self.batch_size):
+            rows = None
         width = self.input_ids.shape[1]
-        if not next_logits and width <= self._first_new_column:
-            return  # no token generated since the layout was made: nothing to score
-        start = self._ref_fed
+        index = slice(None) if rows is None else rows
+        unscored = self.generated[index] & (torch.arange(width, device=self.device) >= self._ref_scored[index, None])
+        if not next_logits and not bool(unscored.any()):
+            return  # every generated token of these rows has its reference log-prob already
+        if rows is not None and self._ref_fed < self._first_new_column:
+            self._feed_reference(slice(None), self._first_new_column)  # the prompts, once, into the shared cache
+        self._feed_reference(index, width if next_logits and not bool(self.finished.all()) else width - 1)
+        self._ref_scored[index] = width
+
+    def _feed_reference(self, rows: slice | torch.Tensor, end: int) -> None:
+        """Run columns ``[_ref_fed, end)`` of ``rows`` through the reference and score the generated tokens they
+        predict. All rows (a slice) use and advance the shared cache; a subset uses a private copy of it."""
+        start, width = self._ref_fed, self.input_ids.shape[1]
         if start < width and start >= self._first_new_column and self._ref_next is not None:
-            self.ref_logprobs[:, start] = (
-                _token_logprobs(self._ref_next, self.input_ids[:, start]) * self.generated[:, start]
+            self.ref_logprobs[rows, start] = (
+                _token_logprobs(self._ref_next[rows], self.input_ids[rows, start]) * self.generated[rows, start]
             )
-        end = width if next_logits and not bool(self.finished.all()) else width - 1
         if end <= start:
             return
+        shared = isinstance(rows, slice)
+        cache = self._ref_cache if shared else self._cache_rows(self.reference, self._ref_cache, rows, start)
         first_needed = max(start, self._first_new_column - 1)  # logits before it would predict prompt tokens
-        positions = (self.attention_mask[:, :end].cumsum(dim=1) - 1).clamp(min=0)[:, start:end]
+        mask = self.attention_mask[rows, :end]
+        positions = (mask.cumsum(dim=1) - 1).clamp(min=0)[:, start:end]
         logits = _forward(
-            self.reference, self.input_ids[:, start:end], self.attention_mask[:, :end], positions,
-            self._ref_cache, torch.arange(start, end, device=self.device), max(end - first_needed, 1),
-            keep_hidden=False,
-        )[0]  # (B, end - first_needed, V): logits[:, j] predicts column first_needed + 1 + j
-        targets = self.input_ids[:, first_needed + 1 : end + 1]
+            self.reference, self.input_ids[rows, start:end], mask, positions, cache,
+            torch.arange(start, end, device=self.device), max(end - first_needed, 1), keep_hidden=False,
+        )[0]  # (R, end - first_needed, V): logits[:, j] predicts column first_needed + 1 + j
+        targets = self.input_ids[rows, first_needed + 1 : end + 1]
         scored = targets.shape[1]
         if scored:
             columns = slice(first_needed + 1, first_needed + 1 + scored)
             logprobs = logits[:, :scored].log_softmax(dim=-1).gather(2, targets[..., None]).squeeze(-1)
-            self.ref_logprobs[:, columns] = logprobs * self.generated[:, columns]  # 0 at prompt and padding
-        self._ref_fed, self._ref_next = end, logits[:, -1]
+            self.ref_logprobs[rows, columns] = logprobs * self.generated[rows, columns]  # 0 at prompt and padding
+        if shared:
+            self._ref_fed, self._ref_next = end, logits[:, -1]
 
     @property
     def ref_logits(self) -> torch.Tensor | None:
@@ -318,6 +339,17 @@ class GenerationEngine:
             layer.values[index, :, width - ids.shape[1] : width] = own.values
         return logits[:, -1], hidden
 
+    def _cache_rows(self, model: PreTrainedModel, cache: StaticCache, rows: torch.Tensor, filled: int) -> StaticCache:
+        """A private cache holding ``cache``'s entries of ``rows`` (its first ``filled`` columns)."""
+        own = StaticCache(config=model.config, max_cache_len=self._capacity)
+        if filled:
+            for layer, own_layer in zip(cache.layers, own.layers):
+                own_layer.lazy_initialization(layer.keys[rows], layer.values[rows])
+                own_layer.keys.copy_(layer.keys[rows])
+                own_layer.values.copy_(layer.values[rows])
+                own_layer.cumulative_length.fill_(filled)
+        return own
+
     def _prefill(
         self,
         sequences: list[list[int]],
@@ -359,6 +391,7 @@ class GenerationEngine:
         )
         self.policy_logits, self._policy_fed = logits[:, -1], width
         self._first_new_column, self._ref_fed, self._ref_next, self._ref_cache = width, 0, None, None
+        self._ref_scored = torch.full((len(sequences),), width, device=self.device)  # carried-over columns
         if self.reference is not None:
             self._ref_cache = StaticCache(config=self.reference.config, max_cache_len=self._capacity)
             if not self.lazy_reference:

@@ -279,16 +279,19 @@ class TextGenVectorEnv(VectorEnv):
         if self._started:
             self.engine.load_state_dict(state["engine"])
 
-    def token_kl(self) -> torch.Tensor:
+    def token_kl(self, rows: torch.Tensor | None = None) -> torch.Tensor:
         """Per-token KL estimates KL_t (nats) of the current episodes, ``(B, S)`` aligned with the engine's
-        columns (``env.engine.input_ids``); 0 at prompt and padding columns, and everywhere when β = 0.
+        columns (``env.engine.input_ids``), or ``(R, S)`` for the long indices ``rows``; 0 at prompt and
+        padding columns, and everywhere when β = 0.
 
-        Feeds a lazy reference the tokens it has not seen yet (one cached forward)."""
+        Feeds a lazy reference the tokens it has not seen yet (one cached forward, over ``rows`` only when
+        they are few)."""
         engine = self.engine
+        index = slice(None) if rows is None else rows
         if self.reference is None:
-            return torch.zeros_like(engine.logprobs)
-        engine.sync_reference(next_logits=False)
-        return kl_per_token(engine.logprobs, engine.ref_logprobs, self.kl_estimator) * engine.generated
+            return torch.zeros_like(engine.logprobs[index])
+        engine.sync_reference(next_logits=False, rows=rows)
+        return kl_per_token(engine.logprobs[index], engine.ref_logprobs[index], self.kl_estimator) * engine.generated[index]
 
     def next_token_logits(self) -> torch.Tensor:
         """π_θ's next-token logits for the current states, ``(B, V)`` float32, no grad.
@@ -331,7 +334,7 @@ class TextGenVectorEnv(VectorEnv):
         prompts = [self._row_prompts[r] for r in rows]
         completions = self.engine.completions(rows.tolist())
         scores = checked_scores(self.reward_model, prompts, completions)
-        episode_kl = self.token_kl()[torch.as_tensor(rows, device=self.device)].sum(dim=1).double().cpu().numpy()
+        episode_kl = self.token_kl(torch.as_tensor(rows, device=self.device)).sum(dim=1).double().cpu().numpy()
         terminal = scores if self.kl_penalty == "dense" else scores - beta * episode_kl
         num_tokens = self.engine.num_generated[torch.as_tensor(rows, device=self.device)].cpu().numpy()
         for key, values in (
