@@ -5,6 +5,7 @@
     textenv collect --output FILE ...     # K completions per prompt, ranked by a gold scorer
     textenv label INPUT --output FILE     # rank completions by hand (keyboard, resumable)
     textenv train-rm --data FILE --output DIR   # Bradley-Terry preference reward model
+    textenv pipeline --output DIR         # SFT? → collect → RM → PPO (+ β sweep) → eval.json + plots (resumable)
 
 A YAML config file may set any of the flags (``agent``, ``total_timesteps``, ``output``, ``seed``, ...) plus
 ``env:`` (TextGenVectorEnv arguments) and ``agent_kwargs:`` (the agent's hyper-parameters); flags given on
@@ -184,6 +185,12 @@ def build_parser() -> argparse.ArgumentParser:
     train_rm = sub.add_parser("train-rm", help="train a Bradley-Terry preference reward model")
     preference_rm.add_arguments(train_rm)
     train_rm.set_defaults(func=preference_rm.run)
+
+    from textenv import pipeline as pipeline_cmd
+
+    pipeline = sub.add_parser("pipeline", help="the whole InstructGPT pipeline in one resumable command")
+    pipeline_cmd.add_arguments(pipeline)
+    pipeline.set_defaults(func=pipeline_cmd.run)
     return parser
 
 

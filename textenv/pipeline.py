@@ -1,0 +1,686 @@
+"""``textenv pipeline``: the whole InstructGPT recipe in one offline, resumable command, and its measurement.
+
+    SFT (optional) → collect comparisons → train a reward model → PPO against it with a KL penalty → evaluate
+
+Every stage reuses the project's building blocks (:mod:`textenv.collect`, :mod:`textenv.agents.sft`,
+:mod:`textenv.reward_models.preference`, :mod:`textenv.agents.ppo`, :mod:`textenv.evaluation`) and writes its
+output into ``DIR``; a stage whose output already exists is skipped, so an interrupted run continues where it
+stopped and a finished one is re-summarised in seconds. Layout of ``DIR``:
+
+==============================  =========================================================================
+``preferences.jsonl``           stage *collect*: K completions of ``num_prompts`` **training** prompts from
+                                the base model, ranked by the gold scorer (the synthetic labeller)
+``eval_preferences.jsonl``      the same on the held-out **eval** prompts; used only to measure the reward
+                                model's pair accuracy (the RM never trains on it)
+``sft/``                        stage *sft* (``--sft`` only): agent checkpoint, policy in ``sft/policy``
+``reward_model/``               stage *rm*: the Bradley–Terry reward model (``PreferenceRewardModel.save``)
+``ppo/step-N/``                 stage *ppo*: the main run at ``beta``; one checkpoint after ≥ N tokens for
+                                every N in ``eval_every, 2·eval_every, ..., ppo_timesteps`` (and at
+                                ``sweep_timesteps``); a longer ``ppo_timesteps`` resumes from the last one.
+                                Only the last keeps ``trainer_state.pt`` (optimizer state, 2/3 of the size);
+                                the others hold the policy and value head (evaluable, not resumable)
+``sweep/beta-B/step-N/``        stage *sweep*: one shorter run (``sweep_timesteps``) per other β of ``betas``
+``evaluations.json``            cache of every policy evaluation (keyed by checkpoint and its mtime)
+``eval.json``                   the summary (keys below); ``reward_kl_frontier.png``, ``proxy_vs_gold.png``
+==============================  =========================================================================
+
+Choices:
+
+* **SFT** (off by default): there is no separate demonstration set, so SFT is behaviour cloning of the best
+  ranked completion of every collected prompt (best-of-K "rejection-sampling" fine-tuning), i.e. the
+  :class:`~textenv.agents.sft.SFT` agent on ``preferences.jsonl``. With SFT the reward model's backbone, the PPO
+  initial policy and π_ref are the SFT model (InstructGPT); the comparisons still come from the base model.
+* **β sweep within the budget**: the main run trains ``ppo_timesteps`` tokens at ``beta`` and is evaluated at
+  every checkpoint (the proxy-vs-gold curve). Every other β of ``betas`` gets a run of ``sweep_timesteps``
+  tokens, evaluated once. The main β's frontier point is the main run's checkpoint at ``sweep_timesteps``:
+  runs are seeded, so it is exactly what a separate sweep run at that β would produce. The frontier is gold
+  reward against KL at one fixed token budget, one point per β (DiscoPOP Fig. 5 style), plus the initial
+  policy at KL = 0.
+* **Evaluation** always uses the built-in held-out ``eval`` prompts (first ``eval_prompts`` of them), one
+  sample each at temperature 1: ``gold`` is the gold scorer (VADER), ``proxy`` the learned RM, ``kl`` the
+  k1 estimate of KL(π‖π_ref) in nats per sequence, π_ref being PPO's reference (SFT model or base model).
+
+``eval.json`` keys: ``rm_pair_accuracy`` (held-out eval-prompt comparisons), ``rm_train_pair_accuracy``,
+``gold_before`` / ``proxy_before`` (the base model), ``gold_sft`` / ``proxy_sft`` (``None`` without SFT),
+``gold_after`` / ``proxy_after`` / ``kl`` (last checkpoint of the main run), ``best`` (the main-run checkpoint
+with the highest gold reward: ``gold_reward``, ``proxy_reward``, ``kl``, ``num_timesteps``, ``checkpoint``),
+``gold_after_best``, ``gold_gain_best`` (= ``gold_after_best − gold_before``), ``checkpoints`` (the main run,
+per checkpoint), ``frontier`` (per β), ``stages`` (status ran/skipped, wall and CPU seconds), ``plots``,
+``samples``, ``settings``, ``cpu_minutes`` / ``wall_minutes`` (of this invocation: a rerun that skips every
+stage reports only its own few seconds).
+
+Measured (``OMP_NUM_THREADS=1 /usr/bin/time textenv pipeline --output runs/pipeline``, defaults, a 2-core CPU
+shared with other jobs): 9.5 CPU-minutes (11 min wall); RM pair accuracy 0.911 on 874 held-out eval-prompt
+pairs; gold (VADER) −0.011 → +0.980 at the best checkpoint (+0.959 at the last, proxy +11.2, KL 32 nats).
+The frontier at 12,288 tokens runs from β = 1 (gold +0.61, KL 4.4) to β = 0.02 (gold +0.94, KL 48); at
+β = 0.05 the gold reward saturates near VADER's ceiling while distinct-2 falls from 0.61 to 0.23 (repeated
+"I loved it."): over-optimisation the gold scorer does not see. With ``--sft`` (same comparisons) SFT alone
+lifts gold to +0.58, but PPO's best checkpoint is no better (+0.976) and the RM slightly worse (0.900), for
+~0.5 more CPU-minute: so SFT is off by default.
+
+To redo a stage delete its output and every later stage's output (a stage never checks that its inputs are
+newer than its output).
+"""
+
+from __future__ import annotations
+
+import argparse
+import hashlib
+import json
+import math
+import os
+import re
+import sys
+import time
+from collections.abc import Callable, Sequence
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Any, Self
+
+from textenv.models import DEFAULT_MODEL
+from textenv.validation import check_int, check_number, check_positive
+
+#: Defaults of :func:`run_pipeline` and ``textenv pipeline`` (the embedded model, VADER as the gold labeller);
+#: ~9.5 CPU-minutes in all (measurements in the module docstring).
+PIPELINE_DEFAULTS: dict[str, Any] = {
+    "model": DEFAULT_MODEL,
+    "gold": "vader",
+    "seed": 0,
+    "num_prompts": 400,
+    "k": 4,
+    "max_new_tokens": 32,
+    "min_gap": 0.0,
+    "noise": 0.0,
+    "sft": False,
+    "sft_epochs": 2,
+    "sft_lr": 1e-4,
+    "rm_epochs": 2,
+    "rm_lr": 3e-4,
+    "beta": 0.05,
+    "betas": (0.02, 0.1, 0.2, 0.5, 1.0),
+    "ppo_timesteps": 32_768,
+    "sweep_timesteps": 12_288,
+    "eval_every": 4_096,
+    "num_envs": 32,
+    "ppo_lr": 1e-4,
+    "eval_prompts": 150,
+    "device": "auto",
+}
+STAGES = ("collect", "sft", "rm", "ppo", "sweep", "evaluate")
+
+
+@dataclass
+class StageRecord:
+    """What happened to one stage: ``"ran"``, ``"resumed"``, ``"skipped"`` (output existed) or ``"off"``."""
+
+    status: str = "off"
+    seconds: float = 0.0
+    cpu_seconds: float = 0.0
+    detail: dict[str, Any] = field(default_factory=dict)
+
+
+class _Clock:
+    """Wall and process-CPU seconds of a block (``process_time`` counts every thread of this process)."""
+
+    def __enter__(self) -> Self:
+        self._wall, self._cpu = time.perf_counter(), time.process_time()
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.seconds = time.perf_counter() - self._wall
+        self.cpu_seconds = time.process_time() - self._cpu
+
+
+# ---------------------------------------------------------------------------------------------- argument checks
+def parse_betas(betas: str | Sequence[float] | None) -> list[float]:
+    """``"0.02,0.1, 0.5"`` (or a sequence of numbers) → ``[0.02, 0.1, 0.5]``; ``""``/``"none"``/``None`` → ``[]``.
+
+    Every β must be a finite number ≥ 0 and appear once.
+    """
+    if betas is None:
+        return []
+    if isinstance(betas, str):
+        text = betas.strip()
+        if text.lower() in ("", "none"):
+            return []
+        items: list[Any] = [part.strip() for part in text.split(",")]
+    elif isinstance(betas, Sequence):
+        items = list(betas)
+    else:
+        raise TypeError(f"betas={betas!r} must be a comma-separated list such as '0.02,0.1,0.5' or a list of numbers")
+    values = []
+    for item in items:
+        try:
+            value = float(item)
+        except (TypeError, ValueError):
+            raise ValueError(
+                f"betas={betas!r}: {item!r} is not a number; give a comma-separated list such as '0.02,0.1,0.5'"
+            ) from None
+        if isinstance(item, bool) or not math.isfinite(value) or value < 0:
+            raise ValueError(f"betas={betas!r}: every β must be a finite number >= 0, got {item!r}")
+        values.append(value)
+    if len(set(values)) != len(values):
+        raise ValueError(f"betas={betas!r} lists a β twice; give each value once")
+    return values
+
+
+def checkpoint_targets(total: int, every: int, extra: Sequence[int] = ()) -> list[int]:
+    """Token counts after which a run saves a checkpoint: ``every, 2·every, ... < total``, ``total``, and
+    each of ``extra`` that is ≤ ``total``; sorted, without repeats.
+
+    >>> checkpoint_targets(10, 4, extra=[6])
+    [4, 6, 8, 10]
+    """
+    targets = set(range(every, total, every)) | {total} | {e for e in extra if e <= total}
+    return sorted(targets)
+
+
+# ---------------------------------------------------------------------------------------------- the pipeline
+def run_pipeline(
+    output: str | os.PathLike,
+    *,
+    model: str = PIPELINE_DEFAULTS["model"],
+    gold: str = PIPELINE_DEFAULTS["gold"],
+    seed: int = PIPELINE_DEFAULTS["seed"],
+    num_prompts: int = PIPELINE_DEFAULTS["num_prompts"],
+    k: int = PIPELINE_DEFAULTS["k"],
+    max_new_tokens: int = PIPELINE_DEFAULTS["max_new_tokens"],
+    min_gap: float = PIPELINE_DEFAULTS["min_gap"],
+    noise: float = PIPELINE_DEFAULTS["noise"],
+    sft: bool = PIPELINE_DEFAULTS["sft"],
+    sft_epochs: int = PIPELINE_DEFAULTS["sft_epochs"],
+    sft_lr: float = PIPELINE_DEFAULTS["sft_lr"],
+    rm_epochs: int = PIPELINE_DEFAULTS["rm_epochs"],
+    rm_lr: float = PIPELINE_DEFAULTS["rm_lr"],
+    beta: float = PIPELINE_DEFAULTS["beta"],
+    betas: str | Sequence[float] | None = PIPELINE_DEFAULTS["betas"],
+    ppo_timesteps: int = PIPELINE_DEFAULTS["ppo_timesteps"],
+    sweep_timesteps: int = PIPELINE_DEFAULTS["sweep_timesteps"],
+    eval_every: int = PIPELINE_DEFAULTS["eval_every"],
+    num_envs: int = PIPELINE_DEFAULTS["num_envs"],
+    ppo_lr: float = PIPELINE_DEFAULTS["ppo_lr"],
+    eval_prompts: int = PIPELINE_DEFAULTS["eval_prompts"],
+    device: str = PIPELINE_DEFAULTS["device"],
+    log: Callable[[str], None] | None = None,
+) -> dict[str, Any]:
+    """Run (or resume) the pipeline into ``output`` and return the ``eval.json`` summary (module docstring).
+
+    Args:
+        output: the run directory ``DIR`` (created if missing).
+        model: base policy, a name or ``save_pretrained`` path (default: the embedded model).
+        gold: the synthetic labeller and the quantity we care about, a reward-model name (default VADER).
+        seed: seeds every stage (collection, SFT, RM, PPO, evaluation sampling).
+        num_prompts: training prompts to collect comparisons for; k: completions per prompt (K ≥ 2).
+        max_new_tokens: completion length limit (tokens) for collection, PPO and evaluation.
+        min_gap, noise: ranking filter and labeller noise of :func:`textenv.collect.collect_preferences`.
+        sft: run the SFT stage (behaviour cloning of each prompt's best-ranked completion).
+        sft_epochs: passes over those demonstrations; sft_lr: its Adam step size.
+        rm_epochs, rm_lr: reward-model training (:func:`~textenv.reward_models.preference.train_preference_model`).
+        beta: KL coefficient β of the main PPO run (InstructGPT eq. 2).
+        betas: the other βs of the sweep (comma-separated string or numbers; ``beta`` is added if absent).
+        ppo_timesteps: tokens generated by the main PPO run.
+        sweep_timesteps: tokens of each sweep run (the frontier's common budget), ≤ ``ppo_timesteps``.
+        eval_every: tokens between the main run's evaluated checkpoints.
+        num_envs: episodes per PPO rollout; ppo_lr: PPO's Adam step size.
+        eval_prompts: how many built-in held-out eval prompts to evaluate on (1..150).
+        device: ``"auto"``, ``"cpu"``, ``"cuda"``.
+        log: called with one progress line per event (default: print to stderr).
+    """
+    from textenv.prompts import load_prompts
+
+    log = log or (lambda line: print(f"textenv pipeline: {line}", file=sys.stderr, flush=True))
+    for name, value, minimum in (
+        ("num_prompts", num_prompts, 2), ("k", k, 2), ("max_new_tokens", max_new_tokens, 1),
+        ("sft_epochs", sft_epochs, 1), ("rm_epochs", rm_epochs, 1), ("ppo_timesteps", ppo_timesteps, 1),
+        ("sweep_timesteps", sweep_timesteps, 1), ("eval_every", eval_every, 1), ("num_envs", num_envs, 1),
+        ("eval_prompts", eval_prompts, 1), ("seed", seed, 0),
+    ):
+        check_int(name, value, minimum)
+    for name, value in (("sft_lr", sft_lr), ("rm_lr", rm_lr), ("ppo_lr", ppo_lr)):
+        check_positive(name, value)
+    check_number("beta", beta, low=0.0)
+    check_number("min_gap", min_gap, low=0.0)
+    check_number("noise", noise, low=0.0, high=1.0)
+    beta = float(beta)
+    sweep_betas = [b for b in parse_betas(betas) if b != beta]
+    if sweep_timesteps > ppo_timesteps:
+        raise ValueError(
+            f"sweep_timesteps={sweep_timesteps} exceeds ppo_timesteps={ppo_timesteps}: the main run's checkpoint at "
+            "the sweep budget is the frontier point of the main β; lower sweep_timesteps or raise ppo_timesteps"
+        )
+    held_out = load_prompts("builtin", "eval")
+    if eval_prompts > len(held_out):
+        raise ValueError(f"eval_prompts={eval_prompts} exceeds the {len(held_out)} built-in held-out eval prompts")
+    settings = {
+        "model": str(model), "gold": str(gold), "seed": seed, "num_prompts": num_prompts, "k": k,
+        "max_new_tokens": max_new_tokens, "min_gap": min_gap, "noise": noise, "sft": bool(sft),
+        "sft_epochs": sft_epochs, "sft_lr": sft_lr, "rm_epochs": rm_epochs, "rm_lr": rm_lr, "beta": float(beta),
+        "betas": sorted({float(beta), *sweep_betas}), "ppo_timesteps": ppo_timesteps,
+        "sweep_timesteps": sweep_timesteps, "eval_every": eval_every, "num_envs": num_envs, "ppo_lr": ppo_lr,
+        "eval_prompts": eval_prompts, "device": str(device),
+    }
+    out = Path(output)
+    out.mkdir(parents=True, exist_ok=True)
+    start_wall, start_cpu = time.perf_counter(), time.process_time()
+    stages = {name: StageRecord() for name in STAGES}
+
+    # 1. collect: training comparisons (and held-out ones, only for the RM's accuracy) from the base model.
+    prefs, eval_prefs = out / "preferences.jsonl", out / "eval_preferences.jsonl"
+    with _Clock() as clock:
+        ran = []
+        for path, split, count in ((prefs, "train", num_prompts), (eval_prefs, "eval", eval_prompts)):
+            if path.is_file():
+                continue
+            log(f"collect: {count} {split} prompts × K={k} completions ranked by {gold} → {path}")
+            _collect(path, model=model, prompts=held_out[:count] if split == "eval" else "builtin",
+                     prompt_split=split, num_prompts=count, k=k, max_new_tokens=max_new_tokens, gold=gold,
+                     seed=seed + (0 if split == "train" else 1), noise=noise, min_gap=min_gap, device=device,
+                     min_rows=2 if split == "train" else 1)
+            ran.append(split)
+    stages["collect"] = StageRecord("ran" if ran else "skipped", clock.seconds, clock.cpu_seconds,
+                                    {"rows": _count_rows(prefs), "eval_rows": _count_rows(eval_prefs)})
+
+    # 2. sft (optional): behaviour cloning of each prompt's best-ranked completion.
+    policy = str(model)
+    if sft:
+        sft_dir = out / "sft"
+        with _Clock() as clock:
+            status = "skipped" if (sft_dir / "agent.json").is_file() else "ran"
+            if status == "ran":
+                log(f"sft: behaviour cloning of the best of K on {prefs}, {sft_epochs} epoch(s) → {sft_dir}")
+                detail = _supervised_fine_tune(prefs, sft_dir, model=model, epochs=sft_epochs, lr=sft_lr, seed=seed,
+                                               max_new_tokens=max_new_tokens, device=device)
+            else:
+                detail = {"num_timesteps": json.loads((sft_dir / "agent.json").read_text())["num_timesteps"]}
+        stages["sft"] = StageRecord(status, clock.seconds, clock.cpu_seconds, detail)
+        policy = str((sft_dir / "policy").resolve())
+
+    # 3. rm: Bradley–Terry reward model on the training comparisons; accuracy on the held-out ones.
+    from textenv.preferences import expand_pairs, load_preferences
+    from textenv.reward_models.preference import (
+        PreferenceRewardModel,
+        pair_accuracy,
+        train_preference_model,
+    )
+
+    rm_dir = out / "reward_model"
+    with _Clock() as clock:
+        status = "skipped" if (rm_dir / "reward_model.json").is_file() else "ran"
+        if status == "ran":
+            log(f"rm: Bradley–Terry reward model on {prefs} ({rm_epochs} epochs, backbone {policy}) → {rm_dir}")
+            reward_model, _ = train_preference_model(prefs, backbone=policy, epochs=rm_epochs, lr=rm_lr,
+                                                     eval_fraction=0.0, seed=seed, device=device)
+            reward_model.save(rm_dir)
+        reward_model = PreferenceRewardModel.load(rm_dir, device=device)
+        backbone = reward_model.metadata.get("training", {}).get("backbone")
+        if backbone != policy:
+            raise ValueError(
+                f"{rm_dir} was trained on backbone {backbone!r} but this run's policy is {policy!r} (was --sft "
+                f"toggled or --model changed?); use another --output or delete {rm_dir} and the PPO stages"
+            )
+        rm_accuracy = pair_accuracy(reward_model, [g for g in expand_pairs(load_preferences(eval_prefs)) if g.pairs])
+        rm_train_accuracy = reward_model.metadata.get("metrics", {}).get("train/pair_accuracy")
+    stages["rm"] = StageRecord(status, clock.seconds, clock.cpu_seconds,
+                               {"pair_accuracy": rm_accuracy, "train_pair_accuracy": rm_train_accuracy})
+    log(f"rm: held-out pair accuracy {rm_accuracy:.3f} ({_count_pairs(eval_prefs)} pairs of eval prompts)")
+
+    # 4. ppo: the main run at β, checkpointed every eval_every tokens and at the sweep budget.
+    ppo_settings = {"model": policy, "reward_model": f"preference:{rm_dir.resolve()}", "num_envs": num_envs,
+                    "max_new_tokens": max_new_tokens, "learning_rate": ppo_lr, "seed": seed, "device": device}
+    main_dir = out / "ppo"
+    main_targets = checkpoint_targets(ppo_timesteps, eval_every, extra=[sweep_timesteps])
+    with _Clock() as clock:
+        status = _train_ppo(main_dir, beta, main_targets, ppo_settings, log)
+    stages["ppo"] = StageRecord(status, clock.seconds, clock.cpu_seconds, {"beta": beta, "targets": main_targets})
+
+    # 5. sweep: one shorter run per other β.
+    with _Clock() as clock:
+        statuses = {}
+        for b in sweep_betas:
+            statuses[b] = _train_ppo(_sweep_dir(out, b), b, [sweep_timesteps], ppo_settings, log)
+    stages["sweep"] = StageRecord(
+        "off" if not sweep_betas else "skipped" if all(s == "skipped" for s in statuses.values()) else "ran",
+        clock.seconds, clock.cpu_seconds, {"betas": sweep_betas},
+    )
+
+    # 6. evaluate every policy on the held-out prompts (cached), then summarise and plot.
+    with _Clock() as clock:
+        evaluator = _Evaluator(out, held_out[:eval_prompts], gold, reward_model, seed + 10_000, max_new_tokens,
+                               device, log)
+        before = evaluator(str(model), "base", reference=str(model))
+        start_policy = evaluator(policy, "sft", reference=policy) if sft else before
+        history = [evaluator(main_dir / _step_name(t), f"ppo/{_step_name(t)}", reference=policy)
+                   for t in main_targets]
+        frontier_results: dict[Any, dict[str, Any]] = {"initial policy": start_policy}
+        for b in sorted({beta, *sweep_betas}):
+            directory = main_dir if b == beta else _sweep_dir(out, b)
+            key = f"{directory.relative_to(out).as_posix()}/{_step_name(sweep_timesteps)}"
+            frontier_results[b] = evaluator(directory / _step_name(sweep_timesteps), key, reference=policy)
+        evaluator.save()
+        summary = _summarise(before, start_policy if sft else None, history, frontier_results, rm_accuracy,
+                             rm_train_accuracy, beta, settings)
+        summary["plots"] = _plot(out, start_policy, history, frontier_results, beta, sweep_timesteps)
+    stages["evaluate"] = StageRecord("ran" if evaluator.computed else "skipped", clock.seconds, clock.cpu_seconds,
+                                     {"evaluated": evaluator.computed})
+    summary["stages"] = {name: asdict(record) for name, record in stages.items()}
+    summary["wall_minutes"] = (time.perf_counter() - start_wall) / 60
+    summary["cpu_minutes"] = (time.process_time() - start_cpu) / 60
+    from textenv.evaluation import save_eval_json
+
+    save_eval_json(out / "eval.json", summary)
+    log(f"gold {summary['gold_before']:+.3f} → best {summary['gold_after_best']:+.3f} "
+        f"(last {summary['gold_after']:+.3f}, proxy {summary['proxy_after']:+.3f}, KL {summary['kl']:.2f} nats); "
+        f"RM pair accuracy {rm_accuracy:.3f}; {summary['cpu_minutes']:.1f} CPU-min → {out / 'eval.json'}")
+    return summary
+
+
+# ---------------------------------------------------------------------------------------------- stages
+def _collect(path: Path, min_rows: int, **kwargs: Any) -> None:
+    """:func:`~textenv.collect.collect_preferences` into a temporary file, renamed into place when complete
+    (so an existing ``path`` always holds a finished stage); fewer than ``min_rows`` rankings is an error."""
+    from textenv.collect import collect_preferences
+
+    tmp = path.with_name(f".{path.name}.tmp")
+    tmp.unlink(missing_ok=True)
+    try:
+        result = collect_preferences(output=tmp, **kwargs)
+        if len(result.rows) < min_rows:
+            raise ValueError(
+                f"only {len(result.rows)} of {result.num_prompts} prompts gave two distinguishable completions "
+                f"for {path.name}; the budget is too small: raise num_prompts / k or lower min_gap"
+            )
+        os.replace(tmp, path)
+    finally:
+        tmp.unlink(missing_ok=True)
+
+
+def _supervised_fine_tune(
+    prefs: Path, directory: Path, model: str, epochs: int, lr: float, seed: int, max_new_tokens: int, device: str
+) -> dict[str, Any]:
+    """The SFT agent on the preferred completions of ``prefs`` for ``epochs`` passes; saved to ``directory``."""
+    from textenv.agents.sft import SFT
+    from textenv.vector_env import TextGenVectorEnv
+
+    env = TextGenVectorEnv(num_envs=1, model=model, kl_coef=0.0, max_new_tokens=max_new_tokens,
+                           autoreset_mode="disabled", device=device)  # SFT uses only its policy and tokenizer
+    agent = SFT(env, demonstrations=str(prefs), learning_rate=lr, seed=seed)
+    tokens_per_epoch = sum(len(pair.completion) for pair in agent.data)
+    before = agent.demonstration_loss()
+    agent.learn(epochs * tokens_per_epoch, progress_bar=False)
+    agent.save(directory)
+    return {"num_timesteps": agent.num_timesteps, "demonstrations": len(agent.data), "nll_before": before,
+            "nll_after": agent.demonstration_loss()}
+
+
+def _step_name(target: int) -> str:
+    return f"step-{target:08d}"
+
+
+def _sweep_dir(out: Path, beta: float) -> Path:
+    return out / "sweep" / f"beta-{beta:g}"
+
+
+def _latest_checkpoint(run_dir: Path) -> tuple[int, Path] | None:
+    """``(target, path)`` of the highest complete ``step-N`` checkpoint in ``run_dir``, or ``None``."""
+    found = []
+    for path in run_dir.glob("step-*"):
+        match = re.fullmatch(r"step-(\d+)", path.name)
+        if match and (path / "agent.json").is_file():
+            found.append((int(match.group(1)), path))
+    return max(found) if found else None
+
+
+def _train_ppo(run_dir: Path, beta: float, targets: Sequence[int], settings: dict[str, Any],
+               log: Callable[[str], None]) -> str:
+    """PPO against the learned RM at KL coefficient ``beta``, saving ``run_dir/step-N`` once ≥ N tokens were
+    generated, for every N in ``targets``. Resumes from the last checkpoint; returns ran/resumed/skipped."""
+    from textenv.agents.ppo import PPO
+    from textenv.vector_env import TextGenVectorEnv
+
+    latest = _latest_checkpoint(run_dir)
+    if latest is not None:
+        _check_resumable(latest[1], beta, settings)
+        if latest[0] >= targets[-1]:
+            return "skipped"
+    env = TextGenVectorEnv(
+        num_envs=settings["num_envs"], model=settings["model"], reward_model=settings["reward_model"],
+        max_new_tokens=settings["max_new_tokens"], kl_coef=beta, autoreset_mode="disabled", device=settings["device"],
+    )
+    if latest is None:
+        agent = PPO(env, learning_rate=settings["learning_rate"], seed=settings["seed"])
+        status = "ran"
+    else:
+        agent = PPO.load(latest[1], env)
+        status = "resumed"
+        log(f"ppo β={beta:g}: resuming from {latest[1]} ({agent.num_timesteps} tokens)")
+    previous = None if latest is None else latest[1]
+    for target in targets:
+        if latest is not None and target <= latest[0]:
+            continue
+        agent.learn(target, progress_bar=False)
+        agent.save(run_dir / _step_name(target))
+        if previous is not None:  # only the newest checkpoint is resumed: drop the others' optimizer state
+            (previous / "trainer_state.pt").unlink(missing_ok=True)
+        previous = run_dir / _step_name(target)
+        metrics = agent.last_metrics
+        log(f"ppo β={beta:g}: {agent.num_timesteps} tokens, rollout RM score {metrics.get('rollout/rm_score', float('nan')):+.3f}, "
+            f"KL {metrics.get('rollout/kl', float('nan')):.2f} → {run_dir / _step_name(target)}")
+    return status
+
+
+def _check_resumable(checkpoint: Path, beta: float, settings: dict[str, Any]) -> None:
+    """Refuse to continue a checkpoint trained with different settings (naming the conflicting option)."""
+    meta = json.loads((checkpoint / "agent.json").read_text())
+    env, hyper = meta.get("env", {}), meta.get("hyperparameters", {})
+    recorded = {"beta": env.get("kl_coef"), "num_envs": env.get("num_envs"), "max_new_tokens": env.get("max_new_tokens"),
+                "ppo_lr": hyper.get("learning_rate"), "seed": hyper.get("seed"), "model": env.get("model"),
+                "reward_model": env.get("reward_model")}
+    wanted = {"beta": beta, "num_envs": settings["num_envs"], "max_new_tokens": settings["max_new_tokens"],
+              "ppo_lr": settings["learning_rate"], "seed": settings["seed"], "model": settings["model"],
+              "reward_model": settings["reward_model"]}
+    for name, value in wanted.items():
+        if recorded[name] != value:
+            raise ValueError(
+                f"{checkpoint} was trained with {name}={recorded[name]!r}, this run asks for {name}={value!r}; "
+                f"use another --output or delete {checkpoint.parent} to retrain"
+            )
+
+
+class _Evaluator:
+    """:func:`~textenv.evaluation.evaluate_policy` with a cache in ``DIR/evaluations.json``.
+
+    A cached result is reused when the evaluation settings match and the policy's weights file has the same
+    modification time (a re-trained checkpoint is evaluated again).
+    """
+
+    def __init__(self, out: Path, prompts: list[str], gold: str, proxy: Any, seed: int, max_new_tokens: int,
+                 device: str, log: Callable[[str], None]) -> None:
+        self.path = out / "evaluations.json"
+        self.kwargs = {"prompts": prompts, "gold": gold, "proxy": proxy, "seed": seed,
+                       "max_new_tokens": max_new_tokens, "batch_size": 64, "max_table_rows": 3, "device": device}
+        rm_meta = (out / "reward_model" / "reward_model.json").read_bytes()
+        self.settings = {"prompts": len(prompts), "gold": gold, "seed": seed, "max_new_tokens": max_new_tokens,
+                         "reward_model": hashlib.sha256(rm_meta).hexdigest()[:16]}
+        cache = json.loads(self.path.read_text()) if self.path.is_file() else {}
+        self.results: dict[str, Any] = cache.get("results", {}) if cache.get("settings") == self.settings else {}
+        self.computed: list[str] = []
+        self.log = log
+
+    def __call__(self, policy: str | Path, key: str, reference: str) -> dict[str, Any]:
+        from textenv.evaluation import evaluate_checkpoints, evaluate_policy
+
+        path = Path(policy)
+        weights = path / "policy" if (path / "agent.json").is_file() else path
+        files = sorted(weights.glob("*.safetensors"))
+        fingerprint = f"{files[0].stat().st_mtime_ns}" if files else str(policy)
+        cached = self.results.get(key)
+        if cached is not None and cached.get("fingerprint") == fingerprint:
+            return cached
+        if (path / "agent.json").is_file():
+            result = evaluate_checkpoints([path], reference=reference, **self.kwargs)[0]
+        else:
+            result = evaluate_policy(str(policy), reference=reference, **self.kwargs)
+            result["num_timesteps"] = 0
+        result["checkpoint"] = key
+        result["fingerprint"] = fingerprint
+        self.results[key] = result
+        self.computed.append(key)
+        self.log(f"evaluate {key}: gold {result['gold_reward']:+.3f}, proxy {result['proxy_reward']:+.3f}, "
+                 f"KL {result['kl']:.2f} nats")
+        self.save()  # after every evaluation, so an interruption keeps the finished ones
+        return result
+
+    def save(self) -> None:
+        from textenv.evaluation import save_eval_json
+
+        save_eval_json(self.path, {"settings": self.settings, "results": self.results})
+
+
+_POINT_KEYS = ("gold_reward", "proxy_reward", "kl", "perplexity", "distinct_2", "length", "num_timesteps", "checkpoint")
+
+
+def _point(result: dict[str, Any]) -> dict[str, Any]:
+    return {key: result.get(key) for key in _POINT_KEYS}
+
+
+def _summarise(before: dict[str, Any], sft: dict[str, Any] | None, history: list[dict[str, Any]],
+               frontier: dict[Any, dict[str, Any]], rm_accuracy: float, rm_train_accuracy: float | None,
+               beta: float, settings: dict[str, Any]) -> dict[str, Any]:
+    last = history[-1]
+    best = max(history, key=lambda r: r["gold_reward"])
+    return {
+        "rm_pair_accuracy": float(rm_accuracy),
+        "rm_train_pair_accuracy": None if rm_train_accuracy is None else float(rm_train_accuracy),
+        "gold_before": before["gold_reward"],
+        "proxy_before": before["proxy_reward"],
+        "gold_sft": None if sft is None else sft["gold_reward"],
+        "proxy_sft": None if sft is None else sft["proxy_reward"],
+        "gold_after": last["gold_reward"],
+        "proxy_after": last["proxy_reward"],
+        "kl": last["kl"],
+        "gold_after_best": best["gold_reward"],
+        "gold_gain_best": best["gold_reward"] - before["gold_reward"],
+        "best": _point(best),
+        "beta": beta,
+        "checkpoints": [_point(r) for r in history],
+        "frontier": [{"beta": b, **_point(r)} for b, r in frontier.items() if isinstance(b, float)],
+        "samples": {"before": before["samples"], "best": best["samples"], "after": last["samples"]},
+        "settings": settings,
+    }
+
+
+def _plot(out: Path, start: dict[str, Any], history: list[dict[str, Any]], frontier: dict[Any, dict[str, Any]],
+          beta: float, sweep_timesteps: int) -> dict[str, str]:
+    from textenv.evaluation import plot_proxy_vs_gold, plot_reward_kl_frontier
+
+    frontier_png = plot_reward_kl_frontier(
+        frontier, out / "reward_kl_frontier.png",
+        title=f"Gold reward–KL frontier: PPO on the learned RM, {sweep_timesteps} tokens per β",
+    )
+    proxy_png = plot_proxy_vs_gold(
+        [start, *history], out / "proxy_vs_gold.png",
+        title=f"Proxy (learned RM) vs gold reward over PPO checkpoints, β = {beta:g}",
+    )
+    return {"frontier": frontier_png.name, "proxy_vs_gold": proxy_png.name}
+
+
+def _count_rows(path: Path) -> int:
+    return sum(1 for line in path.read_text(encoding="utf-8").splitlines() if line.strip()) if path.is_file() else 0
+
+
+def _count_pairs(path: Path) -> int:
+    from textenv.preferences import expand_pairs, load_preferences
+
+    return sum(len(g.pairs) for g in expand_pairs(load_preferences(path)))
+
+
+# ---------------------------------------------------------------------------------------------- command line
+def add_arguments(parser: argparse.ArgumentParser) -> None:
+    """Options of ``textenv pipeline``."""
+    d = PIPELINE_DEFAULTS
+    parser.description = (
+        "SFT (optional) → collect comparisons → train a Bradley-Terry reward model → PPO against it with a KL "
+        "penalty (a main run plus a β sweep) → evaluate on held-out prompts. Offline, on the embedded model by "
+        "default. Every stage writes into --output and is SKIPPED when its output already exists, so the command "
+        "is resumable: rerun it after an interruption, or with a larger --ppo-timesteps to continue the main run. "
+        "To redo a stage, delete its output and every later stage's."
+    )
+    parser.epilog = (
+        "Output: DIR/preferences.jsonl, DIR/eval_preferences.jsonl, DIR/sft/ (--sft), DIR/reward_model/, "
+        "DIR/ppo/step-N/, DIR/sweep/beta-B/step-N/, DIR/evaluations.json (cache), DIR/eval.json (rm_pair_accuracy, "
+        "gold_before, gold_after, gold_after_best, proxy_after, kl, ...), DIR/reward_kl_frontier.png, "
+        "DIR/proxy_vs_gold.png. The β sweep: the main run (--beta, --ppo-timesteps, evaluated every --eval-every "
+        "tokens) plus one --sweep-timesteps run per other β of --betas; the frontier compares all βs at "
+        "--sweep-timesteps tokens (the main β's point is the main run's checkpoint there). Run with "
+        "OMP_NUM_THREADS=1 on small CPUs."
+    )
+    parser.add_argument("--output", required=True, help="run directory DIR (created; existing stage outputs are reused)")
+    parser.add_argument("--model", default=d["model"], help="base policy name or save_pretrained path (default: %(default)s)")
+    parser.add_argument("--gold", default=d["gold"],
+                        help="gold reward model: the synthetic labeller and the evaluation target (default: %(default)s)")
+    parser.add_argument("--seed", type=int, default=d["seed"], help="seeds every stage (default: %(default)s)")
+    group = parser.add_argument_group("collect")
+    group.add_argument("--num-prompts", type=int, default=d["num_prompts"],
+                       help="training prompts to collect comparisons for (default: %(default)s)")
+    group.add_argument("--k", type=int, default=d["k"], help="completions ranked per prompt, K >= 2 (default: %(default)s)")
+    group.add_argument("--max-new-tokens", type=int, default=d["max_new_tokens"],
+                       help="completion length limit for every stage (default: %(default)s)")
+    group.add_argument("--min-gap", type=float, default=d["min_gap"],
+                       help="drop completions within this gold score of a better one (default: %(default)s)")
+    group.add_argument("--noise", type=float, default=d["noise"],
+                       help="labeller noise: probability of swapping adjacent ranks (default: %(default)s)")
+    group = parser.add_argument_group("sft (behaviour cloning of each prompt's best-ranked completion)")
+    switch = group.add_mutually_exclusive_group()
+    switch.add_argument("--sft", dest="sft", action="store_true", default=d["sft"], help="run the SFT stage")
+    switch.add_argument("--skip-sft", dest="sft", action="store_false", help="no SFT stage (the default)")
+    group.add_argument("--sft-epochs", type=int, default=d["sft_epochs"], help="(default: %(default)s)")
+    group.add_argument("--sft-lr", type=float, default=d["sft_lr"], help="(default: %(default)s)")
+    group = parser.add_argument_group("reward model")
+    group.add_argument("--rm-epochs", type=int, default=d["rm_epochs"], help="(default: %(default)s)")
+    group.add_argument("--rm-lr", type=float, default=d["rm_lr"], help="(default: %(default)s)")
+    group = parser.add_argument_group("ppo")
+    group.add_argument("--beta", type=float, default=d["beta"], help="KL coefficient of the main run (default: %(default)s)")
+    group.add_argument("--betas", default=",".join(f"{b:g}" for b in d["betas"]),
+                       help="comma-separated βs of the frontier sweep, 'none' for no sweep (default: %(default)s)")
+    group.add_argument("--ppo-timesteps", type=int, default=d["ppo_timesteps"],
+                       help="tokens generated by the main run (default: %(default)s)")
+    group.add_argument("--sweep-timesteps", type=int, default=d["sweep_timesteps"],
+                       help="tokens per sweep run, the frontier's budget (default: %(default)s)")
+    group.add_argument("--eval-every", type=int, default=d["eval_every"],
+                       help="tokens between evaluated checkpoints of the main run (default: %(default)s)")
+    group.add_argument("--num-envs", type=int, default=d["num_envs"], help="episodes per rollout (default: %(default)s)")
+    group.add_argument("--ppo-lr", type=float, default=d["ppo_lr"], help="(default: %(default)s)")
+    group = parser.add_argument_group("evaluation")
+    group.add_argument("--eval-prompts", type=int, default=d["eval_prompts"],
+                       help="built-in held-out eval prompts to use, 1..150 (default: %(default)s)")
+    parser.add_argument("--device", default=d["device"], help="auto, cpu, cuda... (default: %(default)s)")
+
+
+def run(args: argparse.Namespace) -> int:
+    """Execute ``textenv pipeline``; prints the headline numbers as JSON, returns the exit code."""
+    summary = run_pipeline(
+        args.output, model=args.model, gold=args.gold, seed=args.seed, num_prompts=args.num_prompts, k=args.k,
+        max_new_tokens=args.max_new_tokens, min_gap=args.min_gap, noise=args.noise, sft=args.sft,
+        sft_epochs=args.sft_epochs, sft_lr=args.sft_lr, rm_epochs=args.rm_epochs, rm_lr=args.rm_lr, beta=args.beta,
+        betas=args.betas, ppo_timesteps=args.ppo_timesteps, sweep_timesteps=args.sweep_timesteps,
+        eval_every=args.eval_every, num_envs=args.num_envs, ppo_lr=args.ppo_lr, eval_prompts=args.eval_prompts,
+        device=args.device,
+    )
+    headline = ("rm_pair_accuracy", "gold_before", "gold_sft", "gold_after", "gold_after_best", "gold_gain_best",
+                "proxy_after", "kl", "cpu_minutes", "wall_minutes")
+    print(json.dumps({key: summary[key] for key in headline} | {"best": summary["best"]}, indent=2))
+    return 0
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(prog="textenv pipeline")
+    add_arguments(parser)
+    try:
+        return run(parser.parse_args(argv))
+    except ValueError as err:
+        print(f"textenv pipeline: error: {err}", file=sys.stderr)
+        return 2
+
+
+if __name__ == "__main__":
+    sys.exit(main())
