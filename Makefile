@@ -28,6 +28,7 @@ test: $(STAMP)
 
 bench: $(STAMP)
 	$(BIN)/python benchmarks/rollout.py
+	$(BIN)/python benchmarks/train.py
 
 clean:
 	rm -rf $(VENV) runs .pytest_cache
