@@ -116,8 +116,8 @@ class GenerationEngine:
         rows = rows.to(self.device)
         if int(rows.sum()) != len(prompt_ids):
             raise ValueError(f"restart_rows got {len(prompt_ids)} prompts for {int(rows.sum())} rows")
-        self.sync_reference(next_logits=False)  # score the finished episodes' tokens before they go
         index = torch.nonzero(rows).squeeze(1)
+        self.sync_reference(next_logits=False, rows=index)  # score the finished episodes' tokens before they go
         width, longest = self.input_ids.shape[1], max(len(p) for p in prompt_ids)
         self.prompt_lengths[rows] = torch.tensor([len(p) for p in prompt_ids], device=self.device)
         self.num_generated[rows] = 0
