@@ -291,7 +291,8 @@ class TextGenVectorEnv(VectorEnv):
         if self.reference is None:
             return torch.zeros_like(engine.logprobs[index])
         engine.sync_reference(next_logits=False, rows=rows)
-        return kl_per_token(engine.logprobs[index], engine.ref_logprobs[index], self.kl_estimator) * engine.generated[index]
+        kl = kl_per_token(engine.logprobs[index], engine.ref_logprobs[index], self.kl_estimator)
+        return kl * engine.generated[index]
 
     def next_token_logits(self) -> torch.Tensor:
         """π_θ's next-token logits for the current states, ``(B, V)`` float32, no grad.
