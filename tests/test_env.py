@@ -192,13 +192,17 @@ def test_cached_logprobs_equal_full_recompute(tiny_model_dir, tiny_prompts, kl_p
     assert torch.all(rollout.hidden_states[~mask] == 0) and rollout.hidden_states[mask].abs().max() > 0.1
 
 
+@pytest.mark.parametrize("row_edits", [True, False])  # False: the full-batch paths other cache layers take
 @pytest.mark.parametrize("kl_penalty", ["terminal", "dense"])
-def test_episode_kl_equals_full_recompute_across_autoresets(tiny_model_dir, tiny_prompts, kl_penalty):
+def test_episode_kl_equals_full_recompute_across_autoresets(tiny_model_dir, tiny_prompts, kl_penalty, row_edits,
+                                                             monkeypatch):
     """Rows finish and restart at different steps (caches rebuilt, a lazy reference catching up in between);
     every finished episode's KL must equal Σ_t log π − log π_ref recomputed from scratch."""
     env = TextGenVectorEnv(num_envs=3, model=str(tiny_model_dir), prompts=tiny_prompts, reward_model=length_reward,
                            max_new_tokens=4, kl_coef=0.1, kl_penalty=kl_penalty, device="cpu")
     perturb(env.policy)
+    if not row_edits:
+        monkeypatch.setattr(GenerationEngine, "_row_edits_ok", lambda self: False)
     env.reset(seed=0)
     rng = np.random.default_rng(0)
     eos, checked = env.tokenizer.eos_token_id, 0
@@ -217,6 +221,8 @@ def test_episode_kl_equals_full_recompute_across_autoresets(tiny_model_dir, tiny
             assert info["episode_kl"][row] == pytest.approx(float(expected), abs=1e-4)
             checked += 1
     assert checked >= 6
+    prefills_per_episode = env.engine.num_prefills / checked
+    assert prefills_per_episode < 0.5 if row_edits else prefills_per_episode >= 0.5  # in place vs laid out anew
 
 
 @pytest.mark.parametrize("lazy_reference", [False, True])

@@ -25,6 +25,7 @@ from dataclasses import dataclass
 
 import torch
 from transformers import PreTrainedModel, PreTrainedTokenizerBase, StaticCache
+from transformers.cache_utils import StaticLayer
 
 
 @dataclass
@@ -122,7 +123,7 @@ class GenerationEngine:
         self.prompt_lengths[rows] = torch.tensor([len(p) for p in prompt_ids], device=self.device)
         self.num_generated[rows] = 0
         self.finished[rows] = False
-        if longest > width or self._policy_fed < width:  # no room, or the policy cache lags: lay out anew
+        if longest > width or self._policy_fed < width or not self._row_edits_ok():  # lay every row out anew
             self._relayout(dict(zip(index.tolist(), prompt_ids)))
             return
         ids = torch.full((len(prompt_ids), longest), self.pad_token_id, dtype=torch.long, device=self.device)
@@ -222,7 +223,7 @@ class GenerationEngine:
         """
         if self.reference is None:
             return
-        if rows is not None and (next_logits or len(rows) == self.batch_size):
+        if rows is not None and (next_logits or len(rows) == self.batch_size or not self._row_edits_ok()):
             rows = None
         width = self.input_ids.shape[1]
         index = slice(None) if rows is None else rows
@@ -338,6 +339,12 @@ class GenerationEngine:
             layer.keys[index, :, width - ids.shape[1] : width] = own.keys
             layer.values[index, :, width - ids.shape[1] : width] = own.values
         return logits[:, -1], hidden
+
+    def _row_edits_ok(self) -> bool:
+        """Whether the caches are plain full-length static layers, whose rows :meth:`_prefill_rows` and
+        :meth:`_cache_rows` may copy (sliding-window or other layer kinds take the full-batch paths)."""
+        caches = [c for c in (self._policy_cache, self._ref_cache) if c is not None]
+        return all(type(layer) is StaticLayer for cache in caches for layer in cache.layers)
 
     def _cache_rows(self, model: PreTrainedModel, cache: StaticCache, rows: torch.Tensor, filled: int) -> StaticCache:
         """A private cache holding ``cache``'s entries of ``rows`` (its first ``filled`` columns)."""
