@@ -20,9 +20,10 @@ same env settings and the same token budget, and then writes
     python examples/swap_algorithms.py --agents ppo rloo --total-timesteps 50000 --output runs/swap
     tensorboard --logdir runs/swap_algorithms                 # the same curves, interactively
 
-Budget: a few CPU-minutes per native agent at the default 20k tokens; sb3-ppo (one SB3 rollout buffer of
-token observations per iteration) is several times slower per token. A 20k-token run shows the trend; the
-sentiment gain of ~+0.85 needs ~10 CPU-minutes per agent (``benchmarks/learning.py``).
+Budget (measured with one torch thread): about 25 s per native agent at the default 20k tokens, 90 s for
+sb3-ppo (SB3's own rollout buffer and 4-epoch update), 3.5 min for all five. A 20k-token run shows the trend
+(+0.73 to +0.84 held-out VADER); the full gain of ~+0.85 takes ~2 CPU-minutes per agent
+(``benchmarks/learning.py``).
 """
 
 from __future__ import annotations
