@@ -509,13 +509,10 @@ def run(args: argparse.Namespace) -> int:
 
 
 def main(argv: Sequence[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(prog="textenv train-rm", description="Train a Bradley-Terry preference reward model.")
-    add_arguments(parser)
-    try:
-        return run(parser.parse_args(argv))
-    except ValueError as err:
-        print(f"textenv train-rm: error: {err}", file=sys.stderr)
-        return 2
+    """``python -m textenv.reward_models.preference`` is ``textenv train-rm``."""
+    from textenv.cli import main as cli_main
+
+    return cli_main(["train-rm", *(sys.argv[1:] if argv is None else argv)])
 
 
 if __name__ == "__main__":

@@ -239,13 +239,10 @@ def run(args: argparse.Namespace) -> int:
 
 
 def main(argv: Sequence[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(prog="textenv collect", description=__doc__.split("\n\n")[0])
-    add_arguments(parser)
-    try:
-        return run(parser.parse_args(argv))
-    except ValueError as err:
-        print(f"textenv collect: error: {err}", file=sys.stderr)
-        return 2
+    """``python -m textenv.collect`` is ``textenv collect``."""
+    from textenv.cli import main as cli_main
+
+    return cli_main(["collect", *(sys.argv[1:] if argv is None else argv)])
 
 
 if __name__ == "__main__":

@@ -261,13 +261,10 @@ def run(args: argparse.Namespace, stdin: TextIO | None = None, stdout: TextIO | 
 
 
 def main(argv: Sequence[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(prog="textenv label", description=__doc__.split("\n\n")[0])
-    add_arguments(parser)
-    try:
-        return run(parser.parse_args(argv))
-    except ValueError as err:
-        print(f"textenv label: error: {err}", file=sys.stderr)
-        return 2
+    """``python -m textenv.label`` is ``textenv label``."""
+    from textenv.cli import main as cli_main
+
+    return cli_main(["label", *(sys.argv[1:] if argv is None else argv)])
 
 
 if __name__ == "__main__":

@@ -673,13 +673,10 @@ def run(args: argparse.Namespace) -> int:
 
 
 def main(argv: Sequence[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(prog="textenv pipeline")
-    add_arguments(parser)
-    try:
-        return run(parser.parse_args(argv))
-    except ValueError as err:
-        print(f"textenv pipeline: error: {err}", file=sys.stderr)
-        return 2
+    """``python -m textenv.pipeline`` is ``textenv pipeline``."""
+    from textenv.cli import main as cli_main
+
+    return cli_main(["pipeline", *(sys.argv[1:] if argv is None else argv)])
 
 
 if __name__ == "__main__":
