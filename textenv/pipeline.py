@@ -49,14 +49,14 @@ per checkpoint), ``frontier`` (per β), ``stages`` (status ran/skipped, wall and
 ``samples``, ``settings``, ``cpu_minutes`` / ``wall_minutes`` (of this invocation: a rerun that skips every
 stage reports only its own few seconds).
 
-Measured (``OMP_NUM_THREADS=1 /usr/bin/time textenv pipeline --output runs/pipeline``, defaults, a 2-core CPU
-shared with other jobs): 9.5 CPU-minutes (11 min wall); RM pair accuracy 0.911 on 874 held-out eval-prompt
-pairs; gold (VADER) −0.011 → +0.980 at the best checkpoint (+0.959 at the last, proxy +11.2, KL 32 nats).
-The frontier at 12,288 tokens runs from β = 1 (gold +0.61, KL 4.4) to β = 0.02 (gold +0.94, KL 48); at
-β = 0.05 the gold reward saturates near VADER's ceiling while distinct-2 falls from 0.61 to 0.23 (repeated
-"I loved it."): over-optimisation the gold scorer does not see. With ``--sft`` (same comparisons) SFT alone
-lifts gold to +0.58, but PPO's best checkpoint is no better (+0.976) and the RM slightly worse (0.900), for
-~0.5 more CPU-minute: so SFT is off by default.
+Measured (``OMP_NUM_THREADS=1 /usr/bin/time textenv pipeline --output DIR``, defaults, 2-core CPU): 4.6
+CPU-minutes (4.6 min wall); RM pair accuracy 0.911 on 874 held-out eval-prompt pairs; gold (VADER)
+−0.011 → +0.978 at the best checkpoint (+0.971 at the last, proxy +11.4, KL 31 nats). The frontier at 12,288
+tokens runs from β = 1 (gold +0.72, KL 3.7) to β = 0.02 (gold +0.94, KL 40); at β = 0.05 the gold reward
+saturates near VADER's ceiling while distinct-2 falls from 0.64 to 0.28 (repeated "I loved it."):
+over-optimisation the gold scorer does not see. With ``--sft`` (same comparisons; measured on an earlier
+version taking 9.5 CPU-minutes without SFT) SFT alone lifted gold to +0.58, but PPO's best checkpoint was no
+better (+0.976) and the RM slightly worse (0.900), for ~0.5 more CPU-minute: so SFT is off by default.
 
 To redo a stage delete its output and every later stage's output (a stage never checks that its inputs are
 newer than its output).
@@ -81,7 +81,7 @@ from textenv.models import DEFAULT_MODEL
 from textenv.validation import check_int, check_number, check_positive
 
 #: Defaults of :func:`run_pipeline` and ``textenv pipeline`` (the embedded model, VADER as the gold labeller);
-#: ~9.5 CPU-minutes in all (measurements in the module docstring).
+#: ~5 CPU-minutes in all (measurements in the module docstring).
 PIPELINE_DEFAULTS: dict[str, Any] = {
     "model": DEFAULT_MODEL,
     "gold": "vader",
