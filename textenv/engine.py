@@ -150,13 +150,12 @@ class GenerationEngine:
         if self.batch_size:
             self._relayout()
 
-    def advance(self, actions: torch.Tensor, run_forward: bool = True) -> StepOutput:
+    def advance(self, actions: torch.Tensor) -> StepOutput:
         """Append ``actions`` (long ``(B,)``) to the unfinished rows; finished rows ignore theirs.
 
         Computes log π (and, with an eager reference, log π_ref) of the actions from the stored logits,
         then runs one cached forward of the policy (and of an eager reference), skipped once every row has
-        finished, so the next logits are ready. ``run_forward=False`` skips it (the next logits are then
-        stale until a prefill: :meth:`start` or :meth:`refresh`).
+        finished, so the next logits are ready.
         """
         if self.input_ids.shape[1] >= self._capacity:  # the caches are full (long autoreset runs): compact
             self._relayout()
@@ -175,7 +174,7 @@ class GenerationEngine:
         truncated = active & ~terminated & (self.num_generated >= self.max_new_tokens)
         self.finished = self.finished | terminated | truncated
 
-        if run_forward and not bool(self.finished.all()):
+        if not bool(self.finished.all()):
             positions = (self.attention_mask.sum(dim=1, keepdim=True) - 1).clamp(min=0)
             column = torch.tensor([self.attention_mask.shape[1] - 1], device=self.device)
             logits, self.policy_hidden = _forward(
@@ -186,7 +185,7 @@ class GenerationEngine:
             self._policy_fed = self.input_ids.shape[1]
         ref_logprob = None
         if self.reference is not None and not self.lazy_reference:
-            self.sync_reference(next_logits=run_forward)
+            self.sync_reference()
             ref_logprob = self.ref_logprobs[:, -1] * active
         return StepOutput(logprob, ref_logprob, active, terminated, truncated)
 
