@@ -98,8 +98,10 @@ class Agent(ABC):
         return {}
 
     def optimizers(self) -> dict[str, torch.optim.Optimizer]:
-        """Optimizers whose state is checkpointed for exact resume."""
-        return {}
+        """Optimizers whose state is checkpointed for exact resume: by default the agent's ``self.optimizer``
+        (as ``"policy"``) when it has one; agents with more (or differently named) optimizers override this."""
+        optimizer = getattr(self, "optimizer", None)
+        return {} if optimizer is None else {"policy": optimizer}
 
     # ------------------------------------------------------------------ the loop
     def learn(

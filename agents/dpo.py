@@ -174,9 +174,6 @@ class DPO(Agent):
             "max_length": self.max_length,
         }
 
-    def optimizers(self) -> dict[str, torch.optim.Optimizer]:
-        return {"policy": self.optimizer}
-
     def _extra_state(self) -> dict[str, Any]:
         return {"sampler": self.sampler.state_dict()}
 

@@ -181,9 +181,6 @@ class PPO(Agent):
     def trainable_modules(self) -> dict[str, nn.Module]:
         return {"value_head": self.value_head}
 
-    def optimizers(self) -> dict[str, torch.optim.Optimizer]:
-        return {"policy": self.optimizer}
-
     # ------------------------------------------------------------------ the pieces
     def policy_and_values(
         self, input_ids: torch.Tensor, attention_mask: torch.Tensor, prompt_width: int

@@ -73,9 +73,6 @@ class Reinforce(Agent):
             "max_grad_norm": self.max_grad_norm,
         }
 
-    def optimizers(self) -> dict[str, torch.optim.Optimizer]:
-        return {"policy": self.optimizer}
-
     def _extra_state(self) -> dict[str, Any]:
         return {"running_baseline": self.running_baseline}
 

@@ -101,9 +101,6 @@ class RLOO(Agent):
             "max_grad_norm": self.max_grad_norm,
         }
 
-    def optimizers(self) -> dict[str, torch.optim.Optimizer]:
-        return {"policy": self.optimizer}
-
     def train_iteration(self) -> dict[str, float]:
         rollout = collect_rollout(self.env, self.generator)
         mask = rollout.action_mask  # (B, T)
