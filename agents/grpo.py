@@ -23,7 +23,6 @@ Where the KL is paid (no double counting):
 
 from __future__ import annotations
 
-import dataclasses
 from typing import Any
 
 import numpy as np
@@ -31,7 +30,7 @@ import torch
 
 from textenv.agents.base import Agent
 from textenv.models import frozen_copy
-from textenv.rollout import collect_rollout, completion_logits, entropy, masked_mean, token_logprobs
+from textenv.rollout import collect_rollout, masked_mean, score_rollout
 from textenv.validation import check_int, check_number
 from textenv.vector_env import TextGenVectorEnv
 
@@ -120,7 +119,6 @@ class GRPO(Agent):
     def train_iteration(self) -> dict[str, float]:
         rollout = collect_rollout(self.env, self.generator)
         mask = rollout.action_mask  # (B, T)
-        actions = rollout.actions
         # R_i: the env's KL-penalised return, or r_φ alone when the KL is paid in the loss (beta > 0).
         rewards = rollout.rm_score if self.beta > 0 else rollout.returns
         advantages = group_normalized_advantages(rewards, self.env.group_size, self.eps)
@@ -129,19 +127,16 @@ class GRPO(Agent):
         ref_logprobs = None
         if self.reference is not None:
             with torch.no_grad():
-                ref_logprobs = token_logprobs(completion_logits(self.reference, rollout), actions)
+                ref_logprobs = score_rollout(self.reference, rollout).logprobs
 
         self.policy.train()
         stats: dict[str, list[float]] = {k: [] for k in ("loss", "entropy", "clip_fraction", "approx_kl", "ref_kl")}
         for _ in range(self.n_epochs):
             order = torch.randperm(mask.shape[0], generator=self.generator, device=self.generator.device)
             for idx in order.to(mask.device).chunk(self.num_minibatches):
-                rows = dataclasses.replace(  # the minibatch's episodes (completion_logits reads only these)
-                    rollout, input_ids=rollout.input_ids[idx], attention_mask=rollout.attention_mask[idx]
-                )
-                logits = completion_logits(self.policy, rows)  # ONE forward per episode
+                scores = score_rollout(self.policy, rollout, idx)  # ONE forward per episode of the minibatch
                 m = mask[idx]
-                logprobs = token_logprobs(logits, actions[idx])
+                logprobs = scores.logprobs
                 log_ratio = (logprobs - old_logprobs[idx]) * m
                 ratio = log_ratio.exp()  # ρ_{i,t}
                 adv = advantages_t[idx, None]  # Â_{i,t} = Â_i for every token t of completion i
@@ -160,7 +155,7 @@ class GRPO(Agent):
                 self.optimizer.step()
                 with torch.no_grad():
                     stats["loss"].append(float(loss.detach()))
-                    stats["entropy"].append(float(masked_mean(entropy(logits), m)))
+                    stats["entropy"].append(float(masked_mean(scores.entropy, m)))
                     stats["clip_fraction"].append(float(masked_mean(((ratio - 1).abs() > self.clip_range).float(), m)))
                     stats["approx_kl"].append(float(masked_mean(ratio - 1 - log_ratio, m)))
         self.policy.eval()

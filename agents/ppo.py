@@ -40,7 +40,7 @@ import torch
 from torch import nn
 
 from textenv.agents.base import Agent
-from textenv.rollout import Rollout, collect_rollout, entropy, masked_mean, token_logprobs
+from textenv.rollout import ActionScores, Rollout, collect_rollout, masked_mean, score_rollout, token_logprobs
 from textenv.validation import check_int, check_number
 from textenv.vector_env import TextGenVectorEnv
 
@@ -182,22 +182,15 @@ class PPO(Agent):
         return {"value_head": self.value_head}
 
     # ------------------------------------------------------------------ the pieces
-    def policy_and_values(
-        self, input_ids: torch.Tensor, attention_mask: torch.Tensor, prompt_width: int
-    ) -> tuple[torch.Tensor, torch.Tensor]:
-        """ONE forward over prompt + completion: logits predicting each action ``(N, T, V)`` and V(s_t) ``(N, T)``.
+    def policy_and_values(self, rollout: Rollout, rows: torch.Tensor | None = None) -> tuple[ActionScores, torch.Tensor]:
+        """ONE forward over prompt + completion of the episodes ``rows`` (default: all): log π_θ(a_t|s_t) and
+        entropy (``ActionScores``, ``(N, T)``) and V(s_t) ``(N, T)`` from the same trunk's last hidden states.
 
-        Column t is the state s_t = (x, y_<t) in which action a_t = ``input_ids[:, P + t]`` was taken; position
-        ids count unmasked tokens exactly as the env's cached forward did (see ``rollout.completion_logits``).
+        Column t is the state s_t = (x, y_<t) in which action a_t was taken (see ``rollout.score_actions``: the
+        episodes are packed without padding and the LM head runs on taken actions only).
         """
-        positions = (attention_mask.cumsum(dim=1) - 1).clamp(min=0)
-        out = self.policy(
-            input_ids=input_ids, attention_mask=attention_mask, position_ids=positions, output_hidden_states=True,
-            logits_to_keep=input_ids.shape[1] - prompt_width + 1,  # the LM head runs on completion positions only
-        )
-        logits = out.logits[:, :-1].float()
-        hidden = out.hidden_states[-1][:, prompt_width - 1 : -1].float()  # the trunk's last (final-norm) layer
-        return logits, self.value_head(hidden).squeeze(-1)
+        scores = score_rollout(self.policy, rollout, rows, entropy_grad=self.ent_coef > 0)
+        return scores, self.value_head(scores.hidden.float()).squeeze(-1)
 
     def token_rewards(self, rollout: Rollout) -> torch.Tensor:
         """Per-token rewards r_t ``(B, T)`` (see ``reward_shaping``); Σ_t r_t is the env's return R(x, y)."""
@@ -230,7 +223,6 @@ class PPO(Agent):
     def train_iteration(self) -> dict[str, float]:
         rollout = collect_rollout(self.env, self.generator)
         mask = rollout.action_mask  # (B, T)
-        actions = rollout.actions
         old_logprobs = rollout.logprobs  # log π_old(a_t|s_t) at sampling time
         rewards = self.token_rewards(rollout)
 
@@ -253,10 +245,8 @@ class PPO(Agent):
             order = torch.randperm(B, generator=self.generator, device=self.generator.device).to(mask.device)
             for idx in order.chunk(self.num_minibatches):
                 m = mask[idx]
-                logits, values = self.policy_and_values(
-                    rollout.input_ids[idx], rollout.attention_mask[idx], rollout.prompt_width
-                )
-                logprobs = token_logprobs(logits, actions[idx])
+                scores, values = self.policy_and_values(rollout, idx)
+                logprobs = scores.logprobs
                 if math.isnan(logprob_mismatch):  # π_θ = π_old before the first step: must equal the rollout
                     logprob_mismatch = float(((logprobs.detach() - old_logprobs[idx]).abs() * m).max())
                 log_ratio = (logprobs - old_logprobs[idx]) * m
@@ -279,7 +269,7 @@ class PPO(Agent):
                     value_error = torch.max(value_error, (clipped - returns[idx]) ** 2)
                 value_loss = 0.5 * masked_mean(value_error, m)
                 # H[π_θ(·|s_t)] over the whole vocabulary; kept out of the graph when it has no weight in the loss.
-                mean_entropy = masked_mean(entropy(logits if self.ent_coef > 0 else logits.detach()), m)
+                mean_entropy = masked_mean(scores.entropy, m)
                 loss = policy_loss + self.vf_coef * value_loss - self.ent_coef * mean_entropy
                 if self.ptx_coef > 0:  # PPO-ptx, InstructGPT eq. 4: + γ·E_pretrain[log π_θ(x)] in the objective
                     ptx_loss = self.pretraining_loss()

@@ -17,7 +17,7 @@ import numpy as np
 import torch
 
 from textenv.agents.base import Agent
-from textenv.rollout import collect_rollout, completion_logits, entropy, masked_mean, token_logprobs
+from textenv.rollout import collect_rollout, masked_mean, score_rollout
 from textenv.validation import check_choice, check_number
 from textenv.vector_env import TextGenVectorEnv
 
@@ -101,9 +101,8 @@ class Reinforce(Agent):
         advantages_t = torch.as_tensor(advantages, dtype=torch.float32, device=self.env.device)
 
         self.policy.train()
-        logits = completion_logits(self.policy, rollout)
-        logprobs = token_logprobs(logits, rollout.actions) * rollout.action_mask  # (B, T)
-        sequence_logprob = logprobs.sum(dim=1)  # log π_θ(y|x)
+        scores = score_rollout(self.policy, rollout)  # ONE forward per episode
+        sequence_logprob = scores.logprobs.sum(dim=1)  # log π_θ(y|x) = Σ_t log π_θ(y_t|s_t)
         loss = -(advantages_t * sequence_logprob).mean()  # −(1/N) Σ_i (R_i − b_i) log π_θ(y^i|x^i)
         self.optimizer.zero_grad(set_to_none=True)
         loss.backward()
@@ -114,8 +113,7 @@ class Reinforce(Agent):
 
         if self.iterations % 10 == 0:
             self.log_samples(rollout.prompts, rollout.texts)
-        with torch.no_grad():
-            mean_entropy = masked_mean(entropy(logits.detach()), rollout.action_mask)
+        mean_entropy = masked_mean(scores.entropy, rollout.action_mask)
         return {
             **rollout.metrics(),
             "train/loss": float(loss.detach()),

@@ -20,14 +20,13 @@ and the clip keeps those later steps close to π_old.
 
 from __future__ import annotations
 
-import dataclasses
 from typing import Any
 
 import numpy as np
 import torch
 
 from textenv.agents.base import Agent
-from textenv.rollout import collect_rollout, completion_logits, entropy, masked_mean, token_logprobs
+from textenv.rollout import collect_rollout, masked_mean, score_rollout
 from textenv.validation import check_int, check_number
 from textenv.vector_env import TextGenVectorEnv
 
@@ -104,7 +103,6 @@ class RLOO(Agent):
     def train_iteration(self) -> dict[str, float]:
         rollout = collect_rollout(self.env, self.generator)
         mask = rollout.action_mask  # (B, T)
-        actions = rollout.actions
         advantages = leave_one_out_advantages(rollout.returns, self.env.group_size)
         if self.normalize_advantages and advantages.std() > 0:
             advantages = advantages / (advantages.std() + 1e-8)
@@ -116,12 +114,9 @@ class RLOO(Agent):
         for _ in range(self.n_epochs):
             order = torch.randperm(mask.shape[0], generator=self.generator, device=self.generator.device)
             for idx in order.to(mask.device).chunk(self.num_minibatches):
-                rows = dataclasses.replace(  # the minibatch's episodes (completion_logits reads only these)
-                    rollout, input_ids=rollout.input_ids[idx], attention_mask=rollout.attention_mask[idx]
-                )
-                logits = completion_logits(self.policy, rows)  # ONE forward per episode
+                scores = score_rollout(self.policy, rollout, idx)  # ONE forward per episode of the minibatch
                 m = mask[idx]
-                logprobs = token_logprobs(logits, actions[idx]) * m
+                logprobs = scores.logprobs
                 log_ratio = logprobs.sum(dim=1) - old_sequence_logprob[idx]
                 ratio = log_ratio.exp()  # ρ_i = π_θ(y_i|x) / π_old(y_i|x)
                 adv = advantages_t[idx]
@@ -134,7 +129,7 @@ class RLOO(Agent):
                 with torch.no_grad():
                     token_log_ratio = logprobs - rollout.logprobs[idx] * m
                     stats["loss"].append(float(loss.detach()))
-                    stats["entropy"].append(float(masked_mean(entropy(logits), m)))
+                    stats["entropy"].append(float(masked_mean(scores.entropy, m)))
                     stats["clip_fraction"].append(float(((ratio - 1).abs() > self.clip_range).float().mean()))
                     stats["approx_kl"].append(float(masked_mean(token_log_ratio.exp() - 1 - token_log_ratio, m)))
         self.policy.eval()

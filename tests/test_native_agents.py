@@ -15,7 +15,7 @@ from textenv.agents.base import SCALARS
 from textenv.agents.grpo import GRPO, group_normalized_advantages
 from textenv.agents.ppo import PPO, generalized_advantage_estimation, whiten
 from textenv.agents.rloo import RLOO, leave_one_out_advantages
-from textenv.rollout import collect_rollout, token_logprobs
+from textenv.rollout import collect_rollout
 from textenv.vector_env import TextGenVectorEnv
 
 TARGET = " the"  # one token of the tiny BPE vocabulary (id 263); a random model emits it ~1/300 of the time
@@ -85,11 +85,13 @@ def test_ppo_update_recomputes_the_sampling_logprobs(tiny_model_dir):
     # After an update the policy has moved: a fresh rollout is again reproduced by the update's forward.
     rollout = collect_rollout(env, agent.generator)
     with torch.no_grad():
-        logits, values = agent.policy_and_values(rollout.input_ids, rollout.attention_mask, rollout.prompt_width)
+        scores, values = agent.policy_and_values(rollout)
     mask = rollout.action_mask.bool()
-    recomputed = token_logprobs(logits, rollout.actions)
-    assert torch.allclose(recomputed[mask], rollout.logprobs[mask], atol=1e-4)
+    assert torch.allclose(scores.logprobs[mask], rollout.logprobs[mask], atol=1e-4)
     assert values.shape == rollout.logprobs.shape
+    # V(s_t) from the update's forward equals V_old from the hidden states the env computed while sampling.
+    old_values = agent.value_head(rollout.hidden_states).squeeze(-1)
+    assert torch.allclose(values[mask], old_values[mask], atol=1e-4)
     assert agent.train_iteration()["train/logprob_mismatch"] <= 1e-4
 
 

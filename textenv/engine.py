@@ -20,6 +20,8 @@ also keeps ``generated`` (bool), ``logprobs`` (log π_θ of that token when it w
 
 from __future__ import annotations
 
+import functools
+import inspect
 from collections.abc import Sequence
 from dataclasses import dataclass
 
@@ -424,13 +426,25 @@ def _forward(
         input_ids=input_ids,
         attention_mask=attention_mask,
         position_ids=position_ids,
-        past_key_values=cache,
+        **{_cache_argument(type(_base_model(model))): cache},
         cache_position=cache_position,
         use_cache=True,
         logits_to_keep=logits_to_keep,
         output_hidden_states=keep_hidden,
     )
     return out.logits.float(), (out.hidden_states[-1][:, -1] if keep_hidden else None)
+
+
+def _base_model(model: PreTrainedModel) -> PreTrainedModel:
+    """The transformers model under a PEFT wrapper (whose ``forward`` only takes ``**kwargs``), else ``model``."""
+    return model.get_base_model() if hasattr(model, "get_base_model") else model
+
+
+@functools.cache
+def _cache_argument(model_class: type) -> str:
+    """The name ``model_class.forward`` takes the KV cache under: ``cache`` (transformers >= 5.2x, where
+    ``past_key_values`` is deprecated and warns on every call) or ``past_key_values`` (older releases)."""
+    return "cache" if "cache" in inspect.signature(model_class.forward).parameters else "past_key_values"
 
 
 def _token_logprobs(logits: torch.Tensor, tokens: torch.Tensor) -> torch.Tensor:

@@ -50,6 +50,16 @@ class AdapterDisabledReference(torch.nn.Module):
     def device(self) -> torch.device:
         return next(self._policy[0].parameters()).device
 
+    def get_base_model(self) -> torch.nn.Module:
+        """The transformers model under the adapters (what ``forward`` runs, adapters off)."""
+        return self._policy[0].get_base_model()
+
+    def get_input_embeddings(self) -> torch.nn.Module:
+        return self._policy[0].get_input_embeddings()
+
+    def get_output_embeddings(self) -> torch.nn.Module:
+        return self._policy[0].get_output_embeddings()
+
     @torch.no_grad()
     def forward(self, **kwargs: Any):
         policy = self._policy[0]

