@@ -27,24 +27,35 @@ What is comparable, and what is not:
     during generation from its KV-cached steps. That difference is the point of the comparison;
   * TRL uses AdamW (weight decay 0) with a linear LR schedule, ours Adam with a constant LR: same cost;
   * ``sb3-ppo`` runs SB3's rollout buffer with ``n_steps = T`` per row (B·T tokens exactly, episodes
-    crossing iterations) and 4 epochs: it is here for scale, not for the ratio.
+    crossing iterations) and 4 epochs: it is here for scale, not for the ratio;
+  * each side loads the model with its own loader: textenv runs the embedded model's ``gelu_new`` as PyTorch's
+    fused tanh-GELU (the same function, see ``textenv.models.load_causal_lm``), TRL as configured; and textenv's
+    update packs the episodes without padding (``textenv.rollout.score_actions``), TRL pads them.
+
+Every row runs in a fresh Python process, so no row inherits another's heap, thread pool or caches (measured
+here: TRL's step took 2.7–3.7 s depending on what had run before it in the same process). The machine's
+speed also drifts over minutes, so the headline pair (``ppo-1pass``, TRL) is measured in ``--rounds`` rounds of
+fresh processes, alternating which side goes first; the last line is the median of the rounds' ratios.
 
 Each side runs ``--warmup`` untimed iterations, then ``--iterations`` timed ones; the reported tokens/s is the
 inverse of the MEDIAN over timed iterations of seconds per token (robust to a neighbour's burst on a shared
 machine). ``tok/row`` is tokens per batch row per iteration: the mean completion length (for sb3-ppo, whose
 episodes cross iterations, it is n_steps = T). The last line is ``ppo_vs_trl_rloo: <ours s/token ÷ TRL s/token>`` (target ≤ 0.5; lower is faster).
 
-    python benchmarks/train.py [--batch 64] [--new-tokens 24] [--group-size 4] [--iterations 3] [--threads 1]
+    python benchmarks/train.py [--batch 64] [--new-tokens 24] [--group-size 4] [--iterations 5] [--threads 1] [--rounds 3]
 """
 
 from __future__ import annotations
 
 import argparse
 import itertools
+import multiprocessing
 import statistics
 import tempfile
 import time
 import warnings
+from collections.abc import Callable
+from concurrent.futures import ProcessPoolExecutor
 from typing import Any
 
 import torch
@@ -71,6 +82,7 @@ DEFAULT_AGENTS = list(ROWS)
 # ---------------------------------------------------------------------------------------------- ours
 def time_agent(row: str, args: argparse.Namespace) -> dict[str, Any]:
     """Seconds and tokens of each timed ``train_iteration()`` of a row of :data:`ROWS` (after the warm-up)."""
+    torch.set_num_threads(args.threads)
     name, hyperparameters = ROWS.get(row, (row, {}))
     cls = agent_class(name)
     env = build_env(
@@ -110,6 +122,7 @@ class CountingVader:
 
 def time_trl_rloo(args: argparse.Namespace) -> dict[str, Any] | None:
     """The same measurement for ``trl.RLOOTrainer``; ``None`` (with a message) when TRL is not installed."""
+    torch.set_num_threads(args.threads)
     try:
         from datasets import Dataset
         from transformers import PrinterCallback, TrainerCallback
@@ -168,6 +181,12 @@ def time_trl_rloo(args: argparse.Namespace) -> dict[str, Any] | None:
 
 
 # ---------------------------------------------------------------------------------------------- report
+def isolated(function: Callable[..., Any], *args: Any) -> Any:
+    """``function(*args)`` in a fresh (spawned) Python process: every measurement starts from the same state."""
+    with ProcessPoolExecutor(max_workers=1, mp_context=multiprocessing.get_context("spawn")) as pool:
+        return pool.submit(function, *args).result()
+
+
 def seconds_per_token(run: dict[str, Any]) -> float:
     """Median over timed iterations of wall seconds per generated token."""
     return statistics.median(s / t for s, t in zip(run["seconds"], run["tokens"]))
@@ -191,9 +210,11 @@ def main() -> None:
     parser.add_argument("--iterations", type=int, default=5, help="timed iterations")
     parser.add_argument("--threads", type=int, default=1, help="torch intra-op threads, both sides")
     parser.add_argument("--no-trl", action="store_true", help="skip the TRL row")
+    parser.add_argument("--rounds", type=int, default=3,
+                        help="rounds of the headline pair (ppo-1pass, TRL); the last line is their median ratio")
     args = parser.parse_args()
-    if args.warmup < 1 or args.iterations < 1:
-        parser.error("--warmup and --iterations must be >= 1")
+    if args.warmup < 1 or args.iterations < 1 or args.rounds < 1:
+        parser.error("--warmup, --iterations and --rounds must be >= 1")
     if args.batch % args.group_size:
         parser.error(f"--batch {args.batch} must be a multiple of --group-size {args.group_size}")
     torch.set_num_threads(args.threads)
@@ -205,9 +226,9 @@ def main() -> None:
     print(f"{'agent':>10} {'tok/s':>9} {'s/iter':>9} {'tok/iter':>10} {'tok/row':>9}", flush=True)
     runs: dict[str, dict[str, Any]] = {}
     for name in args.agents:
-        runs[name] = time_agent(name, args)
+        runs[name] = isolated(time_agent, name, args)
         print_row(runs[name])
-    trl = None if args.no_trl else time_trl_rloo(args)
+    trl = None if args.no_trl else isolated(time_trl_rloo, args)
     if trl is None:
         return
     print_row(trl)
@@ -216,8 +237,20 @@ def main() -> None:
     if "ppo" in runs:
         print(f"ppo_defaults_vs_trl_rloo: {seconds_per_token(runs['ppo']) / seconds_per_token(trl):.2f}")
     headline = "ppo-1pass" if "ppo-1pass" in runs else "ppo" if "ppo" in runs else None
-    if headline:
-        print(f"ppo_vs_trl_rloo: {seconds_per_token(runs[headline]) / seconds_per_token(trl):.2f}")
+    if headline is None:
+        return
+    ratios = [seconds_per_token(runs[headline]) / seconds_per_token(trl)]  # round 1: the table's rows
+    print(f"round 1: {headline} {1 / seconds_per_token(runs[headline]):.0f} tok/s, trl-rloo "
+          f"{1 / seconds_per_token(trl):.0f} tok/s, ratio {ratios[-1]:.2f}", flush=True)
+    for round_ in range(2, args.rounds + 1):
+        if round_ % 2 == 0:  # TRL first in even rounds
+            other, ours = isolated(time_trl_rloo, args), isolated(time_agent, headline, args)
+        else:
+            ours, other = isolated(time_agent, headline, args), isolated(time_trl_rloo, args)
+        ratios.append(seconds_per_token(ours) / seconds_per_token(other))
+        print(f"round {round_}: {headline} {1 / seconds_per_token(ours):.0f} tok/s, trl-rloo "
+              f"{1 / seconds_per_token(other):.0f} tok/s, ratio {ratios[-1]:.2f}", flush=True)
+    print(f"ppo_vs_trl_rloo: {statistics.median(ratios):.2f}")
 
 
 if __name__ == "__main__":
