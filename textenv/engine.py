@@ -5,11 +5,12 @@ generated so far (the RL state s_t = (x, y_<t)). After every change of state it 
 policy's next-token logits for every row, with **one cached forward for the whole batch** (the prefix is
 never recomputed). Agents sample from :attr:`policy_logits` instead of running the policy again.
 
-The reference π_ref has its own batched KV cache and is fed the same columns. It runs either every step
-(``lazy_reference=False``: one cached forward per step, needed for per-token (dense) KL rewards and for
-reference-based action masks) or **lazily**: the columns it has not seen yet are fed in one cached
-multi-token forward when something needs them — the log-probs of a finishing row, or :attr:`ref_logits`.
-Both give the same numbers; lazy needs far fewer forwards when only the episode's total KL is needed.
+The reference π_ref runs either every step (``lazy_reference=False``: one cached forward per step on its own
+batched KV cache, fed the same columns; needed for per-token (dense) KL rewards and for reference-based action
+masks) or **lazily**: when rows finish, ONE forward over just those episodes, packed without padding, scores
+their generated tokens (no cache at all); :attr:`ref_logits`, when asked for, feeds the cache the columns it
+has not seen in one multi-token cached forward. Both give the same numbers; lazy needs far fewer forwards
+when only the episode's total KL is needed.
 
 Layout: ``input_ids`` / ``attention_mask`` are ``(B, S)`` with every row ending at column S. A row is
 ``[left padding][prompt][generated tokens][padding appended after it finished]``; padding has mask 0.
@@ -28,6 +29,8 @@ from dataclasses import dataclass
 import torch
 from transformers import PreTrainedModel, PreTrainedTokenizerBase, StaticCache
 from transformers.cache_utils import StaticLayer
+
+from textenv.packing import predicting_logits
 
 
 @dataclass
@@ -56,8 +59,8 @@ class GenerationEngine:
         reference: the frozen π_ref, or ``None`` when no KL penalty is needed (β = 0).
         tokenizer: decodes completions; its ``eos_token_id`` ends episodes, ``pad_token_id`` pads.
         max_new_tokens: episode length limit T (truncation).
-        lazy_reference: feed the reference only when its log-probs or logits are asked for (one
-            multi-token cached forward over the columns it has not seen), instead of every step.
+        lazy_reference: run the reference only when its log-probs or logits are asked for (see
+            :meth:`sync_reference`), instead of every step.
     """
 
     def __init__(
@@ -214,55 +217,60 @@ class GenerationEngine:
 
     # ------------------------------------------------------------------ the reference
     def sync_reference(self, next_logits: bool = True, rows: torch.Tensor | None = None) -> None:
-        """Feed the reference the columns it has not seen, in one cached forward, and fill :attr:`ref_logprobs`
-        for the generated columns. With ``next_logits`` (and some row unfinished) the last column is fed too,
-        so :attr:`ref_logits` holds π_ref's next-token logits.
+        """Fill :attr:`ref_logprobs` for the generated tokens that have none yet.
 
-        ``rows`` (long indices, e.g. the rows that just finished): only those rows' tokens are needed. Unless
-        they are the whole batch, their generated tokens are scored through a private copy of their cache rows
-        (a forward over R rows instead of B); the shared cache, fed the prompts once, stays put.
+        With ``next_logits`` (the eager reference every step, and :attr:`ref_logits`), the shared reference
+        cache is fed the columns it has not seen, in one cached forward over all rows, and, while some row is
+        unfinished, the last column too, so that ``ref_logits`` holds π_ref's next-token logits.
+
+        Without (a lazy reference scoring finished episodes; ``rows``: long indices of the rows to score, default
+        all), no cache is involved: ONE forward over just those rows' episodes, packed without padding, with the
+        LM head on their unscored generated tokens only (:func:`textenv.packing.predicting_logits`).
         """
         if self.reference is None:
             return
-        if rows is not None and (next_logits or len(rows) == self.batch_size or not self._row_edits_ok()):
-            rows = None
         width = self.input_ids.shape[1]
+        if next_logits:
+            self._feed_reference(width if not bool(self.finished.all()) else width - 1)
+            self._ref_scored.fill_(width)
+            return
         index = slice(None) if rows is None else rows
         unscored = self.generated[index] & (torch.arange(width, device=self.device) >= self._ref_scored[index, None])
-        if not next_logits and not bool(unscored.any()):
-            return  # every generated token of these rows has its reference log-prob already
-        if rows is not None and self._ref_fed < self._first_new_column:
-            self._feed_reference(slice(None), self._first_new_column)  # the prompts, once, into the shared cache
-        self._feed_reference(index, width if next_logits and not bool(self.finished.all()) else width - 1)
+        if bool(unscored.any()):
+            with torch.no_grad():
+                logits, _ = predicting_logits(
+                    self.reference, self.input_ids[index], self.attention_mask[index], unscored
+                )
+            targets = self.input_ids[index][unscored]
+            scored = self.ref_logprobs[index]
+            scored[unscored] = logits.log_softmax(dim=-1).gather(1, targets[:, None]).squeeze(1)
+            self.ref_logprobs[index] = scored
         self._ref_scored[index] = width
 
-    def _feed_reference(self, rows: slice | torch.Tensor, end: int) -> None:
-        """Run columns ``[_ref_fed, end)`` of ``rows`` through the reference and score the generated tokens they
-        predict. All rows (a slice) use and advance the shared cache; a subset uses a private copy of it."""
+    def _feed_reference(self, end: int) -> None:
+        """Run columns ``[_ref_fed, end)`` of every row through the reference's shared cache and score the
+        generated tokens they predict."""
         start, width = self._ref_fed, self.input_ids.shape[1]
         if start < width and start >= self._first_new_column and self._ref_next is not None:
-            self.ref_logprobs[rows, start] = (
-                _token_logprobs(self._ref_next[rows], self.input_ids[rows, start]) * self.generated[rows, start]
+            self.ref_logprobs[:, start] = (
+                _token_logprobs(self._ref_next, self.input_ids[:, start]) * self.generated[:, start]
             )
         if end <= start:
             return
-        shared = isinstance(rows, slice)
-        cache = self._ref_cache if shared else self._cache_rows(self.reference, self._ref_cache, rows, start)
         first_needed = max(start, self._first_new_column - 1)  # logits before it would predict prompt tokens
-        mask = self.attention_mask[rows, :end]
+        mask = self.attention_mask[:, :end]
         positions = (mask.cumsum(dim=1) - 1).clamp(min=0)[:, start:end]
         logits = _forward(
-            self.reference, self.input_ids[rows, start:end], mask, positions, cache,
+            self.reference, self.input_ids[:, start:end], mask, positions, self._ref_cache,
             torch.arange(start, end, device=self.device), max(end - first_needed, 1), keep_hidden=False,
-        )[0]  # (R, end - first_needed, V): logits[:, j] predicts column first_needed + 1 + j
-        targets = self.input_ids[rows, first_needed + 1 : end + 1]
+        )[0]  # (B, end - first_needed, V): logits[:, j] predicts column first_needed + 1 + j
+        targets = self.input_ids[:, first_needed + 1 : end + 1]
         scored = targets.shape[1]
         if scored:
             columns = slice(first_needed + 1, first_needed + 1 + scored)
             logprobs = logits[:, :scored].log_softmax(dim=-1).gather(2, targets[..., None]).squeeze(-1)
-            self.ref_logprobs[rows, columns] = logprobs * self.generated[rows, columns]  # 0 at prompt and padding
-        if shared:
-            self._ref_fed, self._ref_next = end, logits[:, -1]
+            self.ref_logprobs[:, columns] = logprobs * self.generated[:, columns]  # 0 at prompt and padding
+        self._ref_fed, self._ref_next = end, logits[:, -1]
 
     @property
     def ref_logits(self) -> torch.Tensor | None:
@@ -342,21 +350,10 @@ class GenerationEngine:
         return logits[:, -1], hidden
 
     def _row_edits_ok(self) -> bool:
-        """Whether the caches are plain full-length static layers, whose rows :meth:`_prefill_rows` and
-        :meth:`_cache_rows` may copy (sliding-window or other layer kinds take the full-batch paths)."""
+        """Whether the caches are plain full-length static layers, whose rows :meth:`_prefill_rows` may write
+        (sliding-window or other layer kinds take the full-batch path)."""
         caches = [c for c in (self._policy_cache, self._ref_cache) if c is not None]
         return all(type(layer) is StaticLayer for cache in caches for layer in cache.layers)
-
-    def _cache_rows(self, model: PreTrainedModel, cache: StaticCache, rows: torch.Tensor, filled: int) -> StaticCache:
-        """A private cache holding ``cache``'s entries of ``rows`` (its first ``filled`` columns)."""
-        own = StaticCache(config=model.config, max_cache_len=self._capacity)
-        if filled:
-            for layer, own_layer in zip(cache.layers, own.layers):
-                own_layer.lazy_initialization(layer.keys[rows], layer.values[rows])
-                own_layer.keys.copy_(layer.keys[rows])
-                own_layer.values.copy_(layer.values[rows])
-                own_layer.cumulative_length.fill_(filled)
-        return own
 
     def _prefill(
         self,

@@ -8,8 +8,6 @@ forward per episode** over prompt + completion to get log π_θ(y_t|s_t) with gr
 from __future__ import annotations
 
 import time
-import warnings
-import weakref
 from collections.abc import Sequence
 from dataclasses import dataclass
 
@@ -17,6 +15,7 @@ import numpy as np
 import torch
 from transformers import PreTrainedModel
 
+from textenv.packing import predicting_logits
 from textenv.vector_env import TextGenVectorEnv
 
 
@@ -166,13 +165,6 @@ class ActionScores:
     hidden: torch.Tensor
 
 
-#: Packed rows are this many times as wide as the longest episode (measured here: 2-4 pack the batch to
-#: 87-96 % real tokens; attention cost grows with the width).
-PACK_WIDTH_FACTOR = 3
-#: Models whose packed forward was checked against the padded one: model -> it agreed.
-_PACKING_CHECKED: weakref.WeakKeyDictionary = weakref.WeakKeyDictionary()
-
-
 def score_actions(
     model: PreTrainedModel,
     input_ids: torch.Tensor,
@@ -186,40 +178,25 @@ def score_actions(
     ``input_ids`` / ``attention_mask`` ``(B, P + T)`` as the engine laid them out (``Rollout``); action t of row b
     is ``input_ids[b, P + t]``, taken where ``action_mask[b, t]`` is 1.
 
-    The episodes' live tokens are packed without padding into rows of ``PACK_WIDTH_FACTOR`` × the longest
-    episode, each episode with its own positions 0, 1, … (transformers then masks attention to stay within
-    an episode), and the LM head runs only on the states where an action was taken. A left-padded batch
-    spends about a quarter of its trunk compute on padding, and the vocabulary-sized work (LM head,
-    log-softmax, their backward) on every padded state. The first call per model checks the packed forward
-    against the plain padded one and, should the model not honour packed positions, warns and falls back to
-    the padded forward for good.
+    The forward runs on the episodes packed without padding and the LM head only on states where an action was
+    taken (:func:`textenv.packing.predicting_logits`): a left-padded batch spends about a quarter of its trunk
+    compute on padding, and its vocabulary-sized work (LM head, log-softmax, their backward) on every state.
     """
-    packed = _PACKING_CHECKED.get(model)
-    if packed is None:
-        packed = _packing_agrees(model, input_ids, attention_mask, prompt_width, action_mask)
-        if packed is not None:
-            _PACKING_CHECKED[model] = packed
-    if packed is not False:
-        hidden, states = _packed_hidden(model, input_ids, attention_mask, prompt_width, action_mask)
-        logits = model.get_output_embeddings()(hidden[states]).float()  # (N, V): taken actions only
-    else:
-        hidden, logits = _padded_forward(model, input_ids, attention_mask, prompt_width)
-        states = None
     taken = action_mask.bool()
-    if states is None:
-        hidden, logits = hidden[taken], logits[taken]
-    logp = logits.log_softmax(dim=-1)  # (N, V)
-    actions = input_ids[:, prompt_width:][taken]
+    targets = torch.zeros_like(attention_mask, dtype=torch.bool)
+    targets[:, prompt_width:] = taken
+    logits, hidden = predicting_logits(model, input_ids, attention_mask, targets)  # (N, V), (N, H)
+    logp = logits.log_softmax(dim=-1)
     with torch.set_grad_enabled(entropy_grad and torch.is_grad_enabled()):
         source = logp if entropy_grad else logp.detach()
         token_entropy = -(source.exp() * source).sum(dim=-1)
     B, T = action_mask.shape
     logprobs = logp.new_zeros(B, T)
-    logprobs[taken] = logp.gather(1, actions[:, None]).squeeze(1)
+    logprobs[taken] = logp.gather(1, input_ids[targets][:, None]).squeeze(1)
     entropies = logp.new_zeros(B, T)
     entropies[taken] = token_entropy
     hidden_bt = hidden.new_zeros(B, T, hidden.shape[-1])
-    hidden_bt[taken] = hidden if states is None else hidden[states]
+    hidden_bt[taken] = hidden
     return ActionScores(logprobs=logprobs, entropy=entropies, hidden=hidden_bt)
 
 
@@ -230,89 +207,6 @@ def score_rollout(
     index = slice(None) if rows is None else rows
     return score_actions(model, rollout.input_ids[index], rollout.attention_mask[index], rollout.prompt_width,
                          rollout.action_mask[index], entropy_grad=entropy_grad)
-
-
-def _packed_hidden(
-    model: PreTrainedModel,
-    input_ids: torch.Tensor,
-    attention_mask: torch.Tensor,
-    prompt_width: int,
-    action_mask: torch.Tensor,
-) -> tuple[torch.Tensor, torch.Tensor]:
-    """Last hidden states ``(rows · width, H)`` of the packed episodes, and the flat index of each taken
-    action's state ``(N,)`` (in ``action_mask`` order)."""
-    lengths = attention_mask.sum(dim=1).tolist()
-    width = PACK_WIDTH_FACTOR * max(lengths)
-    starts, row, fill = [], 0, 0
-    for length in lengths:  # next fit: an episode never straddles two rows
-        if fill + length > width:
-            row, fill = row + 1, 0
-        starts.append(row * width + fill)
-        fill += length
-    rows = row + 1
-    rank = attention_mask.cumsum(dim=1) - 1  # position of each live token within its episode
-    destination = torch.tensor(starts, device=input_ids.device)[:, None] + rank  # (B, S) flat packed index
-    live = attention_mask.bool()
-    ids = torch.zeros(rows * width, dtype=torch.long, device=input_ids.device)
-    ids[destination[live]] = input_ids[live]
-    positions = torch.zeros_like(ids)  # unused slots: position 0 each, so each is an episode of its own
-    positions[destination[live]] = rank[live]
-    # inputs_embeds rather than input_ids: transformers would warn that an input with pad ids has no mask.
-    out = model(
-        inputs_embeds=model.get_input_embeddings()(ids.view(rows, width)), position_ids=positions.view(rows, width),
-        use_cache=False, output_hidden_states=True, logits_to_keep=1,
-    )
-    hidden = out.hidden_states[-1].reshape(rows * width, -1)
-    # State s_t ends with the token before action t: column P + t − 1 (the last prompt token for t = 0).
-    states = destination[:, prompt_width - 1 : -1][action_mask.bool()]
-    return hidden, states
-
-
-def _padded_forward(
-    model: PreTrainedModel, input_ids: torch.Tensor, attention_mask: torch.Tensor, prompt_width: int
-) -> tuple[torch.Tensor, torch.Tensor]:
-    """The plain forward over the left-padded batch: hidden states and logits at every state ``(B, T, ·)``."""
-    positions = (attention_mask.cumsum(dim=1) - 1).clamp(min=0)
-    out = model(input_ids=input_ids, attention_mask=attention_mask, position_ids=positions, use_cache=False,
-                output_hidden_states=True, logits_to_keep=input_ids.shape[1] - prompt_width + 1)
-    return out.hidden_states[-1][:, prompt_width - 1 : -1], out.logits[:, :-1].float()
-
-
-@torch.no_grad()
-def _packing_agrees(
-    model: PreTrainedModel,
-    input_ids: torch.Tensor,
-    attention_mask: torch.Tensor,
-    prompt_width: int,
-    action_mask: torch.Tensor,
-) -> bool | None:
-    """Whether the packed forward with the output embedding as LM head reproduces the model's own padded
-    forward (log-probs within 1e-3 nats) on up to 8 of these episodes, in eval mode (no dropout); ``None``
-    when no episode took an action."""
-    rows = torch.nonzero(action_mask.sum(dim=1) > 0).squeeze(1)[:8]
-    if len(rows) == 0:
-        return None  # nothing to compare yet: check at the next call
-    ids, mask, taken = input_ids[rows], attention_mask[rows], action_mask[rows].bool()
-    training = model.training
-    model.eval()
-    try:
-        hidden, states = _packed_hidden(model, ids, mask, prompt_width, action_mask[rows])
-        packed = model.get_output_embeddings()(hidden[states]).float().log_softmax(dim=-1)
-        _, logits = _padded_forward(model, ids, mask, prompt_width)
-        padded = logits[taken].log_softmax(dim=-1)
-        agrees = packed.shape == padded.shape and bool((packed - padded).abs().max() <= 1e-3)
-    except (AttributeError, TypeError, ValueError, RuntimeError):  # e.g. a model that takes no inputs_embeds
-        agrees = False
-    finally:
-        model.train(training)
-    if not agrees:
-        warnings.warn(
-            f"{type(model).__name__}: the packed forward (per-episode position ids, LM head on taken actions) does "
-            "not reproduce the padded forward; textenv uses the padded forward for this model (slower, same "
-            "results).",
-            stacklevel=3,
-        )
-    return agrees
 
 
 def token_logprobs(logits: torch.Tensor, actions: torch.Tensor) -> torch.Tensor:
