@@ -3,9 +3,9 @@
 The engine lays episodes out left-padded, ``(B, S)`` with an attention mask. Scoring chosen tokens of them
 (the update's log π_θ of each action, the lazy reference's log π_ref of each generated token) only needs the
 logits at the states that predict those tokens. :func:`predicting_logits` packs every row's live tokens into
-rows of :data:`PACK_WIDTH_FACTOR` × the longest episode, each episode with its own position ids 0, 1, …
-(transformers then keeps attention within an episode), and runs the LM head only on the states it needs:
-no compute on padding, and no vocabulary-sized work on states nobody reads.
+rows of :data:`PACK_WIDTH_FACTOR` × the longest episode (never wider than all live tokens together), each
+episode with its own position ids 0, 1, … (transformers then keeps attention within an episode), and runs the
+LM head only on the states it needs: no compute on padding, and no vocabulary-sized work on states nobody reads.
 
 The first call per model checks the packed forward against the model's own padded forward and, should the
 model not honour packed position ids (or not take ``inputs_embeds``), warns and uses the padded forward for
@@ -54,7 +54,7 @@ def _packed(
     model: PreTrainedModel, input_ids: torch.Tensor, attention_mask: torch.Tensor, targets: torch.Tensor
 ) -> tuple[torch.Tensor, torch.Tensor]:
     lengths = attention_mask.sum(dim=1).tolist()
-    width = PACK_WIDTH_FACTOR * max(lengths)
+    width = min(PACK_WIDTH_FACTOR * max(lengths), sum(lengths))  # a few short episodes share one tight row
     starts, row, fill = [], 0, 0
     for length in lengths:  # next fit: an episode never straddles two rows
         if fill + length > width:
