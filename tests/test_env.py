@@ -372,15 +372,18 @@ def test_forced_prompt_too_long_at_reset(vec):
         vec.reset(options={"prompts": ["the film was good and the acting was great " * 5] * 4})
 
 
-def test_lora_reference_is_the_policy_with_adapters_disabled(tiny_model_dir, tiny_prompts):
+@pytest.mark.parametrize("target_modules", [None, ["c_attn", "wte"]])  # peft's default; adapters on the embedding too
+def test_lora_reference_is_the_policy_with_adapters_disabled(tiny_model_dir, tiny_prompts, target_modules):
+    lora = {"r": 4, "lora_alpha": 8, **({"target_modules": target_modules} if target_modules else {})}
     env = TextGenVectorEnv(num_envs=2, model=str(tiny_model_dir), prompts=tiny_prompts, reward_model=length_reward,
-                           max_new_tokens=4, autoreset_mode="disabled", lora={"r": 4, "lora_alpha": 8})
+                           max_new_tokens=4, autoreset_mode="disabled", lora=lora)
     trainable = [n for n, p in env.policy.named_parameters() if p.requires_grad]
     assert trainable and all("lora_" in n for n in trainable)
     assert list(env.reference.parameters()) == []  # no second copy of the weights
+    collect_rollout(env, torch.Generator().manual_seed(1))  # first scoring while the adapters are still zero
     with torch.no_grad():  # move the adapters: the policy changes, the reference must not
         for name, p in env.policy.named_parameters():
-            if "lora_B" in name:
+            if "lora_" in name:  # A and B: peft starts an embedding's A at zero, a linear layer's B
                 p.add_(0.5)
     rollout = collect_rollout(env, torch.Generator().manual_seed(0))
     base = load_causal_lm(str(tiny_model_dir), "cpu")

@@ -55,13 +55,29 @@ class AdapterDisabledReference(torch.nn.Module):
         return self._policy[0].get_base_model()
 
     def get_input_embeddings(self) -> torch.nn.Module:
-        return self._policy[0].get_input_embeddings()
+        """The policy's token embedding, called with adapters disabled (LoRA may target it)."""
+        return _AdaptersDisabled(self._policy[0].get_input_embeddings(), self._policy[0])
 
     def get_output_embeddings(self) -> torch.nn.Module:
-        return self._policy[0].get_output_embeddings()
+        """The policy's LM head, called with adapters disabled (LoRA may target it)."""
+        return _AdaptersDisabled(self._policy[0].get_output_embeddings(), self._policy[0])
 
     @torch.no_grad()
     def forward(self, **kwargs: Any):
         policy = self._policy[0]
         with policy.disable_adapter():
             return policy(**kwargs)
+
+
+class _AdaptersDisabled(torch.nn.Module):
+    """Calls ``module`` (a part of a peft policy) under the policy's ``disable_adapter()``, without gradients."""
+
+    def __init__(self, module: torch.nn.Module, peft_policy: torch.nn.Module) -> None:
+        super().__init__()
+        self._parts = [module, peft_policy]  # a list: no parameters registered here
+
+    @torch.no_grad()
+    def forward(self, *args: Any, **kwargs: Any) -> Any:
+        module, policy = self._parts
+        with policy.disable_adapter():
+            return module(*args, **kwargs)
