@@ -42,7 +42,7 @@ inverse of the MEDIAN over timed iterations of seconds per token (robust to a ne
 machine). ``tok/row`` is tokens per batch row per iteration: the mean completion length (for sb3-ppo, whose
 episodes cross iterations, it is n_steps = T). The last line is ``ppo_vs_trl_rloo: <ours s/token ÷ TRL s/token>`` (target ≤ 0.5; lower is faster).
 
-    python benchmarks/train.py [--batch 64] [--new-tokens 24] [--group-size 4] [--iterations 5] [--threads 1] [--rounds 3]
+    python benchmarks/train.py [--batch 64] [--new-tokens 24] [--group-size 4] [--iterations 5] [--threads 1] [--rounds 5]
 """
 
 from __future__ import annotations
@@ -210,7 +210,7 @@ def main() -> None:
     parser.add_argument("--iterations", type=int, default=5, help="timed iterations")
     parser.add_argument("--threads", type=int, default=1, help="torch intra-op threads, both sides")
     parser.add_argument("--no-trl", action="store_true", help="skip the TRL row")
-    parser.add_argument("--rounds", type=int, default=3,
+    parser.add_argument("--rounds", type=int, default=5,
                         help="rounds of the headline pair (ppo-1pass, TRL); the last line is their median ratio")
     args = parser.parse_args()
     if args.warmup < 1 or args.iterations < 1 or args.rounds < 1:
