@@ -23,8 +23,9 @@ What is comparable, and what is not:
     of forward+backward over the batch, in 2 minibatches); ``ppo-1pass`` (``n_epochs=1, num_minibatches=1``)
     does the same update work as TRL's ``num_iterations=1``, and is the row of the last line. Both PPO
     ratios are printed;
-  * TRL recomputes log π_old and log π_ref with two extra forwards after ``generate``; the env gets both
-    during generation from its KV-cached steps. That difference is the point of the comparison;
+  * TRL recomputes log π_old and log π_ref with two extra forwards after ``generate``; the env keeps log π_old
+    from its KV-cached steps and scores log π_ref with one packed forward over the episodes as they finish.
+    That difference is the point of the comparison;
   * TRL uses AdamW (weight decay 0) with a linear LR schedule, ours Adam with a constant LR: same cost;
   * ``sb3-ppo`` runs SB3's rollout buffer with ``n_steps = T`` per row (B·T tokens exactly, episodes
     crossing iterations) and 4 epochs: it is here for scale, not for the ratio;
@@ -32,9 +33,9 @@ What is comparable, and what is not:
     fused tanh-GELU (the same function, see ``textenv.models.load_causal_lm``), TRL as configured; and textenv's
     update packs the episodes without padding (``textenv.rollout.score_actions``), TRL pads them.
 
-Every row runs in a fresh Python process, so no row inherits another's heap, thread pool or caches (measured
-here: TRL's step took 2.7–3.7 s depending on what had run before it in the same process). The machine's
-speed also drifts over minutes, so the headline pair (``ppo-1pass``, TRL) is measured in ``--rounds`` rounds of
+Every row runs in a fresh Python process, so no row inherits another's heap, thread pool or caches. The
+machine's speed also drifts over minutes (measured here: TRL's step took 2.7–3.9 s across runs of one day,
+ours 1.4–1.6 s), so the headline pair (``ppo-1pass``, TRL) is measured in ``--rounds`` rounds of
 fresh processes, alternating which side goes first; the last line is the median of the rounds' ratios.
 
 Each side runs ``--warmup`` untimed iterations, then ``--iterations`` timed ones; the reported tokens/s is the

@@ -14,7 +14,7 @@ import textenv  # noqa: F401  (registers TextGen-v0)
 from textenv.engine import GenerationEngine
 from textenv.kl import AdaptiveKLController, kl_per_token
 from textenv.models import load_causal_lm, load_tokenizer
-from textenv.rollout import collect_rollout, completion_logits, token_logprobs
+from textenv.rollout import collect_rollout, token_logprobs
 from textenv.vector_env import TextGenVectorEnv
 
 
@@ -28,6 +28,14 @@ def vec(tiny_model_dir, tiny_prompts):
         num_envs=4, model=str(tiny_model_dir), prompts=tiny_prompts, reward_model=length_reward,
         max_new_tokens=6, autoreset_mode="disabled", kl_coef=0.1, render_mode="ansi", device="cpu",
     )
+
+
+def full_forward_logprobs(model: torch.nn.Module, rollout) -> torch.Tensor:
+    """log π(a_t|s_t) ``(B, T)`` from one plain forward over the rollout's left-padded prompt + completion (no
+    cache, no packing): the independent recompute the engine's numbers are checked against."""
+    positions = (rollout.attention_mask.cumsum(dim=1) - 1).clamp(min=0)
+    logits = model(input_ids=rollout.input_ids, attention_mask=rollout.attention_mask, position_ids=positions).logits
+    return token_logprobs(logits[:, rollout.prompt_width - 1 : -1].float(), rollout.actions)
 
 
 @torch.no_grad()
@@ -178,8 +186,8 @@ def test_cached_logprobs_equal_full_recompute(tiny_model_dir, tiny_prompts, kl_p
     perturb(env.policy)  # policy and reference differ, so both caches are checked separately
     rollout = collect_rollout(env, torch.Generator().manual_seed(0))
     with torch.no_grad():
-        policy_lp = token_logprobs(completion_logits(env.policy, rollout), rollout.actions)
-        ref_lp = token_logprobs(completion_logits(env.reference, rollout), rollout.actions)
+        policy_lp = full_forward_logprobs(env.policy, rollout)
+        ref_lp = full_forward_logprobs(env.reference, rollout)
     mask = rollout.action_mask.bool()
     assert (policy_lp - rollout.logprobs)[mask].abs().max() <= 1e-4
     assert ((policy_lp - ref_lp) - rollout.kl)[mask].abs().max() <= 1e-4  # k1 = log π − log π_ref
@@ -388,8 +396,8 @@ def test_lora_reference_is_the_policy_with_adapters_disabled(tiny_model_dir, tin
     rollout = collect_rollout(env, torch.Generator().manual_seed(0))
     base = load_causal_lm(str(tiny_model_dir), "cpu")
     with torch.no_grad():
-        base_lp = token_logprobs(completion_logits(base, rollout), rollout.actions)
-        policy_lp = token_logprobs(completion_logits(env.policy, rollout), rollout.actions)
+        base_lp = full_forward_logprobs(base, rollout)
+        policy_lp = full_forward_logprobs(env.policy, rollout)
     mask = rollout.action_mask.bool()
     ref_lp = rollout.logprobs - rollout.kl  # k1: log π_ref = log π − KL_t
     assert (ref_lp - base_lp)[mask].abs().max() <= 1e-4

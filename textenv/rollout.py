@@ -137,19 +137,6 @@ def collect_rollout(
     )
 
 
-def completion_logits(model: PreTrainedModel, rollout: Rollout) -> torch.Tensor:
-    """One forward over prompt + completion; logits predicting each action, ``(B, T, V)``.
-
-    Position ids count unmasked tokens only, exactly as the env's cached forward did, so
-    ``token_logprobs(completion_logits(...))`` equals ``rollout.logprobs`` up to float error.
-    """
-    positions = (rollout.attention_mask.cumsum(dim=1) - 1).clamp(min=0)
-    completion_width = rollout.input_ids.shape[1] - rollout.prompt_width
-    out = model(input_ids=rollout.input_ids, attention_mask=rollout.attention_mask, position_ids=positions,
-                logits_to_keep=completion_width + 1)  # the LM head runs on completion positions only
-    return out.logits[:, :-1].float()
-
-
 @dataclass
 class ActionScores:
     """What the update's forward gives per action, for B episodes of at most T actions.
