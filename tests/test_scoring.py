@@ -1,8 +1,9 @@
-"""The update's forward (``textenv.rollout.score_actions``): packed episodes, LM head on taken actions only.
+"""Packed forwards: the update's scoring (``textenv.rollout.score_actions``: packed episodes, LM head on taken
+actions only) and the engine's packed prompt prefill.
 
-It must give exactly what the plain left-padded forward gives (log-probs, entropy, hidden states and the
-gradients of all three), fall back to that forward for a model that ignores packed position ids, and the
-loader's fused GELU must compute the model as configured.
+Both must give exactly what the plain left-padded forward gives (log-probs, entropy, hidden states and the
+gradients of all three; next-token logits and the KV cache decoding goes on from), and fall back to that forward
+for a model that ignores packed episodes. The loader's fused GELU must compute the model as configured.
 """
 
 from __future__ import annotations
@@ -13,15 +14,20 @@ import pytest
 import torch
 from transformers import AutoModelForCausalLM
 
-from textenv.models import load_causal_lm
+from textenv import engine
+from textenv.engine import GenerationEngine
+from textenv.models import load_causal_lm, load_tokenizer
 from textenv.rollout import collect_rollout, entropy, score_rollout, token_logprobs
 from textenv.vector_env import TextGenVectorEnv
 
 
+PROMPTS = ["the film was", "i liked the pasta at the restaurant", "the book", "a",
+           "this blender is loud but it", "the hotel room was clean and"]
+
+
 def rollout_with_ragged_episodes(tiny_model_dir, num_envs: int = 6):
     """A rollout whose prompts differ in length and whose completions end at different steps."""
-    prompts = ["the film was", "i liked the pasta at the restaurant", "the book", "a",
-               "this blender is loud but it", "the hotel room was clean and"][:num_envs]
+    prompts = PROMPTS[:num_envs]
     env = TextGenVectorEnv(num_envs=num_envs, model=str(tiny_model_dir), reward_model=lambda p, c: [0.0] * len(c),
                            prompts=prompts, max_new_tokens=10, autoreset_mode="disabled", kl_coef=0.0)
     with torch.no_grad():  # make EOS likely (logit ≈ 4 at a typical state), so that some episodes stop early
@@ -141,3 +147,53 @@ def test_the_engine_passes_the_cache_without_deprecation_warnings(tiny_model_dir
     with warnings.catch_warnings():
         warnings.filterwarnings("error", category=FutureWarning)
         collect_rollout(env, torch.Generator().manual_seed(0))
+
+
+def test_the_packed_prefill_continues_exactly_like_the_padded_one(tiny_model_dir):
+    env, _ = rollout_with_ragged_episodes(tiny_model_dir)  # this model's first prefill: both ran and agreed
+    assert engine._PACKED_PREFILL_AGREES.get(env.policy) is True
+    prompts = PROMPTS[::-1]  # a different layout, prefilled packed only
+    rollout = collect_rollout(env, torch.Generator().manual_seed(2), prompts=prompts)
+    assert rollout.attention_mask[:, : rollout.prompt_width].sum(dim=1).unique().numel() > 1  # left padding
+    with torch.no_grad():
+        logprobs, _, hidden = padded_reference(env.policy, rollout)
+    taken = rollout.action_mask.bool()
+    # Step 0 reads the prefill's logits and hidden state; every later step, the KV entries it wrote.
+    assert torch.allclose(rollout.logprobs[taken], logprobs[taken], atol=1e-4)
+    assert torch.allclose(rollout.hidden_states[taken], hidden[taken], atol=1e-4)
+
+
+class IgnoresBlockMasks(torch.nn.Module):
+    """A causal LM that drops a 4-D attention mask (as a model that only takes 2-D padding masks might)."""
+
+    def __init__(self, model):
+        super().__init__()
+        self.model = model
+        self.config = model.config
+
+    def get_input_embeddings(self):
+        return self.model.get_input_embeddings()
+
+    def get_output_embeddings(self):
+        return self.model.get_output_embeddings()
+
+    def forward(self, attention_mask=None, cache=None, **kwargs):
+        if attention_mask is not None and attention_mask.dim() == 4:
+            attention_mask = None  # the packed prefill's block-causal mask: attends across episodes instead
+        return self.model(attention_mask=attention_mask, cache=cache, **kwargs)
+
+
+def test_a_model_that_breaks_the_packed_prefill_is_prefilled_padded(tiny_model_dir):
+    model = IgnoresBlockMasks(load_causal_lm(tiny_model_dir, device="cpu").eval())
+    tokenizer = load_tokenizer(tiny_model_dir)
+    gen = GenerationEngine(model, None, tokenizer, max_new_tokens=3)
+    prompts = [tokenizer(p)["input_ids"] for p in PROMPTS]
+    with pytest.warns(UserWarning, match="padded prefill"):
+        gen.start(prompts)
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")  # decided once per model: no second check, no second warning
+        gen.start(prompts[::-1])
+    positions = (gen.attention_mask.cumsum(dim=1) - 1).clamp(min=0)
+    with torch.no_grad():
+        out = model.model(input_ids=gen.input_ids, attention_mask=gen.attention_mask, position_ids=positions)
+    assert torch.allclose(gen.policy_logits, out.logits[:, -1], atol=1e-4)

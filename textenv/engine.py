@@ -14,7 +14,9 @@ when only the episode's total KL is needed.
 
 Layout: ``input_ids`` / ``attention_mask`` are ``(B, S)`` with every row ending at column S. A row is
 ``[left padding][prompt][generated tokens][padding appended after it finished]``; padding has mask 0.
-Position ids count only unmasked tokens, so left padding does not shift positions. Per column the engine
+Position ids count only unmasked tokens, so left padding does not shift positions. The policy's prefill runs
+the rows packed (no compute on left padding) and copies each token's KV entries to its row and column of the
+cache (checked once per model against the padded prefill, see :func:`_prefill_cache`). Per column the engine
 also keeps ``generated`` (bool), ``logprobs`` (log π_θ of that token when it was sampled) and
 ``ref_logprobs`` (log π_ref of it, filled in by :meth:`sync_reference`).
 """
@@ -23,14 +25,20 @@ from __future__ import annotations
 
 import functools
 import inspect
+import warnings
+import weakref
 from collections.abc import Sequence
 from dataclasses import dataclass
 
 import torch
-from transformers import PreTrainedModel, PreTrainedTokenizerBase, StaticCache
-from transformers.cache_utils import StaticLayer
+from transformers import DynamicCache, PreTrainedModel, PreTrainedTokenizerBase, StaticCache
+from transformers.cache_utils import DynamicLayer, StaticLayer
+from transformers.masking_utils import create_causal_mask
 
-from textenv.packing import predicting_logits
+from textenv.packing import eval_mode, pack, predicting_logits
+
+#: Models whose packed prefill was checked against the padded one (:func:`_prefill_cache`): model -> it agreed.
+_PACKED_PREFILL_AGREES: weakref.WeakKeyDictionary = weakref.WeakKeyDictionary()
 
 
 @dataclass
@@ -383,18 +391,15 @@ class GenerationEngine:
         self.input_ids, self.attention_mask = ids.to(self.device), mask.to(self.device)
         self.generated, self.logprobs = generated.to(self.device), logprob.to(self.device)
         self.ref_logprobs = ref_logprob.to(self.device)
-        positions = (self.attention_mask.cumsum(dim=1) - 1).clamp(min=0)
-        columns = torch.arange(width, device=self.device)
         # Preallocated caches: each step writes one column in place, so a step's cost does not grow with
         # the length generated so far (a growing cache would copy itself every step).
         self.num_prefills += 1
         self._capacity = width + self.max_new_tokens + spare_columns
         self._policy_cache = StaticCache(config=self.policy.config, max_cache_len=self._capacity)
-        logits, self.policy_hidden = _forward(
-            self.policy, self.input_ids, self.attention_mask, positions, self._policy_cache, columns, 1,
-            keep_hidden=True,
+        self.policy_logits, self.policy_hidden = _prefill_cache(
+            self.policy, self._policy_cache, self.input_ids, self.attention_mask
         )
-        self.policy_logits, self._policy_fed = logits[:, -1], width
+        self._policy_fed = width
         self._first_new_column, self._ref_fed, self._ref_next, self._ref_cache = width, 0, None, None
         self._ref_scored = torch.full((len(sequences),), width, device=self.device)  # carried-over columns
         if self.reference is not None:
@@ -430,6 +435,117 @@ def _forward(
         output_hidden_states=keep_hidden,
     )
     return out.logits.float(), (out.hidden_states[-1][:, -1] if keep_hidden else None)
+
+
+@torch.no_grad()
+def _prefill_cache(
+    model: PreTrainedModel, cache: StaticCache, input_ids: torch.Tensor, attention_mask: torch.Tensor
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """Fill columns ``[0, S)`` of an empty ``cache`` from left-padded rows ``(B, S)``; return each row's next-token
+    logits ``(B, V)`` (float32) and last-layer hidden state ``(B, H)``.
+
+    The rows are run packed (:func:`_packed_prefill`: no compute on left padding, which is about half of a batch
+    of prompts of different lengths) when the model's packed prefill was checked to give what its padded
+    prefill gives: on the first call per model both run and are compared (next-token log-probs within 1e-3
+    nats, KV entries within 1e-4); a model that disagrees gets a warning and the padded prefill from then on.
+    """
+    agrees = _PACKED_PREFILL_AGREES.get(model)
+    if agrees:
+        packed = _packed_prefill(model, cache, input_ids, attention_mask)
+        if packed is not None:
+            return packed
+    if agrees is not None:
+        return _padded_prefill(model, cache, input_ids, attention_mask)
+    # First call for this model: run both, in eval mode (dropout would make any two forwards differ), and compare.
+    scratch = StaticCache(config=model.config, max_cache_len=input_ids.shape[1])
+    with eval_mode(model):
+        packed = _packed_prefill(model, scratch, input_ids, attention_mask)
+        padded = _padded_prefill(model, cache, input_ids, attention_mask)
+    agrees = packed is not None and _same_prefill(packed, padded, scratch, cache, attention_mask)
+    _PACKED_PREFILL_AGREES[model] = agrees
+    if packed is not None and not agrees:
+        warnings.warn(
+            f"{type(model).__name__}: the packed prefill (per-episode position ids, KV entries copied to their "
+            "columns) does not reproduce the padded prefill; textenv prefills this model padded (slower, same "
+            "results).",
+            stacklevel=4,
+        )
+    return padded
+
+
+def _padded_prefill(
+    model: PreTrainedModel, cache: StaticCache, input_ids: torch.Tensor, attention_mask: torch.Tensor
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """:func:`_prefill_cache` as one cached forward over the left-padded rows."""
+    positions = (attention_mask.cumsum(dim=1) - 1).clamp(min=0)
+    columns = torch.arange(input_ids.shape[1], device=input_ids.device)
+    logits, hidden = _forward(model, input_ids, attention_mask, positions, cache, columns, 1, keep_hidden=True)
+    return logits[:, -1], hidden
+
+
+def _packed_prefill(
+    model: PreTrainedModel, cache: StaticCache, input_ids: torch.Tensor, attention_mask: torch.Tensor
+) -> tuple[torch.Tensor, torch.Tensor] | None:
+    """:func:`_prefill_cache` with the episodes packed (:func:`textenv.packing.pack`), block-causal attention, a
+    fresh :class:`~transformers.DynamicCache`, and each token's KV entries then copied to its row and column of
+    ``cache``. ``None`` when this model or cache cannot take that route (a layer with a sliding window, a model
+    without ``inputs_embeds`` or 4-D masks): the caller prefills padded."""
+    if not all(type(layer) is StaticLayer for layer in cache.layers):
+        return None
+    layout = pack(input_ids, attention_mask)
+    try:
+        embeds = model.get_input_embeddings()(layout.input_ids)
+        # The block-causal mask (each packed episode attends to itself only) in the format of the model's
+        # attention implementation; transformers builds it from the position ids only when no cache is passed.
+        mask = create_causal_mask(config=model.config, inputs_embeds=embeds, attention_mask=None, cache=None,
+                                  position_ids=layout.position_ids)
+        packed_cache = DynamicCache(config=model.config)
+        out = model(inputs_embeds=embeds, attention_mask=mask, position_ids=layout.position_ids,
+                    **{_cache_argument(type(_base_model(model))): packed_cache},
+                    use_cache=True, output_hidden_states=True, logits_to_keep=1)
+    except (AttributeError, TypeError, ValueError, RuntimeError):
+        return None
+    if len(packed_cache.layers) != len(cache.layers) or not all(
+        type(layer) is DynamicLayer for layer in packed_cache.layers
+    ):
+        return None
+    live = layout.live
+    slots = layout.index[live]  # (N,) packed slot of every live token, row-major over (B, S)
+    rows, cols = torch.nonzero(live, as_tuple=True)
+    for layer, packed_layer in zip(cache.layers, packed_cache.layers):
+        keys, values = packed_layer.keys, packed_layer.values  # (rows, heads, width, head_dim)
+        if not layer.is_initialized:
+            layer.lazy_initialization(keys.new_empty(input_ids.shape[0], *keys.shape[1:2], 1, keys.shape[-1]),
+                                      values.new_empty(input_ids.shape[0], *values.shape[1:2], 1, values.shape[-1]))
+        layer.keys[rows, :, cols] = keys.transpose(1, 2).flatten(0, 1)[slots]
+        layer.values[rows, :, cols] = values.transpose(1, 2).flatten(0, 1)[slots]
+        layer.cumulative_length.fill_(input_ids.shape[1])  # the next update writes column S
+    last = layout.index[:, -1]  # rows are right-aligned: column S-1 holds each episode's last token
+    hidden = out.hidden_states[-1].flatten(0, 1)[last]
+    return model.get_output_embeddings()(hidden).float(), hidden
+
+
+def _same_prefill(
+    packed: tuple[torch.Tensor, torch.Tensor],
+    padded: tuple[torch.Tensor, torch.Tensor],
+    packed_cache: StaticCache,
+    padded_cache: StaticCache,
+    attention_mask: torch.Tensor,
+) -> bool:
+    """Whether two prefills agree: next-token log-probs (1e-3 nats), hidden states and live KV entries (1e-4)."""
+    width = attention_mask.shape[1]
+    live = attention_mask.bool()
+    if not (
+        torch.allclose(packed[0].log_softmax(dim=-1), padded[0].log_softmax(dim=-1), atol=1e-3)
+        and torch.allclose(packed[1].float(), padded[1].float(), atol=1e-4, rtol=1e-4)
+    ):
+        return False
+    for a, b in zip(packed_cache.layers, padded_cache.layers):
+        for x, y in ((a.keys, b.keys), (a.values, b.values)):
+            x, y = x[:, :, :width].transpose(1, 2)[live], y[:, :, :width].transpose(1, 2)[live]
+            if not torch.allclose(x.float(), y.float(), atol=1e-4, rtol=1e-4):
+                return False
+    return True
 
 
 def _base_model(model: PreTrainedModel) -> PreTrainedModel:

@@ -14,8 +14,11 @@ that model from then on: slower, same results.
 
 from __future__ import annotations
 
+import contextlib
 import warnings
 import weakref
+from collections.abc import Iterator
+from dataclasses import dataclass
 
 import torch
 from transformers import PreTrainedModel
@@ -50,31 +53,56 @@ def predicting_logits(
     return forward(model, input_ids, attention_mask, targets)
 
 
-def _packed(
-    model: PreTrainedModel, input_ids: torch.Tensor, attention_mask: torch.Tensor, targets: torch.Tensor
-) -> tuple[torch.Tensor, torch.Tensor]:
+@dataclass
+class PackedLayout:
+    """Where the live tokens of left-padded rows ``(B, S)`` go when their episodes are packed into ``(rows, width)``.
+
+    index: ``(B, S)`` long, the flat slot (``row * width + column``) of each token, meaningful where ``live``.
+    live: ``(B, S)`` bool, the tokens that are packed (attention mask 1).
+    input_ids, position_ids: ``(rows, width)`` the packed tokens and their positions within their episode; unused
+    slots hold token 0 at position 0 (so each is an episode of its own).
+    """
+
+    rows: int
+    width: int
+    index: torch.Tensor
+    live: torch.Tensor
+    input_ids: torch.Tensor
+    position_ids: torch.Tensor
+
+
+def pack(input_ids: torch.Tensor, attention_mask: torch.Tensor) -> PackedLayout:
+    """Pack every row's live tokens, in order, into rows of :data:`PACK_WIDTH_FACTOR` × the longest episode (never
+    wider than all live tokens together), next fit: an episode never straddles two rows."""
     lengths = attention_mask.sum(dim=1).tolist()
-    width = min(PACK_WIDTH_FACTOR * max(lengths), sum(lengths))  # a few short episodes share one tight row
+    width = max(min(PACK_WIDTH_FACTOR * max(lengths), sum(lengths)), 1)  # a few short episodes share one tight row
     starts, row, fill = [], 0, 0
-    for length in lengths:  # next fit: an episode never straddles two rows
+    for length in lengths:
         if fill + length > width:
             row, fill = row + 1, 0
         starts.append(row * width + fill)
         fill += length
     rows = row + 1
     rank = attention_mask.cumsum(dim=1) - 1  # position of each live token within its episode
-    destination = torch.tensor(starts, device=input_ids.device)[:, None] + rank  # (B, S) flat packed index
+    index = torch.tensor(starts, device=input_ids.device)[:, None] + rank
     live = attention_mask.bool()
     ids = torch.zeros(rows * width, dtype=torch.long, device=input_ids.device)
-    ids[destination[live]] = input_ids[live]
-    positions = torch.zeros_like(ids)  # unused slots: position 0 each, so each is an episode of its own
-    positions[destination[live]] = rank[live]
+    ids[index[live]] = input_ids[live]
+    positions = torch.zeros_like(ids)
+    positions[index[live]] = rank[live]
+    return PackedLayout(rows, width, index, live, ids.view(rows, width), positions.view(rows, width))
+
+
+def _packed(
+    model: PreTrainedModel, input_ids: torch.Tensor, attention_mask: torch.Tensor, targets: torch.Tensor
+) -> tuple[torch.Tensor, torch.Tensor]:
+    layout = pack(input_ids, attention_mask)
     # inputs_embeds rather than input_ids: transformers would warn that an input with pad ids has no mask.
     out = model(
-        inputs_embeds=model.get_input_embeddings()(ids.view(rows, width)), position_ids=positions.view(rows, width),
+        inputs_embeds=model.get_input_embeddings()(layout.input_ids), position_ids=layout.position_ids,
         use_cache=False, output_hidden_states=True, logits_to_keep=1,
     )
-    hidden = out.hidden_states[-1].reshape(rows * width, -1)[destination[targets] - 1]  # the token before each target
+    hidden = out.hidden_states[-1].reshape(layout.rows * layout.width, -1)[layout.index[targets] - 1]  # the token before each target
     return model.get_output_embeddings()(hidden).float(), hidden
 
 
@@ -91,6 +119,19 @@ def _padded(
     return out.logits[:, :-1][keep].float(), out.hidden_states[-1][:, first - 1 : -1][keep]
 
 
+@contextlib.contextmanager
+def eval_mode(model: torch.nn.Module) -> Iterator[None]:
+    """Run the block in eval mode (no dropout: two forwards of one input agree), then give every submodule back
+    its own training flag (``model.train(flag)`` would set one flag on all of them)."""
+    modes = [(module, module.training) for module in model.modules()]
+    model.eval()
+    try:
+        yield
+    finally:
+        for module, training in modes:
+            module.training = training
+
+
 @torch.no_grad()
 def _packing_agrees(
     model: PreTrainedModel, input_ids: torch.Tensor, attention_mask: torch.Tensor, targets: torch.Tensor
@@ -101,16 +142,13 @@ def _packing_agrees(
     if len(rows) == 0:
         return None
     sample = (input_ids[rows], attention_mask[rows], targets[rows])
-    training = model.training
-    model.eval()
     try:
-        packed = _packed(model, *sample)[0].log_softmax(dim=-1)
-        padded = _padded(model, *sample)[0].log_softmax(dim=-1)
+        with eval_mode(model):
+            packed = _packed(model, *sample)[0].log_softmax(dim=-1)
+            padded = _padded(model, *sample)[0].log_softmax(dim=-1)
         agrees = packed.shape == padded.shape and bool((packed - padded).abs().max() <= 1e-3)
     except (AttributeError, TypeError, ValueError, RuntimeError):  # e.g. a model that takes no inputs_embeds
         agrees = False
-    finally:
-        model.train(training)
     if not agrees:
         warnings.warn(
             f"{type(model).__name__}: the packed forward (per-episode position ids, LM head on scored tokens only) "
