@@ -493,25 +493,28 @@ def _packed_prefill(
     if not all(type(layer) is StaticLayer for layer in cache.layers):
         return None
     layout = pack(input_ids, attention_mask)
+    packed_cache = DynamicCache(config=model.config)
     try:
         embeds = model.get_input_embeddings()(layout.input_ids)
         # The block-causal mask (each packed episode attends to itself only) in the format of the model's
         # attention implementation; transformers builds it from the position ids only when no cache is passed.
         mask = create_causal_mask(config=model.config, inputs_embeds=embeds, attention_mask=None, cache=None,
                                   position_ids=layout.position_ids)
-        packed_cache = DynamicCache(config=model.config)
         out = model(inputs_embeds=embeds, attention_mask=mask, position_ids=layout.position_ids,
                     **{_cache_argument(type(_base_model(model))): packed_cache},
                     use_cache=True, output_hidden_states=True, logits_to_keep=1)
-    except (AttributeError, TypeError, ValueError, RuntimeError):
+        last = layout.index[:, -1]  # rows are right-aligned: column S-1 holds each episode's last token
+        hidden = out.hidden_states[-1].flatten(0, 1)[last]
+        logits = model.get_output_embeddings()(hidden).float()
+    except (AttributeError, TypeError, ValueError, RuntimeError, IndexError):
         return None
     if len(packed_cache.layers) != len(cache.layers) or not all(
         type(layer) is DynamicLayer for layer in packed_cache.layers
     ):
         return None
-    live = layout.live
-    slots = layout.index[live]  # (N,) packed slot of every live token, row-major over (B, S)
-    rows, cols = torch.nonzero(live, as_tuple=True)
+    # Only now touch ``cache``: a failure above leaves it empty for the padded prefill.
+    slots = layout.index[layout.live]  # (N,) packed slot of every live token, row-major over (B, S)
+    rows, cols = torch.nonzero(layout.live, as_tuple=True)
     for layer, packed_layer in zip(cache.layers, packed_cache.layers):
         keys, values = packed_layer.keys, packed_layer.values  # (rows, heads, width, head_dim)
         if not layer.is_initialized:
@@ -520,9 +523,7 @@ def _packed_prefill(
         layer.keys[rows, :, cols] = keys.transpose(1, 2).flatten(0, 1)[slots]
         layer.values[rows, :, cols] = values.transpose(1, 2).flatten(0, 1)[slots]
         layer.cumulative_length.fill_(input_ids.shape[1])  # the next update writes column S
-    last = layout.index[:, -1]  # rows are right-aligned: column S-1 holds each episode's last token
-    hidden = out.hidden_states[-1].flatten(0, 1)[last]
-    return model.get_output_embeddings()(hidden).float(), hidden
+    return logits, hidden
 
 
 def _same_prefill(
