@@ -31,7 +31,8 @@ What is comparable, and what is not:
     crossing iterations) and 4 epochs: it is here for scale, not for the ratio;
   * each side loads the model with its own loader: textenv runs the embedded model's ``gelu_new`` as PyTorch's
     fused tanh-GELU (the same function, see ``textenv.models.load_causal_lm``), TRL as configured; and textenv's
-    update packs the episodes without padding (``textenv.rollout.score_actions``), TRL pads them.
+    update and its prompt prefill pack the episodes without padding (``textenv.rollout.score_actions``,
+    ``textenv.engine``), TRL pads them.
 
 Every row runs in a fresh Python process, so no row inherits another's heap, thread pool or caches. The
 machine's speed also drifts over minutes (measured here: TRL's step took 2.7–3.9 s across runs of one day,
