@@ -20,7 +20,6 @@ from textenv.models import load_causal_lm, load_tokenizer
 from textenv.rollout import collect_rollout, entropy, score_rollout, token_logprobs
 from textenv.vector_env import TextGenVectorEnv
 
-
 PROMPTS = ["the film was", "i liked the pasta at the restaurant", "the book", "a",
            "this blender is loud but it", "the hotel room was clean and"]
 
