@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import torch
 
-from textenv.rollout import sample_actions
+from textenv.rollout import SAMPLING_BLOCK, sample_actions
 
 
 def test_frequencies_match_the_softmax_and_masked_tokens_never_appear():
@@ -14,6 +14,21 @@ def test_frequencies_match_the_softmax_and_masked_tokens_never_appear():
     expected = logits[0].softmax(-1).double()
     assert frequencies[0] == 0 and frequencies[4] == 0  # probability 0: never drawn, also at the edges
     torch.testing.assert_close(frequencies, expected, atol=5e-3, rtol=0)  # ~4 standard errors at n = 1e5
+
+
+def test_frequencies_match_the_softmax_across_blocks():
+    vocab = 3 * SAMPLING_BLOCK + 20  # the last block is partial
+    logits = torch.randn(vocab, generator=torch.Generator().manual_seed(4))
+    logits[SAMPLING_BLOCK : 2 * SAMPLING_BLOCK] = float("-inf")  # a whole block of probability 0
+    logits[[0, SAMPLING_BLOCK - 1, 2 * SAMPLING_BLOCK, vocab - 1]] = float("-inf")  # block edges, the last token
+    n = 100_000
+    actions = sample_actions(logits.repeat(n, 1), torch.Generator().manual_seed(5))
+    frequencies = torch.bincount(actions, minlength=vocab).double() / n
+    assert len(frequencies) == vocab  # nothing drawn from the padding past the vocabulary
+    expected = logits.softmax(-1).double()
+    assert frequencies[expected == 0].sum() == 0
+    standard_error = (expected * (1 - expected) / n).sqrt()
+    assert ((frequencies - expected).abs() <= 5 * standard_error).all()
 
 
 def test_temperature_and_greedy():

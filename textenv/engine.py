@@ -173,8 +173,8 @@ class GenerationEngine:
         if self.input_ids.shape[1] >= self._capacity:  # the caches are full (long autoreset runs): compact
             self._relayout()
         active = ~self.finished
-        logprob = torch.zeros(self.batch_size, device=self.device)
-        logprob[active] = _token_logprobs(self.policy_logits[active], actions[active])
+        # Every row, then 0 for finished ones: cheaper than copying out the active rows' (B, V) logits.
+        logprob = torch.where(active, _token_logprobs(self.policy_logits, torch.where(active, actions, 0)), 0.0)
 
         tokens = torch.where(active, actions, torch.full_like(actions, self.pad_token_id))
         self.input_ids = torch.cat([self.input_ids, tokens[:, None]], dim=1)

@@ -71,19 +71,41 @@ class Rollout:
         return self.input_ids[:, self.prompt_width :]
 
 
+#: Tokens per block of :func:`sample_actions`' two-level inverse CDF.
+SAMPLING_BLOCK = 64
+
+
 def sample_actions(logits: torch.Tensor, generator: torch.Generator | None, temperature: float = 1.0) -> torch.Tensor:
     """Sample one token per row from ``(B, V)`` logits; ``temperature=0`` is greedy.
 
-    Inverse-CDF sampling: the first token whose cumulative probability exceeds u ~ U(0, total). Exact (in
-    float64; a token of probability 0 is never drawn) and, with one uniform per row, about 10× faster on
-    CPU than ``torch.multinomial``, which dominated a rollout step of a small model.
+    Inverse-CDF sampling with one uniform per row, in two levels: the vocabulary is cut into blocks of
+    :data:`SAMPLING_BLOCK` tokens; u ~ U(0, total mass) picks the first block whose cumulative mass exceeds it,
+    and the same fraction of that block's mass picks the token inside it (the first whose running sum exceeds it,
+    in float64). So P(token) = P(block) · p_token / Σ_block p: exact up to the float32 rounding of each block's
+    total (~1e-7 relative, the same order as the float32 softmax itself), and a token of probability 0 is never
+    drawn. About 10× faster on CPU than ``torch.multinomial``, and several times faster than a float64
+    cumulative sum over the whole vocabulary, whose (B, V) float64 temporaries cost an eighth of a decoding step.
     """
     if temperature == 0:
         return logits.argmax(dim=-1)
-    cumulative = torch.softmax(logits / temperature, dim=-1).double().cumsum(dim=-1)  # (B, V)
-    u = torch.rand(logits.shape[0], 1, generator=generator, dtype=torch.float64, device=logits.device)
-    index = torch.searchsorted(cumulative, u * cumulative[:, -1:], right=True)
-    return index.clamp(max=logits.shape[-1] - 1).squeeze(1)
+    probs = torch.softmax(logits if temperature == 1 else logits / temperature, dim=-1)
+    rows, vocab = probs.shape
+    if vocab % SAMPLING_BLOCK:
+        probs = torch.nn.functional.pad(probs, (0, -vocab % SAMPLING_BLOCK))  # probability 0 past the vocabulary
+    blocks = probs.view(rows, -1, SAMPLING_BLOCK)
+    mass = blocks.sum(dim=-1).double()  # (B, blocks)
+    cumulative = mass.cumsum(dim=-1)
+    u = torch.rand(rows, 1, generator=generator, dtype=torch.float64, device=logits.device) * cumulative[:, -1:]
+    block = torch.searchsorted(cumulative, u, right=True).clamp(max=mass.shape[1] - 1)  # (B, 1); its mass is > 0
+    before = torch.where(block > 0, cumulative.gather(1, (block - 1).clamp(min=0)), 0.0)  # mass of earlier blocks
+    inside = blocks.gather(1, block[..., None].expand(rows, 1, SAMPLING_BLOCK)).squeeze(1)  # (B, SAMPLING_BLOCK)
+    running = inside.double().cumsum(dim=-1)
+    fraction = (u - before) / mass.gather(1, block)  # in [0, 1): how far into the block u falls
+    offset = torch.searchsorted(running, fraction * running[:, -1:], right=True)
+    # Should rounding put the fraction at 1, take the block's last token of nonzero probability.
+    positions = torch.arange(SAMPLING_BLOCK, device=logits.device).expand(rows, -1)
+    last_nonzero = torch.where(inside > 0, positions, -1).amax(dim=-1, keepdim=True)
+    return (block * SAMPLING_BLOCK + torch.minimum(offset, last_nonzero)).squeeze(1)
 
 
 @torch.no_grad()
