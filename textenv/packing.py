@@ -73,7 +73,7 @@ class PackedLayout:
 
 
 def pack(input_ids: torch.Tensor, attention_mask: torch.Tensor) -> PackedLayout:
-    """Pack every row's live tokens, in order, into rows of :data:`PACK_WIDTH_FACTOR` × the longest episode (never
+    """Pack every row's live tokens (in their order) into rows of :data:`PACK_WIDTH_FACTOR` × the longest episode (never
     wider than all live tokens together). First fit decreasing: longest episodes first, each into the first row
     with room; an episode never straddles two rows."""
     lengths = attention_mask.sum(dim=1).tolist()
@@ -106,7 +106,8 @@ def _packed(
         inputs_embeds=model.get_input_embeddings()(layout.input_ids), position_ids=layout.position_ids,
         use_cache=False, output_hidden_states=True, logits_to_keep=1,
     )
-    hidden = out.hidden_states[-1].reshape(layout.rows * layout.width, -1)[layout.index[targets] - 1]  # the token before each target
+    states = out.hidden_states[-1].reshape(layout.rows * layout.width, -1)
+    hidden = states[layout.index[targets] - 1]  # the state at the token before each target
     return model.get_output_embeddings()(hidden).float(), hidden
 
 
