@@ -94,8 +94,8 @@ def test_entropy_is_detached_unless_asked_for(tiny_model_dir):
     assert torch.allclose(minibatch.logprobs, full.logprobs[rows], atol=1e-5)
 
 
-class IgnoresPackedPositions(torch.nn.Module):
-    """A causal LM that attends across packed episodes (as a model without packed-sequence support would)."""
+class WrappedLM(torch.nn.Module):
+    """A causal LM behind a wrapper whose ``forward`` a subclass changes (embeddings and config pass through)."""
 
     def __init__(self, model):
         super().__init__()
@@ -107,6 +107,10 @@ class IgnoresPackedPositions(torch.nn.Module):
 
     def get_output_embeddings(self):
         return self.model.get_output_embeddings()
+
+
+class IgnoresPackedPositions(WrappedLM):
+    """A causal LM that attends across packed episodes (as a model without packed-sequence support would)."""
 
     def forward(self, attention_mask=None, **kwargs):
         if attention_mask is None:  # a packed call: a plain causal mask over the whole row
@@ -162,19 +166,8 @@ def test_the_packed_prefill_continues_exactly_like_the_padded_one(tiny_model_dir
     assert torch.allclose(rollout.hidden_states[taken], hidden[taken], atol=1e-4)
 
 
-class IgnoresBlockMasks(torch.nn.Module):
+class IgnoresBlockMasks(WrappedLM):
     """A causal LM that drops a 4-D attention mask (as a model that only takes 2-D padding masks might)."""
-
-    def __init__(self, model):
-        super().__init__()
-        self.model = model
-        self.config = model.config
-
-    def get_input_embeddings(self):
-        return self.model.get_input_embeddings()
-
-    def get_output_embeddings(self):
-        return self.model.get_output_embeddings()
 
     def forward(self, attention_mask=None, cache=None, **kwargs):
         if attention_mask is not None and attention_mask.dim() == 4:
