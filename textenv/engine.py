@@ -35,6 +35,7 @@ from transformers import DynamicCache, PreTrainedModel, PreTrainedTokenizerBase,
 from transformers.cache_utils import DynamicLayer, StaticLayer
 from transformers.masking_utils import create_causal_mask
 
+from textenv.logprobs import chosen_logprobs
 from textenv.packing import eval_mode, pack, predicting_logits
 
 #: Models whose packed prefill was checked against the padded one (:func:`_prefill_cache`): model -> it agreed.
@@ -174,7 +175,7 @@ class GenerationEngine:
             self._relayout()
         active = ~self.finished
         # Every row, then 0 for finished ones: cheaper than copying out the active rows' (B, V) logits.
-        logprob = torch.where(active, _token_logprobs(self.policy_logits, torch.where(active, actions, 0)), 0.0)
+        logprob = torch.where(active, chosen_logprobs(self.policy_logits, torch.where(active, actions, 0)), 0.0)
 
         tokens = torch.where(active, actions, torch.full_like(actions, self.pad_token_id))
         self.input_ids = torch.cat([self.input_ids, tokens[:, None]], dim=1)
@@ -251,7 +252,7 @@ class GenerationEngine:
                 )
             targets = self.input_ids[index][unscored]
             scored = self.ref_logprobs[index]
-            scored[unscored] = logits.log_softmax(dim=-1).gather(1, targets[:, None]).squeeze(1)
+            scored[unscored] = chosen_logprobs(logits, targets)
             self.ref_logprobs[index] = scored
         self._ref_scored[index] = width
 
@@ -261,7 +262,7 @@ class GenerationEngine:
         start, width = self._ref_fed, self.input_ids.shape[1]
         if start < width and start >= self._first_new_column and self._ref_next is not None:
             self.ref_logprobs[:, start] = (
-                _token_logprobs(self._ref_next, self.input_ids[:, start]) * self.generated[:, start]
+                chosen_logprobs(self._ref_next, self.input_ids[:, start]) * self.generated[:, start]
             )
         if end <= start:
             return
@@ -276,7 +277,7 @@ class GenerationEngine:
         scored = targets.shape[1]
         if scored:
             columns = slice(first_needed + 1, first_needed + 1 + scored)
-            logprobs = logits[:, :scored].log_softmax(dim=-1).gather(2, targets[..., None]).squeeze(-1)
+            logprobs = chosen_logprobs(logits[:, :scored].flatten(0, 1), targets.flatten()).view(targets.shape)
             self.ref_logprobs[:, columns] = logprobs * self.generated[:, columns]  # 0 at prompt and padding
         self._ref_fed, self._ref_next = end, logits[:, -1]
 
@@ -559,8 +560,3 @@ def _cache_argument(model_class: type) -> str:
     """The name ``model_class.forward`` takes the KV cache under: ``cache`` (transformers >= 5.2x, where
     ``past_key_values`` is deprecated and warns on every call) or ``past_key_values`` (older releases)."""
     return "cache" if "cache" in inspect.signature(model_class.forward).parameters else "past_key_values"
-
-
-def _token_logprobs(logits: torch.Tensor, tokens: torch.Tensor) -> torch.Tensor:
-    """log softmax(logits)[token] per row: ``(N, V), (N,) -> (N,)``."""
-    return logits.log_softmax(dim=-1).gather(1, tokens[:, None]).squeeze(1)

@@ -15,6 +15,7 @@ import numpy as np
 import torch
 from transformers import PreTrainedModel
 
+from textenv.logprobs import logprobs_and_entropy
 from textenv.packing import predicting_logits
 from textenv.vector_env import TextGenVectorEnv
 
@@ -195,14 +196,13 @@ def score_actions(
     targets = torch.zeros_like(attention_mask, dtype=torch.bool)
     targets[:, prompt_width:] = taken
     logits, hidden = predicting_logits(model, input_ids, attention_mask, targets)  # (N, V), (N, H)
-    logp = logits.log_softmax(dim=-1)
-    with torch.set_grad_enabled(entropy_grad and torch.is_grad_enabled()):
-        source = logp if entropy_grad else logp.detach()
-        token_entropy = -(source.exp() * source).sum(dim=-1)
+    logp, token_entropy = logprobs_and_entropy(logits, input_ids[targets])  # (N,), (N,)
+    if not entropy_grad:
+        token_entropy = token_entropy.detach()
     B, T = action_mask.shape
-    logprobs = logp.new_zeros(B, T)
-    logprobs[taken] = logp.gather(1, input_ids[targets][:, None]).squeeze(1)
-    entropies = logp.new_zeros(B, T)
+    logprobs = logits.new_zeros(B, T)
+    logprobs[taken] = logp
+    entropies = logits.new_zeros(B, T)
     entropies[taken] = token_entropy
     hidden_bt = hidden.new_zeros(B, T, hidden.shape[-1])
     hidden_bt[taken] = hidden
