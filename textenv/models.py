@@ -16,6 +16,8 @@ import torch
 from transformers import AutoConfig, AutoModelForCausalLM, AutoTokenizer, PreTrainedModel, PreTrainedTokenizerBase
 from transformers.utils import logging as hf_logging
 
+from textenv.activations import use_sigmoid_tanh_gelu
+
 #: Name that resolves to the embedded default model shipped as package data.
 DEFAULT_MODEL = "textenv/default"
 
@@ -78,7 +80,9 @@ def load_causal_lm(
     A model configured with ``activation_function="gelu_new"`` (GPT-2 and its family, the embedded default
     included) is loaded with ``"gelu_pytorch_tanh"``: the same function, 0.5·x·(1 + tanh(√(2/π)·(x + 0.044715·x³))),
     computed by one fused PyTorch kernel instead of eight element-wise ops (log-probs agree to ~1e-5; measured
-    here, a quarter less time for the embedded model's forward + backward). ``model.config`` records the kernel used.
+    here, a quarter less time for the embedded model's forward + backward). ``model.config`` records that choice,
+    so a saved checkpoint loads with the fused kernel anywhere. In the loaded model, every tanh-GELU module is then
+    a :class:`textenv.activations.SigmoidTanhGELU`: the same function again, faster on the CPU.
     """
     path = resolve_model_path(name_or_path)
     hf_logging.disable_progress_bar()
@@ -89,6 +93,7 @@ def load_causal_lm(
         model = AutoModelForCausalLM.from_pretrained(path, config=config, dtype=dtype)
     except (OSError, ValueError) as err:
         raise _load_error("model", str(name_or_path), err) from err
+    use_sigmoid_tanh_gelu(model)
     return model.to(resolve_device(device))
 
 
