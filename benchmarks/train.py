@@ -29,10 +29,11 @@ What is comparable, and what is not:
   * TRL uses AdamW (weight decay 0) with a linear LR schedule, ours Adam with a constant LR: same cost;
   * ``sb3-ppo`` runs SB3's rollout buffer with ``n_steps = T`` per row (B·T tokens exactly, episodes
     crossing iterations) and 4 epochs: it is here for scale, not for the ratio;
-  * each side loads the model with its own loader: textenv runs the embedded model's ``gelu_new`` as PyTorch's
-    fused tanh-GELU (the same function, see ``textenv.models.load_causal_lm``), TRL as configured; and textenv's
-    update and its prompt prefill pack the episodes without padding (``textenv.rollout.score_actions``,
-    ``textenv.engine``), TRL pads them.
+  * each side loads the model with its own loader: textenv runs the embedded model's ``gelu_new`` as x·σ(2u)
+    on the CPU (the same function, see ``textenv.activations``), TRL as configured; textenv's update and its
+    prompt prefill pack the episodes without padding (``textenv.rollout.score_actions``, ``textenv.engine``),
+    TRL pads them; textenv computes log-probs and entropy in chunks (``textenv.logprobs``), TRL with its own
+    helpers.
 
 Every row runs in a fresh Python process, so no row inherits another's heap, thread pool or caches. The
 machine's speed also drifts over minutes (measured here: TRL's step took 2.7–3.9 s across runs of one day,
