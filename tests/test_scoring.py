@@ -14,7 +14,7 @@ import pytest
 import torch
 from transformers import AutoModelForCausalLM
 
-from textenv import engine
+from textenv import engine, packing
 from textenv.engine import GenerationEngine
 from textenv.models import load_causal_lm, load_tokenizer
 from textenv.rollout import collect_rollout, entropy, score_rollout, token_logprobs
@@ -109,14 +109,45 @@ class WrappedLM(torch.nn.Module):
         return self.model.get_output_embeddings()
 
 
-class IgnoresPackedPositions(WrappedLM):
-    """A causal LM that attends across packed episodes (as a model without packed-sequence support would)."""
+class FixedSignature(WrappedLM):
+    """A causal LM whose ``forward`` takes a fixed set of arguments, as older models do: no other keyword argument
+    (such as the episode layout the packed attention reads) reaches its attention."""
+
+    def forward(self, input_ids=None, inputs_embeds=None, attention_mask=None, position_ids=None, use_cache=None,
+                output_hidden_states=None, logits_to_keep=0):
+        return self.model(input_ids=input_ids, inputs_embeds=inputs_embeds, attention_mask=attention_mask,
+                          position_ids=position_ids, use_cache=use_cache, output_hidden_states=output_hidden_states,
+                          logits_to_keep=logits_to_keep)
+
+
+class IgnoresPackedPositions(FixedSignature):
+    """...that also attends across packed episodes (as a model without packed-sequence support would)."""
 
     def forward(self, attention_mask=None, **kwargs):
         if attention_mask is None:  # a packed call: a plain causal mask over the whole row
             shape = (kwargs["inputs_embeds"] if "inputs_embeds" in kwargs else kwargs["input_ids"]).shape[:2]
             attention_mask = torch.ones(shape, dtype=torch.long)
-        return self.model(attention_mask=attention_mask, **kwargs)
+        return super().forward(attention_mask=attention_mask, **kwargs)
+
+
+def test_the_update_forward_packs_one_row_of_episodes(tiny_model_dir):
+    env, rollout = rollout_with_ragged_episodes(tiny_model_dir)
+    score_rollout(env.policy, rollout)
+    assert packing._FORWARD[env.policy] is packing._by_episode
+    layout = packing.pack_episodes(rollout.input_ids, rollout.attention_mask)
+    assert layout.input_ids.shape == (1, int(rollout.attention_mask.sum()))  # every live token once, no padding
+
+
+def test_a_model_without_episode_attention_packs_rows_of_episodes(tiny_model_dir):
+    env, rollout = rollout_with_ragged_episodes(tiny_model_dir)
+    model, taken = FixedSignature(env.policy), rollout.action_mask.bool()
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")  # only slower: no warning
+        scores = score_rollout(model, rollout)
+    assert packing._FORWARD[model] is packing._by_rows
+    with torch.no_grad():
+        expected = padded_reference(env.policy, rollout)[0]
+    assert torch.allclose(scores.logprobs[taken], expected[taken], atol=1e-5)
 
 
 def test_a_model_that_ignores_packing_falls_back_to_the_padded_forward(tiny_model_dir):
@@ -124,6 +155,7 @@ def test_a_model_that_ignores_packing_falls_back_to_the_padded_forward(tiny_mode
     model, taken = IgnoresPackedPositions(env.policy), rollout.action_mask.bool()
     with pytest.warns(UserWarning, match="padded forward"):
         scores = score_rollout(model, rollout)
+    assert packing._FORWARD[model] is packing._padded
     with torch.no_grad():
         expected = padded_reference(env.policy, rollout)[0]
     assert torch.allclose(scores.logprobs[taken], expected[taken], atol=1e-5)

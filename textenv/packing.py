@@ -1,15 +1,22 @@
-"""Scoring tokens with one forward over packed episodes: several episodes per row, no padding.
+"""Scoring tokens with one forward over packed episodes: no padding in the trunk, the LM head on scored states only.
 
 The engine lays episodes out left-padded, ``(B, S)`` with an attention mask. Scoring chosen tokens of them
 (the update's log π_θ of each action, the lazy reference's log π_ref of each generated token) only needs the
-logits at the states that predict those tokens. :func:`predicting_logits` packs every row's live tokens into
-rows of :data:`PACK_WIDTH_FACTOR` × the longest episode (never wider than all live tokens together), each
-episode with its own position ids 0, 1, … (transformers then keeps attention within an episode), and runs the
-LM head only on the states it needs: no compute on padding, and no vocabulary-sized work on states nobody reads.
+logits at the states that predict those tokens. :func:`predicting_logits` runs the LM head only on those states,
+and lays the episodes out in one of two packed ways, each episode with its own position ids 0, 1, …:
 
-The first call per model checks the packed forward against the model's own padded forward and, should the
-model not honour packed position ids (or not take ``inputs_embeds``), warns and uses the padded forward for
-that model from then on: slower, same results.
+- **one row of episodes** (:func:`pack_episodes`): every live token once, episode after episode, so the
+  projections and MLPs see no padding at all. Attention runs per episode through an attention function this
+  module registers with transformers (``textenv_episodes``): it gathers each episode's queries, keys and values
+  into a right-padded ``(episodes, heads, longest, head_dim)`` batch and calls causal SDPA, which needs no mask
+  (a real query never reaches the padding after its episode).
+- **rows of episodes** (:func:`pack`): several episodes per row of :data:`PACK_WIDTH_FACTOR` × the longest
+  episode, and transformers' own block-causal mask from the position ids. 85-90 % of the slots hold live tokens.
+
+The first call per model compares the packed forwards with the model's own padded forward and keeps the first
+that agrees (episodes, then rows). A model that takes neither (e.g. one that does not pass keyword arguments on to
+its attention, or ignores packed position ids) gets a warning and the padded forward from then on: slower, same
+results.
 """
 
 from __future__ import annotations
@@ -17,18 +24,20 @@ from __future__ import annotations
 import contextlib
 import warnings
 import weakref
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 
 import torch
-from transformers import PreTrainedModel
+from transformers import AttentionInterface, PretrainedConfig, PreTrainedModel
 
 #: Packed rows are this many times as wide as the longest episode. Attention work grows with the width; padding
 #: falls with it. Measured on rollouts of the embedded model (64 episodes): factor 2 fills 85-90 % of the slots
 #: with live tokens, as factor 3 did with next-fit packing, at two thirds of its attention work.
 PACK_WIDTH_FACTOR = 2
-#: Models whose packed forward was checked against the padded one: model -> it agreed.
-_AGREES: weakref.WeakKeyDictionary = weakref.WeakKeyDictionary()
+#: The name of :func:`_episode_attention` in transformers' attention registry.
+EPISODE_ATTENTION = "textenv_episodes"
+#: Models whose packed forwards were checked against the padded one: model -> the forward to use.
+_FORWARD: weakref.WeakKeyDictionary = weakref.WeakKeyDictionary()
 
 
 def predicting_logits(
@@ -45,12 +54,12 @@ def predicting_logits(
         ``(N, V)`` float32 logits and ``(N, H)`` last-layer (final-norm) hidden states, N = ``targets.sum()``,
         in row-major order of ``targets``; differentiable when grad is enabled.
     """
-    agrees = _AGREES.get(model)
-    if agrees is None:
-        agrees = _packing_agrees(model, input_ids, attention_mask, targets)
-        if agrees is not None:
-            _AGREES[model] = agrees
-    forward = _padded if agrees is False else _packed
+    forward = _FORWARD.get(model)
+    if forward is None:
+        forward = _choose_forward(model, input_ids, attention_mask, targets)
+        if forward is None:  # nothing to compare yet: the padded forward is always right
+            return _padded(model, input_ids, attention_mask, targets)
+        _FORWARD[model] = forward
     return forward(model, input_ids, attention_mask, targets)
 
 
@@ -97,9 +106,106 @@ def pack(input_ids: torch.Tensor, attention_mask: torch.Tensor) -> PackedLayout:
     return PackedLayout(rows, width, index, live, ids.view(rows, width), positions.view(rows, width))
 
 
-def _packed(
+@dataclass
+class EpisodeLayout:
+    """The live tokens of left-padded rows ``(B, S)`` in one row of N tokens, episode after episode (row order).
+
+    slot: ``(B, S)`` long, each live token's place in the row (meaningful where the attention mask is 1).
+    input_ids, position_ids: ``(1, N)`` the tokens and their positions within their episode.
+    gather: ``(E, L)`` long, E = episodes with a live token, L = the longest: the row places of each episode's
+    tokens, right-padded with its first token's place (only padding queries, whose outputs are dropped, see it).
+    scatter: ``(N,)`` long, each token's place in the flattened ``(E, L)`` batch.
+    """
+
+    slot: torch.Tensor
+    input_ids: torch.Tensor
+    position_ids: torch.Tensor
+    gather: torch.Tensor
+    scatter: torch.Tensor
+
+
+def pack_episodes(input_ids: torch.Tensor, attention_mask: torch.Tensor) -> EpisodeLayout:
+    """Lay every row's live tokens out in one row, episode after episode (see :class:`EpisodeLayout`)."""
+    live = attention_mask.bool()
+    lengths = attention_mask.sum(dim=1)
+    rank = attention_mask.cumsum(dim=1) - 1  # position of each live token within its episode
+    starts = lengths.cumsum(dim=0) - lengths
+    slot = starts[:, None] + rank
+    episodes = torch.nonzero(lengths > 0).squeeze(1)
+    longest = int(lengths.max()) if len(lengths) else 0
+    offsets = torch.arange(longest, device=input_ids.device)
+    inside = offsets[None, :] < lengths[episodes, None]
+    gather = torch.where(inside, starts[episodes, None] + offsets[None, :], starts[episodes, None])
+    scatter = (torch.cumsum(lengths > 0, dim=0) - 1)[:, None] * longest + rank  # (B, S); episode index × L + rank
+    return EpisodeLayout(slot, input_ids[live][None], rank[live][None], gather, scatter[live])
+
+
+def _episode_attention(
+    module: torch.nn.Module,
+    query: torch.Tensor,
+    key: torch.Tensor,
+    value: torch.Tensor,
+    attention_mask: torch.Tensor | None,
+    dropout: float = 0.0,
+    scaling: float | None = None,
+    **kwargs,
+) -> tuple[torch.Tensor, None]:
+    """Causal attention within each episode of an :class:`EpisodeLayout` row (transformers' attention-function
+    interface: ``query`` ``(1, heads, N, head_dim)``, ``key``/``value`` ``(1, kv_heads, N, head_dim)``; returns
+    ``(1, N, heads, head_dim)``). The layout comes in as ``textenv_layout`` (the model passes keyword arguments on)."""
+    layout: EpisodeLayout = kwargs["textenv_layout"]
+    if query.shape[0] != 1 or query.shape[2] != layout.scatter.shape[0]:
+        raise ValueError("textenv's episode attention only runs on one row laid out by pack_episodes")
+    episodes, longest = layout.gather.shape
+    flat = layout.gather.reshape(-1)
+
+    def by_episode(states: torch.Tensor) -> torch.Tensor:  # (1, h, N, d) -> (E, h, L, d)
+        heads, head_dim = states.shape[1], states.shape[3]
+        return states[0].index_select(1, flat).view(heads, episodes, longest, head_dim).transpose(0, 1)
+
+    out = torch.nn.functional.scaled_dot_product_attention(
+        by_episode(query), by_episode(key), by_episode(value), dropout_p=dropout, is_causal=True, scale=scaling,
+        enable_gqa=query.shape[1] != key.shape[1],
+    )  # (E, heads, L, head_dim)
+    out = out.transpose(1, 2).reshape(episodes * longest, query.shape[1], query.shape[3])
+    return out.index_select(0, layout.scatter)[None], None
+
+
+AttentionInterface.register(EPISODE_ATTENTION, _episode_attention)
+
+
+@contextlib.contextmanager
+def _attention_implementation(model: torch.nn.Module, name: str) -> Iterator[None]:
+    """Run the block with ``model``'s attention implementation set to ``name`` (sub-configs follow), then restore it."""
+    config = getattr(model, "config", None)
+    if not isinstance(config, PretrainedConfig):
+        raise TypeError(f"{type(model).__name__} has no transformers config to choose its attention with")
+    before = config._attn_implementation
+    config._attn_implementation = name
+    try:
+        yield
+    finally:
+        config._attn_implementation = before
+
+
+def _by_episode(
     model: PreTrainedModel, input_ids: torch.Tensor, attention_mask: torch.Tensor, targets: torch.Tensor
 ) -> tuple[torch.Tensor, torch.Tensor]:
+    """The forward over one row of episodes (:func:`pack_episodes`, :func:`_episode_attention`)."""
+    layout = pack_episodes(input_ids, attention_mask)
+    with _attention_implementation(model, EPISODE_ATTENTION):
+        out = model(
+            inputs_embeds=model.get_input_embeddings()(layout.input_ids), position_ids=layout.position_ids,
+            use_cache=False, output_hidden_states=True, logits_to_keep=1, textenv_layout=layout,
+        )
+    hidden = out.hidden_states[-1][0][layout.slot[targets] - 1]  # the state at the token before each target
+    return model.get_output_embeddings()(hidden).float(), hidden
+
+
+def _by_rows(
+    model: PreTrainedModel, input_ids: torch.Tensor, attention_mask: torch.Tensor, targets: torch.Tensor
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """The forward over rows of several episodes (:func:`pack`), masked by transformers from the position ids."""
     layout = pack(input_ids, attention_mask)
     # inputs_embeds rather than input_ids: transformers would warn that an input with pad ids has no mask.
     out = model(
@@ -138,27 +244,28 @@ def eval_mode(model: torch.nn.Module) -> Iterator[None]:
 
 
 @torch.no_grad()
-def _packing_agrees(
+def _choose_forward(
     model: PreTrainedModel, input_ids: torch.Tensor, attention_mask: torch.Tensor, targets: torch.Tensor
-) -> bool | None:
-    """Whether the packed forward reproduces the padded one (log-probs within 1e-3 nats) on up to 8 rows with
-    targets, in eval mode (no dropout); ``None`` when no row has a target (nothing to compare yet)."""
+) -> Callable[..., tuple[torch.Tensor, torch.Tensor]] | None:
+    """The first packed forward (episodes, then rows) whose log-probs match the padded forward's within 1e-3 nats on
+    up to 8 rows with targets, in eval mode (no dropout); else the padded forward, with a warning. ``None`` when
+    no row has a target (nothing to compare yet)."""
     rows = torch.nonzero(targets.any(dim=1)).squeeze(1)[:8]
     if len(rows) == 0:
         return None
     sample = (input_ids[rows], attention_mask[rows], targets[rows])
-    try:
-        with eval_mode(model):
-            packed = _packed(model, *sample)[0].log_softmax(dim=-1)
-            padded = _padded(model, *sample)[0].log_softmax(dim=-1)
-        agrees = packed.shape == padded.shape and bool((packed - padded).abs().max() <= 1e-3)
-    except (AttributeError, TypeError, ValueError, RuntimeError):  # e.g. a model that takes no inputs_embeds
-        agrees = False
-    if not agrees:
-        warnings.warn(
-            f"{type(model).__name__}: the packed forward (per-episode position ids, LM head on scored tokens only) "
-            "does not reproduce the padded forward; textenv uses the padded forward for this model (slower, same "
-            "results).",
-            stacklevel=3,
-        )
-    return agrees
+    with eval_mode(model):
+        padded = _padded(model, *sample)[0].log_softmax(dim=-1)
+        for forward in (_by_episode, _by_rows):
+            try:  # e.g. a model that takes no inputs_embeds, or does not pass keyword arguments to its attention
+                packed = forward(model, *sample)[0].log_softmax(dim=-1)
+            except (AttributeError, KeyError, TypeError, ValueError, RuntimeError):
+                continue
+            if packed.shape == padded.shape and bool((packed - padded).abs().max() <= 1e-3):
+                return forward
+    warnings.warn(
+        f"{type(model).__name__}: no packed forward (per-episode position ids, LM head on scored tokens only) "
+        "reproduces the padded forward; textenv uses the padded forward for this model (slower, same results).",
+        stacklevel=3,
+    )
+    return _padded
