@@ -138,6 +138,18 @@ def test_the_update_forward_packs_one_row_of_episodes(tiny_model_dir):
     assert layout.input_ids.shape == (1, int(rollout.attention_mask.sum()))  # every live token once, no padding
 
 
+def test_episode_attention_refuses_what_it_does_not_implement():
+    """Sliding windows, logit soft-capping and attention sinks are left to transformers (the rows layout)."""
+    layout = packing.pack_episodes(torch.tensor([[0, 5, 6], [7, 8, 9]]), torch.tensor([[0, 1, 1], [1, 1, 1]]))
+    states = torch.randn(1, 2, 5, 4)
+    out, _ = packing._episode_attention(None, states, states, states, None, textenv_layout=layout)
+    first = torch.nn.functional.scaled_dot_product_attention(*(states[:, :, :2],) * 3, is_causal=True)
+    assert torch.allclose(out[0, :2], first[0].transpose(0, 1), atol=1e-6)  # episode 1 sees only itself
+    for name in ("sliding_window", "softcap", "s_aux"):
+        with pytest.raises(ValueError, match=name):
+            packing._episode_attention(None, states, states, states, None, textenv_layout=layout, **{name: 4})
+
+
 def test_a_model_without_episode_attention_packs_rows_of_episodes(tiny_model_dir):
     env, rollout = rollout_with_ragged_episodes(tiny_model_dir)
     model, taken = FixedSignature(env.policy), rollout.action_mask.bool()

@@ -156,6 +156,9 @@ def _episode_attention(
     layout: EpisodeLayout = kwargs["textenv_layout"]
     if query.shape[0] != 1 or query.shape[2] != layout.scatter.shape[0]:
         raise ValueError("textenv's episode attention only runs on one row laid out by pack_episodes")
+    unsupported = [name for name in ("sliding_window", "softcap", "s_aux") if kwargs.get(name) is not None]
+    if unsupported:  # plain causal attention only: such models take the rows layout, with transformers' masks
+        raise ValueError(f"textenv's episode attention does not implement {unsupported}")
     episodes, longest = layout.gather.shape
     flat = layout.gather.reshape(-1)
 
