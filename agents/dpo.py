@@ -44,9 +44,10 @@ from textenv.agents.sft import (
     context_length,
     encode_pairs,
 )
+from textenv.logprobs import entropy
 from textenv.models import frozen_copy
 from textenv.preferences import PreferencePair, as_preference_rows, expand_pairs
-from textenv.rollout import entropy, masked_mean
+from textenv.rollout import masked_mean
 from textenv.validation import check_choice, check_int, check_number, check_positive
 from textenv.vector_env import TextGenVectorEnv
 

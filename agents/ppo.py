@@ -40,7 +40,8 @@ import torch
 from torch import nn
 
 from textenv.agents.base import Agent
-from textenv.rollout import ActionScores, Rollout, collect_rollout, masked_mean, score_rollout, token_logprobs
+from textenv.logprobs import chosen_logprobs
+from textenv.rollout import ActionScores, Rollout, collect_rollout, masked_mean, score_rollout
 from textenv.validation import check_int, check_number
 from textenv.vector_env import TextGenVectorEnv
 
@@ -216,7 +217,7 @@ class PPO(Agent):
             mask[row, : len(tokens)] = 1
         ids, mask = ids.to(self.env.device), mask.to(self.env.device)
         logits = self.policy(input_ids=ids, attention_mask=mask).logits[:, :-1].float()
-        logprobs = token_logprobs(logits, ids[:, 1:])
+        logprobs = chosen_logprobs(logits, ids[:, 1:])
         return -masked_mean(logprobs, mask[:, 1:].float())
 
     # ------------------------------------------------------------------ one iteration

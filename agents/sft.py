@@ -36,8 +36,9 @@ from transformers import PreTrainedModel, PreTrainedTokenizerBase
 
 from textenv.agents.base import Agent
 from textenv.corpus import generate_reviews
+from textenv.logprobs import chosen_logprobs, entropy
 from textenv.preferences import PreferencePair, PreferenceRanking, as_preference_rows
-from textenv.rollout import entropy, masked_mean
+from textenv.rollout import masked_mean
 from textenv.validation import check_int
 from textenv.vector_env import TextGenVectorEnv
 
@@ -217,7 +218,7 @@ def completion_logprobs(model: PreTrainedModel, batch: TokenBatch) -> tuple[torc
     positions = (batch.attention_mask.cumsum(dim=1) - 1).clamp(min=0)
     logits = model(input_ids=batch.input_ids, attention_mask=batch.attention_mask, position_ids=positions).logits
     logits = logits[:, :-1].float()
-    logprobs = logits.log_softmax(dim=-1).gather(2, batch.input_ids[:, 1:, None]).squeeze(-1)
+    logprobs = chosen_logprobs(logits, batch.input_ids[:, 1:])
     return logprobs * batch.target_mask, logits
 
 

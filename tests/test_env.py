@@ -14,7 +14,7 @@ import textenv  # noqa: F401  (registers TextGen-v0)
 from textenv.engine import GenerationEngine
 from textenv.kl import AdaptiveKLController, kl_per_token
 from textenv.models import load_causal_lm, load_tokenizer
-from textenv.rollout import collect_rollout, token_logprobs
+from textenv.rollout import collect_rollout
 from textenv.vector_env import TextGenVectorEnv
 
 
@@ -35,7 +35,8 @@ def full_forward_logprobs(model: torch.nn.Module, rollout) -> torch.Tensor:
     cache, no packing): the independent recompute the engine's numbers are checked against."""
     positions = (rollout.attention_mask.cumsum(dim=1) - 1).clamp(min=0)
     logits = model(input_ids=rollout.input_ids, attention_mask=rollout.attention_mask, position_ids=positions).logits
-    return token_logprobs(logits[:, rollout.prompt_width - 1 : -1].float(), rollout.actions)
+    logp = logits[:, rollout.prompt_width - 1 : -1].float().log_softmax(dim=-1)
+    return logp.gather(2, rollout.actions[..., None]).squeeze(-1)
 
 
 @torch.no_grad()

@@ -17,7 +17,7 @@ from transformers import AutoModelForCausalLM
 from textenv import engine, packing
 from textenv.engine import GenerationEngine
 from textenv.models import load_causal_lm, load_tokenizer
-from textenv.rollout import collect_rollout, entropy, score_rollout, token_logprobs
+from textenv.rollout import collect_rollout, score_rollout
 from textenv.vector_env import TextGenVectorEnv
 
 PROMPTS = ["the film was", "i liked the pasta at the restaurant", "the book", "a",
@@ -46,8 +46,9 @@ def padded_reference(model, rollout):
     out = model(input_ids=rollout.input_ids, attention_mask=rollout.attention_mask, position_ids=positions,
                 output_hidden_states=True)
     P = rollout.prompt_width
-    logits = out.logits[:, P - 1 : -1]
-    return token_logprobs(logits, rollout.actions), entropy(logits), out.hidden_states[-1][:, P - 1 : -1]
+    logp = out.logits[:, P - 1 : -1].log_softmax(dim=-1)  # the plain way, independent of textenv.logprobs
+    token_logp = logp.gather(2, rollout.actions[..., None]).squeeze(-1)
+    return token_logp, -(logp.exp() * logp).sum(dim=-1), out.hidden_states[-1][:, P - 1 : -1]
 
 
 def test_packed_scores_and_gradients_equal_the_padded_forward(tiny_model_dir):

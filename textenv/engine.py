@@ -277,7 +277,7 @@ class GenerationEngine:
         scored = targets.shape[1]
         if scored:
             columns = slice(first_needed + 1, first_needed + 1 + scored)
-            logprobs = chosen_logprobs(logits[:, :scored].flatten(0, 1), targets.flatten()).view(targets.shape)
+            logprobs = chosen_logprobs(logits[:, :scored], targets)
             self.ref_logprobs[:, columns] = logprobs * self.generated[:, columns]  # 0 at prompt and padding
         self._ref_fed, self._ref_next = end, logits[:, -1]
 

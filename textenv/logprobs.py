@@ -13,7 +13,8 @@ gradient tensor the LM head's backward needs, again a chunk at a time:
     log π(a) = z_a − log Z                      ∂ log π(a) / ∂z_j = δ_ja − p_j
     H        = −Σ_j p_j log p_j                 ∂ H / ∂z_j       = −p_j (log p_j + H)
 
-with p = softmax(z). Results equal the plain way's to float32 rounding (tested).
+with p = softmax(z). Results equal the plain way's to float32 rounding (tested). The engine (env steps, lazy reference)
+and the native agents (updates, PTX / SFT / DPO losses, entropy statistics) take their log-probs and entropies here.
 """
 
 from __future__ import annotations
@@ -26,30 +27,38 @@ CHUNK_ELEMENTS = 1 << 18
 
 
 def logprobs_and_entropy(logits: torch.Tensor, tokens: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-    """log softmax(logits)[token] and the entropy of softmax(logits), per row; differentiable in ``logits``.
+    """log softmax(logits)[token] and the entropy of softmax(logits), per state; differentiable in ``logits``.
 
     Args:
-        logits: ``(N, V)`` floating next-token logits (``-inf`` allowed, not a whole row of it).
-        tokens: ``(N,)`` long, the chosen token of each row.
+        logits: ``(..., V)`` floating next-token logits (``-inf`` allowed, not a whole row of it).
+        tokens: ``(...)`` long, the chosen token of each state.
 
     Returns:
-        ``(N,)`` log-probabilities and ``(N,)`` entropies, nats, in ``logits``' dtype.
+        ``(...)`` log-probabilities and ``(...)`` entropies, nats, in ``logits``' dtype.
     """
     _check(logits, tokens)
-    return _LogprobEntropy.apply(logits, tokens)
+    logprob, entropy_ = _LogprobEntropy.apply(logits.reshape(-1, logits.shape[-1]), tokens.reshape(-1))
+    return logprob.view(tokens.shape), entropy_.view(tokens.shape)
 
 
 def chosen_logprobs(logits: torch.Tensor, tokens: torch.Tensor) -> torch.Tensor:
-    """log softmax(logits)[token] per row, ``(N, V), (N,) -> (N,)``, without the vocabulary-sized log-softmax."""
+    """log softmax(logits)[token] per state, ``(..., V), (...) -> (...)``, without the vocabulary-sized log-softmax."""
     _check(logits, tokens)
     if logits.requires_grad and torch.is_grad_enabled():
-        return _LogprobEntropy.apply(logits, tokens)[0]
-    return logits.gather(1, tokens[:, None]).squeeze(1) - _log_normaliser(logits)
+        return logprobs_and_entropy(logits, tokens)[0]
+    flat = logits.reshape(-1, logits.shape[-1])
+    return (flat.gather(1, tokens.reshape(-1, 1)).squeeze(1) - _log_normaliser(flat)).view(tokens.shape)
+
+
+def entropy(logits: torch.Tensor) -> torch.Tensor:
+    """Entropy of each next-token distribution, ``(..., V) -> (...)`` nats; differentiable in ``logits``."""
+    return logprobs_and_entropy(logits, torch.zeros(logits.shape[:-1], dtype=torch.long, device=logits.device))[1]
 
 
 def _check(logits: torch.Tensor, tokens: torch.Tensor) -> None:
-    if logits.dim() != 2 or tokens.shape != logits.shape[:1]:
-        raise ValueError(f"logits must be (N, V) and tokens (N,); got {tuple(logits.shape)} and {tuple(tokens.shape)}")
+    if logits.dim() < 1 or tokens.shape != logits.shape[:-1]:
+        raise ValueError(f"logits must be (..., V) and tokens (...) with the same leading shape; got "
+                         f"{tuple(logits.shape)} and {tuple(tokens.shape)}")
 
 
 def _row_chunks(logits: torch.Tensor) -> list[slice]:

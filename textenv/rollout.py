@@ -218,17 +218,6 @@ def score_rollout(
                          rollout.action_mask[index], entropy_grad=entropy_grad)
 
 
-def token_logprobs(logits: torch.Tensor, actions: torch.Tensor) -> torch.Tensor:
-    """log softmax(logits)[action]: ``(B, T, V), (B, T) -> (B, T)``."""
-    return logits.log_softmax(dim=-1).gather(2, actions[..., None]).squeeze(-1)
-
-
-def entropy(logits: torch.Tensor) -> torch.Tensor:
-    """Entropy of each next-token distribution, ``(B, T, V) -> (B, T)`` nats."""
-    logp = logits.log_softmax(dim=-1)
-    return -(logp.exp() * logp).sum(dim=-1)
-
-
 def masked_mean(values: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
     """Mean of ``values`` where ``mask`` is 1."""
     return (values * mask).sum() / mask.sum().clamp(min=1)
