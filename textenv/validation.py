@@ -1,5 +1,10 @@
-"""Argument checks at the library's boundary: a bad value raises ``ValueError`` naming the argument and what
-it must be, before any work starts (the ``check_env`` spirit of stable-baselines3)."""
+"""Argument checks at the library's boundary: a bad value raises :class:`InputError` (a ``ValueError``) naming
+the argument and what it must be, before any work starts (the ``check_env`` spirit of stable-baselines3).
+
+:class:`InputError` marks a mistake in what the *user* gave (an argument, a config, a file, a checkpoint):
+the CLI prints its message as one line. Any other exception, a ``ValueError`` raised inside torch included,
+is a bug of ours or of a library and keeps its traceback.
+"""
 
 from __future__ import annotations
 
@@ -10,10 +15,18 @@ from typing import Any
 import numpy as np
 
 
+class InputError(ValueError):
+    """A mistake in user input: an argument, a config file, a data file, a path or a checkpoint.
+
+    The message names the argument or file and says how to fix it; ``textenv`` commands print it as one
+    line (exit code 2) instead of a traceback.
+    """
+
+
 def check_int(name: str, value: Any, minimum: int = 1) -> None:
     """``value`` must be an integer (not a bool) ``>= minimum``."""
     if isinstance(value, bool) or not isinstance(value, (int, np.integer)) or value < minimum:
-        raise ValueError(f"{name}={value!r} must be an integer >= {minimum}")
+        raise InputError(f"{name}={value!r} must be an integer >= {minimum}")
 
 
 def check_number(
@@ -38,7 +51,7 @@ def check_number(
     if not ok:
         bounds = [f"{'>' if low_open else '>='} {low}"] if low is not None else []
         bounds += [f"{'<' if high_open else '<='} {high}"] if high is not None else []
-        raise ValueError(
+        raise InputError(
             f"{name}={value!r} must be a finite number {' and '.join(bounds)}".rstrip()
             + (" (or None)" if none_ok else "")
         )
@@ -52,4 +65,4 @@ def check_positive(name: str, value: Any) -> None:
 def check_choice(name: str, value: Any, choices: Sequence[Any]) -> None:
     """``value`` must be one of ``choices``."""
     if value not in choices:
-        raise ValueError(f"{name}={value!r} is not one of {list(choices)}")
+        raise InputError(f"{name}={value!r} is not one of {list(choices)}")
