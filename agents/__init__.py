@@ -6,17 +6,20 @@
 
 from __future__ import annotations
 
+import difflib
 import inspect
 from typing import Any
 
 from textenv.agents.base import SCALARS, Agent
 from textenv.agents.dpo import DPO, LRML
+from textenv.agents.gradient_step import TrainingDivergedError
 from textenv.agents.grpo import GRPO
 from textenv.agents.ppo import PPO
 from textenv.agents.reinforce import Reinforce
 from textenv.agents.rloo import RLOO
 from textenv.agents.sb3 import SB3A2C, SB3PPO, MaskablePPOAgent
 from textenv.agents.sft import SFT
+from textenv.validation import InputError
 
 AGENTS: dict[str, type[Agent]] = {}
 
@@ -32,7 +35,8 @@ def register_agent(cls: type[Agent]) -> type[Agent]:
 def agent_class(name: str) -> type[Agent]:
     """The registered class for ``name``; a clear error lists the valid names."""
     if name not in AGENTS:
-        raise ValueError(f"agent {name!r} is not registered; choose one of {sorted(AGENTS)}")
+        raise InputError(f"agent {name!r} is not registered; choose one of {sorted(AGENTS)}"
+                         + _did_you_mean(name, AGENTS))
     return AGENTS[name]
 
 
@@ -42,12 +46,19 @@ def make_agent(name: str, env: Any, **hyperparameters: Any) -> Agent:
     accepted = [p for p in inspect.signature(cls.__init__).parameters if p not in ("self", "env")]
     unknown = sorted(set(hyperparameters) - set(accepted))
     if unknown:
-        raise ValueError(f"unknown hyper-parameter(s) {unknown} for agent {name!r}; it accepts {accepted}")
+        hint = "".join(_did_you_mean(key, accepted) for key in unknown)
+        raise InputError(f"unknown hyper-parameter(s) {unknown} for agent {name!r}; it accepts {accepted}{hint}")
     return cls(env, **hyperparameters)
+
+
+def _did_you_mean(word: str, candidates: Any) -> str:
+    """`` (did you mean 'x'?)`` for the closest candidate name, or ``""``."""
+    close = difflib.get_close_matches(str(word), [str(c) for c in candidates], n=1)
+    return f" (did you mean {close[0]!r}?)" if close else ""
 
 
 for _cls in (Reinforce, PPO, RLOO, GRPO, SB3PPO, SB3A2C, MaskablePPOAgent, SFT, DPO, LRML):
     register_agent(_cls)
 
 __all__ = ["AGENTS", "DPO", "GRPO", "LRML", "PPO", "RLOO", "SB3A2C", "SB3PPO", "SCALARS", "SFT", "Agent",
-           "MaskablePPOAgent", "Reinforce", "agent_class", "make_agent", "register_agent"]
+           "MaskablePPOAgent", "Reinforce", "TrainingDivergedError", "agent_class", "make_agent", "register_agent"]

@@ -36,6 +36,7 @@ import torch
 import torch.nn.functional as F
 
 from textenv.agents.base import Agent
+from textenv.agents.gradient_step import gradient_step
 from textenv.agents.sft import (
     MinibatchSampler,
     TokenBatch,
@@ -48,7 +49,7 @@ from textenv.logprobs import entropy
 from textenv.models import frozen_copy
 from textenv.preferences import PreferencePair, as_preference_rows, expand_pairs
 from textenv.rollout import masked_mean
-from textenv.validation import check_choice, check_int, check_number, check_positive
+from textenv.validation import InputError, check_choice, check_int, check_number, check_positive
 from textenv.vector_env import TextGenVectorEnv
 
 PreferenceSource = Any  # str | os.PathLike | Sequence[dict | PreferencePair | PreferenceRanking]
@@ -83,7 +84,7 @@ LOSSES = ("sigmoid", "lrml")
 def load_pairs(source: PreferenceSource) -> list[PreferencePair]:
     """Every comparison in ``source`` as a pair (rankings expanded to C(K, 2) pairs, grouped by prompt)."""
     if source is None:
-        raise ValueError(
+        raise InputError(
             "preferences=None: pass a preference JSONL file ({'prompt','chosen','rejected'} or "
             "{'prompt','ranked'} lines, e.g. written by `textenv collect`) or a list of such rows"
         )
@@ -132,14 +133,16 @@ class DPO(Agent):
         tensorboard_log: str | None = None,
         verbose: int = 0,
     ) -> None:
-        super().__init__(env, learning_rate=learning_rate, seed=seed, tensorboard_log=tensorboard_log, verbose=verbose)
-        if loss not in LOSSES:
-            raise ValueError(f"loss={loss!r} is not one of {LOSSES}")
+        check_choice("loss", loss, LOSSES)
         check_choice("reference", reference, REFERENCES)
         check_positive("beta", beta)
         check_positive("tau", tau)
         check_int("batch_size", batch_size, 1)
         check_number("max_grad_norm", max_grad_norm, low=0.0, low_open=True, none_ok=True)
+        check_choice("append_eos", append_eos, (True, False))
+        if max_length is not None:
+            check_int("max_length", max_length, 2)  # at least one prompt token and one completion token
+        super().__init__(env, learning_rate=learning_rate, seed=seed, tensorboard_log=tensorboard_log, verbose=verbose)
         self.preferences = preferences
         self.beta = float(beta)
         self.loss = loss
@@ -208,11 +211,7 @@ class DPO(Agent):
         self.policy.train()
         rho, chosen, rejected, batch, logits = self._margins(self.sampler.next(), grad=True)
         loss = self.preference_loss(rho).mean()
-        self.optimizer.zero_grad(set_to_none=True)
-        loss.backward()
-        if self.max_grad_norm is not None:
-            torch.nn.utils.clip_grad_norm_(self.policy.parameters(), self.max_grad_norm)
-        self.optimizer.step()
+        gradient_step(self, loss, self.optimizer, {"policy": self.policy}, self.max_grad_norm)
         self.policy.eval()
         with torch.no_grad():
             mean_entropy = masked_mean(entropy(logits.detach()), batch.target_mask)

@@ -29,9 +29,10 @@ import numpy as np
 import torch
 
 from textenv.agents.base import Agent
+from textenv.agents.gradient_step import check_finite, gradient_step
 from textenv.models import frozen_copy
 from textenv.rollout import collect_rollout, masked_mean, score_rollout
-from textenv.validation import check_int, check_number
+from textenv.validation import InputError, check_int, check_number
 from textenv.vector_env import TextGenVectorEnv
 
 
@@ -78,22 +79,22 @@ class GRPO(Agent):
         tensorboard_log: str | None = None,
         verbose: int = 0,
     ) -> None:
-        super().__init__(env, learning_rate=learning_rate, seed=seed, tensorboard_log=tensorboard_log, verbose=verbose)
-        if env.autoreset_mode != "disabled":
-            raise ValueError("env: GRPO plays synchronised episodes; build the env with autoreset_mode='disabled'")
-        if env.group_size < 2:
-            raise ValueError(
-                f"env.group_size={env.group_size}: GRPO normalises rewards within a group of G >= 2 completions "
-                "per prompt; build the env with group_size=G (e.g. 4) and num_envs a multiple of G"
-            )
         check_int("n_epochs", n_epochs, 1)
         check_int("num_minibatches", num_minibatches, 1)
-        if num_minibatches > env.num_envs:
-            raise ValueError(f"num_minibatches={num_minibatches} must be <= env.num_envs={env.num_envs} (episodes)")
         check_number("clip_range", clip_range, low=0.0, low_open=True)
         check_number("beta", beta, low=0.0)
         check_number("eps", eps, low=0.0, low_open=True)
         check_number("max_grad_norm", max_grad_norm, low=0.0, low_open=True, none_ok=True)
+        super().__init__(env, learning_rate=learning_rate, seed=seed, tensorboard_log=tensorboard_log, verbose=verbose)
+        if env.autoreset_mode != "disabled":
+            raise InputError("env: GRPO plays synchronised episodes; build the env with autoreset_mode='disabled'")
+        if env.group_size < 2:
+            raise InputError(
+                f"env.group_size={env.group_size}: GRPO normalises rewards within a group of G >= 2 completions "
+                "per prompt; build the env with group_size=G (e.g. 4) and num_envs a multiple of G"
+            )
+        if num_minibatches > env.num_envs:
+            raise InputError(f"num_minibatches={num_minibatches} must be <= env.num_envs={env.num_envs} (episodes)")
         self.n_epochs = int(n_epochs)
         self.num_minibatches = int(num_minibatches)
         self.clip_range = float(clip_range)
@@ -121,7 +122,9 @@ class GRPO(Agent):
         mask = rollout.action_mask  # (B, T)
         # R_i: the env's KL-penalised return, or r_φ alone when the KL is paid in the loss (beta > 0).
         rewards = rollout.rm_score if self.beta > 0 else rollout.returns
+        check_finite(self, "rewards" if self.beta > 0 else "returns", rewards, self.max_grad_norm, rollout.rm_score)
         advantages = group_normalized_advantages(rewards, self.env.group_size, self.eps)
+        check_finite(self, "advantages", advantages, self.max_grad_norm, rollout.rm_score)
         advantages_t = torch.as_tensor(advantages, dtype=torch.float32, device=mask.device)
         old_logprobs = rollout.logprobs  # log π_old(y_t|s_t) at sampling time
         ref_logprobs = None
@@ -148,11 +151,7 @@ class GRPO(Agent):
                     stats["ref_kl"].append(float(masked_mean(ref_kl.detach(), m)))
                 lengths = m.sum(dim=1).clamp(min=1)
                 loss = ((per_token * m).sum(dim=1) / lengths).mean()  # (1/G) Σ_i (1/|y_i|) Σ_t
-                self.optimizer.zero_grad(set_to_none=True)
-                loss.backward()
-                if self.max_grad_norm is not None:
-                    torch.nn.utils.clip_grad_norm_(self.policy.parameters(), self.max_grad_norm)
-                self.optimizer.step()
+                gradient_step(self, loss, self.optimizer, {"policy": self.policy}, self.max_grad_norm, rollout.rm_score)
                 with torch.no_grad():
                     stats["loss"].append(float(loss.detach()))
                     stats["entropy"].append(float(masked_mean(scores.entropy, m)))

@@ -40,9 +40,11 @@ import torch
 from torch import nn
 
 from textenv.agents.base import Agent
+from textenv.agents.gradient_step import check_finite, gradient_step
+from textenv.agents.sft import read_utf8
 from textenv.logprobs import chosen_logprobs
 from textenv.rollout import ActionScores, Rollout, collect_rollout, masked_mean, score_rollout
-from textenv.validation import check_int, check_number
+from textenv.validation import InputError, check_choice, check_int, check_number
 from textenv.vector_env import TextGenVectorEnv
 
 REWARD_SHAPINGS = ("per_token", "env")
@@ -104,14 +106,9 @@ class PPO(Agent):
         tensorboard_log: str | None = None,
         verbose: int = 0,
     ) -> None:
-        super().__init__(env, learning_rate=learning_rate, seed=seed, tensorboard_log=tensorboard_log, verbose=verbose)
-        if env.autoreset_mode != "disabled":
-            raise ValueError("env: PPO plays synchronised episodes; build the env with autoreset_mode='disabled'")
         check_number("vf_learning_rate", vf_learning_rate, low=0.0, low_open=True, none_ok=True)
         check_int("n_epochs", n_epochs, 1)
         check_int("num_minibatches", num_minibatches, 1)
-        if num_minibatches > env.num_envs:
-            raise ValueError(f"num_minibatches={num_minibatches} must be <= env.num_envs={env.num_envs} (episodes)")
         check_number("clip_range", clip_range, low=0.0, low_open=True)
         check_number("clip_range_vf", clip_range_vf, low=0.0, low_open=True, none_ok=True)
         check_number("gamma", gamma, low=0.0, high=1.0)
@@ -120,11 +117,19 @@ class PPO(Agent):
         check_number("ent_coef", ent_coef, low=0.0)
         check_number("max_grad_norm", max_grad_norm, low=0.0, low_open=True, none_ok=True)
         check_number("target_kl", target_kl, low=0.0, low_open=True, none_ok=True)
-        if reward_shaping not in REWARD_SHAPINGS:
-            raise ValueError(f"reward_shaping={reward_shaping!r} is not one of {REWARD_SHAPINGS}")
+        check_choice("whiten_advantages", whiten_advantages, (True, False))
+        check_choice("reward_shaping", reward_shaping, REWARD_SHAPINGS)
         check_number("ptx_coef", ptx_coef, low=0.0)
         if ptx_batch_size is not None:
             check_int("ptx_batch_size", ptx_batch_size, 1)
+        if ptx_texts is not None and not isinstance(ptx_texts, (str, os.PathLike, Sequence)):
+            raise InputError(f"ptx_texts must be a list of strings or a path to a .txt file, got "
+                             f"{type(ptx_texts).__name__}")
+        super().__init__(env, learning_rate=learning_rate, seed=seed, tensorboard_log=tensorboard_log, verbose=verbose)
+        if env.autoreset_mode != "disabled":
+            raise InputError("env: PPO plays synchronised episodes; build the env with autoreset_mode='disabled'")
+        if num_minibatches > env.num_envs:
+            raise InputError(f"num_minibatches={num_minibatches} must be <= env.num_envs={env.num_envs} (episodes)")
         self.vf_learning_rate = None if vf_learning_rate is None else float(vf_learning_rate)
         self.n_epochs = int(n_epochs)
         self.num_minibatches = int(num_minibatches)
@@ -226,6 +231,7 @@ class PPO(Agent):
         mask = rollout.action_mask  # (B, T)
         old_logprobs = rollout.logprobs  # log π_old(a_t|s_t) at sampling time
         rewards = self.token_rewards(rollout)
+        check_finite(self, "per-token rewards", rewards, self.max_grad_norm, rollout.rm_score)
 
         # V_old(s_t) from the hidden states the env's cached forward already computed while sampling: no
         # extra forward (the first minibatch below checks that a full forward reproduces the rollout).
@@ -236,6 +242,7 @@ class PPO(Agent):
             )
             if self.whiten_advantages:
                 advantages = whiten(advantages, mask)
+        check_finite(self, "advantages", advantages, self.max_grad_norm, rollout.rm_score)
 
         self.policy.train()
         stats: dict[str, list[float]] = {k: [] for k in (
@@ -277,12 +284,8 @@ class PPO(Agent):
                     loss = loss + self.ptx_coef * ptx_loss
                     stats["ptx_loss"].append(float(ptx_loss.detach()))
 
-                self.optimizer.zero_grad(set_to_none=True)
-                loss.backward()
-                if self.max_grad_norm is not None:
-                    nn.utils.clip_grad_norm_([*self.policy.parameters(), *self.value_head.parameters()],
-                                             self.max_grad_norm)
-                self.optimizer.step()
+                gradient_step(self, loss, self.optimizer, {"policy": self.policy, "value_head": self.value_head},
+                              self.max_grad_norm, rollout.rm_score)
 
                 stats["loss"].append(float(loss.detach()))
                 stats["policy_loss"].append(float(policy_loss.detach()))
@@ -319,7 +322,7 @@ class PPO(Agent):
         ids = [(t + [tokenizer.eos_token_id])[:limit] for t in tokenizer(texts, add_special_tokens=True)["input_ids"]]
         ids = [t for t in ids if len(t) >= 2]
         if not ids:
-            raise ValueError("ptx_texts: every text is empty after tokenisation; give non-empty pre-training text")
+            raise InputError("ptx_texts: every text is empty after tokenisation; give non-empty pre-training text")
         return ids
 
 
@@ -372,12 +375,12 @@ def load_ptx_texts(source: Sequence[str] | str | Path | None, seed: int | None =
     if isinstance(source, (str, Path)):
         path = Path(source)
         if not path.is_file():
-            raise ValueError(f"ptx_texts={str(source)!r} is not an existing .txt file (one text per line)")
-        texts = [line for line in path.read_text(encoding="utf-8").splitlines() if line.strip()]
+            raise InputError(f"ptx_texts={str(source)!r} is not an existing .txt file (one text per line)")
+        texts = [line for line in read_utf8(path, "ptx_texts").splitlines() if line.strip()]
     else:
         texts = list(source)
         if not all(isinstance(t, str) for t in texts):
-            raise ValueError("ptx_texts must be a list of strings or a path to a .txt file")
+            raise InputError("ptx_texts must be a list of strings or a path to a .txt file")
     if not texts:
-        raise ValueError("ptx_texts is empty; give at least one pre-training text")
+        raise InputError("ptx_texts is empty; give at least one pre-training text")
     return texts

@@ -17,8 +17,9 @@ import numpy as np
 import torch
 
 from textenv.agents.base import Agent
+from textenv.agents.gradient_step import check_finite, gradient_step
 from textenv.rollout import collect_rollout, masked_mean, score_rollout
-from textenv.validation import check_choice, check_number
+from textenv.validation import InputError, check_choice, check_number
 from textenv.vector_env import TextGenVectorEnv
 
 BASELINES = ("running", "batch", "loo", "none")
@@ -51,12 +52,13 @@ class Reinforce(Agent):
         tensorboard_log: str | None = None,
         verbose: int = 0,
     ) -> None:
-        super().__init__(env, learning_rate=learning_rate, seed=seed, tensorboard_log=tensorboard_log, verbose=verbose)
         check_choice("baseline", baseline, BASELINES)
-        if baseline == "loo" and env.group_size < 2:
-            raise ValueError("baseline='loo' needs K ≥ 2 samples per prompt: build the env with group_size >= 2")
         check_number("baseline_decay", baseline_decay, low=0.0, high=1.0, high_open=True)
+        check_choice("normalize_advantages", normalize_advantages, (True, False))
         check_number("max_grad_norm", max_grad_norm, low=0.0, low_open=True, none_ok=True)
+        super().__init__(env, learning_rate=learning_rate, seed=seed, tensorboard_log=tensorboard_log, verbose=verbose)
+        if baseline == "loo" and env.group_size < 2:
+            raise InputError("baseline='loo' needs K ≥ 2 samples per prompt: build the env with group_size >= 2")
         self.baseline = baseline
         self.baseline_decay = baseline_decay
         self.normalize_advantages = normalize_advantages
@@ -95,20 +97,18 @@ class Reinforce(Agent):
 
     def train_iteration(self) -> dict[str, float]:
         rollout = collect_rollout(self.env, self.generator)
+        check_finite(self, "returns", rollout.returns, self.max_grad_norm, rollout.rm_score)
         advantages = rollout.returns - self.compute_baseline(rollout.returns)
         if self.normalize_advantages and len(advantages) > 1:
             advantages = advantages / (advantages.std() + 1e-8)
+        check_finite(self, "advantages", advantages, self.max_grad_norm, rollout.rm_score)
         advantages_t = torch.as_tensor(advantages, dtype=torch.float32, device=self.env.device)
 
         self.policy.train()
         scores = score_rollout(self.policy, rollout)  # ONE forward per episode
         sequence_logprob = scores.logprobs.sum(dim=1)  # log π_θ(y|x) = Σ_t log π_θ(y_t|s_t)
         loss = -(advantages_t * sequence_logprob).mean()  # −(1/N) Σ_i (R_i − b_i) log π_θ(y^i|x^i)
-        self.optimizer.zero_grad(set_to_none=True)
-        loss.backward()
-        if self.max_grad_norm is not None:
-            torch.nn.utils.clip_grad_norm_(self.policy.parameters(), self.max_grad_norm)
-        self.optimizer.step()
+        gradient_step(self, loss, self.optimizer, {"policy": self.policy}, self.max_grad_norm, rollout.rm_score)
         self.policy.eval()
 
         if self.iterations % 10 == 0:

@@ -26,8 +26,9 @@ import numpy as np
 import torch
 
 from textenv.agents.base import Agent
+from textenv.agents.gradient_step import check_finite, gradient_step
 from textenv.rollout import collect_rollout, masked_mean, score_rollout
-from textenv.validation import check_int, check_number
+from textenv.validation import InputError, check_choice, check_int, check_number
 from textenv.vector_env import TextGenVectorEnv
 
 
@@ -69,20 +70,21 @@ class RLOO(Agent):
         tensorboard_log: str | None = None,
         verbose: int = 0,
     ) -> None:
+        check_int("n_epochs", n_epochs, 1)
+        check_int("num_minibatches", num_minibatches, 1)
+        check_number("clip_range", clip_range, low=0.0, low_open=True)
+        check_choice("normalize_advantages", normalize_advantages, (True, False))
+        check_number("max_grad_norm", max_grad_norm, low=0.0, low_open=True, none_ok=True)
         super().__init__(env, learning_rate=learning_rate, seed=seed, tensorboard_log=tensorboard_log, verbose=verbose)
         if env.autoreset_mode != "disabled":
-            raise ValueError("env: RLOO plays synchronised episodes; build the env with autoreset_mode='disabled'")
+            raise InputError("env: RLOO plays synchronised episodes; build the env with autoreset_mode='disabled'")
         if env.group_size < 2:
-            raise ValueError(
+            raise InputError(
                 f"env.group_size={env.group_size}: RLOO needs K >= 2 samples per prompt for its leave-one-out "
                 "baseline; build the env with group_size=K (e.g. 4) and num_envs a multiple of K"
             )
-        check_int("n_epochs", n_epochs, 1)
-        check_int("num_minibatches", num_minibatches, 1)
         if num_minibatches > env.num_envs:
-            raise ValueError(f"num_minibatches={num_minibatches} must be <= env.num_envs={env.num_envs} (episodes)")
-        check_number("clip_range", clip_range, low=0.0, low_open=True)
-        check_number("max_grad_norm", max_grad_norm, low=0.0, low_open=True, none_ok=True)
+            raise InputError(f"num_minibatches={num_minibatches} must be <= env.num_envs={env.num_envs} (episodes)")
         self.n_epochs = int(n_epochs)
         self.num_minibatches = int(num_minibatches)
         self.clip_range = float(clip_range)
@@ -103,9 +105,11 @@ class RLOO(Agent):
     def train_iteration(self) -> dict[str, float]:
         rollout = collect_rollout(self.env, self.generator)
         mask = rollout.action_mask  # (B, T)
+        check_finite(self, "returns", rollout.returns, self.max_grad_norm, rollout.rm_score)
         advantages = leave_one_out_advantages(rollout.returns, self.env.group_size)
         if self.normalize_advantages and advantages.std() > 0:
             advantages = advantages / (advantages.std() + 1e-8)
+        check_finite(self, "advantages", advantages, self.max_grad_norm, rollout.rm_score)
         advantages_t = torch.as_tensor(advantages, dtype=torch.float32, device=mask.device)
         old_sequence_logprob = (rollout.logprobs * mask).sum(dim=1)  # log π_old(y|x), sampling time
 
@@ -121,11 +125,7 @@ class RLOO(Agent):
                 ratio = log_ratio.exp()  # ρ_i = π_θ(y_i|x) / π_old(y_i|x)
                 adv = advantages_t[idx]
                 loss = torch.max(-adv * ratio, -adv * ratio.clamp(1 - self.clip_range, 1 + self.clip_range)).mean()
-                self.optimizer.zero_grad(set_to_none=True)
-                loss.backward()
-                if self.max_grad_norm is not None:
-                    torch.nn.utils.clip_grad_norm_(self.policy.parameters(), self.max_grad_norm)
-                self.optimizer.step()
+                gradient_step(self, loss, self.optimizer, {"policy": self.policy}, self.max_grad_norm, rollout.rm_score)
                 with torch.no_grad():
                     token_log_ratio = logprobs - rollout.logprobs[idx] * m
                     stats["loss"].append(float(loss.detach()))

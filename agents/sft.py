@@ -35,11 +35,12 @@ import torch
 from transformers import PreTrainedModel, PreTrainedTokenizerBase
 
 from textenv.agents.base import Agent
+from textenv.agents.gradient_step import gradient_step
 from textenv.corpus import generate_reviews
 from textenv.logprobs import chosen_logprobs, entropy
 from textenv.preferences import PreferencePair, PreferenceRanking, as_preference_rows
 from textenv.rollout import masked_mean
-from textenv.validation import check_int
+from textenv.validation import InputError, check_choice, check_int, check_number
 from textenv.vector_env import TextGenVectorEnv
 
 #: Anything :func:`load_demonstrations` accepts.
@@ -67,12 +68,12 @@ def load_demonstrations(
         else:
             pairs = [_demonstration(item, f"demonstrations[{i}]") for i, item in enumerate(source)]
     else:
-        raise TypeError(
+        raise InputError(
             "demonstrations must be None, a .jsonl/.txt path or a list of texts / (prompt, completion) pairs, "
             f"got {type(source).__name__}"
         )
     if not pairs:
-        raise ValueError("demonstrations is empty: give at least one text or (prompt, completion) pair")
+        raise InputError("demonstrations is empty: give at least one text or (prompt, completion) pair")
     return pairs
 
 
@@ -97,23 +98,23 @@ def _demonstration(item: Any, where: str) -> tuple[str, str]:
         elif "text" in item:
             pair = ("", item["text"])
         else:
-            raise ValueError(f'{where}: an object needs a "completion" (and optional "prompt") or a "text" field')
+            raise InputError(f'{where}: an object needs a "completion" (and optional "prompt") or a "text" field')
     elif isinstance(item, (tuple, list)) and len(item) == 2:
         pair = (item[0], item[1])
     else:
-        raise ValueError(f"{where}={item!r} is not a text, a (prompt, completion) pair or a dict")
+        raise InputError(f"{where}={item!r} is not a text, a (prompt, completion) pair or a dict")
     prompt, completion = pair
     if not isinstance(prompt, str) or not isinstance(completion, str):
-        raise ValueError(f"{where}: prompt and completion must be strings, got {pair!r}")
+        raise InputError(f"{where}: prompt and completion must be strings, got {pair!r}")
     if not completion.strip():
-        raise ValueError(f"{where}: the completion is empty; every demonstration needs text to clone")
+        raise InputError(f"{where}: the completion is empty; every demonstration needs text to clone")
     return prompt, completion
 
 
 def _demonstrations_from_file(path: Path) -> list[tuple[str, str]]:
     if not path.is_file():
-        raise ValueError(f"demonstrations={str(path)!r} is not an existing .jsonl or .txt file")
-    lines = [(number, line) for number, line in enumerate(path.read_text(encoding="utf-8").splitlines(), 1)
+        raise InputError(f"demonstrations={str(path)!r} is not an existing .jsonl or .txt file")
+    lines = [(number, line) for number, line in enumerate(read_utf8(path, "demonstrations").splitlines(), 1)
              if line.strip()]
     if path.suffix != ".jsonl":
         return [("", line) for _, line in lines]
@@ -122,10 +123,21 @@ def _demonstrations_from_file(path: Path) -> list[tuple[str, str]]:
         try:
             rows.append((f"{path}:{number}", json.loads(line)))
         except json.JSONDecodeError as err:
-            raise ValueError(f"{path}:{number}: not valid JSON ({err.msg})") from err
+            raise InputError(f"{path}:{number}: not valid JSON ({err.msg})") from err
     if rows and _is_preference(rows[0][1]):
         return _preferred_completions(path)  # parsed and validated by textenv.preferences
     return [_demonstration(row, where) for where, row in rows]
+
+
+def read_utf8(path: Path, argument: str) -> str:
+    """The text of ``path``; a file that is not UTF-8 raises :class:`InputError` naming ``argument``, the file
+    and the line."""
+    raw = path.read_bytes()
+    try:
+        return raw.decode("utf-8")
+    except UnicodeDecodeError as err:
+        line = raw[: err.start].count(b"\n") + 1
+        raise InputError(f"{argument}: {path}:{line} is not UTF-8 text ({err.reason}); save the file as UTF-8") from None
 
 
 # ---------------------------------------------------------------------------------------------- tokens
@@ -172,7 +184,7 @@ def encode_pairs(
     completion's tokens (plus EOS when ``append_eos``, so the policy learns where to stop).
 
     An empty prompt becomes the BOS token (EOS if there is none). A completion longer than
-    ``max_length − len(prompt)`` is cut at the end; a prompt that leaves no room raises ``ValueError``.
+    ``max_length − len(prompt)`` is cut at the end; a prompt that leaves no room raises ``InputError``.
     """
     start = tokenizer.bos_token_id if tokenizer.bos_token_id is not None else tokenizer.eos_token_id
     prompt_ids = tokenizer(list(prompts), add_special_tokens=True)["input_ids"]
@@ -182,11 +194,11 @@ def encode_pairs(
         p = list(p) or [start]
         c = list(c) + ([tokenizer.eos_token_id] if append_eos else [])
         if not c:
-            raise ValueError(f"completion {i} ({completions[i]!r}) tokenizes to nothing and append_eos=False")
+            raise InputError(f"completion {i} ({completions[i]!r}) tokenizes to nothing and append_eos=False")
         if max_length is not None:
             room = max_length - len(p)
             if room < 1:
-                raise ValueError(
+                raise InputError(
                     f"prompt {i} ({prompts[i][:60]!r}) has {len(p)} tokens, leaving no room for a completion "
                     f"within max_length={max_length}; shorten it or raise max_length"
                 )
@@ -258,11 +270,13 @@ class SFT(Agent):
         tensorboard_log: str | None = None,
         verbose: int = 0,
     ) -> None:
+        check_int("num_demonstrations", num_demonstrations, 1)
+        check_int("batch_size", batch_size, 1)
+        check_number("max_grad_norm", max_grad_norm, low=0.0, low_open=True, none_ok=True)
+        check_choice("append_eos", append_eos, (True, False))
+        if max_length is not None:
+            check_int("max_length", max_length, 2)  # at least one prompt token and one completion token
         super().__init__(env, learning_rate=learning_rate, seed=seed, tensorboard_log=tensorboard_log, verbose=verbose)
-        check_int("batch_size", batch_size)
-        check_int("num_demonstrations", num_demonstrations)
-        if max_grad_norm is not None and max_grad_norm <= 0:
-            raise ValueError(f"max_grad_norm={max_grad_norm} must be > 0 or None")
         self.demonstrations = demonstrations
         self.num_demonstrations = num_demonstrations
         self.batch_size = batch_size
@@ -301,11 +315,7 @@ class SFT(Agent):
         self.policy.train()
         logprobs, logits = completion_logprobs(self.policy, batch)
         loss = -masked_mean(logprobs, batch.target_mask)  # −(1/N_tok) Σ log π_θ(y_t | x, y_<t)
-        self.optimizer.zero_grad(set_to_none=True)
-        loss.backward()
-        if self.max_grad_norm is not None:
-            torch.nn.utils.clip_grad_norm_(self.policy.parameters(), self.max_grad_norm)
-        self.optimizer.step()
+        gradient_step(self, loss, self.optimizer, {"policy": self.policy}, self.max_grad_norm)
         self.policy.eval()
         with torch.no_grad():
             mean_entropy = masked_mean(entropy(logits.detach()), batch.target_mask)
@@ -361,7 +371,7 @@ class MinibatchSampler:
 
     def load_state_dict(self, state: dict[str, Any]) -> None:
         if len(state["order"]) != self.num_items:
-            raise ValueError(
+            raise InputError(
                 f"the checkpoint's data has {len(state['order'])} items, this agent's has {self.num_items}: "
                 "resume with the same demonstrations/preferences"
             )

@@ -10,6 +10,7 @@ import torch
 
 from textenv.agents.dpo import DPO, LRML, dpo_loss, load_pairs, lrml_loss
 from textenv.agents.sft import SFT, collate, encode_pairs, load_demonstrations
+from textenv.validation import InputError
 from textenv.vector_env import TextGenVectorEnv
 
 PREFERENCES = [
@@ -128,7 +129,7 @@ def test_sft_data_sources(tmp_path, preference_file):
         load_demonstrations([("p", "  ")])
     with pytest.raises(ValueError, match="not an existing"):
         load_demonstrations(tmp_path / "missing.jsonl")
-    with pytest.raises(TypeError, match="demonstrations must be"):
+    with pytest.raises(InputError, match="demonstrations must be"):
         load_demonstrations(3)
 
 

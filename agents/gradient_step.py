@@ -1,0 +1,152 @@
+"""The one optimizer step every native agent takes, guarded against NaN and ±inf.
+
+:func:`gradient_step` is ``zero_grad → backward → clip_grad_norm_ → step`` (the same operations in the same
+order as a hand-written step, so seeded runs are unchanged) with three checks:
+
+1. the loss is finite, before ``backward``;
+2. the gradient norm is finite, before ``step`` (and before clipping, which would spread a NaN to every
+   gradient), naming the first parameter whose gradient is not;
+3. the parameters are finite after ``step`` (Adam with a huge learning rate can overflow them).
+
+A failed check raises :class:`TrainingDivergedError`. Checks 1 and 2 fire before the optimizer steps, so the
+weights in memory are exactly those from before the step; all three fire inside ``train_iteration``, before
+``Agent.learn`` writes a checkpoint, so the last checkpoint on disk stays as it was.
+:func:`check_finite` refuses non-finite rewards / returns / advantages before they reach a loss.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterable, Mapping
+from typing import Protocol
+
+import numpy as np
+import torch
+from torch import nn
+
+
+class TrainingDivergedError(RuntimeError):
+    """Training produced NaN or ±inf (loss, gradient, rewards, advantages or weights) and was stopped.
+
+    The message names the agent, the iteration, the non-finite quantity and the likely cause with its fix.
+    ``user_facing``: the ``textenv`` CLI prints it as one line, like an ``InputError``.
+    """
+
+    user_facing = True
+
+
+class Trainer(Protocol):
+    """What the error message needs from the object being trained (every ``Agent`` is one)."""
+
+    name: str
+    iterations: int  # completed iterations; the failing one is iterations + 1
+    learning_rate: float
+
+
+#: What the error says about the model's weights, by where the check fired.
+WEIGHTS_UNCHANGED = ("No update was applied: the weights in memory and any checkpoint saved before are as "
+                     "they were.")
+WEIGHTS_DAMAGED = ("The weights in memory are no longer usable; any checkpoint saved before is as it was: "
+                   "resume from it with the fix below.")
+
+
+def diverged(
+    trainer: Trainer,
+    problem: str,
+    weights: str = WEIGHTS_UNCHANGED,
+    max_grad_norm: float | None = None,
+    rewards: np.ndarray | None = None,
+    rewards_label: str = "reward-model scores",
+) -> TrainingDivergedError:
+    """The error for ``problem`` (e.g. ``"the loss is nan"``) at ``trainer``'s current iteration.
+
+    ``rewards`` (any shape) are quoted as a range, the usual suspect besides the learning rate.
+    """
+    cause = f"learning_rate={trainer.learning_rate:g} is too high"
+    fix = "lower learning_rate (e.g. by 10x)"
+    if rewards is not None and np.size(rewards):
+        values = np.asarray(rewards, dtype=np.float64)
+        cause += (f" or the reward scale is too large ({rewards_label} of this rollout span "
+                  f"[{np.min(values):.3g}, {np.max(values):.3g}])")
+        fix += ", normalise or scale down the rewards"
+    fix += ", or set max_grad_norm (e.g. 1.0)" if max_grad_norm is None else f" (max_grad_norm={max_grad_norm:g})"
+    return TrainingDivergedError(
+        f"{trainer.name}: training diverged at iteration {trainer.iterations + 1}: {problem}. {weights} "
+        f"Likely cause: {cause}. Fix: {fix}."
+    )
+
+
+def check_finite(
+    trainer: Trainer,
+    quantity: str,
+    values: np.ndarray | torch.Tensor,
+    max_grad_norm: float | None = None,
+    rewards: np.ndarray | None = None,
+) -> None:
+    """Refuse non-finite ``values`` (e.g. ``quantity="advantages"``) before they reach a loss."""
+    array = values.detach().cpu().numpy() if isinstance(values, torch.Tensor) else np.asarray(values)
+    bad = ~np.isfinite(array)
+    if bad.any():
+        raise diverged(trainer, f"{int(bad.sum())} of {bad.size} {quantity} are non-finite (first: "
+                       f"{array[bad].flat[0]})", max_grad_norm=max_grad_norm, rewards=rewards)
+
+
+def gradient_step(
+    trainer: Trainer,
+    loss: torch.Tensor,
+    optimizer: torch.optim.Optimizer,
+    modules: Mapping[str, nn.Module],
+    max_grad_norm: float | None,
+    rewards: np.ndarray | None = None,
+) -> None:
+    """One guarded update: minimise the scalar ``loss`` over the parameters of ``modules`` with ``optimizer``.
+
+    Args:
+        trainer: the agent (named in the error).
+        loss: scalar tensor with a graph.
+        optimizer: steps the parameters of ``modules``.
+        modules: trained modules by name (``{"policy": ..., "value_head": ...}``); their parameters, in this
+            order, are the ones whose gradient norm is clipped (names prefix parameter names in the error).
+        max_grad_norm: clip the global L2 gradient norm to this (``None``: no clipping).
+        rewards: this rollout's rewards, quoted in the error's likely cause.
+
+    Raises:
+        TrainingDivergedError: non-finite loss or gradient (nothing stepped), or non-finite parameters after
+            the step.
+    """
+    if not bool(torch.isfinite(loss.detach()).all()):
+        raise diverged(trainer, f"the loss is {loss.detach().float().item()}", max_grad_norm=max_grad_norm,
+                       rewards=rewards)
+    optimizer.zero_grad(set_to_none=True)
+    loss.backward()
+    parameters = [p for module in modules.values() for p in module.parameters()]
+    grads = [p.grad for p in parameters if p.grad is not None]
+    # clip_grad_norm_ is exactly get_total_norm + clip_grads_with_norm_; split so a NaN is seen before the
+    # clipping multiplies every gradient by it.
+    total_norm = torch.nn.utils.get_total_norm(grads) if max_grad_norm is not None else None
+    if not (all_finite(grads) if total_norm is None else bool(torch.isfinite(total_norm))):
+        where = first_nonfinite(modules, gradients=True)
+        raise diverged(trainer, f"the gradient is non-finite (first at {where})", max_grad_norm=max_grad_norm,
+                       rewards=rewards)
+    if total_norm is not None:
+        torch.nn.utils.clip_grads_with_norm_(parameters, max_grad_norm, total_norm)
+    optimizer.step()
+    if not all_finite(parameters):
+        where = first_nonfinite(modules, gradients=False)
+        raise diverged(trainer, f"the update made the weights non-finite (first: {where})", WEIGHTS_DAMAGED,
+                       max_grad_norm=max_grad_norm, rewards=rewards)
+
+
+def all_finite(tensors: Iterable[torch.Tensor]) -> bool:
+    """Every element of every tensor is finite (one device sync)."""
+    flags = [torch.isfinite(t.detach()).all() for t in tensors]
+    return bool(torch.stack(flags).all()) if flags else True
+
+
+def first_nonfinite(modules: Mapping[str, nn.Module], gradients: bool) -> str:
+    """``"<module>.<parameter>"`` of the first parameter (or its gradient) holding a NaN or ±inf."""
+    for module_name, module in modules.items():
+        for name, parameter in module.named_parameters():
+            tensor = parameter.grad if gradients else parameter
+            if tensor is not None and not bool(torch.isfinite(tensor).all()):
+                return f"{module_name}.{name}"
+    return "an unnamed parameter"
