@@ -55,7 +55,16 @@ from transformers import AutoConfig, AutoModelForCausalLM, PreTrainedModel
 
 from textenv.action_masks import top_k_mask, top_p_mask
 from textenv.agents.base import Agent
+from textenv.agents.gradient_step import (
+    WEIGHTS_DAMAGED,
+    WEIGHTS_UNCHANGED,
+    TrainingDivergedError,
+    all_finite,
+    diverged,
+    first_nonfinite,
+)
 from textenv.lora import is_peft_model
+from textenv.validation import check_choice, check_int, check_number
 from textenv.vector_env import TextGenVectorEnv, disable_dropout
 
 
@@ -611,6 +620,50 @@ class _EpisodeStats(BaseCallback):
         return True
 
 
+class _RefuseNonFiniteRollout(BaseCallback):
+    """Stops SB3 before its update when the rollout's returns or advantages hold NaN or ±inf."""
+
+    def __init__(self, agent: SB3Agent) -> None:
+        super().__init__()
+        self.agent = agent
+
+    def _on_step(self) -> bool:
+        return True
+
+    def _on_rollout_end(self) -> None:
+        buffer = self.model.rollout_buffer
+        for quantity in ("returns", "advantages"):
+            bad = ~np.isfinite(getattr(buffer, quantity))
+            if bad.any():
+                raise diverged(self.agent, f"{int(bad.sum())} of {bad.size} {quantity} are non-finite",
+                               max_grad_norm=self.model.max_grad_norm, rewards=buffer.rewards,
+                               rewards_label="env rewards")
+
+
+def check_sb3_arguments(
+    n_steps: int | None, gamma: float, gae_lambda: float, ent_coef: float, vf_coef: float, max_grad_norm: float,
+    normalize_advantage: bool,
+) -> None:
+    """The arguments every SB3 on-policy agent takes; :class:`InputError` naming the first bad one."""
+    if n_steps is not None:
+        check_int("n_steps", n_steps, 1)
+    check_number("gamma", gamma, low=0.0, high=1.0)
+    check_number("gae_lambda", gae_lambda, low=0.0, high=1.0)
+    check_number("ent_coef", ent_coef, low=0.0)
+    check_number("vf_coef", vf_coef, low=0.0)
+    check_number("max_grad_norm", max_grad_norm, low=0.0, low_open=True)  # SB3 always clips: no None
+    check_choice("normalize_advantage", normalize_advantage, (True, False))
+
+
+def check_sb3_ppo_arguments(batch_size: int | None, n_epochs: int, clip_range: float, target_kl: float | None) -> None:
+    """The arguments of the SB3 PPO agents besides :func:`check_sb3_arguments`'."""
+    if batch_size is not None:
+        check_int("batch_size", batch_size, 1)
+    check_int("n_epochs", n_epochs, 1)
+    check_number("clip_range", clip_range, low=0.0, low_open=True)
+    check_number("target_kl", target_kl, low=0.0, low_open=True, none_ok=True)
+
+
 class SB3Agent(Agent):
     """Shared machinery: wraps an SB3 on-policy algorithm built on :class:`TextGenSB3VecEnv`.
 
@@ -628,8 +681,6 @@ class SB3Agent(Agent):
     def _setup_sb3(self, n_steps: int | None, algorithm_kwargs: dict[str, Any],
                    mask_top_k: int | None = None, mask_top_p: float | None = None) -> None:
         self.n_steps = self.env.max_new_tokens if n_steps is None else n_steps
-        if isinstance(self.n_steps, bool) or not isinstance(self.n_steps, int) or self.n_steps < 1:
-            raise ValueError(f"n_steps={n_steps!r} must be an integer >= 1 (env steps per row per iteration)")
         self.algorithm_kwargs = algorithm_kwargs  # as given (saved by hyperparameters())
         rollout_size = self.n_steps * self.env.num_envs
         if "batch_size" in algorithm_kwargs:  # default: the whole rollout; at most the rollout; SB3 needs >= 2
@@ -644,6 +695,33 @@ class SB3Agent(Agent):
         self.model.set_logger(Logger(folder=None, output_formats=[]))  # the Agent base logs to TensorBoard
         self.policy = self.model.policy.lm
         assert self.policy is self.env.policy
+        self._guard_optimizer(self.model.policy.optimizer)
+
+    def _guard_optimizer(self, optimizer: torch.optim.Optimizer) -> None:
+        """SB3 steps the optimizer itself: hooks refuse a non-finite gradient before every step (nothing is
+        applied) and non-finite weights after it, with :class:`TrainingDivergedError`."""
+        modules = {"policy": self.model.policy}
+
+        def parameters() -> list[torch.Tensor]:
+            return [p for group in optimizer.param_groups for p in group["params"]]
+
+        def before_step(opt: torch.optim.Optimizer, args: Any, kwargs: Any) -> None:
+            if not all_finite(p.grad for p in parameters() if p.grad is not None):
+                # SB3 has clipped already, which spreads a NaN norm to every gradient: no parameter is named.
+                raise self._diverged("the gradient is non-finite")
+
+        def after_step(opt: torch.optim.Optimizer, args: Any, kwargs: Any) -> None:
+            if not all_finite(parameters()):
+                where = first_nonfinite(modules, gradients=False)
+                raise self._diverged(f"the update made the weights non-finite (first: {where})", WEIGHTS_DAMAGED)
+
+        optimizer.register_step_pre_hook(before_step)
+        optimizer.register_step_post_hook(after_step)
+
+    def _diverged(self, problem: str, weights: str = WEIGHTS_UNCHANGED) -> TrainingDivergedError:
+        """:func:`~textenv.agents.gradient_step.diverged` with this SB3 rollout's rewards and clip norm."""
+        return diverged(self, problem, weights, max_grad_norm=self.model.max_grad_norm,
+                        rewards=self.model.rollout_buffer.rewards, rewards_label="env rewards")
 
     def hyperparameters(self) -> dict[str, Any]:
         return {**super().hyperparameters(), "n_steps": self.n_steps, **self.algorithm_kwargs}
@@ -686,9 +764,13 @@ class SB3Agent(Agent):
 
     def train_iteration(self) -> dict[str, float]:
         stats = _EpisodeStats()
-        self.model.learn(total_timesteps=self.n_steps * self.env.num_envs, callback=stats,
-                         reset_num_timesteps=False, progress_bar=False)
+        self.model.learn(total_timesteps=self.n_steps * self.env.num_envs,
+                         callback=[stats, _RefuseNonFiniteRollout(self)], reset_num_timesteps=False,
+                         progress_bar=False)
         sb3_values = dict(self.model.logger.name_to_value)
+        for key, value in sb3_values.items():  # a backstop: a NaN loss has a NaN gradient, refused above
+            if key.startswith("train/") and key.endswith("loss") and not np.isfinite(value):
+                raise self._diverged(f"SB3 logged {key}={value}", WEIGHTS_DAMAGED)
         metrics: dict[str, float] = {"num_tokens": self.n_steps * self.env.num_envs,
                                      "rollout/kl_coef": self.env.kl_coef}
         episodes = stats.episodes
@@ -753,6 +835,8 @@ class SB3PPO(SB3Agent):
         tensorboard_log: str | None = None,
         verbose: int = 0,
     ) -> None:
+        check_sb3_arguments(n_steps, gamma, gae_lambda, ent_coef, vf_coef, max_grad_norm, normalize_advantage)
+        check_sb3_ppo_arguments(batch_size, n_epochs, clip_range, target_kl)
         super().__init__(env, learning_rate=learning_rate, seed=seed, tensorboard_log=tensorboard_log, verbose=verbose)
         self._setup_sb3(n_steps, {
             "batch_size": batch_size,
@@ -788,6 +872,8 @@ class SB3A2C(SB3Agent):
         tensorboard_log: str | None = None,
         verbose: int = 0,
     ) -> None:
+        check_sb3_arguments(n_steps, gamma, gae_lambda, ent_coef, vf_coef, max_grad_norm, normalize_advantage)
+        check_choice("use_rms_prop", use_rms_prop, (True, False))
         super().__init__(env, learning_rate=learning_rate, seed=seed, tensorboard_log=tensorboard_log, verbose=verbose)
         self._setup_sb3(n_steps, {
             "gamma": gamma, "gae_lambda": gae_lambda, "ent_coef": ent_coef, "vf_coef": vf_coef,
@@ -828,6 +914,11 @@ class MaskablePPOAgent(SB3Agent):
         tensorboard_log: str | None = None,
         verbose: int = 0,
     ) -> None:
+        check_sb3_arguments(n_steps, gamma, gae_lambda, ent_coef, vf_coef, max_grad_norm, normalize_advantage)
+        check_sb3_ppo_arguments(batch_size, n_epochs, clip_range, target_kl)
+        check_number("mask_top_p", mask_top_p, low=0.0, high=1.0, low_open=True, none_ok=True)
+        if mask_top_k is not None:
+            check_int("mask_top_k", mask_top_k, 1)
         super().__init__(env, learning_rate=learning_rate, seed=seed, tensorboard_log=tensorboard_log, verbose=verbose)
         self.mask_top_p, self.mask_top_k = mask_top_p, mask_top_k
         self._setup_sb3(n_steps, {
