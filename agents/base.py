@@ -3,7 +3,36 @@
 An agent is built on a :class:`~textenv.vector_env.TextGenVectorEnv` and trains the env's policy model
 in place. Subclasses implement :meth:`Agent.train_iteration` (collect experience + update, return
 metrics); the base class owns the loop: progress bar, TensorBoard scalars (same names for every agent, so
-curves overlay), periodic atomic checkpoints, ``save`` / ``load`` / exact resume, and ``predict``.
+curves overlay), periodic atomic checkpoints, Ctrl-C handling, ``save`` / ``load`` / exact resume, and
+``predict``.
+
+Checkpoint layout (:meth:`Agent.save`; nothing in it is pickled, and loading never unpickles)::
+
+    DIR/
+      textenv.json                manifest: kind "agent_checkpoint", every file's size and SHA-256
+      agent.json                  agent name, hyper-parameters, counters, env settings (TextGenVectorEnv.spec_kwargs),
+                                  names of the trainable modules
+      policy/                     save_pretrained of the policy (model.safetensors, config.json) + its tokenizer;
+                                  with LoRA the adapters merged in (``from_pretrained``-ready)
+      adapter/                    LoRA only: the adapters (adapter_model.safetensors, adapter_config.json)
+      modules.safetensors         the other trainable modules (e.g. PPO's value head), keys "NAME.PARAM"
+      trainer_state.json          everything else an exact resume needs, as JSON: optimizer hyper-parameters and
+                                  step counts, torch / NumPy / Python / env RNG states, the agent's generator,
+                                  β and its window, counters, the algorithm's state (running baselines,
+                                  samplers, SB3 episodes in progress); each tensor or array in it is a reference
+                                  into trainer_state.safetensors (:func:`textenv.checkpoint.write_state`)
+      trainer_state.safetensors   those tensors and arrays (Adam moments, RNG states, engine rows, ...)
+
+The directory is written by :func:`textenv.checkpoint.atomic_directory` (a killed save leaves the previous
+checkpoint loadable; a directory holding files textenv did not write is never replaced). Checkpoints of
+textenv versions that wrote ``trainer_state.pt`` (a pickle) are refused with a hint to restart from their
+weights.
+
+Ctrl-C during :meth:`Agent.learn` (main thread): the first lets the iteration in progress finish, saves a
+checkpoint to ``checkpoint_dir`` (when given) and raises :class:`TrainingInterrupted` (a
+``KeyboardInterrupt``); a second one raises ``KeyboardInterrupt`` at once, without saving (the previous
+checkpoint stays intact). Resuming from the checkpoint saved at the interrupt is bit-identical to a run that
+was never interrupted.
 """
 
 from __future__ import annotations
@@ -11,21 +40,49 @@ from __future__ import annotations
 import copy
 import json
 import random
+import signal
+import sys
+import threading
 import time
+import warnings
 from abc import ABC, abstractmethod
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any, ClassVar
 
 import numpy as np
 import torch
-from safetensors.torch import load_file, save_file
+from safetensors.torch import save_file
 from tqdm.auto import tqdm
 
-from textenv.checkpoint import atomic_directory
+from textenv.checkpoint import (
+    atomic_directory,
+    check_safetensors,
+    pickle_files,
+    read_json,
+    read_state,
+    read_tensors,
+    recover_directory,
+    verify_directory,
+    write_state,
+)
 from textenv.lora import is_peft_model
+from textenv.models import resolve_model_path
 from textenv.rollout import sample_actions
-from textenv.validation import check_positive
+from textenv.validation import InputError, check_int, check_positive
 from textenv.vector_env import TextGenVectorEnv
+
+#: ``kind`` of agent checkpoints in their ``textenv.json`` manifest.
+CHECKPOINT_KIND = "agent_checkpoint"
+#: Checkpoint file names (see the module docstring).
+AGENT_FILE = "agent.json"
+MODULES_FILE = "modules.safetensors"
+TRAINER_STATE = "trainer_state"
+#: The resume-only files (optimizer state, RNGs...): a checkpoint without them still holds usable weights.
+TRAINER_STATE_FILES = (f"{TRAINER_STATE}.json", f"{TRAINER_STATE}.safetensors")
+#: ``agent.json``'s ``"format"`` and ``"version"`` (version 2: trainer state as JSON + safetensors).
+AGENT_FORMAT = "textenv-agent-checkpoint"
+AGENT_FORMAT_VERSION = 2
 
 #: Scalar names every agent writes (a metric key ``"rollout/reward"`` becomes that TensorBoard tag).
 SCALARS = (
@@ -114,35 +171,61 @@ class Agent(ABC):
         """Train until ``num_timesteps`` (tokens generated) reaches ``total_timesteps``.
 
         With ``checkpoint_dir`` and ``checkpoint_every`` > 0, an atomic checkpoint is written every that
-        many iterations (and always at the end when ``checkpoint_dir`` is given).
+        many iterations (and always at the end when ``checkpoint_dir`` is given). An exception inside an
+        iteration propagates without saving: the last checkpoint stays as it was.
+
+        Ctrl-C (SIGINT, when called from the main thread): the first lets the iteration in progress finish,
+        then saves to ``checkpoint_dir`` (if given) and raises :class:`TrainingInterrupted`; a second one
+        raises ``KeyboardInterrupt`` at once without saving. The previous SIGINT handler is restored when
+        ``learn`` returns or raises.
         """
-        if isinstance(total_timesteps, bool) or not isinstance(total_timesteps, int) or total_timesteps < 1:
-            raise ValueError(f"total_timesteps={total_timesteps!r} must be an integer >= 1")
+        check_int("total_timesteps", total_timesteps, 1)
+        check_int("checkpoint_every", checkpoint_every, 0)
         bar = tqdm(total=total_timesteps, initial=min(self.num_timesteps, total_timesteps), disable=not progress_bar,
                    unit="tok", desc=self.name)
-        while self.num_timesteps < total_timesteps:
-            start = time.perf_counter()
-            metrics = self.train_iteration()
-            seconds = time.perf_counter() - start
-            tokens = int(metrics.pop("num_tokens"))
-            self.num_timesteps += tokens
-            self.iterations += 1
-            metrics["time/tokens_per_s"] = tokens / max(seconds, 1e-9)
-            self.last_metrics = metrics
-            self._log(metrics)
-            bar.update(min(tokens, total_timesteps - bar.n))
-            bar.set_postfix({k.split("/")[-1]: f"{v:.3f}" for k, v in metrics.items() if k in SCALARS[:4]})
-            if self.verbose and not progress_bar:
-                print(f"[{self.name}] it={self.iterations} steps={self.num_timesteps} "
-                      + " ".join(f"{k}={v:.4g}" for k, v in metrics.items()))
-            if checkpoint_dir and checkpoint_every and self.iterations % checkpoint_every == 0:
-                self.save(checkpoint_dir)
-        bar.close()
-        if checkpoint_dir:
-            self.save(checkpoint_dir)
-        if self._writer is not None:
-            self._writer.flush()
+        try:
+            with _GracefulInterrupt() as interrupt:
+                while self.num_timesteps < total_timesteps:
+                    self._learn_iteration(bar, total_timesteps, progress_bar)
+                    due = bool(checkpoint_every) and self.iterations % checkpoint_every == 0
+                    if checkpoint_dir and (due or interrupt.requested):
+                        self.save(checkpoint_dir)
+                    if interrupt.requested:
+                        raise self._interrupted(checkpoint_dir)
+                if checkpoint_dir:
+                    self.save(checkpoint_dir)
+                if interrupt.requested:
+                    raise self._interrupted(checkpoint_dir)
+        finally:
+            bar.close()
+            if self._writer is not None:
+                self._writer.flush()
         return self
+
+    def _learn_iteration(self, bar: tqdm, total_timesteps: int, progress_bar: bool) -> None:
+        """One :meth:`train_iteration` with its bookkeeping: counters, metrics, TensorBoard, progress bar."""
+        start = time.perf_counter()
+        metrics = self.train_iteration()
+        seconds = time.perf_counter() - start
+        tokens = int(metrics.pop("num_tokens"))
+        self.num_timesteps += tokens
+        self.iterations += 1
+        metrics["time/tokens_per_s"] = tokens / max(seconds, 1e-9)
+        self.last_metrics = metrics
+        self._log(metrics)
+        bar.update(min(tokens, total_timesteps - bar.n))
+        bar.set_postfix({k.split("/")[-1]: f"{v:.3f}" for k, v in metrics.items() if k in SCALARS[:4]})
+        if self.verbose and not progress_bar:
+            print(f"[{self.name}] it={self.iterations} steps={self.num_timesteps} "
+                  + " ".join(f"{k}={v:.4g}" for k, v in metrics.items()))
+
+    def _interrupted(self, checkpoint_dir: str | Path | None) -> TrainingInterrupted:
+        where = f"checkpoint saved to {checkpoint_dir}" if checkpoint_dir else "no checkpoint_dir, nothing saved"
+        return TrainingInterrupted(
+            f"training interrupted after iteration {self.iterations} ({self.num_timesteps} tokens); {where}",
+            checkpoint=Path(checkpoint_dir) if checkpoint_dir else None,
+            iterations=self.iterations, num_timesteps=self.num_timesteps,
+        )
 
     def log_samples(self, prompts: list[str], texts: list[str], n: int = 4) -> None:
         """Write a markdown table of sample completions to TensorBoard (tag ``samples``)."""
@@ -190,12 +273,14 @@ class Agent(ABC):
 
     # ------------------------------------------------------------------ persistence
     def save(self, path: str | Path) -> None:
-        """Write an atomic checkpoint directory: ``policy/`` (``save_pretrained``, safetensors),
-        ``modules.safetensors``, ``trainer_state.pt`` (optimizers, RNGs, β, counters), ``agent.json``.
+        """Write the checkpoint directory ``path`` atomically (layout in the module docstring; nothing pickled).
 
-        A crash mid-save leaves the previous checkpoint at ``path`` intact.
+        A crash mid-save leaves the previous checkpoint at ``path`` intact. ``path`` must be new, empty or a
+        checkpoint written by :meth:`save`; a directory holding anything else (TensorBoard events, a user's
+        files) or a file is refused with :class:`InputError` and left as it was.
         """
-        with atomic_directory(path) as tmp:
+        with atomic_directory(path, kind=CHECKPOINT_KIND) as tmp:
+            write_state(tmp, TRAINER_STATE, self._trainer_state())  # first: a state it cannot store fails fast
             if is_peft_model(self.policy):  # adapters for resume, merged weights for from_pretrained users
                 self.policy.save_pretrained(tmp / "adapter", safe_serialization=True)
                 merged = copy.deepcopy(self.policy).merge_and_unload()
@@ -206,39 +291,52 @@ class Agent(ABC):
             modules = {f"{name}.{k}": v.detach().cpu().contiguous()
                        for name, module in self.trainable_modules().items() for k, v in module.state_dict().items()}
             if modules:
-                save_file(modules, str(tmp / "modules.safetensors"))
-            torch.save(self._trainer_state(), tmp / "trainer_state.pt")
+                save_file(modules, str(tmp / MODULES_FILE))
             meta = {
+                "format": AGENT_FORMAT,
+                "version": AGENT_FORMAT_VERSION,
                 "agent": self.name,
                 "hyperparameters": self.hyperparameters(),
                 "num_timesteps": self.num_timesteps,
                 "iterations": self.iterations,
+                "modules": sorted(self.trainable_modules()),
                 "env": getattr(self.env, "spec_kwargs", {}),
             }
-            (tmp / "agent.json").write_text(json.dumps(meta, indent=2, default=str))
+            (tmp / AGENT_FILE).write_text(json.dumps(meta, indent=2, default=str), encoding="utf-8")
 
     def load_state(self, path: str | Path) -> None:
-        """Restore weights, optimizers, RNG streams, β and counters from :meth:`save`'s directory."""
-        from transformers import AutoModelForCausalLM
+        """Restore weights, trainable modules, optimizers, RNG streams, β and counters from :meth:`save`'s
+        directory, for an exact resume.
 
+        Everything is checked before anything changes (:class:`InputError` naming the file or setting): the
+        directory (recovered first if a save was killed between its renames), the agent type, the env settings
+        the run depends on, every file (nothing pickled, safetensors complete and matching ``textenv.json``'s
+        checksums) and every trainable module (present, same keys and shapes). Hyper-parameters that differ from
+        the saved ones stay as this agent was built (they apply from now on and are recorded by the next save),
+        with a warning listing them; the seed is the checkpoint's (its random streams continue).
+        """
         path = Path(path)
-        if not (path / "trainer_state.pt").is_file():
-            raise ValueError(f"{path} is not a textenv checkpoint (no trainer_state.pt); pass the directory save() wrote")
-        if is_peft_model(self.policy):
-            from peft import set_peft_model_state_dict
+        meta = read_checkpoint_meta(path)
+        self._check_agent_type(meta, path)
+        check_env_settings(meta, self.env, path)
+        if not (path / f"{TRAINER_STATE}.json").is_file():
+            raise InputError(
+                f"{path} holds no {TRAINER_STATE}.json: it keeps the weights only (not the optimizer state and "
+                f"random streams a resume needs). Resume from a complete checkpoint, or start a new run from its "
+                f"weights with the env setting `model: {path / 'policy'}`"
+            )
+        verify_directory(path, CHECKPOINT_KIND)
+        state = read_state(path, TRAINER_STATE)
+        _check_trainer_state(state, path / f"{TRAINER_STATE}.json", sorted(self.optimizers()))
+        modules = self._read_modules(path)
+        load_policy = self._read_policy_weights(path)
+        self._note_changed_hyperparameters(meta, path)
 
-            set_peft_model_state_dict(self.policy, load_file(str(path / "adapter" / "adapter_model.safetensors")))
-        else:
-            saved = AutoModelForCausalLM.from_pretrained(path / "policy")
-            self.policy.load_state_dict(saved.state_dict())
-        if (path / "modules.safetensors").is_file():
-            tensors = load_file(str(path / "modules.safetensors"))
-            for name, module in self.trainable_modules().items():
-                prefix = f"{name}."
-                module.load_state_dict({k[len(prefix):]: v for k, v in tensors.items() if k.startswith(prefix)})
-        state = torch.load(path / "trainer_state.pt", weights_only=False)
+        load_policy()
+        for name, module in self.trainable_modules().items():
+            module.load_state_dict(modules[name])
         for name, optimizer in self.optimizers().items():
-            optimizer.load_state_dict(state["optimizers"][name])
+            _load_optimizer_state(optimizer, state["optimizers"][name])
         self.num_timesteps = state["num_timesteps"]
         self.iterations = state["iterations"]
         self.generator.set_state(state["generator"])
@@ -247,10 +345,90 @@ class Agent(ABC):
         random.setstate(state["python_rng"])
         self.env.np_random.bit_generator.state = state["env_rng"]
         self.env.kl_controller.value = state["kl_coef"]
-        self.env._kl_window, self.env._kl_window_steps = state["kl_window"]
+        window, window_steps = state["kl_window"]
+        self.env._kl_window, self.env._kl_window_steps = list(window), window_steps
         self._load_extra_state(state.get("extra", {}))
 
+    def _check_agent_type(self, meta: dict[str, Any], path: Path) -> None:
+        if self.name and meta["agent"] != self.name:
+            raise InputError(f"checkpoint {path} holds a {meta['agent']!r} agent, not {self.name!r}: "
+                             f"--agent {meta['agent']} to resume it")
+
+    def _read_modules(self, path: Path) -> dict[str, dict[str, torch.Tensor]]:
+        """Each trainable module's state dict from ``modules.safetensors``, checked strictly against the module
+        (a missing file, module, key or a wrong shape is an :class:`InputError`, never a fresh module)."""
+        expected = self.trainable_modules()
+        if not expected:
+            return {}
+        file = path / MODULES_FILE
+        if not file.is_file():
+            raise InputError(f"damaged checkpoint: {file} is missing, so the checkpoint lacks the "
+                             f"{', '.join(sorted(expected))} a {self.name!r} agent trains; textenv does not resume "
+                             "with a fresh one. Use a complete checkpoint")
+        tensors = read_tensors(file)
+        found: dict[str, dict[str, torch.Tensor]] = {}
+        for name, module in expected.items():
+            prefix = f"{name}."
+            saved = {k[len(prefix):]: v for k, v in tensors.items() if k.startswith(prefix)}
+            wanted = module.state_dict()
+            missing = sorted(set(wanted) - set(saved))
+            unexpected = sorted(set(saved) - set(wanted))
+            wrong = sorted(k for k in set(wanted) & set(saved) if saved[k].shape != wanted[k].shape)
+            if missing or unexpected or wrong:
+                detail = "; ".join(f"{what} {keys}" for what, keys in (
+                    ("missing", missing), ("unexpected", unexpected), ("with another shape", wrong)) if keys)
+                raise InputError(f"damaged checkpoint: {file}: the {name!r} module does not match this "
+                                 f"{self.name!r} agent's ({detail}). Use a complete checkpoint of the same agent")
+            found[name] = saved
+        return found
+
+    def _read_policy_weights(self, path: Path) -> Callable[[], None]:
+        """Check the saved policy weights (safetensors only, never a ``.bin``) and return the function that
+        loads them into :attr:`policy`."""
+        if is_peft_model(self.policy):
+            tensors = read_tensors(path / "adapter" / "adapter_model.safetensors")
+
+            def load_adapters() -> None:
+                from peft import set_peft_model_state_dict
+
+                set_peft_model_state_dict(self.policy, tensors)
+
+            return load_adapters
+        policy_dir = path / "policy"
+        read_json(policy_dir / "config.json")
+        shards = sorted(policy_dir.glob("*.safetensors"))
+        if not shards:
+            raise InputError(f"damaged checkpoint: {policy_dir} holds no model.safetensors (textenv loads policy "
+                             "weights from safetensors only). Use a complete checkpoint")
+        for shard in shards:
+            check_safetensors(shard)
+
+        def load_policy() -> None:
+            from transformers import AutoModelForCausalLM
+
+            saved = AutoModelForCausalLM.from_pretrained(policy_dir, use_safetensors=True)
+            self.policy.load_state_dict(saved.state_dict())
+
+        return load_policy
+
+    def _note_changed_hyperparameters(self, meta: dict[str, Any], path: Path) -> None:
+        """Warn about hyper-parameters that differ from the checkpoint's (they apply: the agent was built with
+        them); keep the checkpoint's seed (its random streams continue)."""
+        saved = meta["hyperparameters"]
+        current = _as_json(self.hyperparameters())
+        notes = [f"{key}: saved {saved.get(key, '<unset>')!r}, now {current.get(key, '<unset>')!r}"
+                 for key in sorted(set(saved) | set(current))
+                 if key != "seed" and saved.get(key, _UNSET) != current.get(key, _UNSET)]
+        if notes:
+            warnings.warn(f"resuming {path} with other hyper-parameters; they apply from now on and the next "
+                          f"checkpoint records them: {'; '.join(notes)}", UserWarning, stacklevel=3)
+        if "seed" in saved and saved["seed"] != self.seed:
+            warnings.warn(f"resuming {path}: seed={self.seed!r} is not used, the checkpoint's random streams "
+                          f"(seed {saved['seed']!r}) continue", UserWarning, stacklevel=3)
+            self.seed = saved["seed"]
+
     def _trainer_state(self) -> dict[str, Any]:
+        """Everything besides weights that an exact resume needs (written by :func:`write_state`, no pickle)."""
         return {
             "optimizers": {name: opt.state_dict() for name, opt in self.optimizers().items()},
             "num_timesteps": self.num_timesteps,
@@ -266,7 +444,9 @@ class Agent(ABC):
         }
 
     def _extra_state(self) -> dict[str, Any]:
-        """Algorithm state beyond optimizers (e.g. a running baseline); saved in ``trainer_state.pt``."""
+        """Algorithm state beyond optimizers (e.g. a running baseline), saved in ``trainer_state.json`` /
+        ``.safetensors``: only what :func:`~textenv.checkpoint.encode_state` stores (dicts, lists, tuples,
+        numbers, str, None, tensors, NumPy arrays), never arbitrary objects."""
         return {}
 
     def _load_extra_state(self, state: dict[str, Any]) -> None:
@@ -274,13 +454,162 @@ class Agent(ABC):
 
     @classmethod
     def load(cls, path: str | Path, env: TextGenVectorEnv, **overrides: Any) -> Agent:
-        """Rebuild the agent saved at ``path`` on ``env`` and restore its full training state."""
-        meta = json.loads((Path(path) / "agent.json").read_text())
-        if cls.name and meta["agent"] != cls.name:
-            raise ValueError(f"{path} holds a {meta['agent']!r} agent, not {cls.name!r}")
-        agent = cls(env, **{**meta["hyperparameters"], **overrides})
+        """Rebuild the agent saved at ``path`` on ``env`` and restore its full training state.
+
+        ``Agent.load`` rebuilds whichever registered agent the checkpoint holds; ``PPO.load`` requires a PPO
+        checkpoint. ``overrides`` replace saved hyper-parameters (with a warning, see :meth:`load_state`)."""
+        path = Path(path)
+        meta = read_checkpoint_meta(path)
+        target = cls
+        if not cls.name:
+            from textenv.agents import agent_class
+
+            target = agent_class(meta["agent"])
+        elif meta["agent"] != cls.name:
+            raise InputError(f"checkpoint {path} holds a {meta['agent']!r} agent, not {cls.name!r}: "
+                             f"--agent {meta['agent']} to resume it")
+        check_env_settings(meta, env, path)
+        agent = target(env, **{**meta["hyperparameters"], **overrides})
         agent.load_state(path)
         return agent
+
+
+class TrainingInterrupted(KeyboardInterrupt):
+    """Raised by :meth:`Agent.learn` after a first Ctrl-C: the iteration in progress finished and, when
+    ``checkpoint_dir`` was given, a checkpoint was saved there (``checkpoint``; ``None`` without one)."""
+
+    def __init__(self, message: str, checkpoint: Path | None, iterations: int, num_timesteps: int) -> None:
+        super().__init__(message)
+        self.checkpoint = checkpoint
+        self.iterations = iterations
+        self.num_timesteps = num_timesteps
+
+
+class _GracefulInterrupt:
+    """SIGINT handler for :meth:`Agent.learn` (main thread only): the first Ctrl-C sets :attr:`requested`, the
+    second raises ``KeyboardInterrupt`` at once. The previous handler is restored on exit."""
+
+    def __init__(self) -> None:
+        self.requested = False
+        self._previous: Any = None
+        self._installed = False
+
+    def __enter__(self) -> _GracefulInterrupt:
+        if threading.current_thread() is threading.main_thread():
+            previous = signal.getsignal(signal.SIGINT)
+            if previous is not signal.SIG_IGN:  # a run started with SIGINT ignored (nohup) stays so
+                self._previous = signal.SIG_DFL if previous is None else previous
+                signal.signal(signal.SIGINT, self._handle)
+                self._installed = True
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        if self._installed:
+            signal.signal(signal.SIGINT, self._previous)
+            self._installed = False
+
+    def _handle(self, signum: int, frame: Any) -> None:
+        if self.requested:
+            raise KeyboardInterrupt("second Ctrl-C: stopped at once, without saving")
+        self.requested = True
+        sys.stderr.write("\nCtrl-C: finishing this iteration, then saving a checkpoint "
+                         "(press Ctrl-C again to stop at once without saving)\n")
+
+
+def read_checkpoint_meta(path: Path) -> dict[str, Any]:
+    """``agent.json`` of the checkpoint directory ``path``, after checking the directory (recovering a swap a
+    crash interrupted) and refusing pickles and checkpoints of older textenv versions (:class:`InputError`)."""
+    recover_directory(path)
+    if not path.exists():
+        raise InputError(f"checkpoint {path} does not exist; pass the directory Agent.save() or `textenv train` "
+                         "wrote (e.g. runs/NAME/checkpoint)")
+    if not path.is_dir():
+        raise InputError(f"checkpoint {path} is a file, not a checkpoint directory; pass the directory "
+                         "Agent.save() wrote (holding agent.json)")
+    old_state = path / "trainer_state.pt"
+    if old_state.exists() and not (path / f"{TRAINER_STATE}.json").exists():
+        raise InputError(
+            f"{path} is a checkpoint of an older textenv: its trainer_state.pt is a pickle, and textenv no longer "
+            "unpickles checkpoints (unpickling a file can run arbitrary code). Its weights are safe to reuse: "
+            f"start a new run from them with the env setting `model: {path / 'policy'}` (the optimizer state, "
+            "random streams and counters cannot be carried over)"
+        )
+    if not (path / AGENT_FILE).is_file():
+        raise InputError(f"{path} is not a textenv checkpoint (no {AGENT_FILE}); pass the directory Agent.save() "
+                         "or `textenv train` wrote (e.g. runs/NAME/checkpoint)")
+    pickles = pickle_files(path)
+    if pickles:
+        names = ", ".join(str(p.relative_to(path)) for p in pickles)
+        raise InputError(f"checkpoint {path} holds pickle files ({names}); textenv never loads pickles, because "
+                         "unpickling can run arbitrary code, and writes none. Remove them (and check where they "
+                         "came from) or use a checkpoint written by textenv")
+    meta = read_json(path / AGENT_FILE)
+    if not (isinstance(meta, dict) and isinstance(meta.get("agent"), str)
+            and isinstance(meta.get("hyperparameters"), dict) and isinstance(meta.get("env"), dict)):
+        raise InputError(f"damaged checkpoint: {path / AGENT_FILE} lacks the 'agent', 'hyperparameters' or 'env' "
+                         "entries Agent.save() writes. Use a complete checkpoint")
+    return meta
+
+
+def check_env_settings(meta: dict[str, Any], env: TextGenVectorEnv, path: Path) -> None:
+    """Refuse (:class:`InputError`) to resume on an env whose settings differ from the checkpoint's
+    (``agent.json`` ``"env"``): model, num_envs, group_size, max_new_tokens, the KL settings, lora, prompts..."""
+    saved = meta["env"]
+    current = _as_json(getattr(env, "spec_kwargs", {}))
+    changes = [(key, saved.get(key, _UNSET), current.get(key, _UNSET)) for key in sorted(set(saved) | set(current))]
+    changes = [(key, old, new) for key, old, new in changes if not _same_setting(old, new)]
+    if changes:
+        listed = "; ".join(f"{key}: saved {_show(old)}, now {_show(new)}" for key, old, new in changes)
+        raise InputError(f"cannot resume {path} with other env settings ({listed}): the checkpoint's state depends "
+                         "on them. Resume with the saved settings, or start a new run from its weights with "
+                         f"`model: {path / 'policy'}`")
+
+
+_UNSET = object()
+
+
+def _show(value: Any) -> str:
+    return "<not recorded>" if value is _UNSET else repr(value)
+
+
+def _same_setting(saved: Any, current: Any) -> bool:
+    if saved == current:
+        return True
+    if isinstance(saved, str) and isinstance(current, str):  # one model directory spelled two ways
+        a, b = Path(resolve_model_path(saved)), Path(resolve_model_path(current))
+        return a.exists() and b.exists() and a.resolve() == b.resolve()
+    return False
+
+
+def _as_json(value: Any) -> Any:
+    """``value`` as ``agent.json`` records it (tuples become lists, other objects their ``str``)."""
+    return json.loads(json.dumps(value, default=str))
+
+
+def _check_trainer_state(state: Any, file: Path, optimizers: list[str]) -> None:
+    """The decoded trainer state has every entry :meth:`Agent.load_state` restores, with the right types."""
+    expected = {"optimizers": dict, "num_timesteps": int, "iterations": int, "generator": torch.Tensor,
+                "torch_rng": torch.Tensor, "numpy_rng": tuple, "python_rng": tuple, "env_rng": dict,
+                "kl_coef": (int, float), "kl_window": tuple, "extra": dict}
+    problems = [] if isinstance(state, dict) else ["it is not a mapping"]
+    if not problems:
+        problems = [f"{key!r} is missing or not a {kind.__name__ if isinstance(kind, type) else 'number'}"
+                    for key, kind in expected.items() if not isinstance(state.get(key), kind)]
+    if not problems:
+        problems = [f"no state for the {name!r} optimizer" for name in optimizers if name not in state["optimizers"]]
+    if not problems and len(state["kl_window"]) != 2:
+        problems = ["'kl_window' is not (window, steps)"]
+    if problems:
+        raise InputError(f"damaged checkpoint: {file}: {'; '.join(problems)}. Use a complete checkpoint")
+
+
+def _load_optimizer_state(optimizer: torch.optim.Optimizer, state: dict[str, Any]) -> None:
+    """Load the moments and step counts of ``state`` but keep this optimizer's hyper-parameters (lr, betas, ...):
+    the agent was built with them, so a changed learning rate applies instead of being silently reverted."""
+    hyperparameters = [{k: v for k, v in group.items() if k != "params"} for group in optimizer.param_groups]
+    optimizer.load_state_dict(state)
+    for group, kept in zip(optimizer.param_groups, hyperparameters):
+        group.update(kept)
 
 
 def set_global_seeds(seed: int) -> None:

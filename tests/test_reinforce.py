@@ -121,7 +121,7 @@ def test_crash_mid_save_keeps_previous_checkpoint(tiny_model_dir, tmp_path, monk
     def crash(*args, **kwargs):
         raise KeyboardInterrupt("power cut")
 
-    monkeypatch.setattr(torch, "save", crash)
+    monkeypatch.setattr(type(agent.env.tokenizer), "save_pretrained", crash)  # after the state and weights
     with pytest.raises(KeyboardInterrupt):
         agent.save(tmp_path / "ckpt")
     assert sorted(p.name for p in (tmp_path / "ckpt").iterdir()) == before
