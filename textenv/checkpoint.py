@@ -349,6 +349,7 @@ def verify_directory(directory: str | os.PathLike, kind: str, suffixes: tuple[st
         file = directory / name
         if not name.endswith(suffixes) or not file.is_file():
             continue
+        refuse_pickle(file)
         size = file.stat().st_size
         if not isinstance(record, dict) or size != record.get("size") or _sha256(file) != record.get("sha256"):
             raise _damaged(file, f"it does not match its size and checksum in {directory / MANIFEST_NAME} "
