@@ -343,17 +343,19 @@ def verify_directory(directory: str | os.PathLike, kind: str, suffixes: tuple[st
     if manifest is None:
         return
     if manifest.get("kind") != kind:
-        raise InputError(f"{directory} holds a textenv {manifest.get('kind')!r} directory, not a {kind!r}; "
+        raise InputError(f"{directory} holds a textenv directory of kind {manifest.get('kind')!r}, not {kind!r}; "
                          "pass the right directory")
     for name, record in manifest["files"].items():
         file = directory / name
         if not name.endswith(suffixes) or not file.is_file():
             continue
         refuse_pickle(file)
+        recorded = record.get("size") if isinstance(record, dict) else None
         size = file.stat().st_size
-        if not isinstance(record, dict) or size != record.get("size") or _sha256(file) != record.get("sha256"):
-            raise _damaged(file, f"it does not match its size and checksum in {directory / MANIFEST_NAME} "
-                                 f"({size} bytes, {record.get('size') if isinstance(record, dict) else '?'} recorded)")
+        if size != recorded:
+            raise _damaged(file, f"it is {size} bytes, {directory / MANIFEST_NAME} recorded {recorded} (truncated?)")
+        if _sha256(file) != record.get("sha256"):
+            raise _damaged(file, f"its SHA-256 differs from the one {directory / MANIFEST_NAME} recorded (corrupted)")
 
 
 def discard_files(directory: str | os.PathLike, names: list[str] | tuple[str, ...]) -> None:
