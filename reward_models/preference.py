@@ -37,18 +37,22 @@ from typing import Any
 import numpy as np
 import torch
 import torch.nn.functional as F
-from safetensors.torch import load_file, save_file
+from safetensors.torch import save_file
 from torch import nn
 from transformers import AutoModel, PreTrainedModel, PreTrainedTokenizerBase
 from transformers.utils import logging as hf_logging
 
-from textenv.checkpoint import atomic_directory
+from textenv.checkpoint import atomic_directory, check_replaceable, read_tensors, recover_directory, verify_directory
+from textenv.cli import COUNT, COUNT_OR_ZERO, HOLDOUT_FRACTION, NON_NEGATIVE, POSITIVE, SEED
 from textenv.models import DEFAULT_MODEL, load_tokenizer, resolve_device, resolve_model_path
 from textenv.preferences import ComparisonGroup, PreferenceRow, as_preference_rows, expand_pairs
 from textenv.reward_models.base import RewardModel
+from textenv.validation import InputError, check_choice, check_int, check_number, check_positive
 
 POOLINGS = ("last", "mean")
 FORMAT = "textenv-preference-reward-model"
+#: ``kind`` of a saved reward model in its ``textenv.json`` manifest (:mod:`textenv.checkpoint`).
+DIRECTORY_KIND = "preference_reward_model"
 META_FILE = "reward_model.json"
 HEAD_FILE = "head.safetensors"
 BACKBONE_DIR = "backbone"
@@ -60,6 +64,14 @@ TRAIN_DEFAULTS: dict[str, Any] = {
     "epochs": 2, "lr": 3e-4, "weight_decay": 0.0, "batch_prompts": 16, "eval_fraction": 0.1, "seed": 0,
     "center_coef": 0.0, "pooling": "last",
 }
+
+
+class RewardModelDivergedError(RuntimeError):
+    """Reward-model training produced a non-finite loss, gradient or reward (NaN or ±inf) and stopped; nothing
+    was saved. The message names the epoch and step and the likely cause. ``user_facing``: the ``textenv``
+    command prints it as one line (exit code 2), like an :class:`~textenv.validation.InputError`."""
+
+    user_facing = True
 
 
 # ---------------------------------------------------------------------------------------------- the loss
@@ -81,8 +93,7 @@ class RewardNetwork(nn.Module):
 
     def __init__(self, backbone: PreTrainedModel, pooling: str = "last", head: nn.Linear | None = None) -> None:
         super().__init__()
-        if pooling not in POOLINGS:
-            raise ValueError(f"pooling={pooling!r} is not one of {list(POOLINGS)}")
+        check_choice("pooling", pooling, POOLINGS)
         self.backbone = backbone
         self.pooling = pooling
         hidden = _hidden_size(backbone)
@@ -112,8 +123,8 @@ def _hidden_size(backbone: PreTrainedModel) -> int:
         value = getattr(config, attribute, None)
         if isinstance(value, int):
             return value
-    raise ValueError(f"cannot find the hidden size of backbone {type(backbone).__name__}; its config has none of "
-                     "hidden_size / n_embd / d_model / dim")
+    raise InputError(f"cannot find the hidden size of backbone {type(backbone).__name__}; its config has none of "
+                     "hidden_size / n_embd / d_model / dim: use a transformer backbone that names it")
 
 
 def load_backbone(backbone: str | os.PathLike | PreTrainedModel = DEFAULT_MODEL) -> PreTrainedModel:
@@ -128,10 +139,11 @@ def load_backbone(backbone: str | os.PathLike | PreTrainedModel = DEFAULT_MODEL)
     hf_logging.set_verbosity_error()  # "lm_head weights not used" is expected here
     try:
         return AutoModel.from_pretrained(resolve_model_path(backbone))
-    except (OSError, ValueError) as err:
-        raise ValueError(
-            f"could not load backbone {str(backbone)!r} with AutoModel: {err}. Pass a local save_pretrained "
-            f"directory or {DEFAULT_MODEL!r}."
+    except (OSError, ValueError) as err:  # transformers' "not found" / "unrecognized model" errors
+        detail = str(err).strip().splitlines()[0] if str(err).strip() else type(err).__name__
+        raise InputError(
+            f"backbone {str(backbone)!r}: model not found or not loadable with AutoModel ({detail}). Pass a local "
+            f"save_pretrained directory or {DEFAULT_MODEL!r}."
         ) from err
     finally:
         hf_logging.set_verbosity(verbosity)
@@ -164,8 +176,7 @@ class PreferenceRewardModel(RewardModel):
         max_length: int | None = None,
         metadata: dict[str, Any] | None = None,
     ) -> None:
-        if batch_size < 1:
-            raise ValueError(f"batch_size={batch_size} must be >= 1")
+        check_int("batch_size", batch_size, 1)
         self.device = resolve_device(device)
         self.network = network.to(self.device).eval()
         self.tokenizer = tokenizer
@@ -251,7 +262,7 @@ class PreferenceRewardModel(RewardModel):
     def save(self, path: str | os.PathLike) -> Path:
         """Write ``path/`` atomically: ``backbone/`` (save_pretrained, safetensors, + tokenizer),
         ``head.safetensors`` and ``reward_model.json`` (pooling, bias, max_length, metadata)."""
-        with atomic_directory(path) as tmp:
+        with atomic_directory(path, kind=DIRECTORY_KIND) as tmp:
             self.network.backbone.save_pretrained(tmp / BACKBONE_DIR, safe_serialization=True)
             self.tokenizer.save_pretrained(tmp / BACKBONE_DIR)
             head = {k: v.detach().cpu().contiguous() for k, v in self.network.head.state_dict().items()}
@@ -271,17 +282,27 @@ class PreferenceRewardModel(RewardModel):
     def load(cls, path: str | os.PathLike, device: str | torch.device = "auto", batch_size: int = 64) -> PreferenceRewardModel:
         """Rebuild a model written by :meth:`save`."""
         path = Path(path)
+        recover_directory(path)  # a save killed between its two renames
         meta_file = path / META_FILE
         if not meta_file.is_file():
-            raise ValueError(f"{path} is not a saved PreferenceRewardModel (no {META_FILE}); "
-                             "create one with train_preference_model(...) and model.save(dir)")
-        meta = json.loads(meta_file.read_text(encoding="utf-8"))
-        if meta.get("format") != FORMAT:
-            raise ValueError(f"{meta_file} has format {meta.get('format')!r}, expected {FORMAT!r}")
+            raise InputError(f"{path} is not a saved PreferenceRewardModel (no {META_FILE}); "
+                             "create one with `textenv train-rm` or train_preference_model(...) and model.save(dir)")
+        try:
+            meta = json.loads(meta_file.read_text(encoding="utf-8"))
+        except (UnicodeDecodeError, json.JSONDecodeError) as err:
+            raise InputError(f"{meta_file} is not valid UTF-8 JSON ({err}); the reward model is damaged") from None
+        if not isinstance(meta, dict) or meta.get("format") != FORMAT:
+            found = meta.get("format") if isinstance(meta, dict) else type(meta).__name__
+            raise InputError(f"{meta_file} has format {found!r}, expected {FORMAT!r}")
+        missing = [key for key in ("pooling", "bias", "max_length") if key not in meta]
+        if missing:
+            raise InputError(f"{meta_file} lacks {missing}; the reward model is damaged")
+        verify_directory(path, DIRECTORY_KIND)  # truncated or corrupted weights are refused before loading
+        head = read_tensors(path / HEAD_FILE)
         trunk = load_backbone(path / BACKBONE_DIR)
         tokenizer = load_tokenizer(path / BACKBONE_DIR)
         network = RewardNetwork(trunk, meta["pooling"])
-        network.head.load_state_dict(load_file(str(path / HEAD_FILE)))
+        network.head.load_state_dict(head)
         return cls(network, tokenizer, bias=meta["bias"], device=device, batch_size=batch_size,
                    max_length=meta["max_length"], metadata=meta.get("metadata", {}))
 
@@ -328,14 +349,14 @@ def split_groups(
     groups: Sequence[ComparisonGroup], eval_fraction: float, seed: int
 ) -> tuple[list[ComparisonGroup], list[ComparisonGroup]]:
     """Shuffle prompts with ``seed`` and hold out ``eval_fraction`` of them (whole prompts, never pairs)."""
-    if not 0.0 <= eval_fraction < 1.0:
-        raise ValueError(f"eval_fraction={eval_fraction} must be in [0, 1)")
+    check_number("eval_fraction", eval_fraction, low=0.0, high=1.0, high_open=True)
     order = np.random.default_rng(seed).permutation(len(groups))
     n_eval = int(round(eval_fraction * len(groups)))
     if eval_fraction > 0 and n_eval == 0 and len(groups) > 1:
         n_eval = 1
     if n_eval >= len(groups):
-        raise ValueError(f"eval_fraction={eval_fraction} leaves no training prompts out of {len(groups)}")
+        raise InputError(f"eval_fraction={eval_fraction} leaves no training prompts out of {len(groups)}; lower "
+                         "it or give more data")
     return [groups[i] for i in order[n_eval:]], [groups[i] for i in order[:n_eval]]
 
 
@@ -379,13 +400,9 @@ def train_preference_model(
     Returns metrics with ``eval/pair_accuracy`` (held-out pairs), ``eval/loss``, ``train/pair_accuracy``,
     ``train/loss`` (last epoch's mean step loss), ``bias``, counts, ``seconds`` and a per-epoch ``history``.
     """
-    for name, value, minimum in (("epochs", epochs, 1), ("batch_prompts", batch_prompts, 1)):
-        if isinstance(value, bool) or not isinstance(value, int) or value < minimum:
-            raise ValueError(f"{name}={value!r} must be an integer >= {minimum}")
-    if not lr > 0:
-        raise ValueError(f"lr={lr} must be > 0")
-    if center_coef < 0:
-        raise ValueError(f"center_coef={center_coef} must be >= 0")
+    check_training_arguments(epochs=epochs, lr=lr, weight_decay=weight_decay, batch_prompts=batch_prompts,
+                             eval_fraction=eval_fraction, seed=seed, center_coef=center_coef, pooling=pooling,
+                             max_grad_norm=max_grad_norm)
     start = time.perf_counter()
     groups = [g for g in expand_pairs(as_preference_rows(dataset)) if g.pairs]
     train_groups, eval_groups = split_groups(groups, eval_fraction, seed)
@@ -420,10 +437,13 @@ def train_preference_model(
             loss = bradley_terry_loss(chosen_t, rejected_t, torch.cat(weights))
             if center_coef > 0:  # Eisenstein et al. 2023-style centring: η · mean_x (mean_y r(x, y))²
                 loss = loss + center_coef * torch.stack(prompt_means).pow(2).mean()
+            step = len(losses) + 1
+            _check_finite("loss", loss, epoch + 1, step, lr)
             optimizer.zero_grad(set_to_none=True)
             loss.backward()
-            if max_grad_norm:
-                torch.nn.utils.clip_grad_norm_(network.parameters(), max_grad_norm)
+            # The total gradient norm, clipped to max_grad_norm (no clipping when it is 0 or None).
+            grad_norm = torch.nn.utils.clip_grad_norm_(network.parameters(), max_grad_norm or float("inf"))
+            _check_finite("gradient norm", grad_norm, epoch + 1, step, lr)
             optimizer.step()
             losses.append(float(loss.detach()))
             accs.append(float((chosen_t > rejected_t).float().mean()))
@@ -438,6 +458,12 @@ def train_preference_model(
     # Mean-zero normalisation (rlhf-notes: "add a bias so that the mean reward over the reference data is 0"):
     # the reference data are the training prompts' completions, each distinct completion once.
     train_raw = model.raw_scores([seq for group_ids in train_ids for seq in group_ids])
+    if not np.isfinite(train_raw).all():
+        raise RewardModelDivergedError(
+            f"reward-model training diverged: after the last step (epoch {epochs}) the rewards of the training "
+            f"texts are not finite. The learning rate lr={lr:g} is likely too high (try {lr / 10:g}); nothing was "
+            "saved"
+        )
     model.bias = -float(train_raw.mean())
     metrics: dict[str, Any] = {
         "train/loss": history[-1]["train/loss"],
@@ -463,6 +489,33 @@ def train_preference_model(
     return model, metrics
 
 
+def check_training_arguments(*, epochs: Any, lr: Any, weight_decay: Any, batch_prompts: Any, eval_fraction: Any,
+                             seed: Any, center_coef: Any, pooling: Any, max_grad_norm: Any) -> None:
+    """:class:`InputError` naming the first bad hyper-parameter of :func:`train_preference_model` (every float
+    finite and in range; ``max_grad_norm`` 0 or ``None`` turns clipping off)."""
+    check_int("epochs", epochs, 1)
+    check_int("batch_prompts", batch_prompts, 1)
+    check_int("seed", seed, 0)
+    check_positive("lr", lr)
+    check_number("weight_decay", weight_decay, low=0.0)
+    check_number("eval_fraction", eval_fraction, low=0.0, high=1.0, high_open=True)
+    check_number("center_coef", center_coef, low=0.0)
+    check_number("max_grad_norm", max_grad_norm, low=0.0, none_ok=True)
+    check_choice("pooling", pooling, POOLINGS)
+
+
+def _check_finite(what: str, value: torch.Tensor, epoch: int, step: int, lr: float) -> None:
+    """Stop training with :class:`RewardModelDivergedError` when ``value`` (a scalar tensor) is NaN or ±inf."""
+    number = float(value.detach())
+    if math.isfinite(number):
+        return
+    raise RewardModelDivergedError(
+        f"reward-model training diverged at epoch {epoch}, step {step}: the {what} is {number}. The learning rate "
+        f"lr={lr:g} is likely too high (try {lr / 10:g}), or the data hold texts the backbone cannot score; "
+        "nothing was saved"
+    )
+
+
 def _evaluate(model: PreferenceRewardModel, groups: Sequence[ComparisonGroup], prefix: str) -> dict[str, float]:
     sequences = [seq for g in groups for seq in model.encode([g.prompt] * len(g.completions), g.completions)]
     scores = model.raw_scores(sequences)
@@ -478,33 +531,61 @@ def _batches(order: np.ndarray, size: int) -> Iterable[list[int]]:
 def add_arguments(parser: argparse.ArgumentParser) -> None:
     """Options of ``textenv train-rm`` (train a preference reward model from a preference JSONL)."""
     parser.add_argument("--data", required=True, help="preference JSONL (textenv collect / textenv label output)")
-    parser.add_argument("--output", required=True, help="directory to save the reward model to (atomically)")
+    parser.add_argument("--output", required=True,
+                        help="directory to save the reward model to (atomically); refused if it holds other files, "
+                             "and an existing reward model is replaced only with --overwrite")
+    parser.add_argument("--overwrite", action="store_true", help="replace the reward model already at --output")
     parser.add_argument("--backbone", default=DEFAULT_MODEL, help="model name/path for the trunk (default: %(default)s)")
-    parser.add_argument("--epochs", type=int, default=TRAIN_DEFAULTS["epochs"])
-    parser.add_argument("--lr", type=float, default=TRAIN_DEFAULTS["lr"])
-    parser.add_argument("--weight-decay", type=float, default=TRAIN_DEFAULTS["weight_decay"])
-    parser.add_argument("--batch-prompts", type=int, default=TRAIN_DEFAULTS["batch_prompts"],
+    parser.add_argument("--epochs", type=COUNT, default=TRAIN_DEFAULTS["epochs"], help="(default: %(default)s)")
+    parser.add_argument("--lr", type=POSITIVE, default=TRAIN_DEFAULTS["lr"], help="AdamW step size (default: %(default)s)")
+    parser.add_argument("--weight-decay", type=NON_NEGATIVE, default=TRAIN_DEFAULTS["weight_decay"],
+                        help="(default: %(default)s)")
+    parser.add_argument("--batch-prompts", type=COUNT, default=TRAIN_DEFAULTS["batch_prompts"],
                         help="prompts per step; all pairs of a prompt share its batch (default: %(default)s)")
-    parser.add_argument("--eval-fraction", type=float, default=TRAIN_DEFAULTS["eval_fraction"],
-                        help="fraction of prompts held out for pair accuracy (default: %(default)s)")
-    parser.add_argument("--center-coef", type=float, default=TRAIN_DEFAULTS["center_coef"],
-                        help="reward-centring coefficient (default: %(default)s)")
+    parser.add_argument("--eval-fraction", type=HOLDOUT_FRACTION, default=TRAIN_DEFAULTS["eval_fraction"],
+                        help="fraction of prompts held out for pair accuracy, in [0, 1); 0: none (default: %(default)s)")
+    parser.add_argument("--center-coef", type=NON_NEGATIVE, default=TRAIN_DEFAULTS["center_coef"],
+                        help="reward-centring coefficient; 0: off (default: %(default)s)")
+    parser.add_argument("--max-grad-norm", type=NON_NEGATIVE, default=1.0,
+                        help="gradient-norm clip per step; 0: no clipping (default: %(default)s)")
     parser.add_argument("--pooling", choices=POOLINGS, default=TRAIN_DEFAULTS["pooling"])
-    parser.add_argument("--seed", type=int, default=TRAIN_DEFAULTS["seed"])
+    parser.add_argument("--seed", type=SEED, default=TRAIN_DEFAULTS["seed"])
     parser.add_argument("--device", default="auto")
 
 
+def check_output_dir(output: Path, overwrite: bool) -> None:
+    """Refuse (:class:`InputError`) a ``train-rm --output`` that is a file, a directory holding anything but a
+    reward model textenv saved (its ``textenv.json`` manifest lists every file), or a saved reward model without
+    ``overwrite``. Checked before training, so a refusal costs nothing."""
+    recover_directory(output)  # a save killed between its two renames
+    try:
+        check_replaceable(output, DIRECTORY_KIND)
+    except InputError as err:
+        raise InputError(f"--output: {err}") from None
+    if output.is_dir() and any(output.iterdir()) and not overwrite:
+        raise InputError(f"--output {output} holds a reward model; pass --overwrite to replace it or choose "
+                         "another --output")
+
+
 def run(args: argparse.Namespace) -> int:
-    """Execute ``textenv train-rm``: train, print the metrics as JSON, save to ``--output``."""
+    """Execute ``textenv train-rm``: check the paths, train, print the metrics as JSON, save to ``--output``.
+    A run that fails (bad data, divergence, Ctrl-C) leaves ``--output`` as it was."""
+    data = Path(args.data)
+    if not data.is_file():
+        raise InputError(f"--data {data}: " + ("is a directory; give a .jsonl file" if data.is_dir() else "no such file"))
+    output = Path(args.output)
+    check_output_dir(output, args.overwrite)
     model, metrics = train_preference_model(
-        args.data, backbone=args.backbone, epochs=args.epochs, lr=args.lr, weight_decay=args.weight_decay,
+        data, backbone=args.backbone, epochs=args.epochs, lr=args.lr, weight_decay=args.weight_decay,
         batch_prompts=args.batch_prompts, eval_fraction=args.eval_fraction, seed=args.seed,
-        center_coef=args.center_coef, pooling=args.pooling, device=args.device, verbose=1,
+        center_coef=args.center_coef, pooling=args.pooling, max_grad_norm=args.max_grad_norm, device=args.device,
+        verbose=1,
     )
-    model.save(args.output)
+    check_output_dir(output, args.overwrite)  # again: something may have been put there while training
+    model.save(output)
     summary = {k: v for k, v in metrics.items() if k != "history"}
     print(json.dumps(summary, indent=2, default=_json_default))
-    print(f"saved to {args.output}; use it as reward_model='preference:{args.output}'", file=sys.stderr)
+    print(f"saved to {output}; use it as reward_model='preference:{output}'", file=sys.stderr)
     return 0
 
 

@@ -106,7 +106,20 @@ def test_cli_reads_keys_from_a_pipe(tmp_path: Path, monkeypatch: pytest.MonkeyPa
     assert main(["--input", str(sets), "--output", str(out), "--no-shuffle"]) == 0
     assert load_preferences(out) == [PreferenceRanking("the film was", (" fine", " great", " awful"))]
     assert main(["--input", str(tmp_path / "missing.jsonl"), "--output", str(out)]) == 2
-    assert "does not exist" in capsys.readouterr().err
+    assert f"{tmp_path / 'missing.jsonl'}: no such file" in capsys.readouterr().err
+
+
+def test_cli_takes_the_input_as_a_positional_argument(tmp_path: Path, monkeypatch: pytest.MonkeyPatch, capsys) -> None:
+    """`textenv label FILE --output OUT`, as the README writes it (`--input FILE` stays an alias)."""
+    sets, out = write_sets(tmp_path / "sets.jsonl"), tmp_path / "labels.jsonl"
+    monkeypatch.setattr(sys, "stdin", io.StringIO("21\nq"))
+    assert main([str(sets), "--output", str(out), "--no-shuffle"]) == 0
+    assert load_preferences(out) == [PreferenceRanking("the film was", (" fine", " great", " awful"))]
+    capsys.readouterr()
+    assert main([str(sets), "--input", str(tmp_path / "other.jsonl"), "--output", str(out)]) == 2
+    assert "give one" in capsys.readouterr().err
+    assert main(["--output", str(out)]) == 2
+    assert "textenv label INPUT --output FILE" in capsys.readouterr().err
 
 
 def test_terminal_keys_reads_characters_from_a_stream() -> None:

@@ -61,8 +61,8 @@ def test_pipeline_writes_every_stage_and_reuses_them(tiny_model_dir, tmp_path, l
     assert main_meta["env"]["model"].endswith("sft/policy")  # PPO starts from (and is anchored to) the SFT model
     assert (out / "ppo" / "step-00000016" / "policy" / "model.safetensors").is_file()
     # Only the newest checkpoint keeps the optimizer state needed to resume.
-    assert not (out / "ppo" / "step-00000016" / "trainer_state.pt").exists()
-    assert (out / "ppo" / "step-00000032" / "trainer_state.pt").is_file()
+    assert not (out / "ppo" / "step-00000016" / "trainer_state.json").exists()
+    assert (out / "ppo" / "step-00000032" / "trainer_state.json").is_file()
     sweep_meta = json.loads((out / "sweep" / "beta-0.5" / "step-00000016" / "agent.json").read_text())
     assert sweep_meta["env"]["kl_coef"] == 0.5 and 16 <= sweep_meta["num_timesteps"] < 32
     for png in ("reward_kl_frontier.png", "proxy_vs_gold.png"):

@@ -1,27 +1,50 @@
-"""The ``textenv`` command line.
+"""The ``textenv`` command line (also ``python -m textenv``).
 
-    textenv train --agent NAME [--total-timesteps N] [--output DIR] [--config FILE] [--seed S] [--resume DIR]
-    textenv eval CHECKPOINT [--num-prompts N] [--seed S]
+    textenv train --agent NAME [--total-timesteps N] [--output DIR] [--config FILE] [--seed S]
+                  [--resume DIR] [--overwrite]
+    textenv eval CHECKPOINT [--output FILE] [--reward-model SPEC] [--max-new-tokens N] [--num-prompts N] ...
     textenv collect --output FILE ...     # K completions per prompt, ranked by a gold scorer
     textenv label INPUT --output FILE     # rank completions by hand (keyboard, resumable)
     textenv train-rm --data FILE --output DIR   # Bradley-Terry preference reward model
     textenv pipeline --output DIR         # SFT? → collect → RM → PPO (+ β sweep) → eval.json + plots (resumable)
 
-A YAML config file may set any of the flags (``agent``, ``total_timesteps``, ``output``, ``seed``, ...) plus
-``env:`` (TextGenVectorEnv arguments) and ``agent_kwargs:`` (the agent's hyper-parameters); flags given on
-the command line override the file.
+A YAML config file may set ``agent``, ``total_timesteps``, ``output``, ``seed``, ``checkpoint_every`` and
+``eval_prompts``, plus ``env:`` (TextGenVectorEnv arguments) and ``agent_kwargs:`` (the agent's
+hyper-parameters); flags given on the command line override the file. The file is checked (syntax with its
+line number, unknown keys with a did-you-mean, value types) before any model loads.
+
+Errors: a mistake in what the user gave (:class:`~textenv.validation.InputError`, or any exception whose class
+sets ``user_facing = True``, such as a training run that diverged) and an operating-system error on a named
+path (permission denied, read-only file system, disk full...) print one line ``textenv <command>: error: ...``
+and exit with 2; Ctrl-C exits with 130. Anything else is a bug and keeps its traceback.
+
+What ``textenv train`` writes: ``OUTPUT/summary.json``, ``OUTPUT/checkpoint/`` and ``OUTPUT/tensorboard/``,
+nothing else. It refuses an ``--output`` that is a file or holds files it did not write, and one that holds
+an earlier run unless ``--resume OUTPUT/checkpoint`` (continue it) or ``--overwrite`` (start again: removes
+only that run's summary.json, checkpoint/ and TensorBoard event files).
 """
 
 from __future__ import annotations
 
 import argparse
+import difflib
+import errno
+import inspect
 import json
+import re
+import shlex
+import shutil
 import sys
 import time
+import types
+import typing
+from collections.abc import Callable, Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
 import yaml
+
+from textenv.validation import InputError, check_int, check_number
 
 #: Defaults of the main job (``textenv train --agent reinforce`` on the embedded model and VADER reward).
 TRAIN_DEFAULTS: dict[str, Any] = {
@@ -34,39 +57,472 @@ TRAIN_DEFAULTS: dict[str, Any] = {
     "env": {"num_envs": 32, "max_new_tokens": 32, "kl_coef": 0.05},
     "agent_kwargs": {},
 }
+#: Largest seed: NumPy's legacy seeding (``np.random.seed``) takes 32-bit seeds.
+MAX_SEED = 2**32 - 1
+#: Arguments the CLI itself passes to every agent: not accepted in ``agent_kwargs:``.
+CLI_AGENT_ARGUMENTS = {"env": "", "seed": "set `seed:` at the top level or --seed",
+                       "tensorboard_log": "the run writes its events to OUTPUT/tensorboard"}
+
+
+# ---------------------------------------------------------------------------------------------- value checks
+def check_seed(name: str, value: Any) -> None:
+    """``value`` must be an integer in ``[0, 2**32 - 1]`` (NumPy's seed range)."""
+    check_int(name, value, minimum=0)
+    if value > MAX_SEED:
+        raise InputError(f"{name}={value!r} must be an integer <= {MAX_SEED} (2**32 - 1)")
+
+
+class ArgumentType:
+    """An argparse ``type=``: parse the flag's text, then check the value with :mod:`textenv.validation`.
+
+    A bad value becomes argparse's one-line error naming the flag, e.g.
+    ``textenv collect: error: argument --k: '1' is not an integer >= 2``, before anything is loaded.
+    """
+
+    def __init__(self, parse: Callable[[str], Any], check: Callable[[str, Any], None], description: str) -> None:
+        self.parse = parse
+        self.check = check
+        self.description = description
+        self.__name__ = description  # argparse names the type with it in some messages
+
+    def __call__(self, text: str) -> Any:
+        try:
+            value = self.parse(text)
+            self.check("value", value)
+        except ValueError:  # int()/float() of a non-number, and InputError from the check
+            raise argparse.ArgumentTypeError(f"{text!r} is not {self.description}") from None
+        return value
+
+    def __repr__(self) -> str:
+        return f"ArgumentType({self.description!r})"
+
+
+def integer_at_least(minimum: int) -> ArgumentType:
+    """argparse type: an integer ``>= minimum``."""
+    return ArgumentType(int, lambda name, value: check_int(name, value, minimum), f"an integer >= {minimum}")
+
+
+def number_in(low: float | None = None, high: float | None = None, low_open: bool = False,
+              high_open: bool = False) -> ArgumentType:
+    """argparse type: a finite real number in the given range (NaN and ±inf are refused)."""
+    bounds = [f"{'>' if low_open else '>='} {low:g}"] if low is not None else []
+    bounds += [f"{'<' if high_open else '<='} {high:g}"] if high is not None else []
+    return ArgumentType(
+        float,
+        lambda name, value: check_number(name, value, low=low, high=high, low_open=low_open, high_open=high_open),
+        " ".join(["a finite number", " and ".join(bounds)]).strip(),
+    )
+
+
+#: The flag types every subcommand shares.
+COUNT = integer_at_least(1)                       # batch sizes, epochs, token budgets, prompts
+COUNT_OR_ZERO = integer_at_least(0)               # 0 means "off" where the help says so
+SEED = ArgumentType(int, check_seed, f"an integer in [0, {MAX_SEED}]")
+POSITIVE = number_in(low=0, low_open=True)        # learning rates, temperatures
+NON_NEGATIVE = number_in(low=0)                   # β, weight decay, coefficients, gaps
+PROBABILITY = number_in(low=0, high=1)            # label noise
+HOLDOUT_FRACTION = number_in(low=0, high=1, high_open=True)  # 0 = no held-out set
+
+
+class Parser(argparse.ArgumentParser):
+    """An ``ArgumentParser`` whose errors are one line: ``textenv train: error: argument --seed: ...``."""
+
+    def error(self, message: str) -> typing.NoReturn:
+        self.exit(2, f"{self.prog}: error: {message} (`{self.prog} --help` lists the options)\n")
+
+
+# ---------------------------------------------------------------------------------------------- config files
+class ConfigLoader(yaml.SafeLoader):
+    """YAML ``SafeLoader`` (no Python objects) that also reads ``1e-4`` as a float, as YAML 1.2 does (plain
+    YAML 1.1 reads it as the string ``"1e-4"``), and refuses a key given twice in one mapping."""
+
+    def construct_mapping(self, node: yaml.MappingNode, deep: bool = False) -> dict[Any, Any]:
+        seen: set[Any] = set()
+        for key_node, _ in node.value:
+            key = self.construct_object(key_node, deep=deep)
+            if isinstance(key, typing.Hashable) and key in seen:
+                raise yaml.constructor.ConstructorError(
+                    None, None, f"the key {key!r} appears twice in one mapping", key_node.start_mark
+                )
+            seen.add(key)
+        return super().construct_mapping(node, deep=deep)
+
+
+ConfigLoader.add_implicit_resolver(
+    "tag:yaml.org,2002:float",
+    re.compile(r"^[-+]?(?:[0-9][0-9_]*)(?:\.[0-9_]*)?[eE][-+]?[0-9]+$"),
+    list("-+0123456789"),
+)
+
+#: Checks of the top-level config values (``env`` and ``agent_kwargs`` are checked against their constructors).
+CONFIG_VALUE_CHECKS: dict[str, Callable[[str, Any], None]] = {
+    "agent": lambda name, value: _check_type(name, value, str),
+    "total_timesteps": lambda name, value: check_int(name, value, 1),
+    "output": lambda name, value: _check_type(name, value, str),
+    "seed": check_seed,
+    "checkpoint_every": lambda name, value: check_int(name, value, 0),
+    "eval_prompts": lambda name, value: check_int(name, value, 1),
+    "env": lambda name, value: _check_type(name, value, dict),
+    "agent_kwargs": lambda name, value: _check_type(name, value, dict),
+}
+
+#: Range checks of the env's numeric arguments (``env:`` in a config), so a bad value fails before a model loads.
+ENV_VALUE_CHECKS: dict[str, Callable[[str, Any], None]] = {
+    "num_envs": lambda name, value: check_int(name, value, 1),
+    "max_new_tokens": lambda name, value: check_int(name, value, 1),
+    "max_prompt_tokens": lambda name, value: value is None or check_int(name, value, 1),
+    "kl_coef": lambda name, value: check_number(name, value, low=0),
+    "target_kl": lambda name, value: check_number(name, value, low=0, low_open=True, none_ok=True),
+    "kl_horizon": lambda name, value: check_int(name, value, 1),
+    "group_size": lambda name, value: check_int(name, value, 1),
+}
 
 
 def load_config(path: str | None) -> dict[str, Any]:
-    """Read a YAML config; unknown top-level keys are rejected with the valid ones."""
+    """Read a YAML ``--config`` file and check its top level: syntax (with the line number), UTF-8, a mapping,
+    known keys (with a did-you-mean) and value types. Raises :class:`InputError` naming the file."""
     if path is None:
         return {}
+    where = f"--config {path}"
     file = Path(path)
+    if not file.exists():
+        raise InputError(f"{where}: no such file")
     if not file.is_file():
-        raise SystemExit(f"--config {path}: no such file")
-    data = yaml.safe_load(file.read_text()) or {}
+        raise InputError(f"{where}: not a file; give a YAML file")
+    text = decode_utf8(file.read_bytes(), where)
+    try:
+        data = yaml.load(text, Loader=ConfigLoader)  # noqa: S506 - ConfigLoader is a SafeLoader
+    except yaml.MarkedYAMLError as err:
+        mark = err.problem_mark or err.context_mark
+        position = f", line {mark.line + 1}, column {mark.column + 1}" if mark is not None else ""
+        context = f" ({err.context}" if err.context else ""
+        if context and err.context_mark is not None and mark is not None and err.context_mark.line != mark.line:
+            context += f" started at line {err.context_mark.line + 1}"
+        context += ")" if context else ""
+        raise InputError(f"{where}{position}: invalid YAML: {err.problem}{context}") from None
+    except yaml.YAMLError as err:
+        raise InputError(f"{where}: invalid YAML: {err}") from None
+    if data is None:
+        return {}
     if not isinstance(data, dict):
-        raise SystemExit(f"--config {path}: the file must hold a mapping of option: value")
-    unknown = sorted(set(data) - set(TRAIN_DEFAULTS))
-    if unknown:
-        raise SystemExit(f"--config {path}: unknown key(s) {unknown}; valid keys: {sorted(TRAIN_DEFAULTS)}")
+        raise InputError(f"{where}: the file must hold a mapping of option: value, got a {type(data).__name__}")
+    check_known_keys(where, data, CONFIG_VALUE_CHECKS)
+    for key, value in data.items():
+        if key in ("env", "agent_kwargs") and value is None:
+            data[key] = {}  # `env:` with nothing under it
+            continue
+        _in_file(where, CONFIG_VALUE_CHECKS[key], key, value)
     return data
 
 
+def decode_utf8(data: bytes, where: str) -> str:
+    """``data`` as UTF-8 text; an :class:`InputError` names ``where`` and the line of the first bad byte."""
+    try:
+        return data.decode("utf-8")
+    except UnicodeDecodeError as err:
+        line = data[: err.start].count(b"\n") + 1
+        raise InputError(f"{where}, line {line}: not UTF-8 text (byte {data[err.start]:#04x}); save it as UTF-8") from None
+
+
+def check_known_keys(where: str, given: Mapping[Any, Any], valid: Sequence[str] | Mapping[str, Any],
+                     section: str = "") -> None:
+    """Refuse keys of ``given`` that are not in ``valid``, with a did-you-mean and the valid list."""
+    valid = sorted(valid)
+    unknown = [key for key in given if key not in valid]
+    if not unknown:
+        return
+    described = []
+    for key in unknown:
+        close = difflib.get_close_matches(str(key), valid, n=1, cutoff=0.6)
+        described.append(f"{key!r}" + (f" (did you mean {close[0]!r}?)" if close else ""))
+    prefix = f"{where}: {section}" if section else f"{where}: "
+    raise InputError(f"{prefix}unknown key(s) {', '.join(described)}; valid keys: {', '.join(valid)}")
+
+
+def _in_file(where: str, check: Callable[[str, Any], None], name: str, value: Any) -> None:
+    """Run ``check(name, value)``; its :class:`InputError` gets the config file's name in front."""
+    try:
+        check(name, value)
+    except InputError as err:
+        raise InputError(f"{where}: {err}") from None
+
+
+def _check_type(name: str, value: Any, kind: type) -> None:
+    if not isinstance(value, kind) or (kind is str and not value):
+        raise InputError(f"{name}={value!r} must be {_describe_type(kind)}")
+
+
+def check_arguments(where: str, section: str, given: Mapping[str, Any], function: Callable[..., Any],
+                    exclude: Mapping[str, str] = CLI_AGENT_ARGUMENTS) -> None:
+    """Check the ``section:`` mapping of a config (``env`` or ``agent_kwargs``), keyword arguments of
+    ``function``, without calling it: unknown names (did-you-mean), names in ``exclude`` (with the reason), and
+    values a YAML file cannot make or that have the wrong type for the annotation (``learning_rate: "abc"``)."""
+    parameters = inspect.signature(function).parameters
+    if any(p.kind is p.VAR_KEYWORD for p in parameters.values()):
+        return  # takes **kwargs: the callee checks
+    for name, reason in exclude.items():
+        if name in given and name in parameters:
+            raise InputError(f"{where}: {section}.{name} is set by textenv train itself"
+                             + (f": {reason}" if reason else ""))
+    accepted = [n for n, p in parameters.items() if n not in exclude and n != "self"
+                and p.kind in (p.POSITIONAL_OR_KEYWORD, p.KEYWORD_ONLY)]
+    check_known_keys(where, given, accepted, f"{section}: ")
+    try:
+        hints = typing.get_type_hints(function)
+    except Exception:  # an annotation that does not resolve: the constructor checks the values itself
+        hints = {}
+    for name, value in given.items():
+        if name in hints and _accepts(hints[name], value) is False:
+            raise InputError(f"{where}: {section}.{name}={value!r} must be {_describe_type(hints[name])}")
+
+
+def _accepts(hint: Any, value: Any) -> bool | None:
+    """Whether a YAML ``value`` fits the annotation ``hint`` (``None``: cannot tell, e.g. ``Any``)."""
+    if hint is Any:
+        return None
+    origin = typing.get_origin(hint)
+    if origin in (typing.Union, types.UnionType):
+        answers = [_accepts(arm, value) for arm in typing.get_args(hint)]
+        return True if True in answers else None if None in answers else False
+    if hint is type(None):
+        return value is None
+    if hint is bool:
+        return isinstance(value, bool)
+    if hint is int:
+        return isinstance(value, int) and not isinstance(value, bool)
+    if hint is float:
+        return isinstance(value, (int, float)) and not isinstance(value, bool)
+    base = origin or hint
+    if base in (dict, Mapping):
+        return isinstance(value, dict)
+    if base in (list, tuple, Sequence):
+        return isinstance(value, (list, tuple))
+    if isinstance(base, type):
+        return isinstance(value, base)  # str, or a class a YAML value never is (a loaded model)
+    return None
+
+
+def _describe_type(hint: Any) -> str:
+    origin = typing.get_origin(hint)
+    if origin in (typing.Union, types.UnionType):
+        return " or ".join(_describe_type(arm) for arm in typing.get_args(hint))
+    names = {type(None): "null", bool: "true or false", int: "an integer", float: "a number", str: "a string",
+             dict: "a mapping (key: value lines)", list: "a list"}
+    base = origin or hint
+    if base in names:
+        return names[base]
+    return f"a {getattr(base, '__name__', str(base))} object (Python only, not in a config file)"
+
+
+# ---------------------------------------------------------------------------------------------- train options
 def resolve_train_options(args: argparse.Namespace) -> dict[str, Any]:
-    """Defaults ← config file ← command-line flags (``env`` and ``agent_kwargs`` merge key by key)."""
+    """Defaults ← the ``--resume`` checkpoint's settings ← config file ← command-line flags (``env`` and
+    ``agent_kwargs`` merge key by key).
+
+    Everything is checked here, before any model loads: the config file, the agent name, the ``env:`` keys
+    against :class:`~textenv.vector_env.TextGenVectorEnv`'s arguments and ``agent_kwargs:`` against the agent's
+    constructor. With ``--resume``, the checkpoint's agent, env settings, hyper-parameters and seed (its
+    ``agent.json``) are the defaults, so ``textenv train --resume RUN`` continues the run as it was.
+    """
+    from textenv.agents.base import read_checkpoint_meta
+    from textenv.prompts import builtin_prompts
+    from textenv.vector_env import TextGenVectorEnv
+
     config = load_config(args.config)
+    where = f"--config {args.config}" if args.config else "textenv train"
+    resume = getattr(args, "resume_checkpoint", None)
+    recorded = read_checkpoint_meta(resume) if resume is not None else {}  # refuses pickles and old formats early
     options = {**TRAIN_DEFAULTS, **config}
-    options["env"] = {**TRAIN_DEFAULTS["env"], **config.get("env", {})}
-    options["agent_kwargs"] = {**config.get("agent_kwargs", {})}
-    for key in ("agent", "total_timesteps", "output", "seed"):
-        value = getattr(args, key)
+    for key in ("agent", "total_timesteps", "output", "seed", "checkpoint_every", "eval_prompts"):
+        value = getattr(args, key, None)
         if value is not None:
             options[key] = value
+    recorded_agent = recorded.get("agent")
+    if resume is not None and isinstance(recorded_agent, str):
+        if args.agent is None and "agent" not in config:
+            options["agent"] = recorded_agent
+        elif recorded_agent != options["agent"]:
+            raise InputError(f"--resume {resume} holds a {recorded_agent!r} agent, but this run asks for agent "
+                             f"{options['agent']!r}; drop --agent (the checkpoint's agent is used) or resume another")
+    cls = checked_agent_class(options["agent"])
+
+    env_parameters = inspect.signature(TextGenVectorEnv.__init__).parameters
+    recorded_env = recorded.get("env") if isinstance(recorded.get("env"), dict) else {}
+    options["env"] = {**TRAIN_DEFAULTS["env"], **{k: v for k, v in recorded_env.items() if k in env_parameters},
+                      **config.get("env", {})}
+    agent_parameters = inspect.signature(cls.__init__).parameters
+    hyper = recorded.get("hyperparameters") if isinstance(recorded.get("hyperparameters"), dict) else {}
+    options["agent_kwargs"] = {**{k: v for k, v in hyper.items() if k in agent_parameters and k not in CLI_AGENT_ARGUMENTS},
+                               **config.get("agent_kwargs", {})}
+    if args.seed is None and "seed" not in config and isinstance(hyper.get("seed"), int):
+        options["seed"] = hyper["seed"]
+
+    check_arguments(where, "env", options["env"], TextGenVectorEnv.__init__, exclude={})
+    for key, check in ENV_VALUE_CHECKS.items():
+        if key in options["env"]:
+            _in_file(where, check, f"env.{key}", options["env"][key])
+    check_arguments(where, "agent_kwargs", options["agent_kwargs"], cls.__init__)
+    if "learning_rate" in options["agent_kwargs"]:
+        _in_file(where, lambda n, v: check_number(n, v, low=0, low_open=True), "agent_kwargs.learning_rate",
+                 options["agent_kwargs"]["learning_rate"])
+    _in_file(where, check_seed, "seed", options["seed"])
+    held_out = len(builtin_prompts("eval"))
+    if options["eval_prompts"] > held_out:
+        raise InputError(f"eval_prompts={options['eval_prompts']} exceeds the {held_out} built-in held-out prompts")
     if options["output"] is None:
         options["output"] = str(Path("runs") / options["agent"])
     return options
 
 
+def checked_agent_class(name: str) -> type:
+    """The registered agent class ``name``; an :class:`InputError` lists the valid names (and a did-you-mean)."""
+    from textenv.agents import AGENTS
+
+    if name not in AGENTS:
+        close = difflib.get_close_matches(name, list(AGENTS), n=1)
+        hint = f" (did you mean {close[0]!r}?)" if close else ""
+        raise InputError(f"agent {name!r} is not registered{hint}; choose one of {sorted(AGENTS)}")
+    return AGENTS[name]
+
+
+# ---------------------------------------------------------------------------------------------- run directories
+RUN_ENTRIES = ("summary.json", "checkpoint", "tensorboard")
+_OWN_TEMPORARY = re.compile(r"^\.(?:checkpoint|summary\.json)\.(?:tmp|old|new)\b.*$")
+_TENSORBOARD_EVENTS = "events.out.tfevents."
+
+
+def run_entries(output: Path) -> list[str]:
+    """Names of the entries of a previous ``textenv train`` run in ``output`` (``[]`` if none or missing).
+
+    Raises :class:`InputError` when ``output`` is a file or holds anything ``textenv train`` did not write (a
+    file or directory of another name, a ``checkpoint/`` without ``agent.json``, a file in ``tensorboard/``
+    that is not a TensorBoard event file): such a directory is never written into.
+    """
+    if not output.exists():
+        return []
+    if not output.is_dir():
+        raise InputError(f"--output {output} is a file; give a directory (textenv train writes summary.json, "
+                         "checkpoint/ and tensorboard/ in it)")
+    ours, foreign = [], []
+    for entry in sorted(output.iterdir()):
+        if _OWN_TEMPORARY.match(entry.name):
+            continue  # litter of an interrupted save of ours; the next save cleans it
+        if entry.name == "summary.json" and entry.is_file():
+            ours.append(entry.name)
+        elif entry.name == "checkpoint" and entry.is_dir() and (entry / "agent.json").is_file():
+            ours.append(entry.name + "/")
+        elif entry.name == "tensorboard" and entry.is_dir():
+            strangers = [e.name for e in entry.iterdir() if not (e.is_file() and e.name.startswith(_TENSORBOARD_EVENTS))]
+            if strangers:
+                foreign.append(f"tensorboard/{strangers[0]}")
+            else:
+                ours.append(entry.name + "/")
+        else:
+            foreign.append(entry.name + ("/" if entry.is_dir() else ""))
+    if foreign:
+        shown = ", ".join(foreign[:5]) + (f" and {len(foreign) - 5} more" if len(foreign) > 5 else "")
+        raise InputError(f"--output {output} holds files textenv did not write ({shown}); textenv never writes "
+                         "beside your files: choose a new or empty --output directory")
+    return ours
+
+
+def prepare_run_dir(output: Path, resume: Path | None, overwrite: bool) -> None:
+    """Make ``output`` ready for a run, or refuse with :class:`InputError` (nothing is removed unless ``overwrite``).
+
+    * missing or empty: fine;
+    * holds a run of ours and ``resume`` is its own checkpoint: continue it;
+    * holds a run of ours otherwise: refuse, naming ``--resume`` and ``--overwrite``; with ``overwrite`` its
+      ``summary.json``, ``checkpoint/`` and TensorBoard event files are removed (only those);
+    * a file, or a directory holding anything else: refuse (:func:`run_entries`).
+    """
+    ours = run_entries(output)
+    if not ours:
+        return
+    checkpoint = output / "checkpoint"
+    same_run = resume is not None and resume.resolve() == checkpoint.resolve()
+    if not same_run and checkpoint.exists():
+        _check_checkpoint_replaceable(checkpoint)  # its first save would refuse it: say so before training
+    if same_run:
+        if overwrite:
+            raise InputError(f"--overwrite would delete {checkpoint}, the checkpoint --resume continues from; "
+                             "drop --overwrite to continue the run, or --resume to start again")
+        return
+    if not overwrite:
+        cont = (f"--resume {checkpoint} to continue it" if "checkpoint/" in ours
+                else "it has no checkpoint to --resume from")
+        raise InputError(f"--output {output} holds a run ({', '.join(ours)}): {cont}, --overwrite to start again "
+                         "(removes that run's summary.json, checkpoint/ and TensorBoard events), or choose another "
+                         "--output")
+    remove_run(output)
+
+
+def _check_checkpoint_replaceable(checkpoint: Path) -> None:
+    """:class:`InputError` unless ``checkpoint`` holds only files of a textenv agent checkpoint (its manifest)."""
+    from textenv.agents.base import CHECKPOINT_KIND
+    from textenv.checkpoint import check_replaceable
+
+    try:
+        check_replaceable(checkpoint, CHECKPOINT_KIND)
+    except InputError as err:
+        raise InputError(f"--output: {err}") from None
+
+
+def remove_run(output: Path) -> None:
+    """Delete the previous run's files in ``output``: ``summary.json``, ``checkpoint/`` and the TensorBoard event
+    files (``tensorboard/`` too when that leaves it empty). Call only after :func:`run_entries` found nothing
+    foreign in ``output``."""
+    (output / "summary.json").unlink(missing_ok=True)
+    events = output / "tensorboard"
+    if events.is_dir():
+        for file in events.glob(f"{_TENSORBOARD_EVENTS}*"):
+            file.unlink()
+        if not any(events.iterdir()):
+            events.rmdir()
+    checkpoint = output / "checkpoint"
+    if checkpoint.exists():
+        _check_checkpoint_replaceable(checkpoint)  # every file in it is listed in its textenv.json manifest
+        shutil.rmtree(checkpoint)
+
+
+def resolve_checkpoint(path: str | Path, flag: str) -> Path:
+    """An agent checkpoint directory from ``path``: the checkpoint itself (it holds ``agent.json``) or a
+    ``textenv train`` run directory (its ``checkpoint/``). :class:`InputError` otherwise."""
+    from textenv.checkpoint import recover_directory
+
+    given = Path(path)
+    for candidate in (given, given / "checkpoint"):
+        if candidate.parent.is_dir():
+            recover_directory(candidate)  # a save killed between its two renames
+    if (given / "agent.json").is_file():
+        return given
+    if (given / "checkpoint" / "agent.json").is_file():
+        return given / "checkpoint"
+    if not given.exists():
+        raise InputError(f"{flag} {given}: no such directory")
+    raise InputError(f"{flag} {given} is not a textenv checkpoint (no agent.json); give the directory "
+                     "Agent.save or textenv train wrote (RUN/checkpoint) or its run directory")
+
+
+def read_agent_json(checkpoint: Path) -> dict[str, Any]:
+    """``checkpoint/agent.json`` as a dict; a damaged file is an :class:`InputError` naming it."""
+    file = checkpoint / "agent.json"
+    try:
+        meta = json.loads(decode_utf8(file.read_bytes(), str(file)))
+    except json.JSONDecodeError as err:
+        raise InputError(f"{file}, line {err.lineno}: not valid JSON ({err.msg}); the checkpoint is damaged") from None
+    if not isinstance(meta, dict):
+        raise InputError(f"{file} must hold a JSON object; the checkpoint is damaged")
+    return meta
+
+
+def write_json(path: Path, data: Mapping[str, Any]) -> None:
+    """Write ``data`` to ``path`` atomically (a crash leaves the old file or the new one)."""
+    from textenv.evaluation import save_eval_json
+
+    save_eval_json(path, data)
+
+
+# ---------------------------------------------------------------------------------------------- textenv train
 def build_env(env_kwargs: dict[str, Any], group_size: int = 1):
     """The training env: a native ``TextGenVectorEnv`` with synchronised episodes."""
     from textenv.vector_env import TextGenVectorEnv
@@ -96,78 +552,222 @@ def held_out_eval(env, num_prompts: int, seed: int) -> dict[str, Any]:
 
 
 def cmd_train(args: argparse.Namespace) -> int:
-    from textenv.agents import agent_class, make_agent
-
+    """``textenv train``: check everything, then build the env and agent, train, evaluate, write summary.json."""
+    args.resume_checkpoint = resolve_checkpoint(args.resume, "--resume") if args.resume else None
     options = resolve_train_options(args)
-    cls = agent_class(options["agent"])  # fails early on an unknown agent name
     output = Path(options["output"])
+    prepare_run_dir(output, args.resume_checkpoint, args.overwrite)
+
+    from textenv.agents import make_agent
+
+    cls = checked_agent_class(options["agent"])
     output.mkdir(parents=True, exist_ok=True)
     env_kwargs = dict(options["env"])
     env = build_env(env_kwargs, group_size=cls.default_group_size)
     print(f"textenv train: agent={cls.name} env={env_kwargs} output={output}")
     agent = make_agent(options["agent"], env, seed=options["seed"], tensorboard_log=str(output / "tensorboard"),
                        **options["agent_kwargs"])
-    if args.resume:
-        agent.load_state(args.resume)
-        print(f"resumed from {args.resume} at step {agent.num_timesteps}")
+    if args.resume_checkpoint is not None:
+        agent.load_state(args.resume_checkpoint)
+        print(f"resumed from {args.resume_checkpoint} at step {agent.num_timesteps}")
     eval_seed = options["seed"] + 10_000
     before = held_out_eval(env, options["eval_prompts"], eval_seed)
     print(f"held-out before: mean {env.reward_model.__class__.__name__} = {before['gold_reward']:+.3f}, "
           f"KL = {before['kl']:.3f} nats ({options['eval_prompts']} prompts)")
     start = time.perf_counter()
-    agent.learn(
-        options["total_timesteps"],
-        progress_bar=not args.no_progress,
-        checkpoint_dir=output / "checkpoint",
-        checkpoint_every=options["checkpoint_every"],
-    )
-    minutes = (time.perf_counter() - start) / 60
-    after = held_out_eval(env, options["eval_prompts"], eval_seed)
+    try:
+        agent.learn(
+            options["total_timesteps"],
+            progress_bar=not args.no_progress,
+            checkpoint_dir=output / "checkpoint",
+            checkpoint_every=options["checkpoint_every"],
+        )
+        minutes = (time.perf_counter() - start) / 60
+        after = held_out_eval(env, options["eval_prompts"], eval_seed)
+    except KeyboardInterrupt:  # Agent.learn saved a checkpoint on the first Ctrl-C (not on a second one)
+        return _interrupted(args, options, output, agent.num_timesteps, before)
     print(f"held-out after:  mean {env.reward_model.__class__.__name__} = {after['gold_reward']:+.3f}, "
           f"KL = {after['kl']:.3f} nats; change {after['gold_reward'] - before['gold_reward']:+.3f} "
           f"in {minutes:.1f} min, {agent.num_timesteps} tokens")
     for row in after["samples"][:3]:
         print(f"  {row['prompt']} | {row['completion']}")
-    summary = {"agent": cls.name, "before": before, "after": after, "minutes": minutes,
-               "num_timesteps": agent.num_timesteps, "options": options}
-    (output / "summary.json").write_text(json.dumps(summary, indent=2, default=str))
+    summary = {"command": "textenv train", "agent": cls.name, "interrupted": False, "before": before,
+               "after": after, "minutes": minutes, "num_timesteps": agent.num_timesteps, "options": options}
+    write_json(output / "summary.json", summary)
     print(f"checkpoint: {output / 'checkpoint'}   tensorboard: {output / 'tensorboard'}")
     return 0
 
 
-def cmd_eval(args: argparse.Namespace) -> int:
-    from textenv.evaluation import evaluate_policy, save_eval_json
+def _interrupted(args: argparse.Namespace, options: dict[str, Any], output: Path, num_timesteps: int,
+                 before: dict[str, Any]) -> int:
+    """Ctrl-C during training: ``Agent.learn`` saved a checkpoint on the first Ctrl-C (a second one stops at once;
+    then the last periodic checkpoint, if any, is the one to resume). Record the run in ``summary.json``
+    (``"interrupted": true``), say how to continue, exit 130."""
+    checkpoint = output / "checkpoint"
+    saved = None
+    if (checkpoint / "agent.json").is_file():
+        try:
+            saved = read_agent_json(checkpoint).get("num_timesteps")
+        except InputError:
+            saved = None
+    summary = {"command": "textenv train", "agent": options["agent"], "interrupted": True,
+               "num_timesteps": num_timesteps, "checkpoint_num_timesteps": saved,
+               "checkpoint": str(checkpoint) if saved is not None else None, "before": before, "options": options}
+    write_json(output / "summary.json", summary)
+    if saved is None:
+        print(f"\ntextenv train: interrupted at {num_timesteps} tokens, before any checkpoint was saved; "
+              f"start again with --overwrite", file=sys.stderr)
+    else:
+        command = resume_command(getattr(args, "argv", None) or [], checkpoint)
+        print(f"\ntextenv train: interrupted at {num_timesteps} tokens; the checkpoint in {checkpoint} holds "
+              f"{saved} tokens. Continue with:\n  {command}", file=sys.stderr)
+    return 130
 
-    checkpoint = Path(args.checkpoint)
-    if not (checkpoint / "agent.json").is_file():
-        raise SystemExit(f"{checkpoint} is not a checkpoint directory (no agent.json); pass DIR/checkpoint")
+
+def resume_command(argv: Sequence[str], checkpoint: Path) -> str:
+    """The ``textenv train`` command line ``argv`` with ``--resume checkpoint`` instead of any ``--resume`` /
+    ``--overwrite`` it had."""
+    kept: list[str] = []
+    skip = False
+    for item in argv:
+        if skip:
+            skip = False
+        elif item == "--resume":
+            skip = True
+        elif not (item.startswith("--resume=") or item == "--overwrite"):
+            kept.append(item)
+    if not kept or kept[0] != "train":
+        kept = ["train", *kept]
+    return shlex.join(["textenv", *kept, "--resume", str(checkpoint)])
+
+
+# ---------------------------------------------------------------------------------------------- textenv eval
+def eval_settings(args: argparse.Namespace, checkpoint: Path) -> dict[str, Any]:
+    """The arguments of :func:`~textenv.evaluation.evaluate_policy` for ``textenv eval``: what the checkpoint
+    was trained with (its ``agent.json`` ``"env"``), overridden by the flags given. Refuses a reward model or
+    base model that ``agent.json`` cannot rebuild (a Python object at training time) unless the flag is given."""
+    meta = read_agent_json(checkpoint)
+    env = meta.get("env") if isinstance(meta.get("env"), dict) else {}
+    recorded_rm = env.get("reward_model")
+    if args.reward_model is not None:
+        gold = args.reward_model
+    elif isinstance(recorded_rm, str):
+        gold = recorded_rm
+    else:
+        raise InputError(f"{checkpoint} was trained with a reward model given as a Python object, which agent.json "
+                         "cannot rebuild; pass --reward-model SPEC (e.g. --reward-model vader, or the spec of the "
+                         "model you trained with)")
+    recorded_model = env.get("model")
+    if args.reference is not None:
+        reference = args.reference
+    elif isinstance(recorded_model, str):
+        reference = recorded_model
+    else:
+        raise InputError(f"{checkpoint} was trained from a model given as a Python object, which agent.json cannot "
+                         "name; pass --reference MODEL (the base model the policy started from) to measure KL")
+    recorded_length = env.get("max_new_tokens", 32)
+    max_new_tokens = args.max_new_tokens if args.max_new_tokens is not None else recorded_length
+    kl_coef = env.get("kl_coef")
+    return {
+        "gold": gold, "reference": reference, "max_new_tokens": max_new_tokens,
+        "kl_coef": kl_coef if isinstance(kl_coef, (int, float)) and not isinstance(kl_coef, bool) else None,
+        "num_timesteps": meta.get("num_timesteps"), "agent": meta.get("agent"),
+        "trained_prompts": env.get("prompts", "builtin"),
+    }
+
+
+def cmd_eval(args: argparse.Namespace) -> int:
+    """``textenv eval``: evaluate a checkpoint with the settings it was trained with (flags override)."""
+    from textenv.evaluation import check_results_path
+
+    from textenv.agents.base import CHECKPOINT_KIND
+    from textenv.checkpoint import verify_directory
+
+    checkpoint = resolve_checkpoint(args.checkpoint, "CHECKPOINT")
+    verify_directory(checkpoint, CHECKPOINT_KIND)  # truncated or corrupted weights: a clear error, not a traceback
+    settings = eval_settings(args, checkpoint)
+    output = Path(args.output) if args.output is not None else checkpoint.parent / "eval.json"
+    check_results_path(output, overwrite=args.overwrite)
+    prompts = args.prompts if args.prompts is not None else "builtin"
+    if args.prompts is None and settings["trained_prompts"] != "builtin":
+        print(f"textenv eval: the checkpoint trained on prompts={settings['trained_prompts']!r}; evaluating on the "
+              f"built-in held-out prompts (pass --prompts to choose)", file=sys.stderr)
+
+    from textenv.evaluation import evaluate_policy, save_eval_json
     from textenv.prompts import load_prompts
 
-    result = evaluate_policy(checkpoint, prompts=load_prompts("builtin", "eval")[: args.num_prompts],
-                             seed=args.seed, max_table_rows=5)
-    save_eval_json(checkpoint.parent / "eval.json", result)
+    result = evaluate_policy(
+        checkpoint, prompts=load_prompts(prompts, args.prompt_split)[: args.num_prompts], gold=settings["gold"],
+        reference=settings["reference"], num_samples=args.num_samples, max_new_tokens=settings["max_new_tokens"],
+        temperature=args.temperature, seed=args.seed, batch_size=args.batch_size, max_table_rows=5,
+        device=args.device,
+    )
+    beta = settings["kl_coef"]
+    result["objective"] = None if beta is None else result["gold_reward"] - beta * result["kl"]
+    result["settings"].update({"prompts": str(prompts), "prompt_split": args.prompt_split, "kl_coef": beta})
+    result = {"command": "textenv eval", "checkpoint": str(checkpoint), "agent": settings["agent"],
+              "num_timesteps": settings["num_timesteps"], **result}
+    save_eval_json(output, result)
     print(json.dumps({k: v for k, v in result.items() if k != "settings"}, indent=2, default=str))
+    print(f"textenv eval: wrote {output}", file=sys.stderr)
     return 0
 
 
+# ---------------------------------------------------------------------------------------------- the parser
 def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(prog="textenv", description=__doc__.split("\n\n")[0])
+    """The ``textenv`` parser with every subcommand (no model is loaded)."""
+    parser = Parser(prog="textenv", description=__doc__.split("\n\n")[0])
     sub = parser.add_subparsers(dest="command", required=True)
 
     train = sub.add_parser("train", help="train a policy on TextGen-v0")
-    train.add_argument("--agent", help="algorithm name (see `textenv.agents.AGENTS`)")
-    train.add_argument("--total-timesteps", dest="total_timesteps", type=int, help="tokens to generate in training")
-    train.add_argument("--output", help="directory for TensorBoard events, checkpoints and summary.json")
+    train.add_argument("--agent", help="algorithm name (see `textenv.agents.AGENTS`; default: reinforce, or the "
+                                       "agent of the --resume checkpoint)")
+    train.add_argument("--total-timesteps", dest="total_timesteps", type=COUNT, help="tokens to generate in training")
+    train.add_argument("--output", help="run directory for summary.json, checkpoint/ and tensorboard/ (default: "
+                                        "runs/AGENT); refused if it holds other files, or an earlier run without "
+                                        "--resume/--overwrite")
     train.add_argument("--config", help="YAML file with options, `env:` and `agent_kwargs:`")
-    train.add_argument("--seed", type=int)
-    train.add_argument("--resume", help="checkpoint directory to continue from exactly")
+    train.add_argument("--seed", type=SEED, help=f"seeds everything (an integer in [0, {MAX_SEED}]; default 0)")
+    train.add_argument("--checkpoint-every", dest="checkpoint_every", type=COUNT_OR_ZERO,
+                       help="iterations between checkpoints; 0: only at the end (default 25)")
+    train.add_argument("--eval-prompts", dest="eval_prompts", type=COUNT,
+                       help="built-in held-out prompts evaluated before and after training, 1..150 (default 128)")
+    train.add_argument("--resume", help="continue exactly from a checkpoint: RUN/checkpoint or the run directory RUN")
+    train.add_argument("--overwrite", action="store_true",
+                       help="start again in an --output that holds an earlier run (removes only that run's "
+                            "summary.json, checkpoint/ and TensorBoard event files)")
     train.add_argument("--no-progress", action="store_true", help="no progress bar")
     train.set_defaults(func=cmd_train)
 
-    evaluate = sub.add_parser("eval", help="evaluate a checkpoint on held-out prompts")
-    evaluate.add_argument("checkpoint")
-    evaluate.add_argument("--num-prompts", type=int, default=128)
-    evaluate.add_argument("--seed", type=int, default=0)
+    evaluate = sub.add_parser(
+        "eval", help="evaluate a checkpoint on held-out prompts",
+        description="Sample from a checkpoint's policy on held-out prompts and report the gold reward, the KL to "
+                    "the base model, perplexity and distinct-n. By default it uses what the checkpoint was trained "
+                    "with (agent.json: reward model, base model, max_new_tokens); flags override.",
+    )
+    evaluate.add_argument("checkpoint", metavar="CHECKPOINT", help="RUN/checkpoint (or the run directory RUN)")
+    evaluate.add_argument("--output", help="results JSON to write (default: eval.json beside the checkpoint, i.e. "
+                                           "RUN/eval.json); an existing file is replaced only with --overwrite, "
+                                           "and only if textenv wrote it")
+    evaluate.add_argument("--overwrite", action="store_true", help="replace an existing results file of textenv")
+    evaluate.add_argument("--reward-model", dest="reward_model",
+                          help="gold reward model spec (default: the one the checkpoint was trained with)")
+    evaluate.add_argument("--reference", help="base model for KL and perplexity (default: the checkpoint's base model)")
+    evaluate.add_argument("--max-new-tokens", dest="max_new_tokens", type=COUNT,
+                          help="completion length limit (default: the checkpoint's)")
+    evaluate.add_argument("--num-prompts", dest="num_prompts", type=COUNT, default=128,
+                          help="held-out prompts to use (default: %(default)s)")
+    evaluate.add_argument("--num-samples", dest="num_samples", type=COUNT, default=1,
+                          help="completions per prompt (default: %(default)s)")
+    evaluate.add_argument("--prompts", help="prompt source: 'builtin' or a .txt/.jsonl file (default: builtin)")
+    evaluate.add_argument("--prompt-split", dest="prompt_split", default="eval", choices=["train", "eval"],
+                          help="split of the built-in prompts (default: %(default)s, the held-out one)")
+    evaluate.add_argument("--temperature", type=POSITIVE, default=1.0,
+                          help="sampling temperature; 1 gives an unbiased KL estimate (default: %(default)s)")
+    evaluate.add_argument("--batch-size", dest="batch_size", type=COUNT, default=32,
+                          help="rows generated together (default: %(default)s)")
+    evaluate.add_argument("--seed", type=SEED, default=0, help="seeds the sampler (default: %(default)s)")
+    evaluate.add_argument("--device", default="auto", help="auto, cpu, cuda... (default: %(default)s)")
     evaluate.set_defaults(func=cmd_eval)
 
     from textenv import collect as collect_cmd
@@ -194,12 +794,50 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
+# ---------------------------------------------------------------------------------------------- errors and main
+#: Operating-system errors that are about the machine, never a bug: reported as one line even without a path.
+ENVIRONMENT_ERRNOS = {errno.ENOSPC, errno.EDQUOT, errno.EROFS}
+
+
+def is_user_facing(err: BaseException) -> bool:
+    """Whether ``err`` is reported as one line: an :class:`InputError`, an exception whose class sets
+    ``user_facing = True`` (e.g. a training run that diverged), or an ``OSError`` on a named path (permission
+    denied, read-only file system, disk full, a directory where a file was expected...)."""
+    if isinstance(err, InputError) or getattr(type(err), "user_facing", False) is True:
+        return True
+    return isinstance(err, OSError) and (err.filename is not None or err.errno in ENVIRONMENT_ERRNOS)
+
+
+def one_line(err: BaseException) -> str:
+    """The message of a user-facing error on one line (an ``OSError`` as ``PATH: reason``)."""
+    if isinstance(err, OSError) and not isinstance(err, InputError) and err.strerror:
+        paths = [str(p) for p in (err.filename, err.filename2) if p is not None]
+        text = f"{' -> '.join(paths)}: {err.strerror}" if paths else err.strerror
+        if err.errno in (errno.ENOSPC, errno.EDQUOT):
+            text += " (free some space and run again)"
+    else:
+        text = str(err)
+    return " ".join(text.split())
+
+
 def main(argv: list[str] | None = None) -> int:
-    args = build_parser().parse_args(argv)
+    """Run ``textenv`` with ``argv`` (default ``sys.argv[1:]``); returns the exit code: 0 done, 2 a user error
+    (one line on stderr), 130 Ctrl-C. Other exceptions (bugs) propagate with their traceback."""
+    argv = list(sys.argv[1:] if argv is None else argv)
+    try:
+        args = build_parser().parse_args(argv)
+    except SystemExit as done:  # --help (0) or a bad flag (2, its one line already printed)
+        return done.code if isinstance(done.code, int) else 0 if done.code is None else 2
+    args.argv = argv
     try:
         return args.func(args)
-    except ValueError as err:
-        print(f"textenv {args.command}: error: {err}", file=sys.stderr)
+    except KeyboardInterrupt:
+        print(f"\ntextenv {args.command}: interrupted", file=sys.stderr)
+        return 130
+    except Exception as err:
+        if not is_user_facing(err):
+            raise
+        print(f"textenv {args.command}: error: {one_line(err)}", file=sys.stderr)
         return 2
 
 

@@ -38,10 +38,13 @@ from typing import Any
 import numpy as np
 import torch
 
+from textenv.cli import COUNT, NON_NEGATIVE, POSITIVE, PROBABILITY, SEED, integer_at_least
 from textenv.models import DEFAULT_MODEL
-from textenv.preferences import CompletionSet, JsonlWriter, PreferenceRanking
+from textenv.preferences import CompletionSet, JsonlWriter, PreferenceRanking, load_completion_sets, load_preferences
 from textenv.prompts import load_prompts
+from textenv.reward_models import make_reward_model
 from textenv.rollout import collect_rollout
+from textenv.validation import InputError, check_int, check_number, check_positive
 from textenv.vector_env import TextGenVectorEnv
 
 
@@ -71,10 +74,8 @@ def rank_completions(
 ) -> tuple[list[str], list[float]]:
     """Gold ranking of one prompt's completions (best first) after de-duplication, the ``min_gap`` filter and
     adjacent-swap ``noise``; returns (ranked completions, their gold scores). May return fewer than 2."""
-    if min_gap < 0:
-        raise ValueError(f"min_gap={min_gap} must be >= 0")
-    if not 0.0 <= noise <= 1.0:
-        raise ValueError(f"noise={noise} must be a probability in [0, 1]")
+    check_number("min_gap", min_gap, low=0.0)
+    check_number("noise", noise, low=0.0, high=1.0)
     best: dict[str, float] = {}
     for text, score in zip(completions, scores):
         best.setdefault(text, float(score))
@@ -128,20 +129,20 @@ def collect_preferences(
         temperature: sampling temperature (1 = the policy's distribution).
         device: ``"auto"``, ``"cpu"``, ``"cuda"``.
     """
-    for name, value, minimum in (("num_prompts", num_prompts, 1), ("k", k, 2), ("batch_prompts", batch_prompts, 1)):
-        if isinstance(value, bool) or not isinstance(value, int) or value < minimum:
-            raise ValueError(f"{name}={value!r} must be an integer >= {minimum}")
-    if min_gap < 0:
-        raise ValueError(f"min_gap={min_gap} must be >= 0")
-    if not 0.0 <= noise <= 1.0:
-        raise ValueError(f"noise={noise} must be a probability in [0, 1]")
+    for name, value, minimum in (("num_prompts", num_prompts, 1), ("k", k, 2), ("batch_prompts", batch_prompts, 1),
+                                 ("max_new_tokens", max_new_tokens, 1), ("seed", seed, 0)):
+        check_int(name, value, minimum)
+    check_number("min_gap", min_gap, low=0.0)
+    check_number("noise", noise, low=0.0, high=1.0)
+    check_positive("temperature", temperature)
     start = time.perf_counter()
     rng = np.random.default_rng(seed)
     pool = load_prompts(prompts, prompt_split)
     chosen = choose_prompts(pool, num_prompts, rng)
     batch_prompts = min(batch_prompts, num_prompts)
+    scorer = _zero_scores if unranked else make_reward_model(gold)  # an unknown gold name fails before the policy loads
     env = TextGenVectorEnv(
-        num_envs=batch_prompts * k, model=model, reward_model=_zero_scores if unranked else gold, prompts=pool,
+        num_envs=batch_prompts * k, model=model, reward_model=scorer, prompts=pool,
         max_new_tokens=max_new_tokens, kl_coef=0.0, group_size=k, autoreset_mode="disabled", device=device,
     )
     env.reset(seed=seed)
@@ -195,37 +196,56 @@ def _zero_scores(prompts: Sequence[str], completions: Sequence[str]) -> np.ndarr
 
 # ---------------------------------------------------------------------------------------------- command line
 def add_arguments(parser: argparse.ArgumentParser) -> None:
-    """Options of ``textenv collect``."""
+    """Options of ``textenv collect`` (every number is checked by its ``type=`` before anything loads)."""
     parser.add_argument("--model", default=DEFAULT_MODEL, help="policy name or save_pretrained path (default: %(default)s)")
     parser.add_argument("--prompts", default="builtin", help="'builtin' or a .txt/.jsonl prompt file (default: %(default)s)")
     parser.add_argument("--prompt-split", default="train", choices=["train", "eval"], help="built-in prompt split")
-    parser.add_argument("--num-prompts", type=int, default=400, help="prompts to label (default: %(default)s)")
-    parser.add_argument("--k", type=int, default=4, help="completions per prompt, K >= 2 (default: %(default)s)")
-    parser.add_argument("--max-new-tokens", type=int, default=32, help="completion length limit (default: %(default)s)")
+    parser.add_argument("--num-prompts", type=COUNT, default=400, help="prompts to label (default: %(default)s)")
+    parser.add_argument("--k", type=integer_at_least(2), default=4,
+                        help="completions per prompt, K >= 2 (default: %(default)s)")
+    parser.add_argument("--max-new-tokens", type=COUNT, default=32, help="completion length limit (default: %(default)s)")
     parser.add_argument("--gold", default="vader",
                         help="gold reward model ranking the completions, any reward_model name (default: %(default)s)")
-    parser.add_argument("--output", required=True, help="preference JSONL file to write")
-    parser.add_argument("--append", action="store_true", help="append to an existing --output instead of refusing")
-    parser.add_argument("--seed", type=int, default=0)
-    parser.add_argument("--noise", type=float, default=0.0,
+    parser.add_argument("--output", required=True,
+                        help="preference JSONL file to write; an existing file is refused unless --append")
+    parser.add_argument("--append", action="store_true",
+                        help="append to an existing --output (it must already be a file of this format)")
+    parser.add_argument("--seed", type=SEED, default=0)
+    parser.add_argument("--noise", type=PROBABILITY, default=0.0,
                         help="probability of swapping each adjacent pair of ranks (labeller noise, default: %(default)s)")
-    parser.add_argument("--min-gap", type=float, default=0.0,
+    parser.add_argument("--min-gap", type=NON_NEGATIVE, default=0.0,
                         help="drop completions whose gold score is within this of a better kept one; 0 drops exact "
                              "ties (default: %(default)s)")
     parser.add_argument("--unranked", action="store_true",
                         help="write unranked {prompt, completions} sets for `textenv label` instead of gold rankings")
-    parser.add_argument("--batch-prompts", type=int, default=16, help="prompts per batched rollout (default: %(default)s)")
-    parser.add_argument("--temperature", type=float, default=1.0, help="sampling temperature (default: %(default)s)")
+    parser.add_argument("--batch-prompts", type=COUNT, default=16, help="prompts per batched rollout (default: %(default)s)")
+    parser.add_argument("--temperature", type=POSITIVE, default=1.0, help="sampling temperature (default: %(default)s)")
     parser.add_argument("--device", default="auto", help="auto, cpu, cuda...")
+
+
+def check_output(output: Path, append: bool, unranked: bool) -> None:
+    """Refuse (:class:`InputError`) an ``--output`` that is a directory, or an existing non-empty file without
+    ``--append``, or, with ``--append``, a file that is not already of the format being written."""
+    if output.is_dir():
+        raise InputError(f"--output {output} is a directory; give a .jsonl file name")
+    if not output.exists() or output.stat().st_size == 0:
+        return
+    if not append:
+        raise InputError(f"--output {output} already exists; pass --append to add to it or choose another --output")
+    kind, load = ("unranked completion-set", load_completion_sets) if unranked else ("preference", load_preferences)
+    try:
+        load(output)
+    except ValueError as err:  # the loaders' parse errors (InputError, or ValueError from older versions)
+        raise InputError(f"--append: {output} is not a {kind} JSONL file, so textenv will not add to it "
+                         f"({' '.join(str(err).split())})") from None
 
 
 def run(args: argparse.Namespace) -> int:
     """Execute ``textenv collect``; returns the process exit code."""
     output = Path(args.output)
-    if output.exists() and output.stat().st_size > 0 and not args.append:
-        print(f"textenv collect: {output} already exists; pass --append to add to it or choose another --output",
-              file=sys.stderr)
-        return 2
+    check_output(output, args.append, args.unranked)
+    if args.prompts != "builtin" and not Path(args.prompts).is_file():
+        raise InputError(f"--prompts {args.prompts}: no such file; give 'builtin' or a .txt/.jsonl prompt file")
     result = collect_preferences(
         model=args.model, prompts=args.prompts, prompt_split=args.prompt_split, num_prompts=args.num_prompts,
         k=args.k, max_new_tokens=args.max_new_tokens, gold=args.gold, output=output, seed=args.seed,

@@ -40,6 +40,7 @@ from textenv.models import DEFAULT_MODEL, load_causal_lm, load_tokenizer, resolv
 from textenv.prompts import PromptSource, load_prompts
 from textenv.reward_models import RewardModel, checked_scores, make_reward_model
 from textenv.rollout import collect_rollout
+from textenv.validation import InputError, check_int, check_positive
 from textenv.vector_env import TextGenVectorEnv
 
 #: Scalar keys of an :func:`evaluate_policy` result (``proxy_reward`` is ``None`` without a proxy).
@@ -96,10 +97,19 @@ def evaluate_policy(
     Note: a passed-in ``PreTrainedModel`` is used in place (moved to ``device``, dropout disabled by the env).
     """
     for name, value in (("num_samples", num_samples), ("max_new_tokens", max_new_tokens), ("batch_size", batch_size)):
-        if isinstance(value, bool) or not isinstance(value, int) or value < 1:
-            raise ValueError(f"{name}={value!r} must be an integer >= 1")
-    if not temperature > 0:
-        raise ValueError(f"temperature={temperature!r} must be > 0 (sampling; greedy decoding has no KL estimate)")
+        check_int(name, value, minimum=1)
+    check_int("seed", seed, minimum=0)
+    if max_table_rows is not None:
+        check_int("max_table_rows", max_table_rows, minimum=0)
+    try:
+        check_positive("temperature", temperature)
+    except InputError as err:
+        raise InputError(f"{err} (sampling; greedy decoding has no KL estimate)") from None
+    if reference is None and isinstance(policy, (str, os.PathLike)):
+        meta_file = Path(resolve_model_path(policy)) / "agent.json"
+        if meta_file.is_file() and _recorded_base_model(meta_file) is None:
+            raise InputError(f"{meta_file} names no base model (the agent was trained from a model object): pass "
+                             "reference=<the model the policy started from> to measure KL and perplexity")
     start = time.perf_counter()
     device = resolve_device(device)
     policy_model, policy_tokenizer, base_model = _load_policy(policy, device)
@@ -164,6 +174,7 @@ def evaluate_policy(
             "reference": _describe(reference if reference is not None else base_model or DEFAULT_MODEL),
             "gold": _describe(gold),
             "proxy": None if proxy is None else _describe(proxy),
+            "prompt_split": prompt_split,
             "samples_per_prompt": num_samples,
             "max_new_tokens": max_new_tokens,
             "temperature": temperature,
@@ -220,10 +231,26 @@ def _load_policy(
     path = Path(resolve_model_path(policy))
     base = None
     if (path / "agent.json").is_file() and (path / "policy").is_dir():  # an Agent.save checkpoint
-        recorded = json.loads((path / "agent.json").read_text()).get("env", {}).get("model")
-        base = recorded if isinstance(recorded, str) else None
+        base = _recorded_base_model(path / "agent.json")
         path = path / "policy"
     return load_causal_lm(path, device).eval(), load_tokenizer(path), base
+
+
+def _recorded_base_model(file: Path) -> str | None:
+    """The base model name an ``agent.json`` records (``env.model``), ``None`` when it was a Python object."""
+    env = _read_agent_json(file).get("env")
+    model = env.get("model") if isinstance(env, dict) else None
+    return model if isinstance(model, str) else None
+
+
+def _read_agent_json(file: Path) -> dict[str, Any]:
+    try:
+        meta = json.loads(file.read_text(encoding="utf-8"))
+    except (UnicodeDecodeError, json.JSONDecodeError) as err:
+        raise InputError(f"{file} is not valid UTF-8 JSON ({err}); the checkpoint is damaged") from None
+    if not isinstance(meta, dict):
+        raise InputError(f"{file} must hold a JSON object; the checkpoint is damaged")
+    return meta
 
 
 def _load_reference(reference: str | os.PathLike | PreTrainedModel, device: torch.device) -> PreTrainedModel:
@@ -236,7 +263,7 @@ def _load_reference(reference: str | os.PathLike | PreTrainedModel, device: torc
 def _check_same_vocabulary(policy: PreTrainedModel, reference: PreTrainedModel) -> None:
     sizes = (policy.config.vocab_size, reference.config.vocab_size)
     if sizes[0] != sizes[1]:
-        raise ValueError(
+        raise InputError(
             f"the policy's vocabulary ({sizes[0]} tokens) differs from the reference's ({sizes[1]}): KL and "
             "perplexity need the same tokenizer; pass reference=<the policy's base model>"
         )
@@ -260,6 +287,50 @@ def save_eval_json(path: str | os.PathLike, result: Mapping[str, Any]) -> Path:
     return _atomic_write(Path(path), text.encode("utf-8"))
 
 
+def results_writer(path: str | os.PathLike) -> str | None:
+    """The textenv command that wrote the JSON results file ``path`` (``"textenv eval"``, ``"textenv pipeline"``,
+    ``"textenv train"``), or ``None`` when it is not a textenv results file (or cannot be read as one).
+
+    Files carry a ``"command"`` key; files of earlier versions are recognised by their keys.
+    """
+    try:
+        data = json.loads(Path(path).read_text(encoding="utf-8"))
+    except (OSError, UnicodeDecodeError, json.JSONDecodeError):
+        return None
+    if not isinstance(data, dict):
+        return None
+    command = data.get("command")
+    if isinstance(command, str) and command.startswith("textenv "):
+        return command
+    if {"rm_pair_accuracy", "stages", "settings"} <= set(data):
+        return "textenv pipeline"
+    if {"gold_reward", "kl", "settings", "samples"} <= set(data):
+        return "textenv eval"
+    return None
+
+
+def check_results_path(path: str | os.PathLike, overwrite: bool = False, flag: str = "--output") -> None:
+    """Refuse (:class:`InputError`, naming ``flag``) to write results to ``path`` when it is a directory, lies under
+    a file, is a file textenv did not write (never replaced), or holds textenv results and ``overwrite`` is off."""
+    path = Path(path)
+    if path.is_dir():
+        raise InputError(f"{flag} {path} is a directory; give a file name such as {path / 'eval.json'}")
+    for parent in path.parents:
+        if parent.exists():
+            if not parent.is_dir():
+                raise InputError(f"{flag} {path}: {parent} is a file, not a directory")
+            break
+    if not path.exists():
+        return
+    writer = results_writer(path)
+    if writer is None:
+        raise InputError(f"{flag} {path} exists and was not written by textenv; textenv never replaces your files: "
+                         f"choose another {flag}")
+    if not overwrite:
+        raise InputError(f"{flag} {path} holds results of `{writer}`; pass --overwrite to replace them or choose "
+                         f"another {flag}")
+
+
 def load_eval_json(path: str | os.PathLike) -> dict[str, Any]:
     """Read a file written by :func:`save_eval_json`."""
     return json.loads(Path(path).read_text(encoding="utf-8"))
@@ -278,6 +349,8 @@ def _json_default(value: Any) -> Any:
 
 
 def _atomic_write(path: Path, data: bytes) -> Path:
+    """Write ``data`` to a temporary file beside ``path``, fsync, ``os.replace``. An ``OSError`` (disk full,
+    read-only, permission) always names ``path``, and the temporary file is removed."""
     path.parent.mkdir(parents=True, exist_ok=True)
     fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.tmp-", dir=path.parent)
     try:
@@ -286,6 +359,11 @@ def _atomic_write(path: Path, data: bytes) -> Path:
             handle.flush()
             os.fsync(handle.fileno())
         os.replace(tmp, path)
+    except OSError as err:
+        Path(tmp).unlink(missing_ok=True)
+        if err.filename is None:  # write()/fsync() errors carry no file name
+            raise type(err)(err.errno, err.strerror, str(path)) from err
+        raise
     except BaseException:
         Path(tmp).unlink(missing_ok=True)
         raise

@@ -31,6 +31,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import TextIO
 
+from textenv.cli import SEED
 from textenv.preferences import (
     CompletionSet,
     JsonlWriter,
@@ -38,6 +39,7 @@ from textenv.preferences import (
     load_completion_sets,
     load_preferences,
 )
+from textenv.validation import InputError
 
 MAX_COMPLETIONS = 9
 CONFIRM_KEYS = ("\r", "\n", "y")
@@ -97,7 +99,7 @@ class LabelSession:
         for index, item in enumerate(items):
             distinct = list(dict.fromkeys(item.completions))
             if len(distinct) > MAX_COMPLETIONS:
-                raise ValueError(f"item {index} (prompt {item.prompt[:40]!r}) has {len(distinct)} completions; "
+                raise InputError(f"item {index} (prompt {item.prompt[:40]!r}) has {len(distinct)} completions; "
                                  f"textenv label ranks at most {MAX_COMPLETIONS} per prompt (keys 1-9)")
         self.items = list(items)
         self.output = Path(output)
@@ -235,20 +237,37 @@ def terminal_keys(stream: TextIO = sys.stdin) -> Iterator[Iterator[str]]:
 
 # ---------------------------------------------------------------------------------------------- command line
 def add_arguments(parser: argparse.ArgumentParser) -> None:
-    """Options of ``textenv label``."""
-    parser.add_argument("--input", required=True,
+    """Options of ``textenv label``: ``textenv label INPUT --output FILE`` (``--input INPUT`` also works)."""
+    parser.add_argument("input", nargs="?", metavar="INPUT",
                         help="unranked JSONL of {prompt, completions} (e.g. from `textenv collect --unranked`)")
+    parser.add_argument("--input", dest="input_flag", metavar="INPUT", help="the same as the positional INPUT")
     parser.add_argument("--output", required=True, help="preference JSONL to append rankings to (also resumes from it)")
     parser.add_argument("--labeller", default=None, help="your name, stored in each row's meta")
     parser.add_argument("--no-shuffle", action="store_true", help="show completions in file order")
-    parser.add_argument("--seed", type=int, default=0, help="seed of the shuffled display order")
+    parser.add_argument("--seed", type=SEED, default=0, help="seed of the shuffled display order")
+
+
+def input_path(args: argparse.Namespace) -> Path:
+    """The input file of ``textenv label``: the positional INPUT or ``--input`` (one of them, existing)."""
+    given = [value for value in (args.input, args.input_flag) if value is not None]
+    if not given:
+        raise InputError("give the unranked JSONL to label: textenv label INPUT --output FILE")
+    if len(given) == 2 and given[0] != given[1]:
+        raise InputError(f"two inputs given ({given[0]} and --input {given[1]}); give one")
+    path = Path(given[0])
+    if not path.is_file():
+        raise InputError(f"INPUT {path}: " + ("is a directory; give a .jsonl file" if path.is_dir() else "no such file"))
+    return path
 
 
 def run(args: argparse.Namespace, stdin: TextIO | None = None, stdout: TextIO | None = None) -> int:
     """Execute ``textenv label``; returns the exit code (0 done or quit, 130 on Ctrl-C)."""
     stdin = stdin if stdin is not None else sys.stdin
     stdout = stdout if stdout is not None else sys.stdout
-    session = LabelSession(load_completion_sets(args.input), args.output, out=stdout, labeller=args.labeller,
+    source = input_path(args)
+    if Path(args.output).is_dir():
+        raise InputError(f"--output {args.output} is a directory; give a .jsonl file name")
+    session = LabelSession(load_completion_sets(source), args.output, out=stdout, labeller=args.labeller,
                            shuffle=not args.no_shuffle, seed=args.seed)
     try:
         with terminal_keys(stdin) as keys:

@@ -17,8 +17,9 @@ stopped and a finished one is re-summarised in seconds. Layout of ``DIR``:
 ``ppo/step-N/``                 stage *ppo*: the main run at ``beta``; one checkpoint after ≥ N tokens for
                                 every N in ``eval_every, 2·eval_every, ..., ppo_timesteps`` (and at
                                 ``sweep_timesteps``); a longer ``ppo_timesteps`` resumes from the last one.
-                                Only the last keeps ``trainer_state.pt`` (optimizer state, 2/3 of the size);
-                                the others hold the policy and value head (evaluable, not resumable)
+                                Only the last keeps ``trainer_state.json/.safetensors`` (optimizer state, 2/3
+                                of the size); the others hold the policy and value head (evaluable, not
+                                resumable)
 ``sweep/beta-B/step-N/``        stage *sweep*: one shorter run (``sweep_timesteps``) per other β of ``betas``
 ``evaluations.json``            cache of every policy evaluation (keyed by checkpoint and its mtime)
 ``eval.json``                   the summary (keys below); ``reward_kl_frontier.png``, ``proxy_vs_gold.png``
@@ -77,8 +78,9 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any, Self
 
+from textenv.cli import COUNT, NON_NEGATIVE, POSITIVE, PROBABILITY, SEED, integer_at_least
 from textenv.models import DEFAULT_MODEL
-from textenv.validation import check_int, check_number, check_positive
+from textenv.validation import InputError, check_int, check_number, check_positive
 
 #: Defaults of :func:`run_pipeline` and ``textenv pipeline`` (the embedded model, VADER as the gold labeller);
 #: ~5 CPU-minutes in all (measurements in the module docstring).
@@ -107,6 +109,9 @@ PIPELINE_DEFAULTS: dict[str, Any] = {
     "device": "auto",
 }
 STAGES = ("collect", "sft", "rm", "ppo", "sweep", "evaluate")
+#: Every name the pipeline writes directly in ``DIR`` (module docstring); nothing else is ever written there.
+OUTPUT_ENTRIES = ("preferences.jsonl", "eval_preferences.jsonl", "sft", "reward_model", "ppo", "sweep",
+                  "evaluations.json", "eval.json", "reward_kl_frontier.png", "proxy_vs_gold.png")
 
 
 @dataclass
@@ -147,20 +152,20 @@ def parse_betas(betas: str | Sequence[float] | None) -> list[float]:
     elif isinstance(betas, Sequence):
         items = list(betas)
     else:
-        raise TypeError(f"betas={betas!r} must be a comma-separated list such as '0.02,0.1,0.5' or a list of numbers")
+        raise InputError(f"betas={betas!r} must be a comma-separated list such as '0.02,0.1,0.5' or a list of numbers")
     values = []
     for item in items:
         try:
             value = float(item)
         except (TypeError, ValueError):
-            raise ValueError(
+            raise InputError(
                 f"betas={betas!r}: {item!r} is not a number; give a comma-separated list such as '0.02,0.1,0.5'"
             ) from None
         if isinstance(item, bool) or not math.isfinite(value) or value < 0:
-            raise ValueError(f"betas={betas!r}: every β must be a finite number >= 0, got {item!r}")
+            raise InputError(f"betas={betas!r}: every β must be a finite number >= 0, got {item!r}")
         values.append(value)
     if len(set(values)) != len(values):
-        raise ValueError(f"betas={betas!r} lists a β twice; give each value once")
+        raise InputError(f"betas={betas!r} lists a β twice; give each value once")
     return values
 
 
@@ -244,13 +249,13 @@ def run_pipeline(
     beta = float(beta)
     sweep_betas = [b for b in parse_betas(betas) if b != beta]
     if sweep_timesteps > ppo_timesteps:
-        raise ValueError(
+        raise InputError(
             f"sweep_timesteps={sweep_timesteps} exceeds ppo_timesteps={ppo_timesteps}: the main run's checkpoint at "
             "the sweep budget is the frontier point of the main β; lower sweep_timesteps or raise ppo_timesteps"
         )
     held_out = load_prompts("builtin", "eval")
     if eval_prompts > len(held_out):
-        raise ValueError(f"eval_prompts={eval_prompts} exceeds the {len(held_out)} built-in held-out eval prompts")
+        raise InputError(f"eval_prompts={eval_prompts} exceeds the {len(held_out)} built-in held-out eval prompts")
     settings = {
         "model": str(model), "gold": str(gold), "seed": seed, "num_prompts": num_prompts, "k": k,
         "max_new_tokens": max_new_tokens, "min_gap": min_gap, "noise": noise, "sft": bool(sft),
@@ -260,6 +265,7 @@ def run_pipeline(
         "eval_prompts": eval_prompts, "device": str(device),
     }
     out = Path(output)
+    check_output_dir(out)
     out.mkdir(parents=True, exist_ok=True)
     start_wall, start_cpu = time.perf_counter(), time.process_time()
     stages = {name: StageRecord() for name in STAGES}
@@ -314,7 +320,7 @@ def run_pipeline(
         reward_model = PreferenceRewardModel.load(rm_dir, device=device)
         backbone = reward_model.metadata.get("training", {}).get("backbone")
         if backbone != policy:
-            raise ValueError(
+            raise InputError(
                 f"{rm_dir} was trained on backbone {backbone!r} but this run's policy is {policy!r} (was --sft "
                 f"toggled or --model changed?); use another --output or delete {rm_dir} and the PPO stages"
             )
@@ -362,6 +368,7 @@ def run_pipeline(
         summary["plots"] = _plot(out, start_policy, history, frontier_results, beta, sweep_timesteps)
     stages["evaluate"] = StageRecord("ran" if evaluator.computed else "skipped", clock.seconds, clock.cpu_seconds,
                                      {"evaluated": evaluator.computed})
+    summary = {"command": "textenv pipeline", **summary}
     summary["stages"] = {name: asdict(record) for name, record in stages.items()}
     summary["wall_minutes"] = (time.perf_counter() - start_wall) / 60
     summary["cpu_minutes"] = (time.process_time() - start_cpu) / 60
@@ -385,7 +392,7 @@ def _collect(path: Path, min_rows: int, **kwargs: Any) -> None:
     try:
         result = collect_preferences(output=tmp, **kwargs)
         if len(result.rows) < min_rows:
-            raise ValueError(
+            raise InputError(
                 f"only {len(result.rows)} of {result.num_prompts} prompts gave two distinguishable completions "
                 f"for {path.name}; the budget is too small: raise num_prompts / k or lower min_gap"
             )
@@ -434,7 +441,9 @@ def _train_ppo(run_dir: Path, beta: float, targets: Sequence[int], settings: dic
                log: Callable[[str], None]) -> str:
     """PPO against the learned RM at KL coefficient ``beta``, saving ``run_dir/step-N`` once ≥ N tokens were
     generated, for every N in ``targets``. Resumes from the last checkpoint; returns ran/resumed/skipped."""
+    from textenv.agents.base import TRAINER_STATE_FILES
     from textenv.agents.ppo import PPO
+    from textenv.checkpoint import discard_files
     from textenv.vector_env import TextGenVectorEnv
 
     latest = _latest_checkpoint(run_dir)
@@ -460,12 +469,34 @@ def _train_ppo(run_dir: Path, beta: float, targets: Sequence[int], settings: dic
         agent.learn(target, progress_bar=False)
         agent.save(run_dir / _step_name(target))
         if previous is not None:  # only the newest checkpoint is resumed: drop the others' optimizer state
-            (previous / "trainer_state.pt").unlink(missing_ok=True)
+            discard_files(previous, TRAINER_STATE_FILES)
         previous = run_dir / _step_name(target)
         metrics = agent.last_metrics
         log(f"ppo β={beta:g}: {agent.num_timesteps} tokens, rollout RM score {metrics.get('rollout/rm_score', float('nan')):+.3f}, "
             f"KL {metrics.get('rollout/kl', float('nan')):.2f} → {run_dir / _step_name(target)}")
     return status
+
+
+def check_output_dir(out: Path) -> None:
+    """Refuse (:class:`InputError`) a pipeline ``DIR`` that is a file or holds anything but the pipeline's own
+    outputs (:data:`OUTPUT_ENTRIES` and temporary files of ours): the pipeline never writes beside user files."""
+    if not out.exists():
+        return
+    if not out.is_dir():
+        raise InputError(f"--output {out} is a file; give a directory for the pipeline's outputs")
+    foreign = [entry.name + ("/" if entry.is_dir() else "") for entry in sorted(out.iterdir())
+               if not _is_pipeline_entry(entry.name)]
+    if foreign:
+        shown = ", ".join(foreign[:5]) + (f" and {len(foreign) - 5} more" if len(foreign) > 5 else "")
+        raise InputError(f"--output {out} holds files textenv pipeline did not write ({shown}); it writes only "
+                         f"{', '.join(OUTPUT_ENTRIES)}: choose a new or empty --output directory")
+
+
+def _is_pipeline_entry(name: str) -> bool:
+    """A name the pipeline writes in DIR, or the temporary/backup name of one (``.NAME.tmp...``, ``.NAME.old``)."""
+    if name in OUTPUT_ENTRIES:
+        return True
+    return any(name.startswith(f".{entry}.tmp") or name == f".{entry}.old" for entry in OUTPUT_ENTRIES)
 
 
 def _check_resumable(checkpoint: Path, beta: float, settings: dict[str, Any]) -> None:
@@ -480,7 +511,7 @@ def _check_resumable(checkpoint: Path, beta: float, settings: dict[str, Any]) ->
               "reward_model": settings["reward_model"]}
     for name, value in wanted.items():
         if recorded[name] != value:
-            raise ValueError(
+            raise InputError(
                 f"{checkpoint} was trained with {name}={recorded[name]!r}, this run asks for {name}={value!r}; "
                 f"use another --output or delete {checkpoint.parent} to retrain"
             )
@@ -614,44 +645,46 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         "--sweep-timesteps tokens (the main β's point is the main run's checkpoint there). Run with "
         "OMP_NUM_THREADS=1 on small CPUs."
     )
-    parser.add_argument("--output", required=True, help="run directory DIR (created; existing stage outputs are reused)")
+    parser.add_argument("--output", required=True,
+                        help="run directory DIR (created; existing stage outputs are reused; refused if it holds "
+                             "files the pipeline did not write)")
     parser.add_argument("--model", default=d["model"], help="base policy name or save_pretrained path (default: %(default)s)")
     parser.add_argument("--gold", default=d["gold"],
                         help="gold reward model: the synthetic labeller and the evaluation target (default: %(default)s)")
-    parser.add_argument("--seed", type=int, default=d["seed"], help="seeds every stage (default: %(default)s)")
+    parser.add_argument("--seed", type=SEED, default=d["seed"], help="seeds every stage (default: %(default)s)")
     group = parser.add_argument_group("collect")
-    group.add_argument("--num-prompts", type=int, default=d["num_prompts"],
+    group.add_argument("--num-prompts", type=integer_at_least(2), default=d["num_prompts"],
                        help="training prompts to collect comparisons for (default: %(default)s)")
-    group.add_argument("--k", type=int, default=d["k"], help="completions ranked per prompt, K >= 2 (default: %(default)s)")
-    group.add_argument("--max-new-tokens", type=int, default=d["max_new_tokens"],
+    group.add_argument("--k", type=integer_at_least(2), default=d["k"], help="completions ranked per prompt, K >= 2 (default: %(default)s)")
+    group.add_argument("--max-new-tokens", type=COUNT, default=d["max_new_tokens"],
                        help="completion length limit for every stage (default: %(default)s)")
-    group.add_argument("--min-gap", type=float, default=d["min_gap"],
+    group.add_argument("--min-gap", type=NON_NEGATIVE, default=d["min_gap"],
                        help="drop completions within this gold score of a better one (default: %(default)s)")
-    group.add_argument("--noise", type=float, default=d["noise"],
+    group.add_argument("--noise", type=PROBABILITY, default=d["noise"],
                        help="labeller noise: probability of swapping adjacent ranks (default: %(default)s)")
     group = parser.add_argument_group("sft (behaviour cloning of each prompt's best-ranked completion)")
     switch = group.add_mutually_exclusive_group()
     switch.add_argument("--sft", dest="sft", action="store_true", default=d["sft"], help="run the SFT stage")
     switch.add_argument("--skip-sft", dest="sft", action="store_false", help="no SFT stage (the default)")
-    group.add_argument("--sft-epochs", type=int, default=d["sft_epochs"], help="(default: %(default)s)")
-    group.add_argument("--sft-lr", type=float, default=d["sft_lr"], help="(default: %(default)s)")
+    group.add_argument("--sft-epochs", type=COUNT, default=d["sft_epochs"], help="(default: %(default)s)")
+    group.add_argument("--sft-lr", type=POSITIVE, default=d["sft_lr"], help="(default: %(default)s)")
     group = parser.add_argument_group("reward model")
-    group.add_argument("--rm-epochs", type=int, default=d["rm_epochs"], help="(default: %(default)s)")
-    group.add_argument("--rm-lr", type=float, default=d["rm_lr"], help="(default: %(default)s)")
+    group.add_argument("--rm-epochs", type=COUNT, default=d["rm_epochs"], help="(default: %(default)s)")
+    group.add_argument("--rm-lr", type=POSITIVE, default=d["rm_lr"], help="(default: %(default)s)")
     group = parser.add_argument_group("ppo")
-    group.add_argument("--beta", type=float, default=d["beta"], help="KL coefficient of the main run (default: %(default)s)")
+    group.add_argument("--beta", type=NON_NEGATIVE, default=d["beta"], help="KL coefficient of the main run (default: %(default)s)")
     group.add_argument("--betas", default=",".join(f"{b:g}" for b in d["betas"]),
                        help="comma-separated βs of the frontier sweep, 'none' for no sweep (default: %(default)s)")
-    group.add_argument("--ppo-timesteps", type=int, default=d["ppo_timesteps"],
+    group.add_argument("--ppo-timesteps", type=COUNT, default=d["ppo_timesteps"],
                        help="tokens generated by the main run (default: %(default)s)")
-    group.add_argument("--sweep-timesteps", type=int, default=d["sweep_timesteps"],
+    group.add_argument("--sweep-timesteps", type=COUNT, default=d["sweep_timesteps"],
                        help="tokens per sweep run, the frontier's budget (default: %(default)s)")
-    group.add_argument("--eval-every", type=int, default=d["eval_every"],
+    group.add_argument("--eval-every", type=COUNT, default=d["eval_every"],
                        help="tokens between evaluated checkpoints of the main run (default: %(default)s)")
-    group.add_argument("--num-envs", type=int, default=d["num_envs"], help="episodes per rollout (default: %(default)s)")
-    group.add_argument("--ppo-lr", type=float, default=d["ppo_lr"], help="(default: %(default)s)")
+    group.add_argument("--num-envs", type=COUNT, default=d["num_envs"], help="episodes per rollout (default: %(default)s)")
+    group.add_argument("--ppo-lr", type=POSITIVE, default=d["ppo_lr"], help="(default: %(default)s)")
     group = parser.add_argument_group("evaluation")
-    group.add_argument("--eval-prompts", type=int, default=d["eval_prompts"],
+    group.add_argument("--eval-prompts", type=COUNT, default=d["eval_prompts"],
                        help="built-in held-out eval prompts to use, 1..150 (default: %(default)s)")
     parser.add_argument("--device", default=d["device"], help="auto, cpu, cuda... (default: %(default)s)")
 
