@@ -62,13 +62,14 @@ def diverged(
     ``rewards`` (any shape) are quoted as a range, the usual suspect besides the learning rate.
     """
     cause = f"learning_rate={trainer.learning_rate:g} is too high"
-    fix = "lower learning_rate (e.g. by 10x)"
+    fix = "lower learning_rate (e.g. 10x)"
     if rewards is not None and np.size(rewards):
         values = np.asarray(rewards, dtype=np.float64)
-        cause += (f" or the reward scale is too large ({rewards_label} of this rollout span "
+        cause += (f", or the reward scale is too large ({rewards_label} of this rollout span "
                   f"[{np.min(values):.3g}, {np.max(values):.3g}])")
-        fix += ", normalise or scale down the rewards"
-    fix += ", or set max_grad_norm (e.g. 1.0)" if max_grad_norm is None else f" (max_grad_norm={max_grad_norm:g})"
+        fix += ", scale the rewards down (to about [-10, 10]) or normalise them"
+    fix += (", and set max_grad_norm (e.g. 1.0)" if max_grad_norm is None
+            else f", and keep the gradient clipped (max_grad_norm={max_grad_norm:g})")
     return TrainingDivergedError(
         f"{trainer.name}: training diverged at iteration {trainer.iterations + 1}: {problem}. {weights} "
         f"Likely cause: {cause}. Fix: {fix}."
