@@ -262,6 +262,7 @@ class PreferenceRewardModel(RewardModel):
     def save(self, path: str | os.PathLike) -> Path:
         """Write ``path/`` atomically: ``backbone/`` (save_pretrained, safetensors, + tokenizer),
         ``head.safetensors`` and ``reward_model.json`` (pooling, bias, max_length, metadata)."""
+        hf_logging.disable_progress_bar()  # no "Writing model shards" bar
         with atomic_directory(path, kind=DIRECTORY_KIND) as tmp:
             self.network.backbone.save_pretrained(tmp / BACKBONE_DIR, safe_serialization=True)
             self.tokenizer.save_pretrained(tmp / BACKBONE_DIR)
@@ -405,6 +406,9 @@ def train_preference_model(
                              max_grad_norm=max_grad_norm)
     start = time.perf_counter()
     groups = [g for g in expand_pairs(as_preference_rows(dataset)) if g.pairs]
+    if not groups:
+        source = f"--data {dataset}" if isinstance(dataset, (str, os.PathLike)) else "the preference dataset"
+        raise InputError(f"{source} is empty: it holds no comparisons (lines of prompt + chosen/rejected or ranked)")
     train_groups, eval_groups = split_groups(groups, eval_fraction, seed)
 
     torch.manual_seed(seed)
@@ -461,8 +465,8 @@ def train_preference_model(
     if not np.isfinite(train_raw).all():
         raise RewardModelDivergedError(
             f"reward-model training diverged: after the last step (epoch {epochs}) the rewards of the training "
-            f"texts are not finite. The learning rate lr={lr:g} is likely too high (try {lr / 10:g}); nothing was "
-            "saved"
+            f"texts are not finite. The learning rate lr={lr:g} is likely too high (lower it; the default is "
+            f"{TRAIN_DEFAULTS['lr']:g}); nothing was saved"
         )
     model.bias = -float(train_raw.mean())
     metrics: dict[str, Any] = {
@@ -511,8 +515,8 @@ def _check_finite(what: str, value: torch.Tensor, epoch: int, step: int, lr: flo
         return
     raise RewardModelDivergedError(
         f"reward-model training diverged at epoch {epoch}, step {step}: the {what} is {number}. The learning rate "
-        f"lr={lr:g} is likely too high (try {lr / 10:g}), or the data hold texts the backbone cannot score; "
-        "nothing was saved"
+        f"lr={lr:g} is likely too high (lower it; the default is {TRAIN_DEFAULTS['lr']:g}), or the data hold texts "
+        "the backbone cannot score; nothing was saved"
     )
 
 

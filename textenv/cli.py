@@ -221,7 +221,9 @@ def decode_utf8(data: bytes, where: str) -> str:
         return data.decode("utf-8")
     except UnicodeDecodeError as err:
         line = data[: err.start].count(b"\n") + 1
-        raise InputError(f"{where}, line {line}: not UTF-8 text (byte {data[err.start]:#04x}); save it as UTF-8") from None
+        raise InputError(
+            f"{where}, line {line}: not UTF-8 text (byte {data[err.start]:#04x}); save it as UTF-8"
+        ) from None
 
 
 def check_known_keys(where: str, given: Mapping[Any, Any], valid: Sequence[str] | Mapping[str, Any],
@@ -352,8 +354,8 @@ def resolve_train_options(args: argparse.Namespace) -> dict[str, Any]:
                       **config.get("env", {})}
     agent_parameters = inspect.signature(cls.__init__).parameters
     hyper = recorded.get("hyperparameters") if isinstance(recorded.get("hyperparameters"), dict) else {}
-    options["agent_kwargs"] = {**{k: v for k, v in hyper.items() if k in agent_parameters and k not in CLI_AGENT_ARGUMENTS},
-                               **config.get("agent_kwargs", {})}
+    recorded_kwargs = {k: v for k, v in hyper.items() if k in agent_parameters and k not in CLI_AGENT_ARGUMENTS}
+    options["agent_kwargs"] = {**recorded_kwargs, **config.get("agent_kwargs", {})}
     if args.seed is None and "seed" not in config and isinstance(hyper.get("seed"), int):
         options["seed"] = hyper["seed"]
 
@@ -412,7 +414,8 @@ def run_entries(output: Path) -> list[str]:
         elif entry.name == "checkpoint" and entry.is_dir() and (entry / "agent.json").is_file():
             ours.append(entry.name + "/")
         elif entry.name == "tensorboard" and entry.is_dir():
-            strangers = [e.name for e in entry.iterdir() if not (e.is_file() and e.name.startswith(_TENSORBOARD_EVENTS))]
+            strangers = [e.name for e in entry.iterdir()
+                         if not (e.is_file() and e.name.startswith(_TENSORBOARD_EVENTS))]
             if strangers:
                 foreign.append(f"tensorboard/{strangers[0]}")
             else:
@@ -440,8 +443,6 @@ def prepare_run_dir(output: Path, resume: Path | None, overwrite: bool) -> None:
         return
     checkpoint = output / "checkpoint"
     same_run = resume is not None and resume.resolve() == checkpoint.resolve()
-    if not same_run and checkpoint.exists():
-        _check_checkpoint_replaceable(checkpoint)  # its first save would refuse it: say so before training
     if same_run:
         if overwrite:
             raise InputError(f"--overwrite would delete {checkpoint}, the checkpoint --resume continues from; "
@@ -470,7 +471,10 @@ def _check_checkpoint_replaceable(checkpoint: Path) -> None:
 def remove_run(output: Path) -> None:
     """Delete the previous run's files in ``output``: ``summary.json``, ``checkpoint/`` and the TensorBoard event
     files (``tensorboard/`` too when that leaves it empty). Call only after :func:`run_entries` found nothing
-    foreign in ``output``."""
+    foreign in ``output``. Nothing is removed when the checkpoint holds files its manifest does not list."""
+    checkpoint = output / "checkpoint"
+    if checkpoint.exists():
+        _check_checkpoint_replaceable(checkpoint)  # every file in it is listed in its textenv.json manifest
     (output / "summary.json").unlink(missing_ok=True)
     events = output / "tensorboard"
     if events.is_dir():
@@ -478,9 +482,7 @@ def remove_run(output: Path) -> None:
             file.unlink()
         if not any(events.iterdir()):
             events.rmdir()
-    checkpoint = output / "checkpoint"
     if checkpoint.exists():
-        _check_checkpoint_replaceable(checkpoint)  # every file in it is listed in its textenv.json manifest
         shutil.rmtree(checkpoint)
 
 
