@@ -222,7 +222,7 @@ CASES: dict[str, Case] = {
     "train-rm/data-bad-row": Case(["train-rm", "--data", "{tmp}/p.jsonl", "--output", "{tmp}/rm"],
                                   ["p.jsonl:2", "choosen"],
                                   {"p.jsonl": PREFERENCES + b'{"prompt": "x", "choosen": "a", "rejected": "b"}\n'}),
-    "train-rm/data-empty": Case(["train-rm", "--data", "{tmp}/p.jsonl", "--output", "{tmp}/rm"], ["p.jsonl is empty"],
+    "train-rm/data-empty": Case(["train-rm", "--data", "{tmp}/p.jsonl", "--output", "{tmp}/rm"], ["p.jsonl", "empty"],
                                 {"p.jsonl": b"\n"}),
 }
 
