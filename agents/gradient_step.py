@@ -126,8 +126,9 @@ def gradient_step(
     total_norm = torch.nn.utils.get_total_norm(grads) if max_grad_norm is not None else None
     if not (all_finite(grads) if total_norm is None else bool(torch.isfinite(total_norm))):
         where = first_nonfinite(modules, gradients=True)
-        raise diverged(trainer, f"the gradient is non-finite (first at {where})", max_grad_norm=max_grad_norm,
-                       rewards=rewards)
+        problem = (f"the gradient is non-finite (first at {where})" if where
+                   else "the gradient norm overflows float32 (gradients above ~1e19)")
+        raise diverged(trainer, problem, max_grad_norm=max_grad_norm, rewards=rewards)
     if total_norm is not None:
         torch.nn.utils.clip_grads_with_norm_(parameters, max_grad_norm, total_norm)
     optimizer.step()
@@ -137,17 +138,21 @@ def gradient_step(
                        max_grad_norm=max_grad_norm, rewards=rewards)
 
 
+@torch.no_grad()
 def all_finite(tensors: Iterable[torch.Tensor]) -> bool:
-    """Every element of every tensor is finite (one device sync)."""
-    flags = [torch.isfinite(t.detach()).all() for t in tensors]
-    return bool(torch.stack(flags).all()) if flags else True
+    """Every element of every tensor is finite (one device sync in the common case)."""
+    tensors = [t.detach() for t in tensors]
+    if not tensors or bool(torch.isfinite(torch.nn.utils.get_total_norm(tensors))):
+        return True  # one fused L2 norm: finite iff no NaN/inf, unless the squares overflow (|x| > ~1e19)
+    return bool(torch.stack([torch.isfinite(t).all() for t in tensors]).all())
 
 
-def first_nonfinite(modules: Mapping[str, nn.Module], gradients: bool) -> str:
-    """``"<module>.<parameter>"`` of the first parameter (or its gradient) holding a NaN or ±inf."""
+def first_nonfinite(modules: Mapping[str, nn.Module], gradients: bool) -> str | None:
+    """``"<module>.<parameter>"`` of the first parameter (or its gradient) holding a NaN or ±inf; ``None`` if
+    every one is finite."""
     for module_name, module in modules.items():
         for name, parameter in module.named_parameters():
             tensor = parameter.grad if gradients else parameter
             if tensor is not None and not bool(torch.isfinite(tensor).all()):
                 return f"{module_name}.{name}"
-    return "an unnamed parameter"
+    return None
