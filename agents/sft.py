@@ -137,7 +137,9 @@ def read_utf8(path: Path, argument: str) -> str:
         return raw.decode("utf-8")
     except UnicodeDecodeError as err:
         line = raw[: err.start].count(b"\n") + 1
-        raise InputError(f"{argument}: {path}:{line} is not UTF-8 text ({err.reason}); save the file as UTF-8") from None
+        raise InputError(
+            f"{argument}: {path}:{line} is not UTF-8 text ({err.reason}); save the file as UTF-8"
+        ) from None
 
 
 # ---------------------------------------------------------------------------------------------- tokens

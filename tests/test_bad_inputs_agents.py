@@ -132,7 +132,8 @@ def test_bad_hyperparameter_is_refused_before_the_env_is_touched(untouchable_env
     ("name", "kwargs", "match"),
     [
         ("reinforse", {}, r"agent 'reinforse' is not registered; .* \(did you mean 'reinforce'\?\)"),
-        ("ppo", {"learning_rat": 1e-3}, r"unknown hyper-parameter\(s\) \['learning_rat'\] .*did you mean 'learning_rate'"),
+        ("ppo", {"learning_rat": 1e-3},
+         r"unknown hyper-parameter\(s\) \['learning_rat'\] .*did you mean 'learning_rate'"),
     ],
 )
 def test_unknown_agent_or_hyperparameter_suggests_the_right_name(untouchable_env, name, kwargs, match):
@@ -166,7 +167,8 @@ def env(tiny_model_dir):
     [
         ("sft", "demonstrations", b"a fine line\n\xff\xfe broken\n", r"demonstrations: .*demos\.txt:2 is not UTF-8"),
         ("ppo", "ptx_texts", b"one\ntwo\n\xc3\x28\n", r"ptx_texts: .*demos\.txt:3 is not UTF-8"),
-        ("sft", "demonstrations", b'{"prompt": "a", "completion": " b"}\n{"prompt": \n', r"demos\.jsonl:2: not valid JSON"),
+        ("sft", "demonstrations", b'{"prompt": "a", "completion": " b"}\n{"prompt": \n',
+         r"demos\.jsonl:2: not valid JSON"),
     ],
 )
 def test_non_utf8_or_broken_text_files_name_the_file_and_line(env, tmp_path, name, argument, content, match):

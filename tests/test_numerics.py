@@ -154,7 +154,8 @@ def test_sb3_agent_with_huge_learning_rate_and_rewards_stops(tiny_model_dir, tmp
     checkpoint = tmp_path / "checkpoint"
     agent.save(checkpoint)
     saved = files(checkpoint)
-    with pytest.raises(TrainingDivergedError, match=r"sb3-ppo: training diverged at iteration 1: .*learning_rate=1e\+30"):
+    with pytest.raises(TrainingDivergedError,
+                       match=r"sb3-ppo: training diverged at iteration 1: .*learning_rate=1e\+30"):
         agent.learn(total_timesteps=10_000, progress_bar=False, checkpoint_dir=checkpoint, checkpoint_every=1)
     assert files(checkpoint) == saved
 
@@ -175,8 +176,8 @@ def test_nan_gradient_is_refused_and_the_parameter_named(tiny_model_dir, tmp_pat
     agent = build(tiny_model_dir, name)
     parameter = agent.policy.get_submodule("transformer.h.1.mlp.c_fc").weight
     parameter.register_hook(lambda grad: grad * float("nan"))
-    assert_refused_before_the_step(agent, tmp_path,
-                                   match=r"the gradient is non-finite \(first at policy\.transformer\.h\.1\.mlp\.c_fc\.weight\)")
+    named = r"the gradient is non-finite \(first at policy\.transformer\.h\.1\.mlp\.c_fc\.weight\)"
+    assert_refused_before_the_step(agent, tmp_path, match=named)
 
 
 def test_update_that_makes_the_weights_non_finite_is_refused_and_the_checkpoint_kept(tiny_model_dir, tmp_path,
@@ -194,9 +195,9 @@ def test_update_that_makes_the_weights_non_finite_is_refused_and_the_checkpoint_
             agent.policy.get_submodule("transformer.h.0.attn.c_attn").bias[3] = float("inf")
 
     monkeypatch.setattr(agent.optimizer, "step", overflowing_step)
-    with pytest.raises(TrainingDivergedError, match=r"iteration 1: the update made the weights non-finite \(first: "
-                                                    r"policy\.transformer\.h\.0\.attn\.c_attn\.bias\)\. The weights "
-                                                    r"in memory are no longer usable; any checkpoint saved before is as it was"):
+    match = (r"iteration 1: the update made the weights non-finite \(first: policy\.transformer\.h\.0\.attn\.c_attn"
+             r"\.bias\)\. The weights in memory are no longer usable; any checkpoint saved before is as it was")
+    with pytest.raises(TrainingDivergedError, match=match):
         agent.learn(total_timesteps=10_000, progress_bar=False, checkpoint_dir=checkpoint, checkpoint_every=1)
     assert files(checkpoint) == saved
 
