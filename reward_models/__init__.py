@@ -30,7 +30,7 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
-from textenv.reward_models.base import RewardModel, checked_scores
+from textenv.reward_models.base import RewardModel, as_scores, checked_scores
 from textenv.reward_models.classifier import ClassifierReward
 from textenv.reward_models.ensemble import EnsembleReward
 from textenv.reward_models.function import CallableReward
@@ -42,6 +42,7 @@ from textenv.reward_models.preference import (
     train_preference_model,
 )
 from textenv.reward_models.vader import VaderSentimentReward
+from textenv.validation import InputError
 
 #: Plain names: ``REWARD_MODELS[name](**kwargs)``.
 REWARD_MODELS: dict[str, Callable[..., RewardModel]] = {"vader": VaderSentimentReward}
@@ -53,14 +54,14 @@ REWARD_MODEL_FAMILIES: dict[str, tuple[Callable[..., RewardModel], str]] = {}
 def register_reward_model(name: str, factory: Callable[..., RewardModel]) -> None:
     """Make ``factory(**kwargs)`` available as ``reward_model=name``."""
     if ":" in name:
-        raise ValueError(f"reward-model name {name!r} must not contain ':' (reserved for '<family>:<argument>')")
+        raise InputError(f"reward-model name {name!r} must not contain ':' (reserved for '<family>:<argument>')")
     REWARD_MODELS[name] = factory
 
 
 def register_reward_family(prefix: str, factory: Callable[..., RewardModel], usage: str) -> None:
     """Make ``factory(argument, **kwargs)`` available as ``reward_model="<prefix>:<argument>"``."""
     if ":" in prefix:
-        raise ValueError(f"family prefix {prefix!r} must not contain ':'")
+        raise InputError(f"family prefix {prefix!r} must not contain ':'")
     REWARD_MODEL_FAMILIES[prefix] = (factory, usage)
 
 
@@ -70,7 +71,11 @@ def valid_forms() -> list[str]:
 
 
 def make_reward_model(spec: Any = "vader", **kwargs: Any) -> RewardModel:
-    """Resolve a name, an instance or a callable to a :class:`RewardModel` (string forms: module docstring)."""
+    """Resolve a name, an instance or a callable to a :class:`RewardModel` (string forms: module docstring).
+
+    A string that is none of the valid forms, or whose argument is wrong (a missing directory, an unknown
+    classifier label or option, a malformed ensemble), raises :class:`InputError` naming the spec and the
+    valid forms."""
     if isinstance(spec, RewardModel):
         return spec
     if isinstance(spec, Path):
@@ -81,21 +86,34 @@ def make_reward_model(spec: Any = "vader", **kwargs: Any) -> RewardModel:
         prefix, sep, argument = spec.partition(":")
         if sep and prefix in REWARD_MODEL_FAMILIES:
             factory, usage = REWARD_MODEL_FAMILIES[prefix]
-            if not argument:
-                raise ValueError(f"reward_model={spec!r} is missing its argument; use {usage!r}")
-            return factory(argument, **kwargs)
+            if not argument.strip():
+                raise InputError(f"reward_model={spec!r} is missing its argument; use {usage!r}")
+            try:
+                return factory(argument, **kwargs)
+            except InputError as err:
+                if spec in str(err):
+                    raise
+                raise InputError(f"reward_model={spec!r}: {err}") from err
         if prefix in REWARD_MODEL_FAMILIES:
-            raise ValueError(f"reward_model={spec!r} needs an argument; use {REWARD_MODEL_FAMILIES[prefix][1]!r}")
+            raise InputError(f"reward_model={spec!r} needs an argument; use {REWARD_MODEL_FAMILIES[prefix][1]!r}")
         if (Path(spec) / META_FILE).is_file():
             return PreferenceRewardModel.load(spec, **kwargs)
-        raise ValueError(f"reward_model={spec!r} is not a known reward model; valid forms: {valid_forms()}")
+        raise InputError(f"reward_model={spec!r} is not a known reward model; valid forms: {valid_forms()}")
     if callable(spec):
         return CallableReward(spec)
-    raise TypeError(f"reward_model must be a name, a RewardModel or a callable, got {type(spec)}")
+    raise InputError(f"reward_model must be a name (one of {valid_forms()}), a RewardModel or a function "
+                     f"fn(prompts, completions) -> scores, got {type(spec).__name__}")
 
 
 # ---------------------------------------------------------------------------------------------- built-in families
 def _preference(argument: str, **kwargs: Any) -> RewardModel:
+    path = Path(argument).expanduser()
+    if not path.is_dir():
+        raise InputError(f"{argument} is not a directory; 'preference:<dir>' needs a directory written by "
+                         "PreferenceRewardModel.save (textenv train-rm --output <dir>)")
+    if not (path / META_FILE).is_file():
+        raise InputError(f"{argument} has no {META_FILE}, so it is not a saved preference reward model; give a "
+                         "directory written by PreferenceRewardModel.save (textenv train-rm --output <dir>)")
     return PreferenceRewardModel.load(argument, **kwargs)
 
 
@@ -103,19 +121,36 @@ _CLASSIFIER_OPTIONS = {"label": "label", "minus": "minus_label", "minus_label": 
                        "text": "text", "batch_size": "batch_size", "max_length": "max_length", "device": "device"}
 
 
-def _classifier(argument: str, **kwargs: Any) -> RewardModel:
+def parse_classifier(argument: str) -> tuple[str, dict[str, Any]]:
+    """``"path#POSITIVE,minus=NEGATIVE"`` → ("path", {"label": "POSITIVE", "minus_label": "NEGATIVE"})."""
+    usage = REWARD_MODEL_FAMILIES["classifier"][1]
     path, _, options = argument.partition("#")
+    if not path.strip():
+        raise InputError(f"'classifier:{argument}' names no model before '#'; use {usage!r}")
     parsed: dict[str, Any] = {}
     for index, item in enumerate(o.strip() for o in options.split(",") if o.strip()):
         key, eq, value = item.partition("=")
         if not eq:
             if index:
-                raise ValueError(f"classifier option {item!r} must be key=value (keys: {sorted(_CLASSIFIER_OPTIONS)})")
+                raise InputError(f"classifier option {item!r} in 'classifier:{argument}' must be key=value (keys: "
+                                 f"{sorted(_CLASSIFIER_OPTIONS)}); use {usage!r}")
             key, value = "label", item
         if key.strip() not in _CLASSIFIER_OPTIONS:
-            raise ValueError(f"unknown classifier option {key!r} in {argument!r}; keys: {sorted(_CLASSIFIER_OPTIONS)}")
+            raise InputError(f"unknown classifier option {key.strip()!r} in 'classifier:{argument}'; keys: "
+                             f"{sorted(_CLASSIFIER_OPTIONS)}")
         name = _CLASSIFIER_OPTIONS[key.strip()]
-        parsed[name] = int(value) if name in ("batch_size", "max_length") else value.strip()
+        if name in ("batch_size", "max_length"):
+            if not value.strip().isdigit() or int(value) < 1:
+                raise InputError(f"classifier option {key.strip()}={value!r} in 'classifier:{argument}' must be an "
+                                 "integer >= 1")
+            parsed[name] = int(value)
+        else:
+            parsed[name] = value.strip()
+    return path, parsed
+
+
+def _classifier(argument: str, **kwargs: Any) -> RewardModel:
+    path, parsed = parse_classifier(argument)
     return ClassifierReward(path, **{**parsed, **kwargs})
 
 
@@ -128,10 +163,14 @@ def parse_ensemble(argument: str) -> tuple[list[str], list[float]]:
     members, weights = [], []
     for part in _MEMBER_SPLIT.split(argument):
         match = _WEIGHTED.match(part)
-        if match is None:
-            raise ValueError(f"ensemble member {part!r} must be '<weight>*<reward model>', e.g. '0.5*vader'")
+        if match is None or not match.group(2).strip():
+            raise InputError(f"ensemble member {part!r} of {argument!r} must be '<weight>*<reward model>', as in "
+                             "'ensemble:0.7*preference:rm+0.3*vader'")
+        member = match.group(2).strip()
+        if member.partition(":")[0] in ("ensemble", "ensemble-normalized"):
+            raise InputError(f"ensemble member {member!r}: an ensemble cannot contain an ensemble; list its members")
         weights.append(float(match.group(1)))
-        members.append(match.group(2).strip())
+        members.append(member)
     return members, weights
 
 
@@ -158,9 +197,11 @@ __all__ = [
     "RewardModel",
     "VaderSentimentReward",
     "bradley_terry_loss",
+    "as_scores",
     "checked_scores",
     "make_reward_model",
     "pair_accuracy",
+    "parse_classifier",
     "parse_ensemble",
     "register_reward_family",
     "register_reward_model",

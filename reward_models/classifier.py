@@ -20,11 +20,13 @@ from typing import Any
 
 import numpy as np
 import torch
+from safetensors import SafetensorError
 from transformers import AutoModelForSequenceClassification, AutoTokenizer, PreTrainedModel, PreTrainedTokenizerBase
 from transformers.utils import logging as hf_logging
 
-from textenv.models import resolve_device, resolve_model_path
+from textenv.models import locate_model, resolve_device
 from textenv.reward_models.base import RewardModel
+from textenv.validation import InputError, check_choice, check_int
 
 OUTPUTS = ("probability", "logit")
 TEXT_MODES = ("completion", "prompt+completion", "pair")
@@ -58,12 +60,11 @@ class ClassifierReward(RewardModel):
         max_length: int | None = None,
         device: str | torch.device = "auto",
     ) -> None:
-        if output not in OUTPUTS:
-            raise ValueError(f"output={output!r} is not one of {list(OUTPUTS)}")
-        if text not in TEXT_MODES:
-            raise ValueError(f"text={text!r} is not one of {list(TEXT_MODES)}")
-        if isinstance(batch_size, bool) or not isinstance(batch_size, int) or batch_size < 1:
-            raise ValueError(f"batch_size={batch_size!r} must be an integer >= 1")
+        check_choice("classifier output", output, OUTPUTS)
+        check_choice("classifier text", text, TEXT_MODES)
+        check_int("classifier batch_size", batch_size, minimum=1)
+        if max_length is not None:
+            check_int("classifier max_length", max_length, minimum=1)
         self.device = resolve_device(device)
         self.model = _load_classifier(model).to(self.device).eval()
         self.model.requires_grad_(False)
@@ -73,7 +74,7 @@ class ClassifierReward(RewardModel):
         self.tokenizer = source if isinstance(source, PreTrainedTokenizerBase) else _load_tokenizer(source)
         if self.tokenizer.pad_token_id is None:
             if self.tokenizer.eos_token_id is None:
-                raise ValueError("the classifier's tokenizer has neither a pad nor an EOS token; pass a tokenizer with one")
+                raise InputError("the classifier's tokenizer has neither a pad nor an EOS token; pass a tokenizer with one")
             self.tokenizer.pad_token = self.tokenizer.eos_token
         if self.model.config.pad_token_id is None:  # GPT-2-style classifiers pool at the last non-pad token
             self.model.config.pad_token_id = self.tokenizer.pad_token_id
@@ -82,7 +83,8 @@ class ClassifierReward(RewardModel):
         self.label = self.label_index(label) if label is not None else self.num_labels - 1
         self.minus_label = self.label_index(minus_label) if minus_label is not None else None
         if self.minus_label is not None and self.minus_label == self.label:
-            raise ValueError(f"label and minus_label are both class {self.label}; choose two different classes")
+            raise InputError(f"classifier label and minus_label are both class {self.label}; choose two different "
+                             f"classes of {self.labels}")
         self.output = output
         self.text = text
         self.batch_size = batch_size
@@ -103,14 +105,16 @@ class ClassifierReward(RewardModel):
             label = int(label)
         if isinstance(label, (int, np.integer)) and not isinstance(label, bool):
             if not 0 <= label < self.num_labels:
-                raise ValueError(f"label={label} is out of range: the classifier has {self.num_labels} classes {self.labels}")
+                raise InputError(f"classifier label={label} is out of range: the classifier has {self.num_labels} "
+                                 f"classes {self.labels} (give a name or an index 0..{self.num_labels - 1})")
             return int(label)
         if isinstance(label, str):
             names = [name.lower() for name in self.labels]
             if label.lower() in names:
                 return names.index(label.lower())
-            raise ValueError(f"label={label!r} is not a class of this classifier; classes are {self.labels} (or an index)")
-        raise TypeError(f"label must be a class name or index, got {type(label)}")
+            raise InputError(f"classifier label={label!r} is not a class of this classifier; classes are {self.labels} "
+                             "(or an index)")
+        raise InputError(f"classifier label must be a class name or index, got {type(label).__name__}")
 
     @torch.no_grad()
     def logits(self, prompts: Sequence[str], completions: Sequence[str]) -> torch.Tensor:
@@ -156,19 +160,21 @@ def _load_classifier(model: str | os.PathLike | PreTrainedModel) -> PreTrainedMo
     if isinstance(model, PreTrainedModel):
         return model
     if not isinstance(model, (str, os.PathLike)):
-        raise TypeError(f"model must be a name/path or a PreTrainedModel, got {type(model)}")
+        raise InputError(f"classifier model must be a name/path or a PreTrainedModel, got {type(model).__name__}")
+    path, local_only = locate_model(model, "model")
     hf_logging.disable_progress_bar()
     try:
-        return AutoModelForSequenceClassification.from_pretrained(resolve_model_path(model))
-    except (OSError, ValueError) as err:
-        raise ValueError(
-            f"could not load the sequence classifier {str(model)!r}: {err}. Pass a local save_pretrained directory "
-            "(this machine may have no access to a model hub)."
+        return AutoModelForSequenceClassification.from_pretrained(path, local_files_only=local_only)
+    except (OSError, ValueError, SafetensorError) as err:
+        raise InputError(
+            f"could not load the sequence classifier {str(model)!r}: {' '.join(str(err).split())}. Give a local "
+            "save_pretrained directory of a sequence-classification model"
         ) from err
 
 
 def _load_tokenizer(source: str | os.PathLike) -> PreTrainedTokenizerBase:
+    path, local_only = locate_model(source, "tokenizer")
     try:
-        return AutoTokenizer.from_pretrained(resolve_model_path(source))
+        return AutoTokenizer.from_pretrained(path, local_files_only=local_only)
     except (OSError, ValueError) as err:
-        raise ValueError(f"could not load the classifier's tokenizer {str(source)!r}: {err}") from err
+        raise InputError(f"could not load the classifier's tokenizer {str(source)!r}: {' '.join(str(err).split())}") from err

@@ -10,13 +10,13 @@ makes the reward slowly non-stationary early in training.
 
 from __future__ import annotations
 
-import math
 from collections.abc import Sequence
 from typing import Any
 
 import numpy as np
 
 from textenv.reward_models.base import RewardModel, checked_scores
+from textenv.validation import InputError, check_number
 
 
 class EnsembleReward(RewardModel):
@@ -40,19 +40,20 @@ class EnsembleReward(RewardModel):
         from textenv.reward_models import make_reward_model  # the registry imports this module
 
         if isinstance(members, (str, RewardModel)) or not isinstance(members, Sequence) or len(members) == 0:
-            raise ValueError("members must be a non-empty list of reward models or reward-model names")
+            raise InputError("ensemble members must be a non-empty list of reward models or reward-model names")
         self.members = [make_reward_model(member) for member in members]
         if weights is None:
             weights = [1.0 / len(self.members)] * len(self.members)
         if isinstance(weights, (str, bytes)) or not isinstance(weights, Sequence):
-            raise TypeError(f"weights must be a list of numbers, got {type(weights)}")
+            raise InputError(f"ensemble weights must be a list of numbers, got {type(weights).__name__}")
         if len(weights) != len(self.members):
-            raise ValueError(f"got {len(weights)} weights for {len(self.members)} members; give one weight per member")
+            raise InputError(f"ensemble: got {len(weights)} weights for {len(self.members)} members; give one weight "
+                             "per member")
         for i, w in enumerate(weights):
-            if isinstance(w, bool) or not isinstance(w, (int, float, np.integer, np.floating)) or not math.isfinite(w):
-                raise ValueError(f"weights[{i}]={w!r} must be a finite number")
+            check_number(f"ensemble weights[{i}]", w)
         if all(w == 0 for w in weights):
-            raise ValueError("all ensemble weights are 0; at least one member must count")
+            raise InputError("all ensemble weights are 0; at least one member must count")
+        check_number("ensemble eps", eps, low=0, low_open=True)
         self.weights = np.asarray(weights, dtype=np.float64)
         self.normalize = bool(normalize)
         self.eps = float(eps)

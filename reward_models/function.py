@@ -6,16 +6,25 @@ from collections.abc import Callable, Sequence
 
 import numpy as np
 
-from textenv.reward_models.base import RewardModel
+from textenv.reward_models.base import RewardModel, as_scores
+from textenv.validation import InputError
 
 
 class CallableReward(RewardModel):
-    """``fn(prompts, completions) -> sequence of N floats`` as a :class:`RewardModel`."""
+    """``fn(prompts, completions) -> N floats`` (a list, a numpy array or a torch tensor without grad) as a
+    :class:`RewardModel`; anything else it returns raises :class:`InputError` naming the function."""
 
     def __init__(self, fn: Callable[[Sequence[str], Sequence[str]], Sequence[float]]) -> None:
         if not callable(fn):
-            raise TypeError(f"CallableReward needs a callable, got {type(fn)}")
+            raise InputError(f"reward_model: CallableReward needs a callable fn(prompts, completions), got "
+                             f"{type(fn).__name__}")
         self.fn = fn
 
+    @property
+    def display_name(self) -> str:
+        """``function <qualified name>`` (``functools.partial`` and callable objects by their type)."""
+        name = getattr(self.fn, "__qualname__", None) or getattr(self.fn, "__name__", None) or type(self.fn).__name__
+        return f"function {name}"
+
     def score(self, prompts: Sequence[str], completions: Sequence[str]) -> np.ndarray:
-        return np.asarray(self.fn(prompts, completions), dtype=np.float64)
+        return as_scores(self.fn(prompts, completions), self.display_name, completions)

@@ -15,6 +15,7 @@ from textenv.engine import GenerationEngine
 from textenv.kl import AdaptiveKLController, kl_per_token
 from textenv.models import load_causal_lm, load_tokenizer
 from textenv.rollout import collect_rollout
+from textenv.validation import InputError
 from textenv.vector_env import TextGenVectorEnv
 
 
@@ -319,27 +320,27 @@ def test_passes_gymnasium_and_sb3_env_checkers(tiny_model_dir, tiny_prompts):
 # ---------------------------------------------------------------- bad input
 def test_bad_actions_are_rejected(vec):
     vec.reset(seed=0)
-    with pytest.raises(ValueError, match=r"actions must be token ids in \[0"):
+    with pytest.raises(InputError, match=r"actions must be token ids in \[0"):
         vec.step(np.array([0, 1, 2, vec.single_action_space.n]))
-    with pytest.raises(ValueError, match="actions must be token ids"):
+    with pytest.raises(InputError, match="actions must be token ids"):
         vec.step(np.array([-1, 1, 2, 3]))
-    with pytest.raises(TypeError, match="integer token ids"):
+    with pytest.raises(InputError, match="actions must be an integer array.*float64"):
         vec.step(np.array([0.5, 1, 2, 3]))
-    with pytest.raises(ValueError, match=r"shape \(4,\)"):
+    with pytest.raises(InputError, match=r"shape \(4,\)"):
         vec.step(np.array([1, 2]))
 
 
 def test_single_env_errors(tiny_model_dir, tiny_prompts):
     env = gym.make("TextGen-v0", model=str(tiny_model_dir), prompts=tiny_prompts, max_new_tokens=2,
                    reward_model=length_reward).unwrapped
-    with pytest.raises(RuntimeError, match="reset"):
+    with pytest.raises(InputError, match="before reset"):
         env.step(1)
     env.reset(seed=0)
-    with pytest.raises(TypeError, match="action must be an int"):
+    with pytest.raises(InputError, match="action must be one int"):
         env.step(1.5)
     env.step(1)
     env.step(1)
-    with pytest.raises(RuntimeError, match="episode has ended"):
+    with pytest.raises(InputError, match="episode has ended"):
         env.step(1)
 
 
@@ -349,7 +350,7 @@ def test_single_env_errors(tiny_model_dir, tiny_prompts):
         ({"prompts": []}, "prompts is empty"),
         ({"prompts": ["ok", "  "]}, r"prompts\[1\]"),
         ({"prompts": ["the film was good and long"], "max_prompt_tokens": 2}, "max_prompt_tokens=2"),
-        ({"model": "/nonexistent/model-dir"}, "could not load"),
+        ({"model": "/nonexistent/model-dir"}, "model not found"),
         ({"max_new_tokens": 0}, "max_new_tokens"),
         ({"max_new_tokens": 500}, "exceeds the model's context"),
         ({"kl_coef": -1.0}, "kl_coef"),
@@ -360,24 +361,24 @@ def test_single_env_errors(tiny_model_dir, tiny_prompts):
 )
 def test_bad_constructor_arguments(tiny_model_dir, tiny_prompts, kwargs, message):
     base = dict(num_envs=2, model=str(tiny_model_dir), prompts=tiny_prompts, autoreset_mode="disabled")
-    with pytest.raises(ValueError, match=message):
+    with pytest.raises(InputError, match=message):
         TextGenVectorEnv(**{**base, **kwargs})
 
 
 @pytest.mark.parametrize(
     ("reward", "message"),
-    [(lambda p, c: [float("nan")] * len(c), "NaN/inf"), (lambda p, c: [1.0], "returned 1 scores for 2")],
+    [(lambda p, c: [float("nan")] * len(c), "NaN/inf"), (lambda p, c: [1.0], r"shape \(1,\) \(expected \(2,\)\)")],
 )
 def test_bad_reward_model_output(tiny_model_dir, tiny_prompts, reward, message):
     env = TextGenVectorEnv(num_envs=2, model=str(tiny_model_dir), prompts=tiny_prompts, reward_model=reward,
                            max_new_tokens=1, autoreset_mode="disabled")
     env.reset(seed=0)
-    with pytest.raises(ValueError, match=message):
+    with pytest.raises(InputError, match=message):
         env.step(np.array([3, 3]))
 
 
 def test_forced_prompt_too_long_at_reset(vec):
-    with pytest.raises(ValueError, match="max_prompt_tokens"):
+    with pytest.raises(InputError, match="max_prompt_tokens"):
         vec.reset(options={"prompts": ["the film was good and the acting was great " * 5] * 4})
 
 

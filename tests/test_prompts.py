@@ -7,6 +7,7 @@ import json
 import pytest
 
 from textenv.prompts import builtin_prompts, load_prompts
+from textenv.validation import InputError
 
 
 def test_builtin_splits_are_large_and_disjoint():
@@ -40,7 +41,7 @@ def test_malformed_jsonl_names_the_line(tmp_path):
 def test_missing_file_and_bad_types():
     with pytest.raises(ValueError, match="neither 'builtin' nor an existing"):
         load_prompts("no/such/file.txt")
-    with pytest.raises(TypeError, match="prompts must be"):
+    with pytest.raises(InputError, match="prompts must be"):
         load_prompts(42)
     with pytest.raises(ValueError, match=r"prompts\[0\]"):
         load_prompts([3])

@@ -27,6 +27,7 @@ from textenv.reward_models import (
     train_preference_model,
 )
 from textenv.reward_models.preference import split_groups
+from textenv.validation import InputError
 
 SUBJECTS = ["the film", "the book", "the hotel room", "the pasta", "this blender", "the staff", "the acting"]
 FILLER = ["was", "and", "the", "it", "works", "loud", "clean", "room", "liked", "but"]
@@ -167,7 +168,8 @@ def test_save_load_round_trip_is_atomic_and_exact(trained, tmp_path: Path) -> No
     target = tmp_path / "rm"
     model.save(target)
     model.save(target)  # overwriting an existing save works
-    assert sorted(p.name for p in target.iterdir()) == ["backbone", "head.safetensors", "reward_model.json"]
+    assert sorted(p.name for p in target.iterdir()) == ["backbone", "head.safetensors", "reward_model.json",
+                                                         "textenv.json"]  # textenv.json: the manifest of what textenv wrote
     assert (target / "backbone" / "model.safetensors").is_file()
     assert not [p for p in tmp_path.iterdir() if p.name.startswith(".")]  # no temporary leftovers
     loaded = PreferenceRewardModel.load(target, device="cpu")
@@ -246,7 +248,7 @@ def test_classifier_bad_arguments(tiny_classifier_dir: Path, tmp_path: Path) -> 
         ClassifierReward(tiny_classifier_dir, label=0, minus_label="negative", device="cpu")
     with pytest.raises(ValueError, match="output"):
         ClassifierReward(tiny_classifier_dir, output="odds", device="cpu")
-    with pytest.raises(ValueError, match="could not load"):
+    with pytest.raises(InputError, match="model not found"):
         ClassifierReward(tmp_path / "missing", device="cpu")
 
 
@@ -328,10 +330,10 @@ def test_name_resolution(saved_rm: Path, tiny_classifier_dir: Path) -> None:
     ("spec", "match"),
     [("nope", "valid forms"), ("preference:", "missing its argument"), ("preference", "needs an argument"),
      ("classifier:x#label=1,colour=red", "unknown classifier option"), ("ensemble:vader", "<weight>\\*"),
-     ("preference:/no/such/dir", "not a saved PreferenceRewardModel")],
+     ("preference:/no/such/dir", "/no/such/dir is not a directory")],
 )
 def test_bad_names_give_clear_errors(spec: str, match: str) -> None:
-    with pytest.raises(ValueError, match=match):
+    with pytest.raises(InputError, match=match):
         make_reward_model(spec)
 
 
@@ -386,5 +388,5 @@ def test_train_rm_command(tiny_model_dir: Path, tmp_path: Path, capsys) -> None:
     assert isinstance(make_reward_model(f"preference:{out}"), PreferenceRewardModel)
     bad = tmp_path / "bad.jsonl"
     bad.write_text('{"prompt": "p", "ranked": ["a"]}\n', encoding="utf-8")
-    assert main(["--data", str(bad), "--output", str(out), "--backbone", str(tiny_model_dir)]) == 2
+    assert main(["--data", str(bad), "--output", str(tmp_path / "rm2"), "--backbone", str(tiny_model_dir)]) == 2
     assert f"{bad}:1:" in capsys.readouterr().err

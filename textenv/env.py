@@ -12,7 +12,8 @@ import gymnasium as gym
 import numpy as np
 import torch
 
-from textenv.vector_env import TextGenVectorEnv
+from textenv.validation import InputError
+from textenv.vector_env import TextGenVectorEnv, _check_reset_options
 
 
 class TextGenEnv(gym.Env):
@@ -22,18 +23,24 @@ class TextGenEnv(gym.Env):
     Action: a token id in ``Discrete(vocab_size)``. Reward: 0 until the last step, then
     r_φ(x, y) − β·KL (or the dense per-token form). ``info`` on the last step carries ``text``,
     ``prompt``, ``rm_score``, ``episode_kl`` and ``kl_coef``.
+
+    ``step()`` before ``reset()``, or after the episode ended (terminated or truncated), raises
+    :class:`~textenv.validation.InputError` saying to call ``reset()``; so does an action that is not one int
+    token id in ``[0, vocab_size)``.
     """
 
     metadata = {"render_modes": ["ansi"], "render_fps": 4}
 
     def __init__(self, render_mode: str | None = None, **kwargs: Any) -> None:
         if kwargs.get("group_size", 1) != 1:
-            raise ValueError("group_size applies to the vector env (gym.make_vec); the single env has one row")
+            raise InputError(f"group_size={kwargs['group_size']!r} applies to the vector env (gym.make_vec); the "
+                             "single env has one row")
         kwargs.pop("autoreset_mode", None)
         self.vector_env = TextGenVectorEnv(num_envs=1, autoreset_mode="disabled", render_mode=render_mode, **kwargs)
         self.render_mode = render_mode
         self.observation_space = self.vector_env.single_observation_space
         self.action_space = self.vector_env.single_action_space
+        self._started = False
         self._done = True
 
     @property
@@ -50,25 +57,33 @@ class TextGenEnv(gym.Env):
     ) -> tuple[dict[str, np.ndarray], dict[str, Any]]:
         """Draw a prompt (``options={"prompt": str}`` forces one) and return the first observation."""
         super().reset(seed=seed)
-        options = dict(options or {})
+        options = dict(_check_reset_options(options, ("prompt",)))
         if "prompt" in options:
+            if not isinstance(options["prompt"], str):
+                raise InputError(f"options['prompt'] must be a prompt string, got {type(options['prompt']).__name__}")
             options["prompts"] = [options.pop("prompt")]
         if seed is not None:
             self.vector_env.reset(seed=seed, options=options)
         else:
             self.vector_env.reset(options=options)
-        self._done = False
+        self._started, self._done = True, False
         obs = self.vector_env._observation()
         return _row(obs), {"prompt": self.vector_env._row_prompts[0]}
 
     def step(self, action: Any) -> tuple[dict[str, np.ndarray], float, bool, bool, dict[str, Any]]:
+        if not self._started:
+            raise InputError("step() before reset(): call env.reset() first")
         if self._done:
-            raise RuntimeError("the episode has ended: call reset() before step()")
+            raise InputError("the episode has ended (terminated or truncated): call env.reset() before step()")
+        vocab = self.action_space.n
         if isinstance(action, (bool, np.bool_)) or not isinstance(action, (int, np.integer)) and not (
-            isinstance(action, np.ndarray) and action.shape == () and action.dtype.kind in "iu"
+            isinstance(action, np.ndarray) and action.shape in ((), (1,)) and action.dtype.kind in "iu"
         ):
-            raise TypeError(f"action must be an int token id in [0, {self.action_space.n}), got {action!r}")
-        obs, rewards, terminated, truncated, info = self.vector_env.step(np.array([int(action)]))
+            raise InputError(f"action must be one int token id in [0, {vocab}) (the action space), got {action!r}")
+        token = int(action.reshape(-1)[0]) if isinstance(action, np.ndarray) else int(action)
+        if not 0 <= token < vocab:
+            raise InputError(f"action={token} is outside the action space: token ids are in [0, {vocab})")
+        obs, rewards, terminated, truncated, info = self.vector_env.step(np.array([token]))
         self._done = bool(terminated[0] or truncated[0])
         row_info = {k: v[0] for k, v in info.items() if not k.startswith("_") and info.get(f"_{k}", [True])[0]}
         return _row(obs), float(rewards[0]), bool(terminated[0]), bool(truncated[0]), row_info

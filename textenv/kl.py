@@ -12,6 +12,8 @@ from dataclasses import dataclass
 
 import torch
 
+from textenv.validation import InputError, check_int, check_number
+
 KL_ESTIMATORS = ("k1", "k3")
 
 
@@ -22,7 +24,7 @@ def kl_per_token(logprob: torch.Tensor, ref_logprob: torch.Tensor, estimator: st
         return -log_ratio
     if estimator == "k3":
         return torch.expm1(log_ratio) - log_ratio
-    raise ValueError(f"kl_estimator={estimator!r} is not one of {KL_ESTIMATORS}")
+    raise InputError(f"kl_estimator={estimator!r} is not one of {list(KL_ESTIMATORS)}")
 
 
 @dataclass
@@ -48,10 +50,9 @@ class AdaptiveKLController:
     horizon: int = 10_000
 
     def __post_init__(self) -> None:
-        if self.target <= 0:
-            raise ValueError(f"target_kl={self.target} must be > 0 for the adaptive controller")
-        if self.horizon <= 0:
-            raise ValueError(f"kl_horizon={self.horizon} must be > 0")
+        check_number("kl_coef", self.value, low=0, low_open=True)
+        check_number("target_kl", self.target, low=0, low_open=True)
+        check_int("kl_horizon", self.horizon, minimum=1)
 
     def update(self, mean_kl: float, n_steps: int) -> None:
         error = min(max((mean_kl - self.target) / self.target, -0.2), 0.2)
@@ -60,10 +61,11 @@ class AdaptiveKLController:
 
 def make_kl_controller(kl_coef: float, target_kl: float | None, horizon: int = 10_000):
     """Fixed β when ``target_kl`` is None, else the adaptive controller starting at ``kl_coef``."""
-    if kl_coef < 0:
-        raise ValueError(f"kl_coef={kl_coef} must be >= 0")
+    check_number("kl_coef", kl_coef, low=0)
+    check_number("target_kl", target_kl, low=0, low_open=True, none_ok=True)
     if target_kl is None:
         return FixedKLController(kl_coef)
     if kl_coef == 0:
-        raise ValueError("target_kl needs kl_coef > 0: an adaptive controller cannot scale β = 0")
+        raise InputError("target_kl needs kl_coef > 0: an adaptive controller cannot scale β = 0; set kl_coef "
+                         "(e.g. 0.05) or drop target_kl")
     return AdaptiveKLController(kl_coef, target_kl, horizon)

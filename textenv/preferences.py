@@ -30,6 +30,15 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, TextIO
 
+from textenv.prompts import read_text_lines
+from textenv.validation import InputError
+
+#: The two row forms of a preference file, said in every schema error.
+PREFERENCE_FORMAT = ('each line is {"prompt": str, "chosen": str, "rejected": str} or {"prompt": str, "ranked": '
+                     '[best, ..., worst]} (optional "meta": {...})')
+#: The row form of an unranked completion-set file.
+COMPLETION_SET_FORMAT = 'each line is {"prompt": str, "completions": [c1, ..., cK]} with K >= 2 (optional "meta")'
+
 
 @dataclass(frozen=True)
 class PreferencePair:
@@ -103,34 +112,49 @@ class ComparisonGroup:
 
 # ---------------------------------------------------------------------------------------------- parsing
 def parse_preference(obj: Any, where: str = "row") -> PreferenceRow:
-    """Validate one decoded JSON object; ``where`` (e.g. ``"file.jsonl:12"``) prefixes every error."""
+    """Validate one decoded JSON object; ``where`` (e.g. ``"file.jsonl:12"``) prefixes every error, and every
+    error (:class:`InputError`) ends with the expected format."""
+    try:
+        return _parse_preference(obj, where)
+    except InputError as err:
+        raise InputError(f"{err}; {PREFERENCE_FORMAT}") from None
+
+
+def _parse_preference(obj: Any, where: str) -> PreferenceRow:
     if not isinstance(obj, dict):
-        raise ValueError(f"{where}: each line must be a JSON object, got {type(obj).__name__}")
+        raise InputError(f"{where}: each line must be a JSON object, got {type(obj).__name__}")
     _check_keys(obj, where, {"prompt", "chosen", "rejected", "ranked", "meta"})
     prompt = _string(obj, "prompt", where)
     meta = _meta(obj, where)
     has_pair = "chosen" in obj or "rejected" in obj
     if has_pair and "ranked" in obj:
-        raise ValueError(f'{where}: give either "chosen"/"rejected" or "ranked", not both')
+        raise InputError(f'{where}: give either "chosen"/"rejected" or "ranked", not both')
     if has_pair:
         chosen, rejected = _string(obj, "chosen", where, allow_empty=True), _string(obj, "rejected", where, allow_empty=True)
         if chosen == rejected:
-            raise ValueError(f'{where}: "chosen" and "rejected" are the same text; a comparison needs two different completions')
+            raise InputError(f'{where}: "chosen" and "rejected" are the same text; a comparison needs two different completions')
         return PreferencePair(prompt, chosen, rejected, meta)
     if "ranked" not in obj:
-        raise ValueError(f'{where}: missing "chosen"/"rejected" (a pair) or "ranked" (a ranking, best first)')
+        raise InputError(f'{where}: missing "chosen"/"rejected" (a pair) or "ranked" (a ranking, best first)')
     ranked = _string_list(obj, "ranked", where)
     return PreferenceRanking(prompt, ranked, meta)
 
 
 def parse_completion_set(obj: Any, where: str = "row") -> CompletionSet:
     """Validate one ``{"prompt", "completions": [...]}`` object (the unranked format)."""
+    try:
+        return _parse_completion_set(obj, where)
+    except InputError as err:
+        raise InputError(f"{err}; {COMPLETION_SET_FORMAT}") from None
+
+
+def _parse_completion_set(obj: Any, where: str) -> CompletionSet:
     if not isinstance(obj, dict):
-        raise ValueError(f"{where}: each line must be a JSON object, got {type(obj).__name__}")
+        raise InputError(f"{where}: each line must be a JSON object, got {type(obj).__name__}")
     _check_keys(obj, where, {"prompt", "completions", "meta"})
     prompt = _string(obj, "prompt", where)
     if "completions" not in obj:
-        raise ValueError(f'{where}: missing "completions" (a list of at least 2 strings)')
+        raise InputError(f'{where}: missing "completions" (a list of at least 2 strings)')
     completions = _string_list(obj, "completions", where, distinct=False)
     return CompletionSet(prompt, completions, _meta(obj, where))
 
@@ -138,77 +162,86 @@ def parse_completion_set(obj: Any, where: str = "row") -> CompletionSet:
 def _check_keys(obj: dict, where: str, allowed: set[str]) -> None:
     unknown = sorted(set(obj) - allowed)
     if unknown:
-        raise ValueError(f"{where}: unknown key(s) {unknown}; allowed keys are {sorted(allowed)}")
+        raise InputError(f"{where}: unknown key(s) {unknown}; allowed keys are {sorted(allowed)}")
 
 
 def _string(obj: dict, key: str, where: str, allow_empty: bool = False) -> str:
     if key not in obj:
-        raise ValueError(f'{where}: missing "{key}"')
+        raise InputError(f'{where}: missing "{key}"')
     value = obj[key]
     if not isinstance(value, str):
-        raise ValueError(f'{where}: "{key}" must be a string, got {type(value).__name__}')
+        raise InputError(f'{where}: "{key}" must be a string, got {type(value).__name__}')
     if not allow_empty and not value.strip():
-        raise ValueError(f'{where}: "{key}" is empty')
+        raise InputError(f'{where}: "{key}" is empty')
     return value
 
 
 def _string_list(obj: dict, key: str, where: str, distinct: bool = True) -> tuple[str, ...]:
     value = obj[key]
     if not isinstance(value, list) or not all(isinstance(v, str) for v in value):
-        raise ValueError(f'{where}: "{key}" must be a list of strings')
+        raise InputError(f'{where}: "{key}" must be a list of strings')
     if len(value) < 2:
-        raise ValueError(f'{where}: "{key}" has {len(value)} completion(s); give at least 2')
+        raise InputError(f'{where}: "{key}" has {len(value)} completion(s); give at least 2')
     if distinct and len(set(value)) != len(value):
-        raise ValueError(f'{where}: "{key}" lists the same completion twice; remove the duplicates')
+        raise InputError(f'{where}: "{key}" lists the same completion twice; remove the duplicates')
     return tuple(value)
 
 
 def _meta(obj: dict, where: str) -> dict[str, Any]:
     meta = obj.get("meta", {})
     if not isinstance(meta, dict):
-        raise ValueError(f'{where}: "meta" must be an object, got {type(meta).__name__}')
+        raise InputError(f'{where}: "meta" must be an object, got {type(meta).__name__}')
     return meta
 
 
-def _read_jsonl(path: str | os.PathLike) -> Iterator[tuple[str, Any]]:
-    """Yield ``("path:line", decoded object)`` for every non-blank line."""
+def _read_jsonl(path: str | os.PathLike, expected: str) -> Iterator[tuple[str, Any]]:
+    """Yield ``("path:line", decoded object)`` for every non-blank line; a missing file, a directory, a line
+    that is not UTF-8 or not JSON raises :class:`InputError` naming the file (and line) and ``expected``."""
     path = Path(path)
+    if path.is_dir():
+        raise InputError(f"{path} is a directory, not a JSONL file; {expected}")
     if not path.is_file():
-        raise ValueError(f"{path} does not exist or is not a file")
-    with open(path, encoding="utf-8") as handle:
-        for number, line in enumerate(handle, start=1):
-            if not line.strip():
-                continue
-            where = f"{path}:{number}"
-            try:
-                obj = json.loads(line)
-            except json.JSONDecodeError as err:
-                raise ValueError(f"{where}: not valid JSON ({err.msg} at column {err.colno})") from err
-            yield where, obj
+        raise InputError(f"{path} does not exist or is not a file")
+    for number, line in read_text_lines(path):
+        if not line.strip():
+            continue
+        where = f"{path}:{number}"
+        try:
+            obj = json.loads(line)
+        except json.JSONDecodeError as err:
+            raise InputError(f"{where}: not valid JSON ({err.msg} at column {err.colno}); {expected}") from None
+        yield where, obj
 
 
 def load_preferences(path: str | os.PathLike) -> list[PreferenceRow]:
-    """Read and validate a preference JSONL file; a bad row raises ``ValueError("path:line: ...")``."""
-    return [parse_preference(obj, where) for where, obj in _read_jsonl(path)]
+    """Read and validate a preference JSONL file (an empty file gives ``[]``); a bad row raises
+    :class:`InputError` ``"path:line: ..."``."""
+    return [parse_preference(obj, where) for where, obj in _read_jsonl(path, PREFERENCE_FORMAT)]
 
 
 def load_completion_sets(path: str | os.PathLike) -> list[CompletionSet]:
-    """Read and validate an unranked ``{"prompt", "completions"}`` JSONL file."""
-    return [parse_completion_set(obj, where) for where, obj in _read_jsonl(path)]
+    """Read and validate an unranked ``{"prompt", "completions"}`` JSONL file (an empty file gives ``[]``)."""
+    return [parse_completion_set(obj, where) for where, obj in _read_jsonl(path, COMPLETION_SET_FORMAT)]
 
 
 def as_preference_rows(data: str | os.PathLike | Iterable[Any]) -> list[PreferenceRow]:
-    """A path, or an iterable of rows / JSON-like dicts, as validated preference rows."""
+    """A path, or an iterable of rows / JSON-like dicts, as validated preference rows; at least one row (an
+    empty file or dataset raises :class:`InputError` naming it)."""
     if isinstance(data, (str, os.PathLike)):
-        return load_preferences(data)
-    rows: list[PreferenceRow] = []
+        rows = load_preferences(data)
+        if not rows:
+            raise InputError(f"preference file {data} has no rows (it is empty or blank); {PREFERENCE_FORMAT}")
+        return rows
+    if isinstance(data, (bytes, dict)) or not isinstance(data, Iterable):
+        raise InputError(f"preference data must be a JSONL path or a list of rows, got {type(data).__name__}")
+    rows = []
     for index, item in enumerate(data):
         if isinstance(item, (PreferencePair, PreferenceRanking)):
             rows.append(item)
         else:
             rows.append(parse_preference(item, where=f"dataset[{index}]"))
     if not rows:
-        raise ValueError("the preference dataset is empty")
+        raise InputError("the preference dataset is empty; give at least one row")
     return rows
 
 

@@ -3,43 +3,92 @@
 A prompt source may be ``"builtin"`` (the packaged openings, ``split="train"`` or ``"eval"``), a list
 of strings, a path to a ``.txt`` file (one prompt per line) or a ``.jsonl`` file (one object per line
 with a ``"prompt"`` field), or a ``datasets.Dataset`` with a ``"prompt"`` (or ``"text"``) column.
+
+Files must be UTF-8; a line that is not, a malformed JSON line, a line without a string ``"prompt"``, an empty
+file or a directory raises :class:`~textenv.validation.InputError` naming the file (and line).
 """
 
 from __future__ import annotations
 
 import json
 import os
-from collections.abc import Sequence
+from collections.abc import Iterator, Sequence
 from importlib import resources
 from pathlib import Path
 from typing import Any
 
+from textenv.validation import InputError
+
 PromptSource = Any  # "builtin" | Sequence[str] | str | os.PathLike | datasets.Dataset
+
+#: Names of the built-in splits.
+PROMPT_SPLITS = ("train", "eval")
+
+_JSONL_FORMAT = 'one JSON object per line with a string "prompt" field, e.g. {"prompt": "the film was"}'
 
 
 def builtin_prompts(split: str = "train") -> list[str]:
     """The packaged review openings: ``split`` is ``"train"`` or held-out ``"eval"``."""
     data = json.loads((resources.files("textenv") / "assets" / "prompts.json").read_text(encoding="utf-8"))
     if split not in data:
-        raise ValueError(f"prompt_split={split!r} is not one of {sorted(data)}")
+        raise InputError(f"prompt_split={split!r} is not one of {sorted(data)}")
     return list(data[split])
+
+
+def read_text_lines(path: Path) -> Iterator[tuple[int, str]]:
+    """``(line number, text)`` of every line of a UTF-8 file (newline stripped, a BOM dropped); a line that is
+    not UTF-8 raises :class:`InputError` ``"FILE:LINE: not UTF-8 ..."``."""
+    with open(path, "rb") as handle:
+        for number, raw in enumerate(handle, start=1):
+            try:
+                line = raw.decode("utf-8")
+            except UnicodeDecodeError as err:
+                raise InputError(
+                    f"{path}:{number}: not UTF-8 text (byte {raw[err.start:err.start + 1]!r} at column {err.start + 1}); "
+                    "save the file as UTF-8"
+                ) from None
+            if number == 1:
+                line = line.removeprefix("\ufeff")
+            yield number, line.rstrip("\r\n")
+
+
+def _from_jsonl(path: Path) -> list[str]:
+    prompts = []
+    for number, line in read_text_lines(path):
+        if not line.strip():
+            continue
+        try:
+            row = json.loads(line)
+        except json.JSONDecodeError as err:
+            raise InputError(f"{path}:{number}: not valid JSON ({err.msg} at column {err.colno}); "
+                             f"a .jsonl prompt file holds {_JSONL_FORMAT}") from None
+        if not isinstance(row, dict) or "prompt" not in row:
+            raise InputError(f'{path}:{number}: no "prompt" field; a .jsonl prompt file holds {_JSONL_FORMAT}')
+        if not isinstance(row["prompt"], str) or not row["prompt"].strip():
+            raise InputError(f'{path}:{number}: "prompt" is {row["prompt"]!r}, not a non-empty string; a .jsonl '
+                             f"prompt file holds {_JSONL_FORMAT}")
+        prompts.append(row["prompt"])
+    return prompts
 
 
 def _from_file(path: Path) -> list[str]:
     if path.suffix == ".jsonl":
-        prompts = []
-        for number, line in enumerate(path.read_text(encoding="utf-8").splitlines(), start=1):
-            if not line.strip():
-                continue
-            try:
-                row = json.loads(line)
-            except json.JSONDecodeError as err:
-                raise ValueError(f"{path}:{number}: not valid JSON ({err.msg})") from err
-            if not isinstance(row, dict) or not isinstance(row.get("prompt"), str):
-                raise ValueError(f'{path}:{number}: each line must be an object with a string "prompt" field')
-            prompts.append(row["prompt"])
-        return prompts
-    return [line for line in path.read_text(encoding="utf-8").splitlines() if line.strip()]
+        prompts = _from_jsonl(path)
+    else:
+        prompts = [line for _, line in read_text_lines(path) if line.strip()]
+    if not prompts:
+        kind = _JSONL_FORMAT if path.suffix == ".jsonl" else "one prompt per line"
+        raise InputError(f"prompts file {path} has no prompts (it is empty or blank); give {kind}")
+    return prompts
+
+
+def _check_path(source: str | os.PathLike) -> Path:
+    path = Path(source).expanduser()
+    if path.is_dir():
+        raise InputError(f"prompts={str(source)!r} is a directory; give a .txt (one prompt per line) or .jsonl file")
+    if not path.is_file():
+        raise InputError(f"prompts={str(source)!r} is neither 'builtin' nor an existing .txt/.jsonl file")
+    return path
 
 
 def load_prompts(source: PromptSource = "builtin", split: str = "train") -> list[str]:
@@ -47,22 +96,20 @@ def load_prompts(source: PromptSource = "builtin", split: str = "train") -> list
     if isinstance(source, str) and source == "builtin":
         prompts = builtin_prompts(split)
     elif isinstance(source, (str, os.PathLike)):
-        path = Path(source)
-        if not path.is_file():
-            raise ValueError(f"prompts={str(source)!r} is neither 'builtin' nor an existing .txt/.jsonl file")
-        prompts = _from_file(path)
+        prompts = _from_file(_check_path(source))
     elif hasattr(source, "column_names"):  # a datasets.Dataset, without importing datasets
         column = next((c for c in ("prompt", "text") if c in source.column_names), None)
         if column is None:
-            raise ValueError(f"prompts dataset needs a 'prompt' or 'text' column, has {source.column_names}")
+            raise InputError(f"prompts dataset needs a 'prompt' or 'text' column, has {source.column_names}")
         prompts = list(source[column])
-    elif isinstance(source, Sequence):
+    elif isinstance(source, Sequence) and not isinstance(source, (bytes, bytearray)):
         prompts = list(source)
     else:
-        raise TypeError(f"prompts must be 'builtin', a list of str, a file path or a datasets.Dataset, got {type(source)}")
+        raise InputError(f"prompts must be 'builtin', a list of str, a file path or a datasets.Dataset, got "
+                         f"{type(source).__name__}")
     if not prompts:
-        raise ValueError("prompts is empty: give at least one prompt")
+        raise InputError("prompts is empty: give at least one prompt")
     for i, prompt in enumerate(prompts):
         if not isinstance(prompt, str) or not prompt.strip():
-            raise ValueError(f"prompts[{i}]={prompt!r} is not a non-empty string")
+            raise InputError(f"prompts[{i}]={prompt!r} is not a non-empty string")
     return prompts

@@ -12,6 +12,7 @@ Each of the ``num_envs`` sub-environments is one row of a :class:`~textenv.engin
 
 from __future__ import annotations
 
+import os
 from collections.abc import Sequence
 from typing import Any
 
@@ -24,14 +25,32 @@ from transformers import PreTrainedModel, PreTrainedTokenizerBase
 
 from textenv.engine import GenerationEngine
 from textenv.kl import KL_ESTIMATORS, kl_per_token, make_kl_controller
-from textenv.lora import AdapterDisabledReference, apply_lora, is_peft_model
-from textenv.models import DEFAULT_MODEL, frozen_copy, load_causal_lm, load_tokenizer, resolve_device
-from textenv.prompts import PromptSource, load_prompts
+from textenv.lora import AdapterDisabledReference, apply_lora, check_lora, is_peft_model
+from textenv.models import DEFAULT_MODEL, frozen_copy, load_causal_lm, load_tokenizer, locate_model, resolve_device
+from textenv.prompts import PROMPT_SPLITS, PromptSource, load_prompts
 from textenv.reward_models import RewardModel, checked_scores, make_reward_model
-from textenv.validation import check_choice, check_int
+from textenv.validation import InputError, check_choice, check_int, check_number
 
 KL_PENALTIES = ("terminal", "dense")
 AUTORESET_MODES = {"next_step": AutoresetMode.NEXT_STEP, "disabled": AutoresetMode.DISABLED}
+RENDER_MODES = (None, "ansi")
+RESET_OPTIONS = ("prompts", "reset_mask")
+
+_IMPORT_PID = os.getpid()
+
+
+class RenderModeError(InputError, TypeError):
+    """An unsupported ``render_mode``. Also a ``TypeError`` so that stable-baselines3's ``make_vec_env``, which
+    asks for ``render_mode="rgb_array"`` and retries without it on a ``TypeError``, builds the env."""
+
+
+def single_thread_after_fork() -> None:
+    """In a process forked from one where torch already ran (``gym.make_vec(..., vectorization_mode="async")``
+    with the default ``"fork"`` context builds one env in the parent first), torch's OpenMP thread pool is
+    unusable: the first parallel op would hang forever. Such a process computes with one thread, as torch's own
+    ``DataLoader`` workers do."""
+    if os.getpid() != _IMPORT_PID:
+        torch.set_num_threads(1)
 
 
 def disable_dropout(model: torch.nn.Module) -> None:
@@ -63,12 +82,19 @@ class TextGenVectorEnv(VectorEnv):
             (RLOO/GRPO). Needs ``autoreset_mode="disabled"`` when K > 1.
         autoreset_mode: ``"next_step"`` (Gymnasium default: a finished row restarts on the next step,
             ignoring that step's action) or ``"disabled"`` (finished rows ignore actions and pay 0 until
-            ``reset()``; :attr:`finished` tells which rows are done). Native agents use ``"disabled"``.
+            ``reset()``; :attr:`finished` tells which rows are done); Gymnasium's ``AutoresetMode`` enum
+            works too. Native agents use ``"disabled"``.
         reference: an explicit frozen reference model (default: a frozen copy of the policy).
         lora: ``True`` or ``peft.LoraConfig`` kwargs to train LoRA adapters; the reference is then the same
             model with adapters disabled (one copy of the weights in memory).
         device: ``"auto"`` (CUDA if available), ``"cpu"``, ``"cuda:0"``...
         render_mode: ``None`` or ``"ansi"``.
+
+    Every argument is checked before any model loads (numbers finite and in range, choices, types, the model
+    name or directory, the device, the prompt file, the reward-model spec): a mistake raises one
+    :class:`~textenv.validation.InputError` that names the argument. So do ``step()`` before ``reset()``,
+    actions of the wrong dtype, shape or range, unknown ``reset`` options, and a reward model that returns
+    anything but N finite floats.
 
     Observation space (per row): ``Dict(input_ids=Box(0, V-1, (W,), int64), attention_mask=Box(0, 1, (W,),
     int64))`` with W = ``max_prompt_tokens + max_new_tokens``. Tokens are right-aligned (left padding with
@@ -105,7 +131,14 @@ class TextGenVectorEnv(VectorEnv):
         device: str | torch.device = "auto",
         render_mode: str | None = None,
     ) -> None:
-        check_int("num_envs", num_envs, minimum=1)
+        single_thread_after_fork()
+        autoreset_mode = _autoreset_name(autoreset_mode)
+        _check_arguments(
+            num_envs=num_envs, model=model, tokenizer=tokenizer, prompt_split=prompt_split,
+            max_new_tokens=max_new_tokens, max_prompt_tokens=max_prompt_tokens, kl_coef=kl_coef, target_kl=target_kl,
+            kl_horizon=kl_horizon, kl_estimator=kl_estimator, kl_penalty=kl_penalty, group_size=group_size,
+            autoreset_mode=autoreset_mode, reference=reference, lora=lora, render_mode=render_mode,
+        )
         #: JSON-serialisable constructor arguments, saved with checkpoints so runs can be rebuilt.
         self.spec_kwargs = {
             key: value
@@ -117,24 +150,19 @@ class TextGenVectorEnv(VectorEnv):
             ).items()
             if value is None or isinstance(value, (str, int, float, dict))
         }
-        check_int("max_new_tokens", max_new_tokens, minimum=1)
-        check_int("group_size", group_size, minimum=1)
-        check_choice("kl_estimator", kl_estimator, KL_ESTIMATORS)
-        check_choice("kl_penalty", kl_penalty, KL_PENALTIES)
-        check_choice("autoreset_mode", autoreset_mode, tuple(AUTORESET_MODES))
-        check_choice("render_mode", render_mode, (None, "ansi"))
-        if num_envs % group_size:
-            raise ValueError(f"num_envs={num_envs} must be a multiple of group_size={group_size}")
-        if group_size > 1 and autoreset_mode != "disabled":
-            raise ValueError("group_size > 1 keeps groups of rows in step: pass autoreset_mode='disabled'")
-
+        # Everything that can be checked without loading a model is checked first, so a mistake costs a second.
         self.device = resolve_device(device)
+        if not isinstance(model, torch.nn.Module):
+            locate_model(model, "model")
+        if isinstance(tokenizer, (str, os.PathLike)):
+            locate_model(tokenizer, "tokenizer")
+        self.prompts = load_prompts(prompts, prompt_split)
+        self.reward_model = make_reward_model(reward_model)
+
         self.tokenizer = _resolve_tokenizer(tokenizer, model)
         self.policy = model if isinstance(model, torch.nn.Module) else load_causal_lm(model, self.device)
         self.policy.to(self.device)
         if lora:
-            if reference is not None:
-                raise ValueError("lora=... uses the policy with adapters disabled as reference: drop reference=")
             self.policy = apply_lora(self.policy, lora)
         disable_dropout(self.policy)
         self.kl_controller = make_kl_controller(kl_coef, target_kl, kl_horizon)
@@ -145,9 +173,7 @@ class TextGenVectorEnv(VectorEnv):
             else:
                 self.reference = frozen_copy(self.policy) if reference is None else reference.to(self.device).eval()
                 self.reference.requires_grad_(False)
-        self.reward_model = make_reward_model(reward_model)
 
-        self.prompts = load_prompts(prompts, prompt_split)
         self._prompt_ids = self._tokenize_prompts(self.prompts, max_prompt_tokens)
         self.max_prompt_tokens = max_prompt_tokens or max(len(p) for p in self._prompt_ids)
         self.max_new_tokens = max_new_tokens
@@ -191,13 +217,14 @@ class TextGenVectorEnv(VectorEnv):
         """Start episodes. ``options``: ``{"prompts": [...]}`` uses these prompts (one per row) instead of
         sampling; ``{"reset_mask": bool array (B,)}`` restarts only those rows."""
         super().reset(seed=seed)
-        options = options or {}
+        options = _check_reset_options(options, RESET_OPTIONS)
         mask = options.get("reset_mask")
         if mask is not None and self._started:
-            mask = np.asarray(mask, dtype=bool)
-            if mask.shape != (self.num_envs,):
-                raise ValueError(f"options['reset_mask'] must have shape ({self.num_envs},), got {mask.shape}")
-            self._restart(mask, options.get("prompts"))
+            mask = np.asarray(mask)
+            if mask.shape != (self.num_envs,) or mask.dtype.kind not in "bi":
+                raise InputError(f"options['reset_mask'] must be a bool array of shape ({self.num_envs},), got "
+                                 f"{mask.dtype} {mask.shape}")
+            self._restart(mask.astype(bool), options.get("prompts"))
         else:
             self._start_all(options.get("prompts"))
         self._started = True
@@ -208,7 +235,7 @@ class TextGenVectorEnv(VectorEnv):
     ) -> tuple[dict[str, np.ndarray], np.ndarray, np.ndarray, np.ndarray, dict[str, Any]]:
         """Advance every row by one token. ``actions``: int array ``(B,)`` or a long tensor."""
         if not self._started:
-            raise RuntimeError("call reset() before step()")
+            raise InputError("step() before reset(): call env.reset() first")
         actions = self._check_actions(actions)
         restarting = self._needs_restart.copy()
         beta = self.kl_controller.value
@@ -271,7 +298,7 @@ class TextGenVectorEnv(VectorEnv):
     def load_episode_state(self, state: dict[str, Any]) -> None:
         """Continue the episodes saved by :meth:`episode_state` (on an env built with the same arguments)."""
         if len(state["row_prompts"]) != self.num_envs:
-            raise ValueError(f"the saved episodes have {len(state['row_prompts'])} rows; this env has "
+            raise InputError(f"the saved episodes have {len(state['row_prompts'])} rows; this env has "
                              f"num_envs={self.num_envs}")
         self._row_prompts = list(state["row_prompts"])
         self._needs_restart = np.asarray(state["needs_restart"], dtype=bool).copy()
@@ -312,9 +339,12 @@ class TextGenVectorEnv(VectorEnv):
         if given is None:
             idx = self._sample_prompts(n)
             return [self.prompts[i] for i in idx], [self._prompt_ids[i] for i in idx]
+        if isinstance(given, (str, bytes)) or not isinstance(given, Sequence):
+            raise InputError(f"options['prompts'] must be a list of {n} prompt strings (one per row), got "
+                             f"{type(given).__name__}")
         given = load_prompts(list(given))
         if len(given) != n:
-            raise ValueError(f"options['prompts'] has {len(given)} prompts for {n} rows")
+            raise InputError(f"options['prompts'] has {len(given)} prompts for {n} rows; give one per row")
         return given, self._tokenize_prompts(given, self.max_prompt_tokens)
 
     def _start_all(self, given: Sequence[str] | None) -> None:
@@ -362,29 +392,41 @@ class TextGenVectorEnv(VectorEnv):
         return {"input_ids": ids.cpu().numpy(), "attention_mask": mask.cpu().numpy()}
 
     def _check_actions(self, actions: Any) -> torch.Tensor:
+        """``actions`` as a long tensor ``(B,)`` on the env's device, or :class:`InputError` (wrong dtype, shape
+        or a token id outside ``[0, V)``)."""
+        vocab = self.single_action_space.n
+
+        def refuse(got: str) -> InputError:
+            return InputError(f"actions must be an integer array of shape ({self.num_envs},) of token ids in "
+                              f"[0, {vocab}), got {got}")
+
         if isinstance(actions, torch.Tensor):
             tensor = actions
+            if tensor.dtype.is_floating_point or tensor.dtype.is_complex or tensor.dtype == torch.bool:
+                raise refuse(f"a {tensor.dtype} tensor")
         else:
-            array = np.asarray(actions)
+            try:
+                array = np.asarray(actions)
+            except (ValueError, TypeError):  # ragged lists
+                raise refuse(type(actions).__name__) from None
             if array.dtype.kind not in "iu":
-                raise TypeError(f"actions must be integer token ids, got dtype {array.dtype}")
+                raise refuse(f"dtype {array.dtype}")
             tensor = torch.from_numpy(array.astype(np.int64, copy=False))
-        if tensor.dtype in (torch.float16, torch.float32, torch.float64, torch.bfloat16, torch.bool):
-            raise TypeError(f"actions must be integer token ids, got {tensor.dtype}")
         if tuple(tensor.shape) != (self.num_envs,):
-            raise ValueError(f"actions must have shape ({self.num_envs},), got {tuple(tensor.shape)}")
-        vocab = self.single_action_space.n
-        if bool(((tensor < 0) | (tensor >= vocab)).any()):
-            raise ValueError(f"actions must be token ids in [0, {vocab}), got {tensor.tolist()}")
+            raise refuse(f"shape {tuple(tensor.shape)}")
+        outside = (tensor < 0) | (tensor >= vocab)
+        if bool(outside.any()):
+            bad = tensor[outside][:5].tolist()
+            raise InputError(f"actions must be token ids in [0, {vocab}) (the action space), got {bad}")
         return tensor.to(self.device, torch.long)
 
     def _tokenize_prompts(self, prompts: Sequence[str], limit: int | None) -> list[list[int]]:
         ids = self.tokenizer(list(prompts), add_special_tokens=True)["input_ids"]
         for prompt, tokens in zip(prompts, ids):
             if not tokens:
-                raise ValueError(f"prompt {prompt!r} tokenizes to nothing; give a non-empty prompt")
+                raise InputError(f"prompt {prompt!r} tokenizes to nothing; give a non-empty prompt")
             if limit is not None and len(tokens) > limit:
-                raise ValueError(
+                raise InputError(
                     f"prompt {prompt[:60]!r} has {len(tokens)} tokens > max_prompt_tokens={limit}; "
                     "shorten it or raise max_prompt_tokens"
                 )
@@ -396,10 +438,77 @@ class TextGenVectorEnv(VectorEnv):
         )
         total = self.max_prompt_tokens + self.max_new_tokens
         if limit is not None and total > limit:
-            raise ValueError(
+            raise InputError(
                 f"max_prompt_tokens + max_new_tokens = {total} exceeds the model's context of {limit} tokens; "
                 "lower max_new_tokens or max_prompt_tokens"
             )
+
+
+def _autoreset_name(mode: Any) -> str:
+    """``"next_step"`` / ``"disabled"`` from the string or Gymnasium's ``AutoresetMode`` enum."""
+    if isinstance(mode, AutoresetMode):
+        for name, value in AUTORESET_MODES.items():
+            if mode == value:
+                return name
+        raise InputError(f"autoreset_mode={mode} is not supported by the native TextGen vector env; use "
+                         "'next_step' or 'disabled' (or vectorization_mode='sync' with "
+                         "vector_kwargs={'autoreset_mode': AutoresetMode.SAME_STEP})")
+    return mode
+
+
+def _check_arguments(
+    *, num_envs: Any, model: Any, tokenizer: Any, prompt_split: Any, max_new_tokens: Any, max_prompt_tokens: Any,
+    kl_coef: Any, target_kl: Any, kl_horizon: Any, kl_estimator: Any, kl_penalty: Any, group_size: Any,
+    autoreset_mode: Any, reference: Any, lora: Any, render_mode: Any,
+) -> None:
+    """Every constructor argument that can be checked without loading a model (:class:`InputError`)."""
+    check_int("num_envs", num_envs, minimum=1)
+    if not isinstance(model, (str, os.PathLike, torch.nn.Module)):
+        raise InputError(f"model must be a name, a directory path or a loaded PreTrainedModel, got "
+                         f"{type(model).__name__}")
+    if tokenizer is not None and not isinstance(tokenizer, (str, os.PathLike, PreTrainedTokenizerBase)):
+        raise InputError(f"tokenizer must be None, a name, a directory path or a tokenizer, got "
+                         f"{type(tokenizer).__name__}")
+    check_choice("prompt_split", prompt_split, PROMPT_SPLITS)
+    check_int("max_new_tokens", max_new_tokens, minimum=1)
+    if max_prompt_tokens is not None:
+        check_int("max_prompt_tokens", max_prompt_tokens, minimum=1)
+    check_number("kl_coef", kl_coef, low=0)
+    check_number("target_kl", target_kl, low=0, low_open=True, none_ok=True)
+    check_int("kl_horizon", kl_horizon, minimum=1)
+    if target_kl is not None and kl_coef == 0:
+        raise InputError("target_kl needs kl_coef > 0: an adaptive controller cannot scale β = 0; set kl_coef "
+                         "(e.g. 0.05) or drop target_kl")
+    check_choice("kl_estimator", kl_estimator, KL_ESTIMATORS)
+    check_choice("kl_penalty", kl_penalty, KL_PENALTIES)
+    check_int("group_size", group_size, minimum=1)
+    check_choice("autoreset_mode", autoreset_mode, tuple(AUTORESET_MODES))
+    if render_mode not in RENDER_MODES:
+        raise RenderModeError(f"render_mode={render_mode!r} is not supported: TextGen-v0 renders text only; use "
+                              "render_mode='ansi' (print(env.render())) or None")
+    if num_envs % group_size:
+        raise InputError(f"num_envs={num_envs} must be a multiple of group_size={group_size}")
+    if group_size > 1 and autoreset_mode != "disabled":
+        raise InputError("group_size > 1 keeps groups of rows in step: pass autoreset_mode='disabled'")
+    if reference is not None and not isinstance(reference, torch.nn.Module):
+        raise InputError(f"reference must be None or a loaded causal LM (torch.nn.Module), got "
+                         f"{type(reference).__name__}")
+    check_lora(lora)
+    if lora and reference is not None:
+        raise InputError("lora=... uses the policy with adapters disabled as reference: drop reference=")
+
+
+def _check_reset_options(options: Any, allowed: Sequence[str]) -> dict[str, Any]:
+    """``options`` of ``reset()`` as a dict with only ``allowed`` keys (:class:`InputError` otherwise)."""
+    if options is None:
+        return {}
+    if not isinstance(options, dict):
+        raise InputError(f"reset(options=...) must be a dict with keys among {list(allowed)}, got "
+                         f"{type(options).__name__}")
+    unknown = sorted(map(str, set(options) - set(allowed)))
+    if unknown:
+        raise InputError(f"reset(options=...) has unknown key(s) {unknown}; allowed keys are {list(allowed)}")
+    return options
 
 
 def _resolve_tokenizer(tokenizer: Any, model: Any) -> PreTrainedTokenizerBase:
