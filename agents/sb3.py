@@ -64,7 +64,7 @@ from textenv.agents.gradient_step import (
     first_nonfinite,
 )
 from textenv.lora import is_peft_model
-from textenv.validation import check_choice, check_int, check_number
+from textenv.validation import InputError, check_choice, check_int, check_number
 from textenv.vector_env import TextGenVectorEnv, disable_dropout
 
 
@@ -100,27 +100,27 @@ class TextGenSB3VecEnv(VecEnv):
     ) -> None:
         if env is None:
             if env_kwargs.get("autoreset_mode", "disabled") != "disabled":
-                raise ValueError("TextGenSB3VecEnv resets finished rows itself: leave autoreset_mode unset")
+                raise InputError("TextGenSB3VecEnv resets finished rows itself: leave autoreset_mode unset")
             env = TextGenVectorEnv(**{**env_kwargs, "autoreset_mode": "disabled"})
         elif env_kwargs:
-            raise ValueError(f"pass either env or env keyword arguments, not both (got {sorted(env_kwargs)})")
+            raise InputError(f"pass either env or env keyword arguments, not both (got {sorted(env_kwargs)})")
         if not isinstance(env, TextGenVectorEnv):
-            raise TypeError(
+            raise InputError(
                 f"env must be a TextGenVectorEnv (gym.make_vec('TextGen-v0', ..., autoreset_mode='disabled')), "
                 f"got {type(env).__name__}"
             )
         if env.autoreset_mode != "disabled":
-            raise ValueError(
+            raise InputError(
                 "TextGenSB3VecEnv resets finished rows in the same step (SB3 semantics): build the env with "
                 "autoreset_mode='disabled'"
             )
         if env.group_size != 1:
-            raise ValueError("SB3 rows restart independently: build the env with group_size=1")
-        if mask_top_k is not None and (isinstance(mask_top_k, bool) or not isinstance(mask_top_k, int)
-                                       or mask_top_k < 1):
-            raise ValueError(f"mask_top_k={mask_top_k!r} must be an integer >= 1 or None")
-        if mask_top_p is not None and not 0 < mask_top_p <= 1:
-            raise ValueError(f"mask_top_p={mask_top_p!r} must be in (0, 1] or None")
+            raise InputError("SB3 rows restart independently: build the env with group_size=1")
+        if mask_top_k is not None:
+            check_int("mask_top_k", mask_top_k, minimum=1)
+        check_number("mask_top_p", mask_top_p, low=0, low_open=True, high=1, none_ok=True)
+        if not isinstance(mask_allow_eos, bool):
+            raise InputError(f"mask_allow_eos={mask_allow_eos!r} must be True or False")
         self.env = env
         self.mask_top_k = mask_top_k
         self.mask_top_p = mask_top_p
@@ -172,11 +172,11 @@ class TextGenSB3VecEnv(VecEnv):
         row_options = [opts or {} for opts in self._options]
         unknown = sorted({key for opts in row_options for key in opts} - {"prompt"})
         if unknown:
-            raise ValueError(f"unsupported reset option(s) {unknown}; TextGenSB3VecEnv accepts {{'prompt': str}}")
+            raise InputError(f"unsupported reset option(s) {unknown}; TextGenSB3VecEnv accepts {{'prompt': str}}")
         prompts = [opts.get("prompt") for opts in row_options]
         if any(p is not None for p in prompts):
             if any(p is None for p in prompts):
-                raise ValueError("set_options: give a 'prompt' for every row or for none")
+                raise InputError("set_options: give a 'prompt' for every row or for none")
             options["prompts"] = prompts
         seed = self._seeds[0]
         obs, info = self.env.reset(seed=seed, options=options or None)
@@ -243,7 +243,7 @@ class TextGenSB3VecEnv(VecEnv):
     def set_attr(self, attr_name: str, value: Any, indices: VecEnvIndices = None) -> None:
         """Set an attribute of the batched env (shared by all rows, so ``indices`` must cover every row)."""
         if sorted(self._get_indices(indices)) != list(range(self.num_envs)):
-            raise ValueError(f"rows share the batched env: set_attr({attr_name!r}) must target all rows")
+            raise InputError(f"rows share the batched env: set_attr({attr_name!r}) must target all rows")
         setattr(self.env, attr_name, value)
 
     def env_method(self, method_name: str, *method_args: Any, indices: VecEnvIndices = None,

@@ -17,6 +17,8 @@ from collections.abc import Sequence
 
 import torch
 
+from textenv.validation import InputError, check_int, check_number
+
 
 def top_k_mask(logits: torch.Tensor, k: int, always_allow: Sequence[int] | None = None) -> torch.Tensor:
     """Allow the ``k`` highest-logit tokens of every row (more only when logits tie at the k-th value).
@@ -30,8 +32,7 @@ def top_k_mask(logits: torch.Tensor, k: int, always_allow: Sequence[int] | None 
         bool ``(..., V)``.
     """
     _check_logits(logits)
-    if isinstance(k, bool) or not isinstance(k, int) or k < 1:
-        raise ValueError(f"k={k!r} must be an integer >= 1 (the number of tokens each row keeps)")
+    check_int("top_k_mask k", k, minimum=1)
     vocab = logits.shape[-1]
     if k >= vocab:
         mask = torch.ones_like(logits, dtype=torch.bool)
@@ -56,8 +57,7 @@ def top_p_mask(logits: torch.Tensor, p: float, always_allow: Sequence[int] | Non
         bool ``(..., V)``.
     """
     _check_logits(logits)
-    if isinstance(p, bool) or not isinstance(p, (int, float)) or not 0 < p <= 1:
-        raise ValueError(f"p={p!r} must be a probability mass in (0, 1]")
+    check_number("top_p_mask p", p, low=0, low_open=True, high=1)
     probs = logits.float().softmax(dim=-1)
     sorted_probs, order = probs.sort(dim=-1, descending=True)
     mass_before = sorted_probs.cumsum(dim=-1) - sorted_probs  # mass of the tokens ranked above each one
@@ -71,7 +71,7 @@ def _allow(mask: torch.Tensor, always_allow: Sequence[int] | None) -> torch.Tens
     if always_allow:
         ids = torch.as_tensor(list(always_allow), dtype=torch.long, device=mask.device)
         if bool(((ids < 0) | (ids >= mask.shape[-1])).any()):
-            raise ValueError(f"always_allow={list(always_allow)} has ids outside the vocabulary [0, {mask.shape[-1]})")
+            raise InputError(f"always_allow={list(always_allow)} has ids outside the vocabulary [0, {mask.shape[-1]})")
         mask[..., ids] = True
     return mask
 

@@ -17,6 +17,7 @@ from transformers import PreTrainedModel
 
 from textenv.logprobs import logprobs_and_entropy
 from textenv.packing import predicting_logits
+from textenv.validation import InputError, check_number
 from textenv.vector_env import TextGenVectorEnv
 
 
@@ -116,9 +117,11 @@ def collect_rollout(
     prompts: Sequence[str] | None = None,
     temperature: float = 1.0,
 ) -> Rollout:
-    """Reset ``env`` (``autoreset_mode="disabled"``) and play every row to EOS or the length limit."""
+    """Reset ``env`` (``autoreset_mode="disabled"``) and play every row to EOS or the length limit, sampling at
+    ``temperature`` (>= 0, finite; 0 is greedy)."""
     if env.autoreset_mode != "disabled":
-        raise ValueError("collect_rollout needs a TextGenVectorEnv built with autoreset_mode='disabled'")
+        raise InputError("collect_rollout needs a TextGenVectorEnv built with autoreset_mode='disabled'")
+    check_number("temperature", temperature, low=0)
     start = time.perf_counter()
     _, reset_info = env.reset(options=None if prompts is None else {"prompts": list(prompts)})
     prompt_width = env.engine.input_ids.shape[1]
