@@ -257,3 +257,34 @@ def test_python_dash_m_textenv_is_the_cli(tmp_path):
         "(`textenv train --help` lists the options)"
     ]
     assert not any(tmp_path.iterdir())
+
+
+@pytest.mark.slow
+def test_real_ctrl_c_of_textenv_train(config_file, tmp_path):
+    """SIGINT to a running `python -m textenv train`: the iteration finishes, the checkpoint and summary.json are
+    written, the resume command is printed, exit code 130, no traceback."""
+    import os
+    import signal
+    import time
+
+    out = tmp_path / "run"
+    process = subprocess.Popen(
+        [sys.executable, "-m", "textenv", "train", "--config", str(config_file), "--total-timesteps", "10000000",
+         "--output", str(out), "--no-progress", "--checkpoint-every", "1"],
+        stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, cwd=tmp_path,
+        env={**os.environ, "PYTHONUNBUFFERED": "1", "OMP_NUM_THREADS": "1"},
+    )
+    try:
+        deadline = time.monotonic() + 120
+        while not (out / "checkpoint" / "agent.json").is_file():  # the first iteration's checkpoint: training runs
+            assert process.poll() is None and time.monotonic() < deadline, process.communicate()
+            time.sleep(0.05)
+        process.send_signal(signal.SIGINT)
+        output, err = process.communicate(timeout=120)
+    finally:
+        process.kill()
+    assert process.returncode == 130, output + err
+    assert "Traceback" not in err and f"--resume {out / 'checkpoint'}" in err
+    summary = json.loads((out / "summary.json").read_text())
+    assert summary["interrupted"] is True and summary["checkpoint_num_timesteps"] == summary["num_timesteps"] > 0
+    assert json.loads((out / "checkpoint" / "agent.json").read_text())["num_timesteps"] == summary["num_timesteps"]

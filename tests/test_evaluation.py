@@ -2,7 +2,10 @@
 
 from __future__ import annotations
 
+import errno
+import json
 import math
+import os
 
 import numpy as np
 import pytest
@@ -10,14 +13,17 @@ import torch
 
 from textenv.evaluation import (
     METRICS,
+    check_results_path,
     distinct_n,
     evaluate_policy,
     load_eval_json,
     plot_proxy_vs_gold,
     plot_reward_kl_frontier,
+    results_writer,
     save_eval_json,
 )
 from textenv.models import load_causal_lm
+from textenv.validation import InputError
 
 
 def length_reward(prompts, completions):
@@ -85,10 +91,52 @@ def test_evaluation_of_an_agent_checkpoint_uses_its_base_model_as_reference(tmp_
 
 
 def test_evaluation_rejects_bad_arguments(tiny_model_dir, tiny_prompts):
-    with pytest.raises(ValueError, match="num_samples"):
+    with pytest.raises(InputError, match="num_samples"):
         evaluate_policy(str(tiny_model_dir), prompts=tiny_prompts, num_samples=0)
+    for name, value in (("temperature", 0.0), ("temperature", float("nan")), ("max_new_tokens", 0), ("seed", -1),
+                        ("batch_size", True)):
+        with pytest.raises(InputError, match=name):
+            evaluate_policy(str(tiny_model_dir), prompts=tiny_prompts, **{name: value})
     with pytest.raises(TypeError, match="policy must be"):
         evaluate_policy(3, prompts=tiny_prompts)
+
+
+def test_a_checkpoint_that_names_no_base_model_needs_a_reference(tmp_path, tiny_prompts):
+    """A policy trained from a model object: agent.json cannot say what π_ref was, so KL needs reference=."""
+    checkpoint = tmp_path / "ckpt"
+    (checkpoint / "policy").mkdir(parents=True)
+    (checkpoint / "agent.json").write_text(json.dumps({"agent": "reinforce", "env": {"kl_coef": 0.05}}))
+    with pytest.raises(InputError, match="reference="):
+        evaluate_policy(checkpoint, prompts=tiny_prompts)
+
+
+def test_results_files_name_the_command_that_wrote_them(tmp_path):
+    eval_file, pipeline_file, mine = tmp_path / "eval.json", tmp_path / "pipeline.json", tmp_path / "mine.json"
+    save_eval_json(eval_file, {"command": "textenv eval", "kl": 1.0})
+    save_eval_json(pipeline_file, {"rm_pair_accuracy": 0.9, "stages": {}, "settings": {}})  # before "command"
+    mine.write_text('{"gold_reward": 1}')
+    assert results_writer(eval_file) == "textenv eval" and results_writer(pipeline_file) == "textenv pipeline"
+    assert results_writer(mine) is None and results_writer(tmp_path / "missing.json") is None
+    check_results_path(tmp_path / "new.json")
+    check_results_path(eval_file, overwrite=True)
+    for path, overwrite, message in ((eval_file, False, "--overwrite"), (mine, True, "not written by textenv"),
+                                     (tmp_path, True, "is a directory"), (mine / "x.json", False, "is a file")):
+        with pytest.raises(InputError, match=message):
+            check_results_path(path, overwrite=overwrite)
+
+
+def test_a_full_disk_names_the_file_and_keeps_the_old_one(tmp_path, monkeypatch):
+    path = tmp_path / "eval.json"
+    save_eval_json(path, {"kl": 0.5})
+
+    def full(fd):
+        raise OSError(errno.ENOSPC, "No space left on device")
+
+    monkeypatch.setattr(os, "fsync", full)
+    with pytest.raises(OSError, match="No space left") as caught:
+        save_eval_json(path, {"kl": 0.25})
+    assert caught.value.filename == str(path) and caught.value.errno == errno.ENOSPC
+    assert load_eval_json(path) == {"kl": 0.5} and [p.name for p in tmp_path.iterdir()] == ["eval.json"]
 
 
 def test_save_eval_json_is_atomic_and_converts_numpy(tmp_path):

@@ -69,6 +69,7 @@ def test_pipeline_writes_every_stage_and_reuses_them(tiny_model_dir, tmp_path, l
         assert (out / png).read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
 
     summary = json.loads((out / "eval.json").read_text())
+    assert summary["command"] == "textenv pipeline"  # `textenv eval` never replaces it without --overwrite
     for key in ("rm_pair_accuracy", "gold_before", "gold_after", "proxy_after", "kl", "gold_after_best",
                 "gold_sft", "cpu_minutes"):
         assert isinstance(summary[key], float) and math.isfinite(summary[key]), key
