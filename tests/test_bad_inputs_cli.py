@@ -13,6 +13,7 @@ import errno
 import functools
 import json
 import os
+import re
 import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
@@ -333,3 +334,45 @@ def test_train_rm_divergence_stops_and_keeps_the_previous_reward_model(tiny_mode
     assert "step" in lines[0] and "lr=1e+30" in lines[0] and "Traceback" not in lines[0]
     assert {p: p.read_bytes() for p in (tmp_path / "rm").rglob("*") if p.is_file()} == saved
     assert sorted(p.name for p in tmp_path.iterdir()) == ["prefs.jsonl", "rm"]  # no temporary directory left
+
+
+# ---------------------------------------------------------------------------------------------- library calls
+def _library_cases() -> dict[str, tuple[Callable[[Path], object], str]]:
+    from textenv.collect import collect_preferences, rank_completions
+    from textenv.pipeline import run_pipeline
+    from textenv.reward_models.preference import train_preference_model
+
+    rows = [{"prompt": "the film", "chosen": " was great", "rejected": " was bad"}] * 2
+
+    def rm(**kwargs):
+        return lambda tmp: train_preference_model(rows, **kwargs)
+
+    return {
+        "train_preference_model/lr-nan": (rm(lr=float("nan")), "lr=nan"),
+        "train_preference_model/lr-negative": (rm(lr=-1e-4), "lr=-0.0001"),
+        "train_preference_model/weight-decay-inf": (rm(weight_decay=float("inf")), "weight_decay=inf"),
+        "train_preference_model/eval-fraction-1": (rm(eval_fraction=1.0), "eval_fraction=1.0"),
+        "train_preference_model/center-coef-nan": (rm(center_coef=float("nan")), "center_coef=nan"),
+        "train_preference_model/max-grad-norm-negative": (rm(max_grad_norm=-1.0), "max_grad_norm=-1.0"),
+        "train_preference_model/epochs-float": (rm(epochs=1.5), "epochs=1.5"),
+        "train_preference_model/pooling": (rm(pooling="max"), "pooling='max'"),
+        "collect_preferences/temperature-0": (lambda tmp: collect_preferences(temperature=0.0), "temperature=0.0"),
+        "collect_preferences/noise-nan": (lambda tmp: collect_preferences(noise=float("nan")), "noise=nan"),
+        "collect_preferences/k-1": (lambda tmp: collect_preferences(k=1), "k=1"),
+        "rank_completions/min-gap-inf": (lambda tmp: rank_completions(["a"], [1.0], min_gap=float("inf")), "min_gap=inf"),
+        "run_pipeline/ppo-lr-inf": (lambda tmp: run_pipeline(tmp / "p", ppo_lr=float("inf")), "ppo_lr=inf"),
+        "run_pipeline/noise-2": (lambda tmp: run_pipeline(tmp / "p", noise=2.0), "noise=2.0"),
+    }
+
+
+LIBRARY_CASES = _library_cases()
+
+
+@pytest.mark.parametrize("name", list(LIBRARY_CASES))
+def test_library_calls_refuse_bad_numbers_before_loading(name: str, tmp_path: Path, no_model_loads) -> None:
+    call, message = LIBRARY_CASES[name]
+    from textenv.validation import InputError
+
+    with pytest.raises(InputError, match=re.escape(message)):
+        call(tmp_path)
+    assert not any(tmp_path.iterdir())  # nothing written

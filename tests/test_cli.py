@@ -139,6 +139,11 @@ def test_ctrl_c_saves_summary_and_says_how_to_resume(config_file, tmp_path, caps
     monkeypatch.setattr(Agent, "learn", original_learn)
     assert train(config_file, out, "--resume", str(out / "checkpoint")) == 0  # the printed command works
     assert json.loads((out / "summary.json").read_text())["interrupted"] is False
+    # Without the config: the checkpoint's agent, env settings, hyper-parameters and run directory are the defaults.
+    assert main(["train", "--resume", str(out), "--total-timesteps", "40", "--eval-prompts", "4", "--no-progress"]) == 0
+    summary = json.loads((out / "summary.json").read_text())
+    assert summary["num_timesteps"] >= 40 and summary["options"]["env"]["num_envs"] == 4
+    assert summary["options"]["agent_kwargs"]["learning_rate"] == 1e-3
 
 
 def test_resume_command_replaces_resume_and_overwrite():

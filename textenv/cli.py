@@ -324,7 +324,8 @@ def resolve_train_options(args: argparse.Namespace) -> dict[str, Any]:
     Everything is checked here, before any model loads: the config file, the agent name, the ``env:`` keys
     against :class:`~textenv.vector_env.TextGenVectorEnv`'s arguments and ``agent_kwargs:`` against the agent's
     constructor. With ``--resume``, the checkpoint's agent, env settings, hyper-parameters and seed (its
-    ``agent.json``) are the defaults, so ``textenv train --resume RUN`` continues the run as it was.
+    ``agent.json``) are the defaults, and so is its run directory as ``--output``: ``textenv train --resume RUN``
+    continues the run as it was, in place.
     """
     from textenv.agents.base import read_checkpoint_meta
     from textenv.prompts import builtin_prompts
@@ -371,7 +372,9 @@ def resolve_train_options(args: argparse.Namespace) -> dict[str, Any]:
     held_out = len(builtin_prompts("eval"))
     if options["eval_prompts"] > held_out:
         raise InputError(f"eval_prompts={options['eval_prompts']} exceeds the {held_out} built-in held-out prompts")
-    if options["output"] is None:
+    if options["output"] is None and resume is not None and resume.name == "checkpoint":
+        options["output"] = str(resume.parent)  # continue the run where it is
+    elif options["output"] is None:
         options["output"] = str(Path("runs") / options["agent"])
     return options
 
@@ -726,8 +729,8 @@ def build_parser() -> argparse.ArgumentParser:
                                        "agent of the --resume checkpoint)")
     train.add_argument("--total-timesteps", dest="total_timesteps", type=COUNT, help="tokens to generate in training")
     train.add_argument("--output", help="run directory for summary.json, checkpoint/ and tensorboard/ (default: "
-                                        "runs/AGENT); refused if it holds other files, or an earlier run without "
-                                        "--resume/--overwrite")
+                                        "runs/AGENT, or the run of --resume RUN/checkpoint); refused if it holds "
+                                        "other files, or an earlier run without --resume/--overwrite")
     train.add_argument("--config", help="YAML file with options, `env:` and `agent_kwargs:`")
     train.add_argument("--seed", type=SEED, help=f"seeds everything (an integer in [0, {MAX_SEED}]; default 0)")
     train.add_argument("--checkpoint-every", dest="checkpoint_every", type=COUNT_OR_ZERO,
