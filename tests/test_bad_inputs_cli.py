@@ -174,6 +174,10 @@ CASES: dict[str, Case] = {
     "eval/python-reward-model": Case(["eval", "{tmp}/ckpt"], ["reward model", "--reward-model"],
                                      checkpoint_files("ckpt", reward_model=None)),
     "eval/python-base-model": Case(["eval", "{tmp}/ckpt"], ["--reference"], checkpoint_files("ckpt", model=None)),
+    "eval/unknown-reward-model": Case(["eval", "{tmp}/ckpt", "--reward-model", "vadr"], ["'vadr'"],
+                                      checkpoint_files("ckpt")),
+    "eval/prompts-missing": Case(["eval", "{tmp}/ckpt", "--prompts", "{tmp}/nope.txt"], ["nope.txt"],
+                                 checkpoint_files("ckpt")),
     # ------------------------------------------------------------------ train-rm paths
     "train-rm/data-missing": Case(["train-rm", "--data", "{tmp}/nope.jsonl", "--output", "{tmp}/rm"],
                                   ["--data", "nope.jsonl: no such file"]),

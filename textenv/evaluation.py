@@ -111,15 +111,15 @@ def evaluate_policy(
             raise InputError(f"{meta_file} names no base model (the agent was trained from a model object): pass "
                              "reference=<the model the policy started from> to measure KL and perplexity")
     start = time.perf_counter()
+    prompt_list = load_prompts(prompts, prompt_split)  # a bad prompt file or reward-model name fails before any model
     device = resolve_device(device)
+    gold_model = load_reward_model(gold, device)
+    proxy_model = None if proxy is None else load_reward_model(proxy, device)
     policy_model, policy_tokenizer, base_model = _load_policy(policy, device)
     tokenizer = tokenizer if tokenizer is not None else policy_tokenizer
     reference_model = _load_reference(reference if reference is not None else base_model or DEFAULT_MODEL, device)
     _check_same_vocabulary(policy_model, reference_model)
-    gold_model = load_reward_model(gold, device)
-    proxy_model = None if proxy is None else load_reward_model(proxy, device)
 
-    prompt_list = load_prompts(prompts, prompt_split)
     rows = [p for p in prompt_list for _ in range(num_samples)]
     env = TextGenVectorEnv(
         num_envs=min(batch_size, len(rows)), model=policy_model, tokenizer=tokenizer, reward_model=gold_model,
