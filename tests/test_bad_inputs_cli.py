@@ -143,6 +143,8 @@ CASES: dict[str, Case] = {
                                                     {"run/data/x.csv": MY_NOTES}),
     "train/output-tensorboard-user-file": Case([*TRAIN, "--overwrite"], ["tensorboard/plot.png", "did not write"],
                                                {"run/tensorboard/plot.png": MY_NOTES, "run/summary.json": b"{}"}),
+    "train/output-user-eval-json": Case([*TRAIN, "--overwrite"], ["eval.json", "did not write"],
+                                        {"run/summary.json": b"{}", "run/eval.json": b'{"my": "results"}'}),
     "train/output-holds-a-run": Case(TRAIN, ["--resume {tmp}/run/checkpoint", "--overwrite"],
                                      {"run/summary.json": b"{}", **checkpoint_files("run/checkpoint")}),
     "train/overwrite-old-checkpoint-with-user-file": Case(

@@ -76,6 +76,12 @@ def test_train_writes_tensorboard_checkpoint_and_summary(config_file, tmp_path, 
     result = json.loads(capsys.readouterr().out)
     assert {"gold_reward", "kl", "perplexity", "distinct_2", "samples"} <= set(result)
     assert json.loads((out / "eval.json").read_text())["command"] == "textenv eval"  # default: beside the checkpoint
+    # The run directory with its eval.json still counts as a run of ours: it resumes, and --overwrite clears it.
+    assert main(["train", "--resume", str(out), "--total-timesteps", "48", "--eval-prompts", "4",
+                 "--no-progress"]) == 0
+    assert main(["train", "--config", str(config_file), "--total-timesteps", "16", "--output", str(out),
+                 "--overwrite", "--no-progress"]) == 0
+    assert sorted(p.name for p in out.iterdir()) == ["checkpoint", "summary.json", "tensorboard"]
 
 
 def test_an_existing_run_needs_resume_or_overwrite(config_file, tmp_path, capsys):

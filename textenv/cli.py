@@ -19,9 +19,10 @@ path (permission denied, read-only file system, disk full...) print one line ``t
 and exit with 2; Ctrl-C exits with 130. Anything else is a bug and keeps its traceback.
 
 What ``textenv train`` writes: ``OUTPUT/summary.json``, ``OUTPUT/checkpoint/`` and ``OUTPUT/tensorboard/``,
-nothing else. It refuses an ``--output`` that is a file or holds files it did not write, and one that holds
-an earlier run unless ``--resume OUTPUT/checkpoint`` (continue it) or ``--overwrite`` (start again: removes
-only that run's summary.json, checkpoint/ and TensorBoard event files).
+nothing else (``textenv eval OUTPUT/checkpoint`` adds ``OUTPUT/eval.json``). It refuses an ``--output`` that is
+a file or holds files textenv did not write, and one that holds an earlier run unless ``--resume
+OUTPUT/checkpoint`` (continue it) or ``--overwrite`` (start again: removes only that run's summary.json,
+checkpoint/, TensorBoard event files and eval.json).
 """
 
 from __future__ import annotations
@@ -391,8 +392,9 @@ def checked_agent_class(name: str) -> type:
 
 
 # ---------------------------------------------------------------------------------------------- run directories
-RUN_ENTRIES = ("summary.json", "checkpoint", "tensorboard")
-_OWN_TEMPORARY = re.compile(r"^\.(?:checkpoint|summary\.json)\.(?:tmp|old|new)\b.*$")
+#: What a ``textenv train`` run directory holds (``eval.json``: written there by ``textenv eval RUN/checkpoint``).
+RUN_ENTRIES = ("summary.json", "checkpoint", "tensorboard", "eval.json")
+_OWN_TEMPORARY = re.compile(r"^\.(?:checkpoint|summary\.json|eval\.json)\.(?:tmp|old|new)\b.*$")
 _TENSORBOARD_EVENTS = "events.out.tfevents."
 
 
@@ -414,6 +416,8 @@ def run_entries(output: Path) -> list[str]:
             continue  # litter of an interrupted save of ours; the next save cleans it
         if entry.name == "summary.json" and entry.is_file():
             ours.append(entry.name)
+        elif entry.name == "eval.json" and entry.is_file() and _written_by_textenv_eval(entry):
+            ours.append(entry.name)
         elif entry.name == "checkpoint" and entry.is_dir() and (entry / "agent.json").is_file():
             ours.append(entry.name + "/")
         elif entry.name == "tensorboard" and entry.is_dir():
@@ -430,6 +434,12 @@ def run_entries(output: Path) -> list[str]:
         raise InputError(f"--output {output} holds files textenv did not write ({shown}); textenv never writes "
                          "beside your files: choose a new or empty --output directory")
     return ours
+
+
+def _written_by_textenv_eval(file: Path) -> bool:
+    from textenv.evaluation import results_writer
+
+    return results_writer(file) == "textenv eval"
 
 
 def prepare_run_dir(output: Path, resume: Path | None, overwrite: bool) -> None:
@@ -455,8 +465,8 @@ def prepare_run_dir(output: Path, resume: Path | None, overwrite: bool) -> None:
         cont = (f"--resume {checkpoint} to continue it" if "checkpoint/" in ours
                 else "it has no checkpoint to --resume from")
         raise InputError(f"--output {output} holds a run ({', '.join(ours)}): {cont}, --overwrite to start again "
-                         "(removes that run's summary.json, checkpoint/ and TensorBoard events), or choose another "
-                         "--output")
+                         "(removes that run's summary.json, checkpoint/, TensorBoard events and eval.json), or "
+                         "choose another --output")
     remove_run(output)
 
 
@@ -472,13 +482,16 @@ def _check_checkpoint_replaceable(checkpoint: Path) -> None:
 
 
 def remove_run(output: Path) -> None:
-    """Delete the previous run's files in ``output``: ``summary.json``, ``checkpoint/`` and the TensorBoard event
-    files (``tensorboard/`` too when that leaves it empty). Call only after :func:`run_entries` found nothing
-    foreign in ``output``. Nothing is removed when the checkpoint holds files its manifest does not list."""
+    """Delete the previous run's files in ``output``: ``summary.json``, ``checkpoint/``, the TensorBoard event
+    files (``tensorboard/`` too when that leaves it empty) and the ``eval.json`` of ``textenv eval``. Call only
+    after :func:`run_entries` found nothing foreign in ``output``. Nothing is removed when the checkpoint holds
+    files its manifest does not list."""
     checkpoint = output / "checkpoint"
     if checkpoint.exists():
         _check_checkpoint_replaceable(checkpoint)  # every file in it is listed in its textenv.json manifest
     (output / "summary.json").unlink(missing_ok=True)
+    if (output / "eval.json").is_file() and _written_by_textenv_eval(output / "eval.json"):
+        (output / "eval.json").unlink()  # the evaluation of the run being replaced
     events = output / "tensorboard"
     if events.is_dir():
         for file in events.glob(f"{_TENSORBOARD_EVENTS}*"):
@@ -740,7 +753,7 @@ def build_parser() -> argparse.ArgumentParser:
     train.add_argument("--resume", help="continue exactly from a checkpoint: RUN/checkpoint or the run directory RUN")
     train.add_argument("--overwrite", action="store_true",
                        help="start again in an --output that holds an earlier run (removes only that run's "
-                            "summary.json, checkpoint/ and TensorBoard event files)")
+                            "summary.json, checkpoint/, TensorBoard event files and textenv eval's eval.json)")
     train.add_argument("--no-progress", action="store_true", help="no progress bar")
     train.set_defaults(func=cmd_train)
 
