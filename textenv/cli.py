@@ -720,11 +720,11 @@ def cmd_eval(args: argparse.Namespace) -> int:
         temperature=args.temperature, seed=args.seed, batch_size=args.batch_size, max_table_rows=5,
         device=args.device,
     )
-    beta = settings["kl_coef"]
-    result["objective"] = None if beta is None else result["gold_reward"] - beta * result["kl"]
+    beta = settings["kl_coef"]  # the run's β: objective = gold − β·KL, the quantity its training maximised
+    objective = None if beta is None else result["gold_reward"] - beta * result["kl"]
     result["settings"].update({"prompts": str(prompts), "prompt_split": args.prompt_split, "kl_coef": beta})
     result = {"command": "textenv eval", "checkpoint": str(checkpoint), "agent": settings["agent"],
-              "num_timesteps": settings["num_timesteps"], **result}
+              "num_timesteps": settings["num_timesteps"], "objective": objective, **result}
     save_eval_json(output, result)
     print(json.dumps({k: v for k, v in result.items() if k != "settings"}, indent=2, default=str))
     print(f"textenv eval: wrote {output}", file=sys.stderr)
