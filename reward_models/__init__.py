@@ -91,9 +91,9 @@ def make_reward_model(spec: Any = "vader", **kwargs: Any) -> RewardModel:
             try:
                 return factory(argument, **kwargs)
             except InputError as err:
-                if spec in str(err):
+                if str(err).startswith(f"reward_model={spec!r}"):
                     raise
-                raise InputError(f"reward_model={spec!r}: {err}") from err
+                raise InputError(f"reward_model={spec!r}: {err}") from None
         if prefix in REWARD_MODEL_FAMILIES:
             raise InputError(f"reward_model={spec!r} needs an argument; use {REWARD_MODEL_FAMILIES[prefix][1]!r}")
         if (Path(spec) / META_FILE).is_file():
@@ -126,23 +126,21 @@ def parse_classifier(argument: str) -> tuple[str, dict[str, Any]]:
     usage = REWARD_MODEL_FAMILIES["classifier"][1]
     path, _, options = argument.partition("#")
     if not path.strip():
-        raise InputError(f"'classifier:{argument}' names no model before '#'; use {usage!r}")
+        raise InputError(f"no model named before '#'; use {usage!r}")
     parsed: dict[str, Any] = {}
     for index, item in enumerate(o.strip() for o in options.split(",") if o.strip()):
         key, eq, value = item.partition("=")
         if not eq:
             if index:
-                raise InputError(f"classifier option {item!r} in 'classifier:{argument}' must be key=value (keys: "
-                                 f"{sorted(_CLASSIFIER_OPTIONS)}); use {usage!r}")
+                raise InputError(f"classifier option {item!r} must be key=value (keys: {sorted(_CLASSIFIER_OPTIONS)}); "
+                                 f"use {usage!r}")
             key, value = "label", item
         if key.strip() not in _CLASSIFIER_OPTIONS:
-            raise InputError(f"unknown classifier option {key.strip()!r} in 'classifier:{argument}'; keys: "
-                             f"{sorted(_CLASSIFIER_OPTIONS)}")
+            raise InputError(f"unknown classifier option {key.strip()!r}; keys: {sorted(_CLASSIFIER_OPTIONS)}")
         name = _CLASSIFIER_OPTIONS[key.strip()]
         if name in ("batch_size", "max_length"):
             if not value.strip().isdigit() or int(value) < 1:
-                raise InputError(f"classifier option {key.strip()}={value!r} in 'classifier:{argument}' must be an "
-                                 "integer >= 1")
+                raise InputError(f"classifier option {key.strip()}={value!r} must be an integer >= 1")
             parsed[name] = int(value)
         else:
             parsed[name] = value.strip()
@@ -164,7 +162,7 @@ def parse_ensemble(argument: str) -> tuple[list[str], list[float]]:
     for part in _MEMBER_SPLIT.split(argument):
         match = _WEIGHTED.match(part)
         if match is None or not match.group(2).strip():
-            raise InputError(f"ensemble member {part!r} of {argument!r} must be '<weight>*<reward model>', as in "
+            raise InputError(f"ensemble member {part!r} must be '<weight>*<reward model>', as in "
                              "'ensemble:0.7*preference:rm+0.3*vader'")
         member = match.group(2).strip()
         if member.partition(":")[0] in ("ensemble", "ensemble-normalized"):

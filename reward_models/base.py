@@ -68,6 +68,7 @@ def as_scores(raw: Any, name: str, completions: Sequence[str]) -> np.ndarray:
         raise refuse(f"{type(raw).__name__} {_short(raw)}, which is not an array of numbers ({err})") from None
     if array.dtype.kind not in "biuf":
         sample = next((v for v in array.reshape(-1) if not isinstance(v, (int, float, np.number))), array.dtype)
+        sample = sample.item() if isinstance(sample, np.generic) else sample
         raise refuse(f"non-numbers (e.g. {_short(sample)} of type {type(sample).__name__})")
     if array.ndim == 2 and array.shape[1] == 1:
         array = array[:, 0]
