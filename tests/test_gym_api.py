@@ -215,6 +215,14 @@ def seeding_is_reproducible(kw: dict[str, Any]) -> None:
     np.testing.assert_array_equal(oa["input_ids"], ob["input_ids"])
 
 
+def bad_seed(seed: Any) -> Callable[[dict[str, Any]], None]:
+    def run(kw: dict[str, Any]) -> None:
+        gym.make("TextGen-v0", **kw).reset(seed=seed)
+
+    run.__name__ = f"bad_seed_{seed!r}"
+    return run
+
+
 def render_ansi(kw: dict[str, Any]) -> None:
     env = gym.make("TextGen-v0", render_mode="ansi", **kw)
     _, _, info = play_single(env)
@@ -385,6 +393,8 @@ WAYS: list[tuple[str, Callable[[dict[str, Any]], None], Any]] = [
     ("vector NormalizeReward", vector_wrapper("NormalizeReward"), RUNS),
     ("vector ClipReward", vector_wrapper("ClipReward", min_reward=-1.0, max_reward=1.0), RUNS),
     ("seeding: reset(seed=...) reproducible", seeding_is_reproducible, RUNS),
+    ("reset(seed=-1)", bad_seed(-1), (gym.error.Error, "Seed must be greater or equal to zero")),
+    ("reset(seed=1.5)", bad_seed(1.5), (gym.error.Error, "Seed must be a python integer")),
     ("render_mode='ansi'", render_ansi, RUNS),
     ("render_mode='human'", render_mode("human"), (RenderModeError, "render_mode='human' is not supported.*ansi")),
     ("render_mode='rgb_array'", render_mode("rgb_array"), (RenderModeError, "render_mode='rgb_array'.*ansi")),

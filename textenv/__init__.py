@@ -3,6 +3,11 @@
 ``import textenv`` registers ``TextGen-v0``: ``gym.make("TextGen-v0")`` is one episode at a time,
 ``gym.make_vec("TextGen-v0", num_envs=B)`` the native batched env (the fast path). Importing the package
 does not import torch; the model helpers below load on first use.
+
+``gym.make_vec(..., vectorization_mode="sync" | "async")`` also work (one model per sub-env; an async worker
+forked after torch ran computes with one thread, as torch's DataLoader workers do, since torch's OpenMP pool
+cannot survive a fork). Worker processes that import nothing of the parent (``spawn``/``forkserver``, SB3's
+``SubprocVecEnv``) need the module-prefixed id ``"textenv:TextGen-v0"``, which imports textenv there.
 """
 
 from __future__ import annotations

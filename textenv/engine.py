@@ -37,6 +37,7 @@ from transformers.masking_utils import create_causal_mask
 
 from textenv.logprobs import chosen_logprobs
 from textenv.packing import eval_mode, pack, predicting_logits
+from textenv.validation import InputError
 
 #: Models whose packed prefill was checked against the padded one (:func:`_prefill_cache`): model -> it agreed.
 _PACKED_PREFILL_AGREES: weakref.WeakKeyDictionary = weakref.WeakKeyDictionary()
@@ -217,7 +218,8 @@ class GenerationEngine:
         """Continue the episodes of :meth:`state_dict` (same weights give the same logits as a refresh)."""
         missing = sorted(set(self._STATE_KEYS) - set(state))
         if missing:
-            raise ValueError(f"engine state is missing {missing}; pass what GenerationEngine.state_dict() returned")
+            raise InputError(f"the saved episode state is missing {missing} (a damaged checkpoint?); pass what "
+                             "GenerationEngine.state_dict() returned")
         for key in self._STATE_KEYS:
             setattr(self, key, state[key].to(self.device))
         self.batch_size = int(self.input_ids.shape[0])
