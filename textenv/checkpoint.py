@@ -55,6 +55,7 @@ from textenv.validation import InputError
 MANIFEST_NAME = "textenv.json"
 #: ``"format"`` value of a manifest (tells it apart from any other ``textenv.json``).
 MANIFEST_FORMAT = "textenv-directory"
+_MANIFEST_FILES = (MANIFEST_NAME, f".{MANIFEST_NAME}.part")  # the manifest and its next version being written
 #: File name suffixes of formats that are pickles (loading one can run code): never loaded, always refused.
 PICKLE_SUFFIXES = (".pt", ".pth", ".bin", ".pkl", ".pickle", ".ckpt", ".joblib")
 #: errno values that mean the user's path cannot be written (read-only, no permission, disk or quota full).
@@ -369,9 +370,7 @@ def discard_files(directory: str | os.PathLike, names: list[str] | tuple[str, ..
         if name in manifest["files"]:
             (directory / name).unlink(missing_ok=True)
             del manifest["files"][name]
-    part = directory / f".{MANIFEST_NAME}.part"
-    part.write_text(json.dumps(manifest, indent=1), encoding="utf-8")
-    os.replace(part, directory / MANIFEST_NAME)
+    _replace_manifest(directory, manifest)
 
 
 def _write_manifest(directory: Path, kind: str) -> None:
@@ -384,7 +383,14 @@ def _write_manifest(directory: Path, kind: str) -> None:
             raise RuntimeError(f"{file}: a textenv directory holds regular files only")
         files[relative] = {"size": file.stat().st_size, "sha256": _sha256(file)}
     manifest = {"format": MANIFEST_FORMAT, "version": 1, "kind": kind, "files": files}
-    (directory / MANIFEST_NAME).write_text(json.dumps(manifest, indent=1), encoding="utf-8")
+    _replace_manifest(directory, manifest)
+
+
+def _replace_manifest(directory: Path, manifest: dict[str, Any]) -> None:
+    """Write ``textenv.json`` by a rename, so that a kill never leaves it empty or half written."""
+    part = directory / f".{MANIFEST_NAME}.part"
+    part.write_text(json.dumps(manifest, indent=1), encoding="utf-8")
+    os.replace(part, directory / MANIFEST_NAME)
 
 
 def _write_in_progress_marker(directory: Path, kind: str) -> None:
@@ -411,7 +417,7 @@ def _foreign_entries(directory: Path, manifest: dict[str, Any] | None, empty_dir
     foreign = []
     for entry in sorted(directory.rglob("*")):
         relative = entry.relative_to(directory).as_posix()
-        if relative == MANIFEST_NAME and manifest is not None:
+        if relative in _MANIFEST_FILES and manifest is not None:
             continue
         if entry.is_dir() and not entry.is_symlink():
             if relative not in parents and not empty_dirs_ok and not any(entry.iterdir()):
@@ -509,7 +515,7 @@ def atomic_directory(path: str | os.PathLike, kind: str = "directory") -> Iterat
         _fsync_tree(tmp)
         check_replaceable(target, kind)  # again: something may have been put there meanwhile
     except BaseException as err:
-        shutil.rmtree(tmp, ignore_errors=True)
+        _remove_temporary(tmp)
         if isinstance(err, OSError) and err.errno in _USER_ERRNOS:
             raise _unwritable(target, err) from err
         raise
@@ -552,7 +558,19 @@ def _remove_litter(target: Path) -> None:
             continue
         if marker.get("complete", True) is False and _writer_alive(marker):
             continue  # another process is writing it right now
-        shutil.rmtree(tmp, ignore_errors=True)
+        _remove_temporary(tmp)
+
+
+def _remove_temporary(tmp: Path) -> None:
+    """Remove a temporary directory of ours, its marker last: a kill halfway leaves it still provably ours."""
+    for entry in tmp.iterdir():
+        if entry.name == MANIFEST_NAME:
+            continue
+        if entry.is_dir() and not entry.is_symlink():
+            shutil.rmtree(entry, ignore_errors=True)
+        else:
+            entry.unlink(missing_ok=True)
+    shutil.rmtree(tmp, ignore_errors=True)
 
 
 def _writer_alive(marker: dict[str, Any]) -> bool:
@@ -580,6 +598,7 @@ def _remove_owned(directory: Path) -> None:
         if file.is_file() and not file.is_symlink() and file.resolve().is_relative_to(directory.resolve()):
             file.unlink()
     if manifest is not None:
+        (directory / f".{MANIFEST_NAME}.part").unlink(missing_ok=True)
         (directory / MANIFEST_NAME).unlink(missing_ok=True)
     for sub in sorted((p for p in directory.rglob("*") if p.is_dir() and not p.is_symlink()), reverse=True):
         _rmdir_if_empty(sub)
