@@ -310,6 +310,10 @@ class SFT(Agent):
 
     def _load_extra_state(self, state: dict[str, Any]) -> None:
         if "sampler" in state:
+            saved = len(state["sampler"].get("order", ()))
+            if saved != self.sampler.num_items:
+                raise InputError(f"the checkpoint's minibatch order covers {saved} demonstrations, this agent has "
+                                 f"{self.sampler.num_items}: resume with the same demonstrations as the saved run")
             self.sampler.load_state_dict(state["sampler"])
 
     def train_iteration(self) -> dict[str, float]:

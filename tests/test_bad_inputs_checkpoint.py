@@ -278,3 +278,19 @@ def test_agent_load_with_an_unregistered_type_names_it(saved, tiny_model_dir, tm
     edit_json(ckpt / "agent.json", lambda d: d.update(agent="nonexistent"))
     with pytest.raises(ValueError, match="agent 'nonexistent' is not registered"):
         Agent.load(ckpt, make_env(tiny_model_dir))
+
+
+@pytest.mark.bad_input
+def test_sft_resumed_with_other_demonstrations_names_them(tiny_model_dir, tmp_path):
+    from textenv.agents.sft import SFT
+
+    def sft(demonstrations: list[str]) -> SFT:
+        env = make_env(tiny_model_dir, kl_coef=0.0)
+        return SFT(env, demonstrations=demonstrations, batch_size=1, learning_rate=1e-3)
+
+    agent = sft(["the film was good", "the book was bad"])
+    agent.learn(8, progress_bar=False)
+    agent.save(tmp_path / "ckpt")
+    with pytest.warns(UserWarning, match="demonstrations"), pytest.raises(
+            InputError, match="covers 2 demonstrations, this agent has 3: resume with the same demonstrations"):
+        sft(["the film was good", "the book was bad", "i liked it"]).load_state(tmp_path / "ckpt")
