@@ -74,7 +74,8 @@ class ClassifierReward(RewardModel):
         self.tokenizer = source if isinstance(source, PreTrainedTokenizerBase) else _load_tokenizer(source)
         if self.tokenizer.pad_token_id is None:
             if self.tokenizer.eos_token_id is None:
-                raise InputError("the classifier's tokenizer has neither a pad nor an EOS token; pass a tokenizer with one")
+                raise InputError("the classifier's tokenizer has neither a pad nor an EOS token; pass a tokenizer "
+                                 "with one")
             self.tokenizer.pad_token = self.tokenizer.eos_token
         if self.model.config.pad_token_id is None:  # GPT-2-style classifiers pool at the last non-pad token
             self.model.config.pad_token_id = self.tokenizer.pad_token_id
@@ -177,4 +178,5 @@ def _load_tokenizer(source: str | os.PathLike) -> PreTrainedTokenizerBase:
     try:
         return AutoTokenizer.from_pretrained(path, local_files_only=local_only)
     except (OSError, ValueError) as err:
-        raise InputError(f"could not load the classifier's tokenizer {str(source)!r}: {' '.join(str(err).split())}") from err
+        raise InputError(f"could not load the classifier's tokenizer {str(source)!r}: "
+                         f"{' '.join(str(err).split())}") from err

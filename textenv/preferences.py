@@ -132,7 +132,8 @@ def _parse_preference(obj: Any, where: str) -> PreferenceRow:
     if has_pair:
         chosen, rejected = _string(obj, "chosen", where, allow_empty=True), _string(obj, "rejected", where, allow_empty=True)
         if chosen == rejected:
-            raise InputError(f'{where}: "chosen" and "rejected" are the same text; a comparison needs two different completions')
+            raise InputError(f'{where}: "chosen" and "rejected" are the same text; a comparison needs two different '
+                             "completions")
         return PreferencePair(prompt, chosen, rejected, meta)
     if "ranked" not in obj:
         raise InputError(f'{where}: missing "chosen"/"rejected" (a pair) or "ranked" (a ranking, best first)')

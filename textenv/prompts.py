@@ -44,8 +44,8 @@ def read_text_lines(path: Path) -> Iterator[tuple[int, str]]:
                 line = raw.decode("utf-8")
             except UnicodeDecodeError as err:
                 raise InputError(
-                    f"{path}:{number}: not UTF-8 text (byte {raw[err.start:err.start + 1]!r} at column {err.start + 1}); "
-                    "save the file as UTF-8"
+                    f"{path}:{number}: not UTF-8 text (byte {raw[err.start:err.start + 1]!r} at column "
+                    f"{err.start + 1}); save the file as UTF-8"
                 ) from None
             if number == 1:
                 line = line.removeprefix("\ufeff")
