@@ -516,9 +516,10 @@ class _GracefulInterrupt:
                          "(press Ctrl-C again to stop at once without saving)\n")
 
 
-def read_checkpoint_meta(path: Path) -> dict[str, Any]:
+def read_checkpoint_meta(path: str | Path) -> dict[str, Any]:
     """``agent.json`` of the checkpoint directory ``path``, after checking the directory (recovering a swap a
     crash interrupted) and refusing pickles and checkpoints of older textenv versions (:class:`InputError`)."""
+    path = Path(path)
     recover_directory(path)
     if not path.exists():
         raise InputError(f"checkpoint {path} does not exist; pass the directory Agent.save() or `textenv train` "

@@ -95,7 +95,8 @@ def everything() -> dict:
     return {
         "none": None, "true": True, "false": False, "int": -7, "big_int": 2**200 + 1, "neg_big": -(2**64),
         "float": 0.1, "neg_zero": -0.0, "nan": float("nan"), "inf": float("inf"), "ninf": float("-inf"),
-        "str": "é ☃ \"quoted\"", "list": [1, [2, (3, 4)], {"a": None}], "tuple": (1, "two", (3.0,)), "empty": ((), [], {}),
+        "str": "é ☃ \"quoted\"", "list": [1, [2, (3, 4)], {"a": None}], "tuple": (1, "two", (3.0,)),
+        "empty": ((), [], {}),
         "int_keys": {0: "a", 7: {"b": 1}}, "mixed_keys": {0: 1, "0": 2, (1, 2): 3, None: 4, 2.5: 5, True: 6},
         "tag_key": {"__textenv__": "tuple", "items": []},
         "tensors": [torch.arange(5, dtype=torch.float32), torch.tensor(2.5, dtype=torch.float64),
