@@ -159,6 +159,24 @@ def test_decoded_rng_states_continue_the_same_streams(tmp_path):
     assert got[:3] == expected[:3] and torch.equal(got[3], expected[3])
 
 
+@pytest.mark.parametrize("name", ["ppo", "sb3-ppo", "reinforce"])
+def test_every_agents_trainer_state_round_trips_exactly(tiny_model_dir, tmp_path, name):
+    """The whole ``_trainer_state()``: optimizer state (int keys), every RNG state, β and its window, and the
+    algorithm state (running baseline; SB3's episodes in progress: engine tensors, last obs, reset infos)."""
+    from textenv.agents import make_agent
+
+    kwargs = {"n_steps": 3, "batch_size": 6} if name == "sb3-ppo" else {}
+    agent = make_agent(name, make_env(tiny_model_dir, max_new_tokens=5), learning_rate=1e-3, **kwargs)
+    agent.learn(24, progress_bar=False)  # SB3: 2 rollouts of 3 steps, so episodes are in progress
+    state = agent._trainer_state()
+    write_state(tmp_path, "trainer_state", state)
+    loaded = read_state(tmp_path, "trainer_state")
+    expected = expected_after_round_trip(state)
+    assert same(loaded, expected)
+    if name == "sb3-ppo":
+        assert loaded["extra"]["episodes"]["env"]["started"] and isinstance(loaded["numpy_rng"], tuple)
+
+
 Point = namedtuple("Point", "x y")
 
 
