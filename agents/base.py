@@ -69,7 +69,7 @@ from textenv.checkpoint import (
 from textenv.lora import is_peft_model
 from textenv.models import resolve_model_path
 from textenv.rollout import sample_actions
-from textenv.validation import InputError, check_int, check_positive
+from textenv.validation import InputError, check_choice, check_int, check_number, check_seed
 from textenv.vector_env import TextGenVectorEnv
 
 #: ``kind`` of agent checkpoints in their ``textenv.json`` manifest.
@@ -124,7 +124,12 @@ class Agent(ABC):
             raise TypeError(
                 f"env must be a TextGenVectorEnv (gym.make_vec('TextGen-v0', ...).unwrapped), got {type(env)}"
             )
-        check_positive("learning_rate", learning_rate)
+        # Adam moves each weight by about the learning rate per step: above 1 no run trains (and past ~3e38
+        # float32 overflows inside torch), so such a value is a typo.
+        check_number("learning_rate", learning_rate, low=0, low_open=True, high=1.0)
+        if seed is not None:
+            check_seed("seed", seed)
+        check_choice("verbose", verbose, (0, 1, 2))
         self.env = env
         self.policy = env.policy
         self.learning_rate = float(learning_rate)
@@ -328,6 +333,7 @@ class Agent(ABC):
         verify_directory(path, CHECKPOINT_KIND)
         state = read_state(path, TRAINER_STATE)
         _check_trainer_state(state, path / f"{TRAINER_STATE}.json", sorted(self.optimizers()))
+        self._check_extra_state(state.get("extra", {}))
         modules = self._read_modules(path)
         load_policy = self._read_policy_weights(path)
         self._note_changed_hyperparameters(meta, path)
@@ -449,8 +455,13 @@ class Agent(ABC):
         numbers, str, None, tensors, NumPy arrays), never arbitrary objects."""
         return {}
 
+    def _check_extra_state(self, state: dict[str, Any]) -> None:
+        """Raise :class:`InputError` when the saved :meth:`_extra_state` cannot be applied to this agent (e.g.
+        other data); called before :meth:`load_state` changes anything, so a refused resume leaves the agent as
+        it was."""
+
     def _load_extra_state(self, state: dict[str, Any]) -> None:
-        """Inverse of :meth:`_extra_state`."""
+        """Inverse of :meth:`_extra_state` (after :meth:`_check_extra_state` passed)."""
 
     @classmethod
     def load(cls, path: str | Path, env: TextGenVectorEnv, **overrides: Any) -> Agent:

@@ -181,12 +181,12 @@ class DPO(Agent):
     def _extra_state(self) -> dict[str, Any]:
         return {"sampler": self.sampler.state_dict()}
 
+    def _check_extra_state(self, state: dict[str, Any]) -> None:
+        if "sampler" in state:
+            self.sampler.check_state_dict(state["sampler"], "preference pairs")
+
     def _load_extra_state(self, state: dict[str, Any]) -> None:
         if "sampler" in state:
-            saved = len(state["sampler"].get("order", ()))
-            if saved != self.sampler.num_items:
-                raise InputError(f"the checkpoint's minibatch order covers {saved} preference pairs, this agent has "
-                                 f"{self.sampler.num_items}: resume with the same preference pairs as the saved run")
             self.sampler.load_state_dict(state["sampler"])
 
     def preference_loss(self, rho: torch.Tensor) -> torch.Tensor:

@@ -308,12 +308,12 @@ class SFT(Agent):
     def _extra_state(self) -> dict[str, Any]:
         return {"sampler": self.sampler.state_dict()}
 
+    def _check_extra_state(self, state: dict[str, Any]) -> None:
+        if "sampler" in state:
+            self.sampler.check_state_dict(state["sampler"], "demonstrations")
+
     def _load_extra_state(self, state: dict[str, Any]) -> None:
         if "sampler" in state:
-            saved = len(state["sampler"].get("order", ()))
-            if saved != self.sampler.num_items:
-                raise InputError(f"the checkpoint's minibatch order covers {saved} demonstrations, this agent has "
-                                 f"{self.sampler.num_items}: resume with the same demonstrations as the saved run")
             self.sampler.load_state_dict(state["sampler"])
 
     def train_iteration(self) -> dict[str, float]:
@@ -375,10 +375,13 @@ class MinibatchSampler:
     def state_dict(self) -> dict[str, Any]:
         return {"order": list(self.order), "cursor": self.cursor, "epoch": self.epoch}
 
+    def check_state_dict(self, state: dict[str, Any], items: str = "items") -> None:
+        """Refuse a saved state over another number of ``items`` (:class:`InputError`), before anything loads."""
+        saved = len(state.get("order", ()))
+        if saved != self.num_items:
+            raise InputError(f"the checkpoint's minibatch order covers {saved} {items}, this agent has "
+                             f"{self.num_items}: resume with the same {items} as the saved run")
+
     def load_state_dict(self, state: dict[str, Any]) -> None:
-        if len(state["order"]) != self.num_items:
-            raise InputError(
-                f"the checkpoint's data has {len(state['order'])} items, this agent's has {self.num_items}: "
-                "resume with the same demonstrations/preferences"
-            )
+        self.check_state_dict(state)
         self.order, self.cursor, self.epoch = list(state["order"]), state["cursor"], state["epoch"]

@@ -20,11 +20,9 @@ from typing import Any
 
 import numpy as np
 import torch
-from safetensors import SafetensorError
 from transformers import AutoModelForSequenceClassification, AutoTokenizer, PreTrainedModel, PreTrainedTokenizerBase
-from transformers.utils import logging as hf_logging
 
-from textenv.models import locate_model, resolve_device
+from textenv.models import load_pretrained, locate_model, resolve_device
 from textenv.reward_models.base import RewardModel
 from textenv.validation import InputError, check_choice, check_int
 
@@ -162,15 +160,7 @@ def _load_classifier(model: str | os.PathLike | PreTrainedModel) -> PreTrainedMo
         return model
     if not isinstance(model, (str, os.PathLike)):
         raise InputError(f"classifier model must be a name/path or a PreTrainedModel, got {type(model).__name__}")
-    path, local_only = locate_model(model, "model")
-    hf_logging.disable_progress_bar()
-    try:
-        return AutoModelForSequenceClassification.from_pretrained(path, local_files_only=local_only)
-    except (OSError, ValueError, SafetensorError) as err:
-        raise InputError(
-            f"could not load the sequence classifier {str(model)!r}: {' '.join(str(err).split())}. Give a local "
-            "save_pretrained directory of a sequence-classification model"
-        ) from err
+    return load_pretrained(AutoModelForSequenceClassification, model, "sequence classifier")
 
 
 def _load_tokenizer(source: str | os.PathLike) -> PreTrainedTokenizerBase:

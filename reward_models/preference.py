@@ -43,8 +43,8 @@ from transformers import AutoModel, PreTrainedModel, PreTrainedTokenizerBase
 from transformers.utils import logging as hf_logging
 
 from textenv.checkpoint import atomic_directory, check_replaceable, read_tensors, recover_directory, verify_directory
-from textenv.cli import COUNT, COUNT_OR_ZERO, HOLDOUT_FRACTION, NON_NEGATIVE, POSITIVE, SEED
-from textenv.models import DEFAULT_MODEL, load_tokenizer, resolve_device, resolve_model_path
+from textenv.cli import COUNT, HOLDOUT_FRACTION, NON_NEGATIVE, POSITIVE, SEED
+from textenv.models import DEFAULT_MODEL, load_pretrained, load_tokenizer, resolve_device
 from textenv.preferences import ComparisonGroup, PreferenceRow, as_preference_rows, expand_pairs
 from textenv.reward_models.base import RewardModel
 from textenv.validation import InputError, check_choice, check_int, check_number, check_positive
@@ -138,13 +138,7 @@ def load_backbone(backbone: str | os.PathLike | PreTrainedModel = DEFAULT_MODEL)
     verbosity = hf_logging.get_verbosity()
     hf_logging.set_verbosity_error()  # "lm_head weights not used" is expected here
     try:
-        return AutoModel.from_pretrained(resolve_model_path(backbone))
-    except (OSError, ValueError) as err:  # transformers' "not found" / "unrecognized model" errors
-        detail = str(err).strip().splitlines()[0] if str(err).strip() else type(err).__name__
-        raise InputError(
-            f"backbone {str(backbone)!r}: model not found or not loadable with AutoModel ({detail}). Pass a local "
-            f"save_pretrained directory or {DEFAULT_MODEL!r}."
-        ) from err
+        return load_pretrained(AutoModel, backbone, "backbone")
     finally:
         hf_logging.set_verbosity(verbosity)
 

@@ -55,3 +55,16 @@ def tiny_model_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
 @pytest.fixture
 def tiny_prompts() -> list[str]:
     return ["the film was", "i liked the pasta at the", "the book", "this blender"]
+
+
+class RunsWhenUnpickled:
+    """A pickle payload: unpickling it creates the file ``marker``, the proof that a payload ran.
+
+    Tests write ``pickle.dumps(RunsWhenUnpickled(marker))`` (or ``torch.save`` it) where textenv reads a file,
+    assert the load is refused, and that ``marker`` does not exist."""
+
+    def __init__(self, marker: Path) -> None:
+        self.marker = marker
+
+    def __reduce__(self):
+        return (open, (str(self.marker), "w"))

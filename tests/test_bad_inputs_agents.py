@@ -40,6 +40,10 @@ CASES = [
     ("reinforce", {"learning_rate": NAN}),
     ("reinforce", {"learning_rate": -1e-3}),
     ("reinforce", {"learning_rate": "1e-3"}),
+    ("reinforce", {"learning_rate": 10.0}),  # Adam steps ~lr per weight: > 1 is a typo (1e38 overflows in torch)
+    ("reinforce", {"seed": -1}),
+    ("reinforce", {"seed": 2**32}),
+    ("rloo", {"verbose": 5}),
     ("reinforce", {"baseline": "median"}),
     ("reinforce", {"baseline_decay": 1.0}),
     ("reinforce", {"baseline_decay": NAN}),

@@ -16,6 +16,7 @@ from pathlib import Path
 
 import pytest
 import torch
+from conftest import RunsWhenUnpickled
 from safetensors.torch import save_file
 
 from textenv.agents import PPO, Agent, Reinforce
@@ -58,18 +59,9 @@ def saved(tiny_model_dir, tmp_path_factory) -> dict[str, Path]:
     return paths
 
 
-class Payload:
-    """Unpickling this creates the marker file: proof that a payload ran."""
-
-    def __init__(self, marker: Path) -> None:
-        self.marker = marker
-
-    def __reduce__(self):
-        return (open, (str(self.marker), "w"))
-
 
 def pickled(ckpt: Path) -> bytes:
-    return pickle.dumps(Payload(ckpt.parent / MARKER), protocol=4)
+    return pickle.dumps(RunsWhenUnpickled(ckpt.parent / MARKER), protocol=4)
 
 
 def truncate(file: Path, keep: float = 0.5) -> None:
@@ -86,7 +78,7 @@ def edit_json(file: Path, change: Callable[[dict], None]) -> None:
 def old_format(ckpt: Path) -> None:
     for name in ("trainer_state.json", "trainer_state.safetensors", MANIFEST_NAME):
         (ckpt / name).unlink()
-    torch.save({"payload": Payload(ckpt.parent / MARKER)}, ckpt / "trainer_state.pt")
+    torch.save({"payload": RunsWhenUnpickled(ckpt.parent / MARKER)}, ckpt / "trainer_state.pt")
 
 
 def rewrite_modules(ckpt: Path) -> None:
@@ -291,6 +283,9 @@ def test_sft_resumed_with_other_demonstrations_names_them(tiny_model_dir, tmp_pa
     agent = sft(["the film was good", "the book was bad"])
     agent.learn(8, progress_bar=False)
     agent.save(tmp_path / "ckpt")
-    with pytest.warns(UserWarning, match="demonstrations"), pytest.raises(
-            InputError, match="covers 2 demonstrations, this agent has 3: resume with the same demonstrations"):
-        sft(["the film was good", "the book was bad", "i liked it"]).load_state(tmp_path / "ckpt")
+    other = sft(["the film was good", "the book was bad", "i liked it"])
+    before = {name: value.clone() for name, value in other.policy.state_dict().items()}
+    with pytest.raises(InputError, match="covers 2 demonstrations, this agent has 3: resume with the same demonstrations"):
+        other.load_state(tmp_path / "ckpt")
+    # refused before anything was applied: the agent is as it was built
+    assert all(torch.equal(value, before[name]) for name, value in other.policy.state_dict().items())

@@ -17,6 +17,7 @@ import gymnasium as gym
 import numpy as np
 import pytest
 import torch
+from conftest import RunsWhenUnpickled
 
 import textenv  # noqa: F401  (registers TextGen-v0)
 from textenv.preferences import as_preference_rows, load_completion_sets, load_preferences
@@ -415,3 +416,28 @@ def test_bad_completion_set_file(tmp_path, content, match) -> None:
     path = write(tmp_path / "sets.jsonl", content)
     with pytest.raises(InputError, match=match.format(path=re.escape(str(path)))):
         load_completion_sets(path)
+
+
+# ================================================================================== pickled model weights
+
+@pytest.mark.bad_input
+@pytest.mark.parametrize("loader", ["policy", "classifier", "backbone"])
+def test_model_with_only_pickled_weights_is_refused_and_never_unpickled(tiny_model_dir, tmp_path, loader) -> None:
+    import pickle
+    import shutil
+
+    from textenv.models import load_causal_lm
+    from textenv.reward_models.classifier import ClassifierReward
+    from textenv.reward_models.preference import load_backbone
+
+    model_dir = tmp_path / "pickled-model"
+    shutil.copytree(tiny_model_dir, model_dir)
+    (model_dir / "model.safetensors").unlink()
+    marker = tmp_path / "payload-ran"
+    (model_dir / "pytorch_model.bin").write_bytes(pickle.dumps(RunsWhenUnpickled(marker)))
+    load = {"policy": lambda: load_causal_lm(model_dir, device="cpu"),
+            "classifier": lambda: ClassifierReward(str(model_dir), tokenizer=str(tiny_model_dir)),
+            "backbone": lambda: load_backbone(model_dir)}[loader]
+    with pytest.raises(InputError, match=r"pickled-model.*no safetensors weights.*save_pretrained"):
+        load()
+    assert not marker.exists()

@@ -18,6 +18,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
+from conftest import RunsWhenUnpickled
 
 import textenv.checkpoint as checkpoint
 from textenv.agents import PPO, Agent, Reinforce
@@ -203,15 +204,6 @@ def test_decode_refuses_structures_the_encoder_never_writes():
 
 
 # ================================================================================== pickles
-class Payload:
-    """Unpickling this creates ``marker``: proof that a payload ran."""
-
-    def __init__(self, marker: Path) -> None:
-        self.marker = marker
-
-    def __reduce__(self):
-        return (open, (str(self.marker), "w"))
-
 
 def saved_agent(tiny_model_dir, path: Path, cls=Reinforce, **env_kwargs) -> Agent:
     agent = cls(make_env(tiny_model_dir, **env_kwargs), learning_rate=1e-3, seed=0)
@@ -224,7 +216,7 @@ def test_crafted_pickles_are_refused_and_never_run(tiny_model_dir, tmp_path):
     ckpt = tmp_path / "ckpt"
     saved_agent(tiny_model_dir, ckpt)
     marker = tmp_path / "pwned"
-    payload = pickle.dumps(Payload(marker), protocol=4)
+    payload = pickle.dumps(RunsWhenUnpickled(marker), protocol=4)
     fresh = Reinforce(make_env(tiny_model_dir), learning_rate=1e-3)
     for name in ("trainer_state.json", "trainer_state.safetensors", "agent.json"):
         original = (ckpt / name).read_bytes()
@@ -235,7 +227,7 @@ def test_crafted_pickles_are_refused_and_never_run(tiny_model_dir, tmp_path):
     (ckpt / "policy" / "pytorch_model.bin").write_bytes(payload)
     with pytest.raises(InputError, match=r"pickle files \(policy/pytorch_model.bin\)"):
         fresh.load_state(ckpt)
-    torch.save({"payload": Payload(marker)}, ckpt / "trainer_state.pt")  # a torch.save zip of pickles
+    torch.save({"payload": RunsWhenUnpickled(marker)}, ckpt / "trainer_state.pt")  # a torch.save zip of pickles
     with pytest.raises(InputError, match="pickle"):
         Reinforce.load(ckpt, make_env(tiny_model_dir))
     assert not marker.exists()
@@ -247,7 +239,7 @@ def test_old_checkpoint_with_trainer_state_pt_is_refused_with_the_way_forward(ti
     for name in TRAINER_STATE_FILES + (MANIFEST_NAME,):
         (ckpt / name).unlink()
     marker = tmp_path / "pwned"
-    torch.save({"optimizers": {}, "payload": Payload(marker)}, ckpt / "trainer_state.pt")
+    torch.save({"optimizers": {}, "payload": RunsWhenUnpickled(marker)}, ckpt / "trainer_state.pt")
     with pytest.raises(InputError, match="older textenv.*no longer unpickles.*can run arbitrary code") as err:
         Reinforce(make_env(tiny_model_dir)).load_state(ckpt)
     assert f"model: {ckpt / 'policy'}" in str(err.value)

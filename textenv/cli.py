@@ -45,7 +45,7 @@ from typing import Any
 
 import yaml
 
-from textenv.validation import InputError, check_int, check_number
+from textenv.validation import MAX_SEED, InputError, check_int, check_number, check_seed
 
 #: Defaults of the main job (``textenv train --agent reinforce`` on the embedded model and VADER reward).
 TRAIN_DEFAULTS: dict[str, Any] = {
@@ -59,20 +59,12 @@ TRAIN_DEFAULTS: dict[str, Any] = {
     "agent_kwargs": {},
 }
 #: Largest seed: NumPy's legacy seeding (``np.random.seed``) takes 32-bit seeds.
-MAX_SEED = 2**32 - 1
 #: Arguments the CLI itself passes to every agent: not accepted in ``agent_kwargs:``.
 CLI_AGENT_ARGUMENTS = {"env": "", "seed": "set `seed:` at the top level or --seed",
                        "tensorboard_log": "the run writes its events to OUTPUT/tensorboard"}
 
 
 # ---------------------------------------------------------------------------------------------- value checks
-def check_seed(name: str, value: Any) -> None:
-    """``value`` must be an integer in ``[0, 2**32 - 1]`` (NumPy's seed range)."""
-    check_int(name, value, minimum=0)
-    if value > MAX_SEED:
-        raise InputError(f"{name}={value!r} must be an integer <= {MAX_SEED} (2**32 - 1)")
-
-
 class ArgumentType:
     """An argparse ``type=``: parse the flag's text, then check the value with :mod:`textenv.validation`.
 

@@ -19,6 +19,7 @@ import socket
 import urllib.parse
 from importlib import resources
 from pathlib import Path
+from typing import Any
 
 import torch
 from safetensors import SafetensorError
@@ -194,6 +195,29 @@ def _load_error(kind: str, name: str, err: Exception) -> InputError:
     )
 
 
+def load_pretrained(auto_class: Any, name_or_path: str | os.PathLike, what: str = "model", **kwargs: Any) -> Any:
+    """``auto_class.from_pretrained(name_or_path, **kwargs)`` from safetensors weights only.
+
+    textenv never unpickles a file it did not write: ``use_safetensors=True`` refuses ``pytorch_model.bin``
+    checkpoints (pickle, which can run code when loaded) with an :class:`InputError` that says how to convert
+    them. A name that cannot be found, or weights that cannot be read, also raise :class:`InputError` naming
+    ``what`` (``"model"``, ``"sequence classifier"``, ``"backbone"``).
+    """
+    path, local_only = locate_model(name_or_path, "model")
+    hf_logging.disable_progress_bar()
+    try:
+        return auto_class.from_pretrained(path, use_safetensors=True, local_files_only=local_only, **kwargs)
+    except (OSError, ValueError, SafetensorError) as err:
+        if Path(path).is_dir() and not any(Path(path).glob("*.safetensors")):
+            raise InputError(
+                f"{what} {str(name_or_path)!r} has no safetensors weights (only pickle-based files such as "
+                "pytorch_model.bin, which can run code when loaded, so textenv does not load them). Convert it once "
+                "in a Python you trust: AutoModelForCausalLM.from_pretrained(DIR).save_pretrained(NEW_DIR) writes "
+                "model.safetensors"
+            ) from err
+        raise _load_error(what, str(name_or_path), err) from err
+
+
 def load_tokenizer(name_or_path: str | os.PathLike = DEFAULT_MODEL) -> PreTrainedTokenizerBase:
     """Load a tokenizer, set left padding and make sure it has a pad token (EOS when missing)."""
     path, local_only = locate_model(name_or_path, "tokenizer")
@@ -229,14 +253,13 @@ def load_causal_lm(
     """
     target = resolve_device(device)
     path, local_only = locate_model(name_or_path, "model")
-    hf_logging.disable_progress_bar()
     try:
         config = AutoConfig.from_pretrained(path, local_files_only=local_only)
-        if getattr(config, "activation_function", None) == "gelu_new":
-            config.activation_function = "gelu_pytorch_tanh"
-        model = AutoModelForCausalLM.from_pretrained(path, config=config, dtype=dtype, local_files_only=local_only)
-    except (OSError, ValueError, SafetensorError) as err:
+    except (OSError, ValueError) as err:
         raise _load_error("model", str(name_or_path), err) from err
+    if getattr(config, "activation_function", None) == "gelu_new":
+        config.activation_function = "gelu_pytorch_tanh"
+    model = load_pretrained(AutoModelForCausalLM, name_or_path, config=config, dtype=dtype)
     use_sigmoid_tanh_gelu(model)
     return model.to(target)
 

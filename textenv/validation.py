@@ -29,6 +29,17 @@ def check_int(name: str, value: Any, minimum: int = 1) -> None:
         raise InputError(f"{name}={value!r} must be an integer >= {minimum}")
 
 
+#: The largest seed NumPy accepts (``np.random.seed``); torch and Python take it too.
+MAX_SEED = 2**32 - 1
+
+
+def check_seed(name: str, value: Any) -> None:
+    """``value`` must be an integer in ``[0, 2**32 - 1]`` (NumPy's seed range)."""
+    check_int(name, value, minimum=0)
+    if value > MAX_SEED:
+        raise InputError(f"{name}={value!r} must be an integer <= {MAX_SEED} (2**32 - 1)")
+
+
 def check_number(
     name: str,
     value: Any,
