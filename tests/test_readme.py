@@ -23,7 +23,8 @@ from textenv.cli import build_parser
 README = Path(__file__).resolve().parents[1] / "README.md"
 
 #: Example values for the placeholders of the README's synopsis lines.
-PLACEHOLDERS = {"NAME": "reinforce", "N": "1000", "DIR": "runs/example", "FILE": "config.yaml", "S": "0"}
+PLACEHOLDERS = {"NAME": "reinforce", "N": "1000", "DIR": "runs/example", "FILE": "config.yaml", "S": "0",
+                "RUN": "runs/example", "D": "runs/example", "CHECKPOINT": "runs/example/checkpoint"}
 
 #: First line of each ```python block → ``None`` (run verbatim) or ``(reason, {old text: new text})``.
 PYTHON_BLOCKS: dict[str, tuple[str, dict[str, str]] | None] = {
