@@ -7,7 +7,9 @@
 from __future__ import annotations
 
 import difflib
+import importlib
 import inspect
+from collections.abc import Iterator, Mapping
 from typing import Any
 
 from textenv.agents.base import SCALARS, Agent
@@ -17,18 +19,43 @@ from textenv.agents.grpo import GRPO
 from textenv.agents.ppo import PPO
 from textenv.agents.reinforce import Reinforce
 from textenv.agents.rloo import RLOO
-from textenv.agents.sb3 import SB3A2C, SB3PPO, MaskablePPOAgent
 from textenv.agents.sft import SFT
 from textenv.validation import InputError
 
-AGENTS: dict[str, type[Agent]] = {}
+
+class AgentRegistry(Mapping[str, "type[Agent]"]):
+    """Agent name → class. Classes registered by path (``"module:Class"``) are imported on first use, so
+    ``import textenv.agents`` does not import stable-baselines3 until an SB3 agent is asked for."""
+
+    def __init__(self) -> None:
+        self._entries: dict[str, type[Agent] | str] = {}
+
+    def register(self, name: str, entry: type[Agent] | str) -> None:
+        self._entries[name] = entry
+
+    def __getitem__(self, name: str) -> type[Agent]:
+        entry = self._entries[name]
+        if isinstance(entry, str):
+            module, _, attribute = entry.partition(":")
+            entry = self._entries[name] = getattr(importlib.import_module(module), attribute)
+        return entry
+
+    def __iter__(self) -> Iterator[str]:
+        return iter(self._entries)
+
+    def __len__(self) -> int:
+        return len(self._entries)
+
+
+#: Every registered agent, by name (``sorted(AGENTS)`` lists the names without importing SB3).
+AGENTS = AgentRegistry()
 
 
 def register_agent(cls: type[Agent]) -> type[Agent]:
     """Add an :class:`Agent` subclass under its ``name`` (usable as a class decorator)."""
     if not cls.name:
         raise ValueError(f"{cls.__name__} needs a non-empty class attribute `name` to be registered")
-    AGENTS[cls.name] = cls
+    AGENTS.register(cls.name, cls)
     return cls
 
 
@@ -57,8 +84,20 @@ def _did_you_mean(word: str, candidates: Any) -> str:
     return f" (did you mean {close[0]!r}?)" if close else ""
 
 
-for _cls in (Reinforce, PPO, RLOO, GRPO, SB3PPO, SB3A2C, MaskablePPOAgent, SFT, DPO, LRML):
+for _cls in (Reinforce, PPO, RLOO, GRPO, SFT, DPO, LRML):
     register_agent(_cls)
+#: The SB3 agents, imported with stable-baselines3 when first used.
+_SB3_AGENTS = {"sb3-ppo": "SB3PPO", "sb3-a2c": "SB3A2C", "maskable-ppo": "MaskablePPOAgent"}
+for _name, _class_name in _SB3_AGENTS.items():
+    AGENTS.register(_name, f"textenv.agents.sb3.agents:{_class_name}")
+
+
+def __getattr__(name: str) -> Any:
+    if name in _SB3_AGENTS.values():  # `from textenv.agents import SB3PPO` imports SB3 only then
+        from textenv.agents.sb3 import agents as sb3_agents
+
+        return getattr(sb3_agents, name)
+    raise AttributeError(f"module 'textenv.agents' has no attribute {name!r}")
 
 __all__ = ["AGENTS", "DPO", "GRPO", "LRML", "PPO", "RLOO", "SB3A2C", "SB3PPO", "SCALARS", "SFT", "Agent",
            "MaskablePPOAgent", "Reinforce", "TrainingDivergedError", "agent_class", "make_agent", "register_agent"]

@@ -66,8 +66,8 @@ from textenv.checkpoint import (
     verify_directory,
     write_state,
 )
-from textenv.lora import is_peft_model
-from textenv.models import resolve_model_path
+from textenv.models.lora import is_peft_model
+from textenv.models.loading import resolve_model_path
 from textenv.rollout import sample_actions
 from textenv.validation import InputError, check_choice, check_int, check_number, check_seed
 from textenv.vector_env import TextGenVectorEnv
@@ -124,9 +124,9 @@ class Agent(ABC):
             raise TypeError(
                 f"env must be a TextGenVectorEnv (gym.make_vec('TextGen-v0', ...).unwrapped), got {type(env)}"
             )
-        # Adam moves each weight by about the learning rate per step: above 1 no run trains (and past ~3e38
-        # float32 overflows inside torch), so such a value is a typo.
-        check_number("learning_rate", learning_rate, low=0, low_open=True, high=1.0)
+        # Finite and > 0; capped far above any useful value, below ~3e37 where Adam's float32 step overflows
+        # inside torch (a raw RuntimeError). Large values that diverge are caught by the guarded update instead.
+        check_number("learning_rate", learning_rate, low=0, low_open=True, high=1e30)
         if seed is not None:
             check_seed("seed", seed)
         check_choice("verbose", verbose, (0, 1, 2))

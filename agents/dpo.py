@@ -46,7 +46,7 @@ from textenv.agents.sft import (
     encode_pairs,
 )
 from textenv.logprobs import entropy
-from textenv.models import frozen_copy
+from textenv.models.loading import frozen_copy
 from textenv.preferences import PreferencePair, as_preference_rows, expand_pairs
 from textenv.rollout import masked_mean
 from textenv.validation import InputError, check_choice, check_int, check_number, check_positive

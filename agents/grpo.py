@@ -30,7 +30,7 @@ import torch
 
 from textenv.agents.base import Agent
 from textenv.agents.gradient_step import check_finite, gradient_step
-from textenv.models import frozen_copy
+from textenv.models.loading import frozen_copy
 from textenv.rollout import collect_rollout, masked_mean, score_rollout
 from textenv.validation import InputError, check_int, check_number
 from textenv.vector_env import TextGenVectorEnv

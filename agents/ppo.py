@@ -43,6 +43,7 @@ from textenv.agents.base import Agent
 from textenv.agents.gradient_step import check_finite, gradient_step
 from textenv.agents.sft import read_utf8
 from textenv.logprobs import chosen_logprobs
+from textenv.prompts import builtin_reviews
 from textenv.rollout import ActionScores, Rollout, collect_rollout, masked_mean, score_rollout
 from textenv.validation import InputError, check_choice, check_int, check_number
 from textenv.vector_env import TextGenVectorEnv
@@ -75,7 +76,7 @@ class PPO(Agent):
             own step rewards).
         ptx_coef: γ_ptx of PPO-ptx (InstructGPT eq. 4); 0 disables the pre-training term.
         ptx_texts: pre-training text, a list of strings or a ``.txt`` path (one text per line). Default when
-            ``ptx_coef > 0``: 2048 reviews from ``textenv.corpus.generate_reviews`` (the embedded model's corpus).
+            ``ptx_coef > 0``: 2048 reviews of the embedded model's corpus (:func:`textenv.prompts.builtin_reviews`).
         ptx_batch_size: pre-training texts per optimizer step (default: the episodes per minibatch).
         seed, tensorboard_log, verbose: see :class:`~textenv.agents.base.Agent`.
     """
@@ -365,13 +366,9 @@ def explained_variance(predictions: torch.Tensor, targets: torch.Tensor, mask: t
 
 def load_ptx_texts(source: Sequence[str] | str | Path | None, seed: int | None = 0, n: int = 2048) -> list[str]:
     """Pre-training text for PPO-ptx: a list, a ``.txt`` file (one text per line) or, for ``None``, ``n``
-    reviews of the embedded model's corpus (``textenv.corpus.generate_reviews``)."""
+    reviews of the embedded model's corpus (:func:`textenv.prompts.builtin_reviews`)."""
     if source is None:
-        try:
-            from textenv.corpus import generate_reviews
-        except ImportError as err:
-            raise ValueError("ptx_texts=None needs textenv.corpus; pass ptx_texts=[...] or a .txt path") from err
-        return generate_reviews(n, seed=seed or 0)
+        return builtin_reviews(n, seed=seed or 0)
     if isinstance(source, (str, Path)):
         path = Path(source)
         if not path.is_file():

@@ -10,7 +10,7 @@ plain text (no prompt) is a completion of the empty prompt: it is preceded by th
 GPT-2) so that its first token is predicted too.
 
 Data sources (``demonstrations=``):
-    * ``None``: reviews sampled from the project's grammar, ``textenv.corpus.generate_reviews``;
+    * ``None``: reviews of the embedded model's corpus, :func:`textenv.prompts.builtin_reviews`;
     * a ``.jsonl`` file of ``{"prompt", "completion"}`` rows, of ``{"text"}`` rows, or a *preference*
       file (``{"prompt", "chosen", "rejected"}`` / ``{"prompt", "ranked"}``, read by
       :mod:`textenv.preferences`), whose preferred completions are cloned;
@@ -36,9 +36,9 @@ from transformers import PreTrainedModel, PreTrainedTokenizerBase
 
 from textenv.agents.base import Agent
 from textenv.agents.gradient_step import gradient_step
-from textenv.corpus import generate_reviews
 from textenv.logprobs import chosen_logprobs, entropy
 from textenv.preferences import PreferencePair, PreferenceRanking, as_preference_rows
+from textenv.prompts import builtin_reviews
 from textenv.rollout import masked_mean
 from textenv.validation import InputError, check_choice, check_int, check_number
 from textenv.vector_env import TextGenVectorEnv
@@ -59,7 +59,7 @@ def load_demonstrations(
         seed: seed of that sample.
     """
     if source is None:
-        pairs = [("", text) for text in generate_reviews(num_default, seed)]
+        pairs = [("", text) for text in builtin_reviews(num_default, seed)]
     elif isinstance(source, (str, os.PathLike)):
         pairs = _demonstrations_from_file(Path(source))
     elif isinstance(source, Sequence):

@@ -7,7 +7,7 @@ for the same CPU-time budget (``time.process_time``: CPU seconds of this process
 evaluation excluded), whole iterations at a time.
 
 Before and after training, the policy is measured on held-out prompts (the built-in ``"eval"`` split, never
-trained on) with :func:`textenv.evaluation.evaluate_policy`: mean VADER over ``--eval-prompts`` prompts ×
+trained on) with :func:`textenv.apps.evaluation.evaluate_policy`: mean VADER over ``--eval-prompts`` prompts ×
 ``--eval-samples`` samples (same prompts and sampler seed before and after), and KL(π_θ‖π_ref) in nats per
 completion (k1 estimator, mean over samples).
 
@@ -27,9 +27,9 @@ from typing import Any
 import torch
 
 from textenv.agents import agent_class, make_agent
-from textenv.cli import build_env
-from textenv.evaluation import evaluate_policy
-from textenv.models import DEFAULT_MODEL
+from textenv.apps.cli import build_env
+from textenv.apps.evaluation import evaluate_policy
+from textenv.models.loading import DEFAULT_MODEL
 from textenv.prompts import load_prompts
 
 #: The issue's bar: held-out VADER gain of at least this much ...

@@ -23,7 +23,7 @@ import time
 
 import torch
 
-from textenv.models import DEFAULT_MODEL, frozen_copy, load_causal_lm, load_tokenizer
+from textenv.models.loading import DEFAULT_MODEL, frozen_copy, load_causal_lm, load_tokenizer
 from textenv.prompts import load_prompts
 from textenv.reward_models import VaderSentimentReward, checked_scores
 from textenv.rollout import sample_actions

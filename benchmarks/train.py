@@ -30,8 +30,8 @@ What is comparable, and what is not:
   * ``sb3-ppo`` runs SB3's rollout buffer with ``n_steps = T`` per row (B·T tokens exactly, episodes
     crossing iterations) and 4 epochs: it is here for scale, not for the ratio;
   * each side loads the model with its own loader: textenv runs the embedded model's ``gelu_new`` as x·σ(2u)
-    on the CPU (the same function, see ``textenv.activations``), TRL as configured; textenv's update and its
-    prompt prefill pack the episodes without padding (``textenv.rollout.score_actions``, ``textenv.engine``),
+    on the CPU (the same function, see ``textenv.fast.activations``), TRL as configured; textenv's update and its
+    prompt prefill pack the episodes without padding (``textenv.rollout.score_actions``, ``textenv.engine.generation``),
     TRL pads them; textenv computes log-probs and entropy in chunks (``textenv.logprobs``), TRL with its own
     helpers.
 
@@ -64,8 +64,8 @@ from typing import Any
 import torch
 
 from textenv.agents import agent_class, make_agent
-from textenv.cli import build_env
-from textenv.models import DEFAULT_MODEL, load_tokenizer, resolve_model_path
+from textenv.apps.cli import build_env
+from textenv.models.loading import DEFAULT_MODEL, load_tokenizer, resolve_model_path
 from textenv.prompts import load_prompts
 from textenv.reward_models import VaderSentimentReward, checked_scores
 

@@ -36,8 +36,8 @@ from pathlib import Path
 from typing import Any
 
 from textenv.agents import agent_class, make_agent
-from textenv.cli import build_env, held_out_eval
-from textenv.models import DEFAULT_MODEL
+from textenv.apps.cli import build_env, held_out_eval
+from textenv.models.loading import DEFAULT_MODEL
 
 DEFAULT_AGENTS = ["reinforce", "ppo", "rloo", "grpo", "sb3-ppo"]
 #: TensorBoard tags drawn in the two panels (every agent logs them each iteration, step = tokens so far).

@@ -22,7 +22,7 @@ import numpy as np
 import torch
 from transformers import AutoModelForSequenceClassification, AutoTokenizer, PreTrainedModel, PreTrainedTokenizerBase
 
-from textenv.models import load_pretrained, locate_model, resolve_device
+from textenv.models.loading import load_pretrained, locate_model, resolve_device
 from textenv.reward_models.base import RewardModel
 from textenv.validation import InputError, check_choice, check_int
 

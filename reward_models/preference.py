@@ -43,8 +43,8 @@ from transformers import AutoModel, PreTrainedModel, PreTrainedTokenizerBase
 from transformers.utils import logging as hf_logging
 
 from textenv.checkpoint import atomic_directory, check_replaceable, read_tensors, recover_directory, verify_directory
-from textenv.cli import COUNT, HOLDOUT_FRACTION, NON_NEGATIVE, POSITIVE, SEED
-from textenv.models import DEFAULT_MODEL, load_pretrained, load_tokenizer, resolve_device
+from textenv.apps.cli import COUNT, HOLDOUT_FRACTION, NON_NEGATIVE, POSITIVE, SEED
+from textenv.models.loading import DEFAULT_MODEL, load_pretrained, load_tokenizer, resolve_device
 from textenv.preferences import ComparisonGroup, PreferenceRow, as_preference_rows, expand_pairs
 from textenv.reward_models.base import RewardModel
 from textenv.validation import InputError, check_choice, check_int, check_number, check_positive
@@ -589,7 +589,7 @@ def run(args: argparse.Namespace) -> int:
 
 def main(argv: Sequence[str] | None = None) -> int:
     """``python -m textenv.reward_models.preference`` is ``textenv train-rm``."""
-    from textenv.cli import main as cli_main
+    from textenv.apps.cli import main as cli_main
 
     return cli_main(["train-rm", *(sys.argv[1:] if argv is None else argv)])
 

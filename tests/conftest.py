@@ -1,6 +1,6 @@
 """Shared fixtures: a tiny random GPT-2 + BPE tokenizer built in seconds, for fast behavioural tests.
 
-Tests of the *shipped* default model use ``textenv.models.DEFAULT_MODEL`` directly; everything else uses
+Tests of the *shipped* default model use ``textenv.models.loading.DEFAULT_MODEL`` directly; everything else uses
 ``tiny_model_dir`` so the suite stays fast and independent of the embedded weights.
 """
 

@@ -1,12 +1,12 @@
-"""textenv.activations: x·σ(2u) is the tanh-approximated GELU, forward and backward, and the loader uses it."""
+"""textenv.fast.activations: x·σ(2u) is the tanh-approximated GELU, forward and backward, and the loader uses it."""
 
 from __future__ import annotations
 
 import torch
 from transformers.activations import GELUTanh, NewGELUActivation
 
-from textenv.activations import SigmoidTanhGELU, use_sigmoid_tanh_gelu
-from textenv.models import load_causal_lm
+from textenv.fast.activations import SigmoidTanhGELU, use_sigmoid_tanh_gelu
+from textenv.models.loading import load_causal_lm
 
 
 def test_same_function_and_gradient_as_the_tanh_formula():

@@ -1,7 +1,7 @@
 """The table of bad inputs to the ``textenv`` command line: flags, config files, paths, results files and
 malformed input files, for every subcommand (train, eval, collect, label, train-rm, pipeline).
 
-Every case runs ``textenv.cli.main`` and asserts: exit code 2, exactly one line on stderr of the form
+Every case runs ``textenv.apps.cli.main`` and asserts: exit code 2, exactly one line on stderr of the form
 ``textenv <command>: error: ...`` naming the flag or file, no traceback, and (data-safety cases) that the
 user's files are still there byte for byte. Cases run with every model loader patched to fail, so they also
 prove the mistake is caught before any model loads (and each takes well under a second).
@@ -22,9 +22,9 @@ from pathlib import Path
 import pytest
 import transformers
 
-import textenv.evaluation
+import textenv.apps.evaluation
 import textenv.preferences
-from textenv.cli import main
+from textenv.apps.cli import main
 from textenv.vector_env import TextGenVectorEnv
 
 pytestmark = pytest.mark.bad_input
@@ -248,7 +248,7 @@ def _deny_appending(tmp: Path, monkeypatch: pytest.MonkeyPatch) -> None:
 
 def _disk_full(tmp: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     """Simulate ENOSPC when `textenv eval` writes its results (the evaluation itself is stubbed)."""
-    monkeypatch.setattr(textenv.evaluation, "evaluate_policy",
+    monkeypatch.setattr(textenv.apps.evaluation, "evaluate_policy",
                         lambda *a, **k: {"gold_reward": 0.5, "kl": 1.0, "settings": {}, "samples": []})
 
     def full(fd: int) -> None:
@@ -344,8 +344,8 @@ def test_train_rm_divergence_stops_and_keeps_the_previous_reward_model(tiny_mode
 
 # ---------------------------------------------------------------------------------------------- library calls
 def _library_cases() -> dict[str, tuple[Callable[[Path], object], str]]:
-    from textenv.collect import collect_preferences, rank_completions
-    from textenv.pipeline import run_pipeline
+    from textenv.apps.collect import collect_preferences, rank_completions
+    from textenv.apps.pipeline import run_pipeline
     from textenv.reward_models.preference import train_preference_model
 
     rows = [{"prompt": "the film", "chosen": " was great", "rejected": " was bad"}] * 2

@@ -426,7 +426,7 @@ def test_model_with_only_pickled_weights_is_refused_and_never_unpickled(tiny_mod
     import pickle
     import shutil
 
-    from textenv.models import load_causal_lm
+    from textenv.models.loading import load_causal_lm
     from textenv.reward_models.classifier import ClassifierReward
     from textenv.reward_models.preference import load_backbone
 

@@ -14,7 +14,7 @@ import pytest
 import yaml
 
 from textenv.agents.base import Agent
-from textenv.cli import main, resume_command
+from textenv.apps.cli import main, resume_command
 from textenv.reward_models import REWARD_MODELS, CallableReward
 from textenv.validation import InputError
 
@@ -212,12 +212,12 @@ def test_eval_never_replaces_another_commands_results_or_a_user_file(config_file
 # ---------------------------------------------------------------------------------------------- error reporting
 def fake_command(monkeypatch, error: BaseException) -> None:
     """Make `textenv label` raise ``error`` (after argument parsing)."""
-    import textenv.label
+    import textenv.apps.label
 
     def command(args):
         raise error
 
-    monkeypatch.setattr(textenv.label, "run", command)
+    monkeypatch.setattr(textenv.apps.label, "run", command)
 
 
 @pytest.mark.parametrize("error, expected", [

@@ -10,7 +10,7 @@ from pathlib import Path
 import pytest
 import torch
 
-from textenv.corpus import distinct_words, generate_prompts, generate_reviews
+from tools.corpus import distinct_words, generate_prompts, generate_reviews
 
 os.environ.setdefault("HF_HUB_OFFLINE", "1")  # the model is package data: never touch the hub
 

@@ -11,9 +11,9 @@ import pytest
 import torch
 
 import textenv  # noqa: F401  (registers TextGen-v0)
-from textenv.engine import GenerationEngine
+from textenv.engine.generation import GenerationEngine
 from textenv.kl import AdaptiveKLController, kl_per_token
-from textenv.models import load_causal_lm, load_tokenizer
+from textenv.models.loading import load_causal_lm, load_tokenizer
 from textenv.rollout import collect_rollout
 from textenv.validation import InputError
 from textenv.vector_env import TextGenVectorEnv

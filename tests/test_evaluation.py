@@ -11,7 +11,7 @@ import numpy as np
 import pytest
 import torch
 
-from textenv.evaluation import (
+from textenv.apps.evaluation import (
     METRICS,
     check_results_path,
     distinct_n,
@@ -22,7 +22,7 @@ from textenv.evaluation import (
     results_writer,
     save_eval_json,
 )
-from textenv.models import load_causal_lm
+from textenv.models.loading import load_causal_lm
 from textenv.validation import InputError
 
 

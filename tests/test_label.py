@@ -12,7 +12,7 @@ from pathlib import Path
 
 import pytest
 
-from textenv.label import LabelSession, labelled_keys, main, terminal_keys
+from textenv.apps.label import LabelSession, labelled_keys, main, terminal_keys
 from textenv.preferences import CompletionSet, JsonlWriter, PreferenceRanking, load_preferences
 
 ITEMS = [
@@ -156,7 +156,7 @@ def test_real_run_under_a_pseudo_terminal(tmp_path: Path) -> None:
     master, slave = pty.openpty()
     before = termios.tcgetattr(slave)
     proc = subprocess.Popen(
-        [sys.executable, "-m", "textenv.label", "--input", str(sets), "--output", str(out), "--no-shuffle"],
+        [sys.executable, "-m", "textenv.apps.label", "--input", str(sets), "--output", str(out), "--no-shuffle"],
         stdin=slave, stdout=slave, stderr=slave, close_fds=True,
         # a new session whose controlling terminal is the pty, so Ctrl-C there sends SIGINT to the child
         start_new_session=True, preexec_fn=lambda: fcntl.ioctl(0, termios.TIOCSCTTY, 0),

@@ -148,7 +148,7 @@ def test_ppo_ptx_adds_the_pretraining_lm_loss(tiny_model_dir, tmp_path):
 
 
 def test_ppo_ptx_default_text_is_the_review_corpus(tiny_model_dir):
-    pytest.importorskip("textenv.corpus")
+    pytest.importorskip("tools.corpus")
     agent = PPO(make_env(tiny_model_dir, num_envs=4), seed=0, ptx_coef=0.1)
     assert len(agent._ptx_ids) == 2048
     with torch.no_grad():

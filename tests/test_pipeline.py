@@ -13,8 +13,8 @@ import math
 import numpy as np
 import pytest
 
-from textenv.cli import main
-from textenv.pipeline import checkpoint_targets, parse_betas, run_pipeline
+from textenv.apps.cli import main
+from textenv.apps.pipeline import checkpoint_targets, parse_betas, run_pipeline
 from textenv.preferences import PreferenceRanking, load_preferences
 from textenv.reward_models import REWARD_MODELS, CallableReward
 from textenv.reward_models.preference import PreferenceRewardModel

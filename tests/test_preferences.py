@@ -140,7 +140,7 @@ def test_completion_sets_round_trip(tmp_path: Path) -> None:
 
 # ---------------------------------------------------------------------------------------------- collect
 def test_rank_completions_dedup_min_gap_and_noise() -> None:
-    from textenv.collect import rank_completions
+    from textenv.apps.collect import rank_completions
 
     texts = [" a", " b", " c", " a", " d"]
     scores = [0.5, 0.9, 0.0, 0.5, 0.45]
@@ -161,7 +161,7 @@ def gold_length(prompts: list[str], completions: list[str]) -> np.ndarray:
 
 
 def test_collect_writes_gold_rankings(tiny_model_dir: Path, tiny_prompts: list[str], tmp_path: Path) -> None:
-    from textenv.collect import collect_preferences
+    from textenv.apps.collect import collect_preferences
 
     out = tmp_path / "prefs.jsonl"
     result = collect_preferences(model=str(tiny_model_dir), prompts=tiny_prompts, num_prompts=6, k=3,
@@ -182,7 +182,7 @@ def test_collect_writes_gold_rankings(tiny_model_dir: Path, tiny_prompts: list[s
 
 
 def test_collect_cli_unranked_and_refuses_to_overwrite(tiny_model_dir: Path, tmp_path: Path) -> None:
-    from textenv.collect import main
+    from textenv.apps.collect import main
 
     prompts = tmp_path / "prompts.txt"
     prompts.write_text("the film was\nthe book\n", encoding="utf-8")

@@ -18,7 +18,7 @@ from pathlib import Path
 
 import pytest
 
-from textenv.cli import build_parser
+from textenv.apps.cli import build_parser
 
 README = Path(__file__).resolve().parents[1] / "README.md"
 

@@ -224,7 +224,7 @@ def test_update_batches_share_one_forward_per_episode(tiny_model_dir, tiny_promp
     order = torch.randperm(21, generator=torch.Generator().manual_seed(0))  # SB3 shuffles minibatches
     batch = {key: value[order] for key, value in batch.items()}
 
-    from textenv.agents.sb3 import _shared_prefixes
+    from textenv.agents.sb3.policy import _shared_prefixes
 
     carriers, _, _ = _shared_prefixes(batch["input_ids"], batch["attention_mask"])
     assert len(carriers) <= 6  # 3 rows x 2 episodes

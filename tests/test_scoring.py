@@ -14,9 +14,10 @@ import pytest
 import torch
 from transformers import AutoModelForCausalLM
 
-from textenv import engine, packing
-from textenv.engine import GenerationEngine
-from textenv.models import load_causal_lm, load_tokenizer
+from textenv.engine import generation as engine
+from textenv.fast import packing
+from textenv.engine.generation import GenerationEngine
+from textenv.models.loading import load_causal_lm, load_tokenizer
 from textenv.rollout import collect_rollout, score_rollout
 from textenv.vector_env import TextGenVectorEnv
 

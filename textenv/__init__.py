@@ -30,7 +30,7 @@ _MODEL_HELPERS = ("DEFAULT_MODEL", "load_causal_lm", "load_tokenizer", "resolve_
 
 def __getattr__(name: str) -> Any:
     if name in _MODEL_HELPERS:
-        from textenv import models
+        from textenv.models import loading as models
 
         return getattr(models, name)
     raise AttributeError(f"module 'textenv' has no attribute {name!r}")

@@ -1,10 +1,10 @@
-"""``python -m textenv ARGS`` is the ``textenv`` command (:func:`textenv.cli.main`)."""
+"""``python -m textenv ARGS`` is the ``textenv`` command (:func:`textenv.apps.cli.main`)."""
 
 from __future__ import annotations
 
 import sys
 
-from textenv.cli import main
+from textenv.apps.cli import main
 
 if __name__ == "__main__":
     sys.exit(main())

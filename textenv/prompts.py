@@ -17,6 +17,8 @@ from importlib import resources
 from pathlib import Path
 from typing import Any
 
+import numpy as np
+
 from textenv.validation import InputError
 
 PromptSource = Any  # "builtin" | Sequence[str] | str | os.PathLike | datasets.Dataset
@@ -33,6 +35,26 @@ def builtin_prompts(split: str = "train") -> list[str]:
     if split not in data:
         raise InputError(f"prompt_split={split!r} is not one of {sorted(data)}")
     return list(data[split])
+
+
+#: Reviews in ``assets/reviews.txt``: ``tools.corpus.generate_reviews(2048, seed=0)``, one per line.
+NUM_BUILTIN_REVIEWS = 2048
+
+
+def builtin_reviews(n: int, seed: int = 0) -> list[str]:
+    """``n`` reviews of the embedded model's pre-training corpus (the default PPO-ptx and SFT text).
+
+    The package ships the first 2048 reviews of the corpus grammar (``tools/corpus.py``, seed 0): ``seed=0``
+    gives the first ``n`` of them (the grammar's own stream); another seed a seeded sample without replacement.
+    """
+    texts = (resources.files("textenv") / "assets" / "reviews.txt").read_text(encoding="utf-8").splitlines()
+    if not 1 <= n <= len(texts):
+        raise InputError(f"n={n!r}: the built-in corpus holds {len(texts)} reviews; ask for 1 to {len(texts)}, "
+                         "or pass your own texts")
+    if seed == 0:
+        return texts[:n]
+    order = np.random.default_rng(seed).permutation(len(texts))[:n]
+    return [texts[i] for i in order]
 
 
 def read_text_lines(path: Path) -> Iterator[tuple[int, str]]:

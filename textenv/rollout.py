@@ -16,7 +16,7 @@ import torch
 from transformers import PreTrainedModel
 
 from textenv.logprobs import logprobs_and_entropy
-from textenv.packing import predicting_logits
+from textenv.fast.packing import predicting_logits
 from textenv.validation import InputError, check_number
 from textenv.vector_env import TextGenVectorEnv
 
@@ -192,7 +192,7 @@ def score_actions(
     is ``input_ids[b, P + t]``, taken where ``action_mask[b, t]`` is 1.
 
     The forward runs on the episodes packed without padding and the LM head only on states where an action was
-    taken (:func:`textenv.packing.predicting_logits`): a left-padded batch spends about a quarter of its trunk
+    taken (:func:`textenv.fast.packing.predicting_logits`): a left-padded batch spends about a quarter of its trunk
     compute on padding, and its vocabulary-sized work (LM head, log-softmax, their backward) on every state.
     """
     taken = action_mask.bool()

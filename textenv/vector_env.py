@@ -1,6 +1,6 @@
 """TextGen-v0 as a native batched Gymnasium ``VectorEnv`` (the fast path).
 
-Each of the ``num_envs`` sub-environments is one row of a :class:`~textenv.engine.GenerationEngine`:
+Each of the ``num_envs`` sub-environments is one row of a :class:`~textenv.engine.generation.GenerationEngine`:
 
 * state s_t = prompt + tokens generated so far; observation = that sequence as token ids + mask;
 * action a_t = one token id, ``Discrete(vocab_size)``;
@@ -23,10 +23,10 @@ from gymnasium import spaces
 from gymnasium.vector import AutoresetMode, VectorEnv
 from transformers import PreTrainedModel, PreTrainedTokenizerBase
 
-from textenv.engine import GenerationEngine
+from textenv.engine.generation import GenerationEngine
 from textenv.kl import KL_ESTIMATORS, kl_per_token, make_kl_controller
-from textenv.lora import AdapterDisabledReference, apply_lora, check_lora, is_peft_model
-from textenv.models import DEFAULT_MODEL, frozen_copy, load_causal_lm, load_tokenizer, locate_model, resolve_device
+from textenv.models.lora import AdapterDisabledReference, apply_lora, check_lora, is_peft_model
+from textenv.models.loading import DEFAULT_MODEL, frozen_copy, load_causal_lm, load_tokenizer, locate_model, resolve_device
 from textenv.prompts import PROMPT_SPLITS, PromptSource, load_prompts
 from textenv.reward_models import RewardModel, checked_scores, make_reward_model
 from textenv.validation import InputError, check_choice, check_int, check_number

@@ -31,7 +31,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import TextIO
 
-from textenv.cli import SEED
+from textenv.apps.cli import SEED
 from textenv.preferences import (
     CompletionSet,
     JsonlWriter,
@@ -280,8 +280,8 @@ def run(args: argparse.Namespace, stdin: TextIO | None = None, stdout: TextIO | 
 
 
 def main(argv: Sequence[str] | None = None) -> int:
-    """``python -m textenv.label`` is ``textenv label``."""
-    from textenv.cli import main as cli_main
+    """``python -m textenv.apps.label`` is ``textenv label``."""
+    from textenv.apps.cli import main as cli_main
 
     return cli_main(["label", *(sys.argv[1:] if argv is None else argv)])
 

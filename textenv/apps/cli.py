@@ -429,7 +429,7 @@ def run_entries(output: Path) -> list[str]:
 
 
 def _written_by_textenv_eval(file: Path) -> bool:
-    from textenv.evaluation import results_writer
+    from textenv.apps.evaluation import results_writer
 
     return results_writer(file) == "textenv eval"
 
@@ -527,7 +527,7 @@ def read_agent_json(checkpoint: Path) -> dict[str, Any]:
 
 def write_json(path: Path, data: Mapping[str, Any]) -> None:
     """Write ``data`` to ``path`` atomically (a crash leaves the old file or the new one)."""
-    from textenv.evaluation import save_eval_json
+    from textenv.apps.evaluation import save_eval_json
 
     save_eval_json(path, data)
 
@@ -544,7 +544,7 @@ def build_env(env_kwargs: dict[str, Any], group_size: int = 1):
 
 def held_out_eval(env, num_prompts: int, seed: int) -> dict[str, Any]:
     """Gold reward (the env's reward model) and KL to the env's reference on held-out prompts."""
-    from textenv.evaluation import evaluate_policy
+    from textenv.apps.evaluation import evaluate_policy
     from textenv.prompts import load_prompts
 
     return evaluate_policy(
@@ -653,7 +653,7 @@ def resume_command(argv: Sequence[str], checkpoint: Path) -> str:
 
 # ---------------------------------------------------------------------------------------------- textenv eval
 def eval_settings(args: argparse.Namespace, checkpoint: Path) -> dict[str, Any]:
-    """The arguments of :func:`~textenv.evaluation.evaluate_policy` for ``textenv eval``: what the checkpoint
+    """The arguments of :func:`~textenv.apps.evaluation.evaluate_policy` for ``textenv eval``: what the checkpoint
     was trained with (its ``agent.json`` ``"env"``), overridden by the flags given. Refuses a reward model or
     base model that ``agent.json`` cannot rebuild (a Python object at training time) unless the flag is given."""
     meta = read_agent_json(checkpoint)
@@ -688,7 +688,7 @@ def eval_settings(args: argparse.Namespace, checkpoint: Path) -> dict[str, Any]:
 
 def cmd_eval(args: argparse.Namespace) -> int:
     """``textenv eval``: evaluate a checkpoint with the settings it was trained with (flags override)."""
-    from textenv.evaluation import check_results_path
+    from textenv.apps.evaluation import check_results_path
 
     from textenv.agents.base import CHECKPOINT_KIND
     from textenv.checkpoint import verify_directory
@@ -703,7 +703,7 @@ def cmd_eval(args: argparse.Namespace) -> int:
         print(f"textenv eval: the checkpoint trained on prompts={settings['trained_prompts']!r}; evaluating on the "
               f"built-in held-out prompts (pass --prompts to choose)", file=sys.stderr)
 
-    from textenv.evaluation import evaluate_policy, save_eval_json
+    from textenv.apps.evaluation import evaluate_policy, save_eval_json
     from textenv.prompts import load_prompts
 
     result = evaluate_policy(
@@ -780,8 +780,8 @@ def build_parser() -> argparse.ArgumentParser:
     evaluate.add_argument("--device", default="auto", help="auto, cpu, cuda... (default: %(default)s)")
     evaluate.set_defaults(func=cmd_eval)
 
-    from textenv import collect as collect_cmd
-    from textenv import label as label_cmd
+    from textenv.apps import collect as collect_cmd
+    from textenv.apps import label as label_cmd
     from textenv.reward_models import preference as preference_rm
 
     collect = sub.add_parser("collect", help="sample K completions per prompt and rank them with a gold reward model")
@@ -796,7 +796,7 @@ def build_parser() -> argparse.ArgumentParser:
     preference_rm.add_arguments(train_rm)
     train_rm.set_defaults(func=preference_rm.run)
 
-    from textenv import pipeline as pipeline_cmd
+    from textenv.apps import pipeline as pipeline_cmd
 
     pipeline = sub.add_parser("pipeline", help="the whole InstructGPT pipeline in one resumable command")
     pipeline_cmd.add_arguments(pipeline)

@@ -36,7 +36,7 @@ import numpy as np
 import torch
 from transformers import PreTrainedModel, PreTrainedTokenizerBase
 
-from textenv.models import DEFAULT_MODEL, load_causal_lm, load_tokenizer, resolve_device, resolve_model_path
+from textenv.models.loading import DEFAULT_MODEL, load_causal_lm, load_tokenizer, resolve_device, resolve_model_path
 from textenv.prompts import PromptSource, load_prompts
 from textenv.reward_models import RewardModel, checked_scores, make_reward_model
 from textenv.rollout import collect_rollout

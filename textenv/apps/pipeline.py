@@ -2,8 +2,8 @@
 
     SFT (optional) → collect comparisons → train a reward model → PPO against it with a KL penalty → evaluate
 
-Every stage reuses the project's building blocks (:mod:`textenv.collect`, :mod:`textenv.agents.sft`,
-:mod:`textenv.reward_models.preference`, :mod:`textenv.agents.ppo`, :mod:`textenv.evaluation`) and writes its
+Every stage reuses the project's building blocks (:mod:`textenv.apps.collect`, :mod:`textenv.agents.sft`,
+:mod:`textenv.reward_models.preference`, :mod:`textenv.agents.ppo`, :mod:`textenv.apps.evaluation`) and writes its
 output into ``DIR``; a stage whose output already exists is skipped, so an interrupted run continues where it
 stopped and a finished one is re-summarised in seconds. Layout of ``DIR``:
 
@@ -78,8 +78,8 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any, Self
 
-from textenv.cli import COUNT, NON_NEGATIVE, POSITIVE, PROBABILITY, SEED, integer_at_least
-from textenv.models import DEFAULT_MODEL
+from textenv.apps.cli import COUNT, NON_NEGATIVE, POSITIVE, PROBABILITY, SEED, integer_at_least
+from textenv.models.loading import DEFAULT_MODEL
 from textenv.validation import InputError, check_int, check_number, check_positive
 
 #: Defaults of :func:`run_pipeline` and ``textenv pipeline`` (the embedded model, VADER as the gold labeller);
@@ -217,7 +217,7 @@ def run_pipeline(
         seed: seeds every stage (collection, SFT, RM, PPO, evaluation sampling).
         num_prompts: training prompts to collect comparisons for; k: completions per prompt (K ≥ 2).
         max_new_tokens: completion length limit (tokens) for collection, PPO and evaluation.
-        min_gap, noise: ranking filter and labeller noise of :func:`textenv.collect.collect_preferences`.
+        min_gap, noise: ranking filter and labeller noise of :func:`textenv.apps.collect.collect_preferences`.
         sft: run the SFT stage (behaviour cloning of each prompt's best-ranked completion).
         sft_epochs: passes over those demonstrations; sft_lr: its Adam step size.
         rm_epochs, rm_lr: reward-model training (:func:`~textenv.reward_models.preference.train_preference_model`).
@@ -372,7 +372,7 @@ def run_pipeline(
     summary["stages"] = {name: asdict(record) for name, record in stages.items()}
     summary["wall_minutes"] = (time.perf_counter() - start_wall) / 60
     summary["cpu_minutes"] = (time.process_time() - start_cpu) / 60
-    from textenv.evaluation import save_eval_json
+    from textenv.apps.evaluation import save_eval_json
 
     save_eval_json(out / "eval.json", summary)
     log(f"gold {summary['gold_before']:+.3f} → best {summary['gold_after_best']:+.3f} "
@@ -383,9 +383,9 @@ def run_pipeline(
 
 # ---------------------------------------------------------------------------------------------- stages
 def _collect(path: Path, min_rows: int, **kwargs: Any) -> None:
-    """:func:`~textenv.collect.collect_preferences` into a temporary file, renamed into place when complete
+    """:func:`~textenv.apps.collect.collect_preferences` into a temporary file, renamed into place when complete
     (so an existing ``path`` always holds a finished stage); fewer than ``min_rows`` rankings is an error."""
-    from textenv.collect import collect_preferences
+    from textenv.apps.collect import collect_preferences
 
     tmp = path.with_name(f".{path.name}.tmp")
     tmp.unlink(missing_ok=True)
@@ -518,7 +518,7 @@ def _check_resumable(checkpoint: Path, beta: float, settings: dict[str, Any]) ->
 
 
 class _Evaluator:
-    """:func:`~textenv.evaluation.evaluate_policy` with a cache in ``DIR/evaluations.json``.
+    """:func:`~textenv.apps.evaluation.evaluate_policy` with a cache in ``DIR/evaluations.json``.
 
     A cached result is reused when the evaluation settings match and the policy's weights file has the same
     modification time (a re-trained checkpoint is evaluated again).
@@ -538,7 +538,7 @@ class _Evaluator:
         self.log = log
 
     def __call__(self, policy: str | Path, key: str, reference: str) -> dict[str, Any]:
-        from textenv.evaluation import evaluate_checkpoints, evaluate_policy
+        from textenv.apps.evaluation import evaluate_checkpoints, evaluate_policy
 
         path = Path(policy)
         weights = path / "policy" if (path / "agent.json").is_file() else path
@@ -562,7 +562,7 @@ class _Evaluator:
         return result
 
     def save(self) -> None:
-        from textenv.evaluation import save_eval_json
+        from textenv.apps.evaluation import save_eval_json
 
         save_eval_json(self.path, {"settings": self.settings, "results": self.results})
 
@@ -602,7 +602,7 @@ def _summarise(before: dict[str, Any], sft: dict[str, Any] | None, history: list
 
 def _plot(out: Path, start: dict[str, Any], history: list[dict[str, Any]], frontier: dict[Any, dict[str, Any]],
           beta: float, sweep_timesteps: int) -> dict[str, str]:
-    from textenv.evaluation import plot_proxy_vs_gold, plot_reward_kl_frontier
+    from textenv.apps.evaluation import plot_proxy_vs_gold, plot_reward_kl_frontier
 
     frontier_png = plot_reward_kl_frontier(
         frontier, out / "reward_kl_frontier.png",
@@ -706,8 +706,8 @@ def run(args: argparse.Namespace) -> int:
 
 
 def main(argv: Sequence[str] | None = None) -> int:
-    """``python -m textenv.pipeline`` is ``textenv pipeline``."""
-    from textenv.cli import main as cli_main
+    """``python -m textenv.apps.pipeline`` is ``textenv pipeline``."""
+    from textenv.apps.cli import main as cli_main
 
     return cli_main(["pipeline", *(sys.argv[1:] if argv is None else argv)])
 

@@ -1,7 +1,7 @@
 """A small probabilistic grammar of short English reviews.
 
 This is the training corpus of the project's embedded default model
-(``textenv/assets/tiny-reviews-gpt2``, built by :mod:`textenv.pretrain`) and the
+(``textenv/assets/tiny-reviews-gpt2``, built by :mod:`tools.pretrain`) and the
 source of its built-in prompt set (``textenv/assets/prompts.json``).
 
 Reviews cover seven domains (films, books, products, restaurants, hotels, video

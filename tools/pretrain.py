@@ -2,11 +2,11 @@
 
 Run::
 
-    python -m textenv.pretrain --output textenv/assets/tiny-reviews-gpt2 --seed 0
+    python -m tools.pretrain --output textenv/assets/tiny-reviews-gpt2 --seed 0
 
 The build, all on CPU and seeded end to end:
 
-1. samples reviews from the grammar in :mod:`textenv.corpus` and splits them into
+1. samples reviews from the grammar in :mod:`tools.corpus` and splits them into
    training and held-out sets;
 2. trains a byte-level BPE tokenizer (GPT-2 conventions: ``ByteLevel``
    pre-tokenizer and decoder, no prefix space, ``<|endoftext|>`` as the only
@@ -45,7 +45,7 @@ import transformers
 from tokenizers import Tokenizer, decoders, models, pre_tokenizers, processors, trainers
 from transformers import GenerationConfig, GPT2Config, GPT2LMHeadModel, PreTrainedTokenizerFast
 
-from textenv.corpus import distinct_words, generate_prompts, generate_reviews
+from tools.corpus import distinct_words, generate_prompts, generate_reviews
 
 EOS = "<|endoftext|>"
 DEFAULT_OUTPUT = "textenv/assets/tiny-reviews-gpt2"
@@ -313,7 +313,7 @@ def model_card(cfg: BuildConfig, facts: dict, samples: list[dict], stats: dict, 
         "## Training data",
         "",
         f"- {facts['n_train']:,} training and {facts['n_heldout']:,} held-out reviews from "
-        f"`textenv.corpus.generate_reviews(n, seed={cfg.seed})`",
+        f"`tools.corpus.generate_reviews(n, seed={cfg.seed})`",
         f"- {facts['distinct_words']:,} distinct words; {facts['mean_words']:.1f} words and "
         f"{facts['mean_tokens']:.1f} tokens per review on average (10-60 words, 1-4 sentences)",
         "- each example is `review + <|endoftext|>`",
@@ -443,7 +443,7 @@ def build(cfg: BuildConfig, output: Path, prompts_path: Path, command: str) -> d
 
 
 def main(argv: list[str] | None = None) -> None:
-    """Command-line entry point: ``python -m textenv.pretrain --output DIR [--seed S] [--steps N]``."""
+    """Command-line entry point: ``python -m tools.pretrain --output DIR [--seed S] [--steps N]``."""
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0],
                                      formatter_class=argparse.ArgumentDefaultsHelpFormatter)
     parser.add_argument("--output", type=Path, default=Path(DEFAULT_OUTPUT), help="model directory")
@@ -454,7 +454,7 @@ def main(argv: list[str] | None = None) -> None:
     args = parser.parse_args(argv)
     cfg = BuildConfig(seed=args.seed, steps=args.steps,
                       warmup_steps=min(BuildConfig.warmup_steps, max(1, args.steps // 10)))
-    command = f"python -m textenv.pretrain --output {args.output} --seed {args.seed} --steps {args.steps}"
+    command = f"python -m tools.pretrain --output {args.output} --seed {args.seed} --steps {args.steps}"
     if args.prompts is not None:
         command += f" --prompts {args.prompts}"
     build(cfg, args.output, args.prompts or args.output.parent / "prompts.json", command)
@@ -466,5 +466,5 @@ if __name__ == "__main__":
         # makes training several times slower.  OpenMP reads this when torch loads, which
         # `import textenv` has already done, so restart the interpreter with it set.
         os.environ["OMP_WAIT_POLICY"] = "PASSIVE"
-        os.execv(sys.executable, [sys.executable, "-m", "textenv.pretrain", *sys.argv[1:]])
+        os.execv(sys.executable, [sys.executable, "-m", "tools.pretrain", *sys.argv[1:]])
     main(sys.argv[1:])

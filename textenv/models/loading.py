@@ -26,7 +26,7 @@ from safetensors import SafetensorError
 from transformers import AutoConfig, AutoModelForCausalLM, AutoTokenizer, PreTrainedModel, PreTrainedTokenizerBase
 from transformers.utils import logging as hf_logging
 
-from textenv.activations import use_sigmoid_tanh_gelu
+from textenv.fast.activations import use_sigmoid_tanh_gelu
 from textenv.validation import InputError
 
 #: Name that resolves to the embedded default model shipped as package data.
@@ -246,7 +246,7 @@ def load_causal_lm(
     computed by one fused PyTorch kernel instead of eight element-wise ops (log-probs agree to ~1e-5; measured
     here, a quarter less time for the embedded model's forward + backward). ``model.config`` records that choice,
     so a saved checkpoint loads with the fused kernel anywhere. In the loaded model, every tanh-GELU module is then
-    a :class:`textenv.activations.SigmoidTanhGELU`: the same function again, faster on the CPU.
+    a :class:`textenv.fast.activations.SigmoidTanhGELU`: the same function again, faster on the CPU.
 
     A name that is not a local directory, not cached and not reachable raises :class:`InputError`
     (``"model not found: ..."``) before anything loads; so does a ``device`` this machine does not have.

@@ -38,8 +38,8 @@ from typing import Any
 import numpy as np
 import torch
 
-from textenv.cli import COUNT, NON_NEGATIVE, POSITIVE, PROBABILITY, SEED, integer_at_least
-from textenv.models import DEFAULT_MODEL
+from textenv.apps.cli import COUNT, NON_NEGATIVE, POSITIVE, PROBABILITY, SEED, integer_at_least
+from textenv.models.loading import DEFAULT_MODEL
 from textenv.preferences import CompletionSet, JsonlWriter, PreferenceRanking, load_completion_sets, load_preferences
 from textenv.prompts import load_prompts
 from textenv.reward_models import make_reward_model
@@ -259,8 +259,8 @@ def run(args: argparse.Namespace) -> int:
 
 
 def main(argv: Sequence[str] | None = None) -> int:
-    """``python -m textenv.collect`` is ``textenv collect``."""
-    from textenv.cli import main as cli_main
+    """``python -m textenv.apps.collect`` is ``textenv collect``."""
+    from textenv.apps.cli import main as cli_main
 
     return cli_main(["collect", *(sys.argv[1:] if argv is None else argv)])
 

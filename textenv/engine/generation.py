@@ -36,7 +36,7 @@ from transformers.cache_utils import DynamicLayer, StaticLayer
 from transformers.masking_utils import create_causal_mask
 
 from textenv.logprobs import chosen_logprobs
-from textenv.packing import eval_mode, pack, predicting_logits
+from textenv.fast.packing import eval_mode, pack, predicting_logits
 from textenv.validation import InputError
 
 #: Models whose packed prefill was checked against the padded one (:func:`_prefill_cache`): model -> it agreed.
@@ -236,7 +236,7 @@ class GenerationEngine:
 
         Without (a lazy reference scoring finished episodes; ``rows``: long indices of the rows to score, default
         all), no cache is involved: ONE forward over just those rows' episodes, packed without padding, with the
-        LM head on their unscored generated tokens only (:func:`textenv.packing.predicting_logits`).
+        LM head on their unscored generated tokens only (:func:`textenv.fast.packing.predicting_logits`).
         """
         if self.reference is None:
             return
@@ -489,7 +489,7 @@ def _padded_prefill(
 def _packed_prefill(
     model: PreTrainedModel, cache: StaticCache, input_ids: torch.Tensor, attention_mask: torch.Tensor
 ) -> tuple[torch.Tensor, torch.Tensor] | None:
-    """:func:`_prefill_cache` with the episodes packed (:func:`textenv.packing.pack`), block-causal attention, a
+    """:func:`_prefill_cache` with the episodes packed (:func:`textenv.fast.packing.pack`), block-causal attention, a
     fresh :class:`~transformers.DynamicCache`, and each token's KV entries then copied to its row and column of
     ``cache``. ``None`` when this model or cache cannot take that route (a layer with a sliding window, a model
     without ``inputs_embeds`` or 4-D masks): the caller prefills padded."""

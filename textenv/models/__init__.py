@@ -1,0 +1,1 @@
+"""The models layer: loading the policy, tokenizer, reference and LoRA adapters with ``from_pretrained``."""
