@@ -1,7 +1,8 @@
 """TextGen-v0 as a single Gymnasium ``Env``: one row of :class:`~textenv.vector_env.TextGenVectorEnv`.
 
 The batched env is the implementation (and the fast path); this class unbatches it so that
-``gym.make("TextGen-v0")``, ``check_env`` and any single-env algorithm work unchanged.
+``gym.make("TextGen-v0")``, ``check_env`` and any single-env algorithm work unchanged. It uses only the vector
+env's public API (``reset``, ``step``, ``render``, ``next_token_logits`` and its spaces and attributes).
 """
 
 from __future__ import annotations
@@ -11,9 +12,10 @@ from typing import Any
 import gymnasium as gym
 import numpy as np
 import torch
+from transformers import PreTrainedTokenizerBase
 
 from textenv.validation import InputError
-from textenv.vector_env import TextGenVectorEnv, _check_reset_options
+from textenv.vector_env import TextGenVectorEnv, check_reset_options
 
 
 class TextGenEnv(gym.Env):
@@ -49,7 +51,8 @@ class TextGenEnv(gym.Env):
         return self.vector_env.policy
 
     @property
-    def tokenizer(self):
+    def tokenizer(self) -> PreTrainedTokenizerBase:
+        """The policy's tokenizer (decodes actions: token ids)."""
         return self.vector_env.tokenizer
 
     def reset(
@@ -57,20 +60,20 @@ class TextGenEnv(gym.Env):
     ) -> tuple[dict[str, np.ndarray], dict[str, Any]]:
         """Draw a prompt (``options={"prompt": str}`` forces one) and return the first observation."""
         super().reset(seed=seed)
-        options = dict(_check_reset_options(options, ("prompt",)))
+        options = dict(check_reset_options(options, ("prompt",)))
         if "prompt" in options:
             if not isinstance(options["prompt"], str):
                 raise InputError(f"options['prompt'] must be a prompt string, got {type(options['prompt']).__name__}")
             options["prompts"] = [options.pop("prompt")]
         if seed is not None:
-            self.vector_env.reset(seed=seed, options=options)
+            obs, info = self.vector_env.reset(seed=seed, options=options)
         else:
-            self.vector_env.reset(options=options)
+            obs, info = self.vector_env.reset(options=options)
         self._started, self._done = True, False
-        obs = self.vector_env._observation()
-        return _row(obs), {"prompt": self.vector_env._row_prompts[0]}
+        return _row(obs), {"prompt": str(info["prompt"][0])}
 
     def step(self, action: Any) -> tuple[dict[str, np.ndarray], float, bool, bool, dict[str, Any]]:
+        """Append the token ``action``; returns ``(obs, reward, terminated, truncated, info)`` of this one row."""
         if not self._started:
             raise InputError("step() before reset(): call env.reset() first")
         if self._done:
@@ -89,6 +92,7 @@ class TextGenEnv(gym.Env):
         return _row(obs), float(rewards[0]), bool(terminated[0]), bool(truncated[0]), row_info
 
     def render(self) -> str | None:
+        """``"ansi"``: the prompt, ``|``, then the text generated so far."""
         return self.vector_env.render()
 
     def next_token_logits(self) -> torch.Tensor:

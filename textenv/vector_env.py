@@ -13,7 +13,8 @@ Each of the ``num_envs`` sub-environments is one row of a :class:`~textenv.engin
 from __future__ import annotations
 
 import os
-from collections.abc import Sequence
+from collections.abc import Iterator, Mapping, Sequence
+from contextlib import contextmanager
 from typing import Any
 
 import gymnasium as gym
@@ -208,6 +209,7 @@ class TextGenVectorEnv(VectorEnv):
         self._needs_restart = np.zeros(num_envs, dtype=bool)
         self._kl_window: list[float] = []  # per-episode KL of finished episodes since the last β update
         self._kl_window_steps = 0
+        self._kl_controller_paused = False  # see pause_kl_controller()
         self._started = False
 
     # ------------------------------------------------------------------ Gymnasium API
@@ -217,7 +219,7 @@ class TextGenVectorEnv(VectorEnv):
         """Start episodes. ``options``: ``{"prompts": [...]}`` uses these prompts (one per row) instead of
         sampling; ``{"reset_mask": bool array (B,)}`` restarts only those rows."""
         super().reset(seed=seed)
-        options = _check_reset_options(options, RESET_OPTIONS)
+        options = check_reset_options(options, RESET_OPTIONS)
         mask = options.get("reset_mask")
         if mask is not None and self._started:
             mask = np.asarray(mask)
@@ -228,7 +230,7 @@ class TextGenVectorEnv(VectorEnv):
         else:
             self._start_all(options.get("prompts"))
         self._started = True
-        return self._observation(), {"prompt": np.array(self._row_prompts, dtype=object)}
+        return self.observation(), {"prompt": np.array(self._row_prompts, dtype=object)}
 
     def step(
         self, actions: Any
@@ -262,7 +264,7 @@ class TextGenVectorEnv(VectorEnv):
                 rewards[restarting] = 0.0
                 terminated[restarting] = truncated[restarting] = False
             self._needs_restart = terminated | truncated
-        return self._observation(), rewards, terminated, truncated, info
+        return self.observation(), rewards, terminated, truncated, info
 
     def render(self) -> str | None:
         """``"ansi"``: one line per row, the prompt then ``|`` then the generated text."""
@@ -278,20 +280,151 @@ class TextGenVectorEnv(VectorEnv):
     def close(self, **kwargs: Any) -> None:
         """Nothing to release: the models are ordinary torch modules."""
 
-    # ------------------------------------------------------------------ for agents
+    # ------------------------------------------------------------------ for agents: the public boundary
+    # Agents, the SB3 adapter, the single env and the applications use only what follows (and the Gymnasium API
+    # above). The generation engine (``self.engine``) and every ``_private`` attribute stay behind it.
+    @property
+    def policy(self) -> torch.nn.Module:
+        """π_θ, the causal LM the env samples with and computes log π_θ and the KL with (agents train it in
+        place). Assigning a model makes the env generate with it: see :meth:`set_policy`."""
+        return self._policy
+
+    @policy.setter
+    def policy(self, model: torch.nn.Module) -> None:
+        self._policy = model
+        engine = getattr(self, "engine", None)  # None while the constructor sets up the models
+        if engine is not None:
+            engine.policy = model
+
+    def set_policy(self, model: torch.nn.Module) -> None:
+        """Generate with ``model`` from now on: it becomes :attr:`policy`, with dropout disabled (so rollout and
+        update log-probs agree). The reference π_ref stays. Episodes in progress keep the cached state of the
+        previous weights until :meth:`refresh_cache` or the next :meth:`reset`."""
+        if not isinstance(model, torch.nn.Module):
+            raise InputError(f"set_policy(model) needs a causal LM (a torch.nn.Module), got {type(model).__name__}")
+        disable_dropout(model)
+        self.policy = model
+
+    def refresh_cache(self) -> None:
+        """Recompute the cached state of the episodes in progress (KV caches, next-token logits and hidden
+        states, a lazy reference's logits) with the current weights of :attr:`policy`, in one prefill: call it
+        after an update in the middle of episodes. Tokens and the log-probs recorded when they were sampled
+        stay. Does nothing before :meth:`reset`."""
+        self.engine.refresh()
+
     @property
     def finished(self) -> np.ndarray:
         """Bool ``(B,)``: rows whose episode has ended (and not restarted yet)."""
         return self.engine.finished.cpu().numpy()
 
     @property
+    def row_prompts(self) -> list[str]:
+        """The prompt of every row's current episode (B strings; a copy)."""
+        return list(self._row_prompts)
+
+    @property
+    def eos_token_id(self) -> int:
+        """The token id whose action ends an episode (``terminated``)."""
+        return self.engine.eos_token_id
+
+    def observation(self) -> dict[str, np.ndarray]:
+        """The current observation, as :meth:`reset` and :meth:`step` return it: ``"input_ids"`` and
+        ``"attention_mask"``, int64 ``(B, W)``, right-aligned (see the class docstring)."""
+        ids, mask = self.observation_tensors()
+        return {"input_ids": ids.cpu().numpy(), "attention_mask": mask.cpu().numpy()}
+
+    def observation_tensors(self) -> tuple[torch.Tensor, torch.Tensor]:
+        """:meth:`observation` as long tensors ``(B, W)`` on :attr:`device`: (token ids, attention mask)."""
+        return self.engine.window(self.max_prompt_tokens + self.max_new_tokens)
+
+    def episode_tokens(self) -> tuple[torch.Tensor, torch.Tensor]:
+        """Every row's episode so far as the env lays it out: (token ids, attention mask), long ``(B, S)`` on
+        :attr:`device` (copies). After a reset of all rows the prompts are left-padded to a common width P and
+        column P + t holds the action of step t (the pad id, mask 0, once the row has finished), so
+        S = P + steps since that reset. :meth:`token_kl` is aligned with these columns."""
+        return self.engine.input_ids.clone(), self.engine.attention_mask.clone()
+
+    def next_token_logits(self) -> torch.Tensor:
+        """π_θ's next-token logits for the current states, ``(B, V)`` float32, no grad.
+
+        Already computed by the env's cached forward: agents sample from these instead of running the
+        policy a second time.
+        """
+        return self.engine.policy_logits
+
+    def next_token_hidden(self) -> torch.Tensor | None:
+        """π_θ's last-layer (final-norm) hidden state at the current states, ``(B, H)`` in the policy's dtype, no
+        grad: the input of the LM head, which a value head on the trunk reads (PPO's V(s_t), the SB3 critic).
+        From the same cached forward as :meth:`next_token_logits`; ``None`` before :meth:`reset`."""
+        return self.engine.policy_hidden
+
+    def reference_next_token_logits(self) -> torch.Tensor | None:
+        """π_ref's next-token logits at the current states, ``(B, V)`` float32, no grad (e.g. for NLPO action
+        masks); ``None`` without a reference (β = 0) or before :meth:`reset`. A lazy reference (the terminal KL
+        penalty) first catches up, in one cached forward over the tokens it has not seen."""
+        return self.engine.ref_logits
+
+    def token_kl(self, rows: torch.Tensor | None = None) -> torch.Tensor:
+        """Per-token KL estimates KL_t (nats) of the current episodes, ``(B, S)`` aligned with the columns of
+        :meth:`episode_tokens`, or ``(R, S)`` for the long indices ``rows``; 0 at prompt and padding columns,
+        and everywhere when β = 0.
+
+        Feeds a lazy reference the tokens it has not seen yet (one cached forward, over ``rows`` only when
+        they are few)."""
+        engine = self.engine
+        index = slice(None) if rows is None else rows
+        if self.reference is None:
+            return torch.zeros_like(engine.logprobs[index])
+        engine.sync_reference(next_logits=False, rows=rows)
+        kl = kl_per_token(engine.logprobs[index], engine.ref_logprobs[index], self.kl_estimator)
+        return kl * engine.generated[index]
+
+    # ------------------------------------------------------------------ the KL controller
+    @property
     def kl_coef(self) -> float:
         """Current β (changes over time with the adaptive controller)."""
         return self.kl_controller.value
 
+    def kl_controller_state(self) -> dict[str, Any]:
+        """β and the adaptive controller's window, for checkpoints (JSON-serialisable):
+        ``{"kl_coef": β, "window": [Σ_t KL_t (nats) of each episode finished since β last changed],
+        "window_steps": their tokens}``. The adaptive controller (``target_kl``) updates β once the window holds
+        ``num_envs`` episodes, then empties it. :meth:`load_kl_controller_state` restores it exactly."""
+        return {"kl_coef": self.kl_controller.value, "window": list(self._kl_window),
+                "window_steps": self._kl_window_steps}
+
+    def load_kl_controller_state(self, state: Mapping[str, Any]) -> None:
+        """Continue from ``state``, a :meth:`kl_controller_state` (β exactly as saved, and its window)."""
+        if not isinstance(state, Mapping) or not {"kl_coef", "window", "window_steps"} <= set(state):
+            raise InputError("load_kl_controller_state(state) needs the dict kl_controller_state() returns, with "
+                             f"'kl_coef', 'window' and 'window_steps'; got {state!r:.80}")
+        check_number("state['kl_coef']", state["kl_coef"], low=0)
+        window = state["window"]
+        if not isinstance(window, (list, tuple)) or not all(
+            isinstance(kl, (int, float)) and not isinstance(kl, bool) for kl in window
+        ):
+            raise InputError(f"state['window'] must be a list of episode KLs (numbers), got {window!r:.80}")
+        check_int("state['window_steps']", state["window_steps"], minimum=0)
+        self.kl_controller.value = state["kl_coef"]
+        self._kl_window, self._kl_window_steps = list(window), state["window_steps"]
+
+    @contextmanager
+    def pause_kl_controller(self) -> Iterator[None]:
+        """``with env.pause_kl_controller(): ...``: episodes that finish inside the block leave the KL controller
+        alone, so β and its window stay as they were (a rollout for evaluation or a baseline, e.g. a greedy
+        completion, must not move the adaptive β). Their rewards still pay the current β. Nests; the previous
+        setting comes back on exit, also after an exception."""
+        paused, self._kl_controller_paused = self._kl_controller_paused, True
+        try:
+            yield
+        finally:
+            self._kl_controller_paused = paused
+
+    # ------------------------------------------------------------------ checkpoints of episodes in progress
     def episode_state(self) -> dict[str, Any]:
         """The episodes in progress (engine rows, their prompts, pending restarts), for checkpoints of agents
-        whose iterations end mid-episode (SB3). β, its window and the prompt RNG are saved by the agent."""
+        whose iterations end mid-episode (SB3). β and its window (:meth:`kl_controller_state`) and the prompt RNG
+        (``np_random``) are saved by the agent."""
         return {"engine": self.engine.state_dict(), "row_prompts": list(self._row_prompts),
                 "needs_restart": self._needs_restart.copy(), "started": self._started}
 
@@ -305,29 +438,6 @@ class TextGenVectorEnv(VectorEnv):
         self._started = bool(state["started"])
         if self._started:
             self.engine.load_state_dict(state["engine"])
-
-    def token_kl(self, rows: torch.Tensor | None = None) -> torch.Tensor:
-        """Per-token KL estimates KL_t (nats) of the current episodes, ``(B, S)`` aligned with the engine's
-        columns (``env.engine.input_ids``), or ``(R, S)`` for the long indices ``rows``; 0 at prompt and
-        padding columns, and everywhere when β = 0.
-
-        Feeds a lazy reference the tokens it has not seen yet (one cached forward, over ``rows`` only when
-        they are few)."""
-        engine = self.engine
-        index = slice(None) if rows is None else rows
-        if self.reference is None:
-            return torch.zeros_like(engine.logprobs[index])
-        engine.sync_reference(next_logits=False, rows=rows)
-        kl = kl_per_token(engine.logprobs[index], engine.ref_logprobs[index], self.kl_estimator)
-        return kl * engine.generated[index]
-
-    def next_token_logits(self) -> torch.Tensor:
-        """π_θ's next-token logits for the current states, ``(B, V)`` float32, no grad.
-
-        Already computed by the env's cached forward: agents sample from these instead of running the
-        policy a second time.
-        """
-        return self.engine.policy_logits
 
     # ------------------------------------------------------------------ internals
     def _sample_prompts(self, n: int) -> list[int]:
@@ -380,16 +490,18 @@ class TextGenVectorEnv(VectorEnv):
             array[rows] = values
             info[key] = array
             info[f"_{key}"] = np.isin(np.arange(self.num_envs), rows)
+        if not self._kl_controller_paused:
+            self._record_episode_kl(episode_kl, int(num_tokens.sum()))
+        return terminal
+
+    def _record_episode_kl(self, episode_kl: np.ndarray, num_tokens: int) -> None:
+        """Add finished episodes (their Σ_t KL_t and tokens) to β's window; once it holds ``num_envs`` episodes,
+        update β with their mean KL and empty it."""
         self._kl_window.extend(episode_kl.tolist())
-        self._kl_window_steps += int(num_tokens.sum())
+        self._kl_window_steps += num_tokens
         if len(self._kl_window) >= self.num_envs:
             self.kl_controller.update(float(np.mean(self._kl_window)), self._kl_window_steps)
             self._kl_window, self._kl_window_steps = [], 0
-        return terminal
-
-    def _observation(self) -> dict[str, np.ndarray]:
-        ids, mask = self.engine.window(self.max_prompt_tokens + self.max_new_tokens)
-        return {"input_ids": ids.cpu().numpy(), "attention_mask": mask.cpu().numpy()}
 
     def _check_actions(self, actions: Any) -> torch.Tensor:
         """``actions`` as a long tensor ``(B,)`` on the env's device, or :class:`InputError` (wrong dtype, shape
@@ -498,7 +610,7 @@ def _check_arguments(
         raise InputError("lora=... uses the policy with adapters disabled as reference: drop reference=")
 
 
-def _check_reset_options(options: Any, allowed: Sequence[str]) -> dict[str, Any]:
+def check_reset_options(options: Any, allowed: Sequence[str]) -> dict[str, Any]:
     """``options`` of ``reset()`` as a dict with only ``allowed`` keys (:class:`InputError` otherwise)."""
     if options is None:
         return {}
