@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import time
 from collections.abc import Sequence
+from contextlib import nullcontext
 from dataclasses import dataclass
 
 import numpy as np
@@ -18,14 +19,15 @@ from transformers import PreTrainedModel
 from textenv.logprobs import logprobs_and_entropy
 from textenv.fast.packing import predicting_logits
 from textenv.validation import InputError, check_number
-from textenv.vector_env import TextGenVectorEnv
+from textenv.vector_env import TextGenVectorEnv, unwrap_vector_env
 
 
 @dataclass
 class Rollout:
     """B finished episodes. T = longest completion in the batch; P = prompt width (left-padded).
 
-    input_ids, attention_mask: ``(B, P + T)`` prompt + completion, as the engine laid them out.
+    input_ids, attention_mask: ``(B, P + T)`` prompt + completion, as the env laid them out
+    (:meth:`TextGenVectorEnv.episode_tokens`).
     action_mask: ``(B, T)`` float, 1 where step t was taken (the action ``input_ids[:, P + t]``).
     logprobs: ``(B, T)`` log π_θ(a_t|s_t) at sampling time (nats, no grad).
     kl: ``(B, T)`` per-token KL estimate paid by the env; rewards: ``(B, T)`` env rewards per step.
@@ -116,15 +118,35 @@ def collect_rollout(
     generator: torch.Generator | None = None,
     prompts: Sequence[str] | None = None,
     temperature: float = 1.0,
+    update_kl_controller: bool = True,
 ) -> Rollout:
-    """Reset ``env`` (``autoreset_mode="disabled"``) and play every row to EOS or the length limit, sampling at
-    ``temperature`` (>= 0, finite; 0 is greedy)."""
+    """Reset ``env`` (a :class:`TextGenVectorEnv` with ``autoreset_mode="disabled"``, or a Gymnasium wrapper around
+    one) and play every row to EOS or the length limit, sampling at ``temperature`` (>= 0, finite; 0 is greedy)
+    from the env's cached next-token logits with ``generator``. ``prompts``: one per row (default: the env draws).
+
+    ``update_kl_controller``: the finished episodes enter the adaptive KL controller's window and may change β,
+    as any episode of the env does (the training agents' rollouts). Pass ``False`` for a rollout used only for
+    evaluation or as a baseline (e.g. ReMax's greedy completion): β and its window then stay as they were
+    (:meth:`TextGenVectorEnv.pause_kl_controller`); the rewards still pay the current β.
+
+    Uses only the env's public API (``reset``/``step``, ``finished``, ``next_token_logits``,
+    ``next_token_hidden``, ``episode_tokens``, ``token_kl``, ``kl_coef``)."""
+    env = unwrap_vector_env(env)
     if env.autoreset_mode != "disabled":
         raise InputError("collect_rollout needs a TextGenVectorEnv built with autoreset_mode='disabled'")
     check_number("temperature", temperature, low=0)
+    if not isinstance(update_kl_controller, bool):
+        raise InputError(f"update_kl_controller must be True or False, got {update_kl_controller!r}")
+    with nullcontext() if update_kl_controller else env.pause_kl_controller():
+        return _play_episodes(env, generator, prompts, temperature)
+
+
+def _play_episodes(
+    env: TextGenVectorEnv, generator: torch.Generator | None, prompts: Sequence[str] | None, temperature: float
+) -> Rollout:
+    """:func:`collect_rollout` after its checks: one batch reset, then steps until every row has finished."""
     start = time.perf_counter()
     _, reset_info = env.reset(options=None if prompts is None else {"prompts": list(prompts)})
-    prompt_width = env.engine.input_ids.shape[1]
     B = env.num_envs
     logprobs, rewards, masks, hidden = [], [], [], []
     rm_score, episode_kl, texts = np.zeros(B), np.zeros(B), [""] * B
@@ -132,7 +154,7 @@ def collect_rollout(
     while not env.finished.all():
         active = torch.from_numpy(~env.finished).float()
         actions = sample_actions(env.next_token_logits(), generator, temperature)
-        hidden.append(env.engine.policy_hidden.float() * active.to(env.device)[:, None])
+        hidden.append(env.next_token_hidden().float() * active.to(env.device)[:, None])
         _, reward, _, _, info = env.step(actions)
         masks.append(active)
         logprobs.append(torch.from_numpy(info["logprob"]))
@@ -143,10 +165,12 @@ def collect_rollout(
             episode_kl[done] = info["episode_kl"][done]
             for row in np.flatnonzero(done):
                 texts[row] = info["text"][row]
+    input_ids, attention_mask = env.episode_tokens()
+    prompt_width = input_ids.shape[1] - len(masks)  # one column per step after the prompts' common width
     rewards_t = torch.stack(rewards, dim=1).float()
     return Rollout(
-        input_ids=env.engine.input_ids.clone(),
-        attention_mask=env.engine.attention_mask.clone(),
+        input_ids=input_ids,
+        attention_mask=attention_mask,
         prompt_width=prompt_width,
         action_mask=torch.stack(masks, dim=1).to(env.device),
         logprobs=torch.stack(logprobs, dim=1).to(env.device),

@@ -556,6 +556,21 @@ class TextGenVectorEnv(VectorEnv):
             )
 
 
+def unwrap_vector_env(env: Any, argument: str = "env") -> TextGenVectorEnv:
+    """The :class:`TextGenVectorEnv` that ``env`` is, or that a Gymnasium wrapper ``env`` wraps (``env.unwrapped``);
+    :class:`InputError` naming ``argument`` otherwise. Agents drive the unwrapped env directly (through its public
+    methods), so a wrapper's own ``reset``/``step`` logic does not run for them."""
+    if isinstance(env, TextGenVectorEnv):
+        return env
+    inner = getattr(env, "unwrapped", None)
+    if isinstance(inner, TextGenVectorEnv):
+        return inner
+    single = " (a single TextGen env has one row)" if type(inner).__name__ == "TextGenEnv" else ""
+    raise InputError(f"{argument} must be a TextGenVectorEnv or a Gymnasium wrapper around one, e.g. "
+                     f"gym.make_vec('TextGen-v0', num_envs=8, autoreset_mode='disabled'); got "
+                     f"{type(env).__name__}{single}")
+
+
 def _autoreset_name(mode: Any) -> str:
     """``"next_step"`` / ``"disabled"`` from the string or Gymnasium's ``AutoresetMode`` enum."""
     if isinstance(mode, AutoresetMode):
