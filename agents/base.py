@@ -70,7 +70,7 @@ from textenv.models.lora import is_peft_model
 from textenv.models.loading import resolve_model_path
 from textenv.rollout import sample_actions
 from textenv.validation import InputError, check_choice, check_int, check_number, check_seed
-from textenv.vector_env import TextGenVectorEnv
+from textenv.vector_env import TextGenVectorEnv, unwrap_vector_env
 
 #: ``kind`` of agent checkpoints in their ``textenv.json`` manifest.
 CHECKPOINT_KIND = "agent_checkpoint"
@@ -101,7 +101,9 @@ class Agent(ABC):
     """Base class: construct with an env and hyper-parameters, then ``learn(total_timesteps)``.
 
     Args:
-        env: the batched env whose ``policy`` is trained (``autoreset_mode="disabled"`` for native agents).
+        env: the batched env whose ``policy`` is trained (``autoreset_mode="disabled"`` for native agents), or a
+            Gymnasium wrapper around it: the agent drives ``env.unwrapped`` through its public methods (a
+            wrapper's own ``step``/``reset`` logic does not run); anything else is an :class:`InputError`.
         learning_rate: Adam step size α.
         seed: seeds torch, numpy, random, the agent's sampler and the env's prompt sampler.
         tensorboard_log: directory for TensorBoard events (``None``: no logging).
@@ -120,10 +122,7 @@ class Agent(ABC):
         tensorboard_log: str | None = None,
         verbose: int = 0,
     ) -> None:
-        if not isinstance(env, TextGenVectorEnv):
-            raise TypeError(
-                f"env must be a TextGenVectorEnv (gym.make_vec('TextGen-v0', ...).unwrapped), got {type(env)}"
-            )
+        env = unwrap_vector_env(env)
         # Finite and > 0; capped far above any useful value, below ~3e37 where Adam's float32 step overflows
         # inside torch (a raw RuntimeError). Large values that diverge are caught by the guarded update instead.
         check_number("learning_rate", learning_rate, low=0, low_open=True, high=1e30)
@@ -350,9 +349,8 @@ class Agent(ABC):
         np.random.set_state(state["numpy_rng"])
         random.setstate(state["python_rng"])
         self.env.np_random.bit_generator.state = state["env_rng"]
-        self.env.kl_controller.value = state["kl_coef"]
         window, window_steps = state["kl_window"]
-        self.env._kl_window, self.env._kl_window_steps = list(window), window_steps
+        self.env.load_kl_controller_state({"kl_coef": state["kl_coef"], "window": window, "window_steps": window_steps})
         self._load_extra_state(state.get("extra", {}))
 
     def _check_agent_type(self, meta: dict[str, Any], path: Path) -> None:
@@ -435,6 +433,7 @@ class Agent(ABC):
 
     def _trainer_state(self) -> dict[str, Any]:
         """Everything besides weights that an exact resume needs (written by :func:`write_state`, no pickle)."""
+        kl_controller = self.env.kl_controller_state()
         return {
             "optimizers": {name: opt.state_dict() for name, opt in self.optimizers().items()},
             "num_timesteps": self.num_timesteps,
@@ -444,8 +443,8 @@ class Agent(ABC):
             "numpy_rng": np.random.get_state(),
             "python_rng": random.getstate(),
             "env_rng": self.env.np_random.bit_generator.state,
-            "kl_coef": self.env.kl_controller.value,
-            "kl_window": (list(self.env._kl_window), self.env._kl_window_steps),
+            "kl_coef": kl_controller["kl_coef"],
+            "kl_window": (kl_controller["window"], kl_controller["window_steps"]),
             "extra": self._extra_state(),
         }
 
@@ -479,6 +478,7 @@ class Agent(ABC):
         elif meta["agent"] != cls.name:
             raise InputError(f"checkpoint {path} holds a {meta['agent']!r} agent, not {cls.name!r}: "
                              f"--agent {meta['agent']} to resume it")
+        env = unwrap_vector_env(env)
         check_env_settings(meta, env, path)
         agent = target(env, **{**meta["hyperparameters"], **overrides})
         agent.load_state(path)

@@ -143,6 +143,7 @@ class DPO(Agent):
         if max_length is not None:
             check_int("max_length", max_length, 2)  # at least one prompt token and one completion token
         super().__init__(env, learning_rate=learning_rate, seed=seed, tensorboard_log=tensorboard_log, verbose=verbose)
+        env = self.env  # the TextGenVectorEnv itself, also when a Gymnasium wrapper around it was passed
         self.preferences = preferences
         self.beta = float(beta)
         self.loss = loss

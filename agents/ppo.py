@@ -127,6 +127,7 @@ class PPO(Agent):
             raise InputError(f"ptx_texts must be a list of strings or a path to a .txt file, got "
                              f"{type(ptx_texts).__name__}")
         super().__init__(env, learning_rate=learning_rate, seed=seed, tensorboard_log=tensorboard_log, verbose=verbose)
+        env = self.env  # the TextGenVectorEnv itself, also when a Gymnasium wrapper around it was passed
         if env.autoreset_mode != "disabled":
             raise InputError("env: PPO plays synchronised episodes; build the env with autoreset_mode='disabled'")
         if num_minibatches > env.num_envs:

@@ -57,6 +57,7 @@ class Reinforce(Agent):
         check_choice("normalize_advantages", normalize_advantages, (True, False))
         check_number("max_grad_norm", max_grad_norm, low=0.0, low_open=True, none_ok=True)
         super().__init__(env, learning_rate=learning_rate, seed=seed, tensorboard_log=tensorboard_log, verbose=verbose)
+        env = self.env  # the TextGenVectorEnv itself, also when a Gymnasium wrapper around it was passed
         if baseline == "loo" and env.group_size < 2:
             raise InputError("baseline='loo' needs K ≥ 2 samples per prompt: build the env with group_size >= 2")
         self.baseline = baseline

@@ -76,6 +76,7 @@ class RLOO(Agent):
         check_choice("normalize_advantages", normalize_advantages, (True, False))
         check_number("max_grad_norm", max_grad_norm, low=0.0, low_open=True, none_ok=True)
         super().__init__(env, learning_rate=learning_rate, seed=seed, tensorboard_log=tensorboard_log, verbose=verbose)
+        env = self.env  # the TextGenVectorEnv itself, also when a Gymnasium wrapper around it was passed
         if env.autoreset_mode != "disabled":
             raise InputError("env: RLOO plays synchronised episodes; build the env with autoreset_mode='disabled'")
         if env.group_size < 2:
