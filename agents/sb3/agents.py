@@ -155,34 +155,37 @@ class SB3Agent(Agent):
         return {"value_head": self.model.policy.value_head}
 
     def _extra_state(self) -> dict[str, Any]:
-        # SB3 rollouts cross episode boundaries, so a checkpoint holds the episodes in progress too: the env's
-        # rows, SB3's last observation and episode-start flags, and the adapter's running returns/lengths.
+        """SB3 rollouts cross episode boundaries, so a checkpoint holds the episodes in progress too: the adapter's
+        (:meth:`TextGenSB3VecEnv.episode_state`: the env's rows, running returns/lengths, reset infos) and SB3's
+        last observation and episode-start flags. SB3 has no public API for its rollout state: its ``_last_obs``,
+        ``_last_episode_starts`` and ``_n_updates`` are read and restored as they are."""
         last_obs = self.model._last_obs
-        return {
-            "sb3_num_timesteps": self.model.num_timesteps,
-            "sb3_n_updates": self.model._n_updates,
-            "episodes": None if last_obs is None else {
-                "env": self.env.episode_state(),
+        if last_obs is None:
+            episodes = None
+        else:
+            adapter = self.venv.episode_state()
+            episodes = {
+                "env": adapter["env"],
                 "last_obs": {key: value.copy() for key, value in last_obs.items()},  # type: ignore[union-attr]
                 "last_episode_starts": self.model._last_episode_starts.copy(),
-                "returns": self.venv._returns.copy(),
-                "lengths": self.venv._lengths.copy(),
-                "reset_infos": list(self.venv.reset_infos),
-            },
-        }
+                "returns": adapter["returns"],
+                "lengths": adapter["lengths"],
+                "reset_infos": adapter["reset_infos"],
+            }
+        return {"sb3_num_timesteps": self.model.num_timesteps, "sb3_n_updates": self.model._n_updates,
+                "episodes": episodes}
 
     def _load_extra_state(self, state: dict[str, Any]) -> None:
+        """Inverse of :meth:`_extra_state`."""
         self.model.num_timesteps = state.get("sb3_num_timesteps", 0)
         self.model._n_updates = state.get("sb3_n_updates", 0)
         episodes = state.get("episodes")
         if episodes is None:  # saved before any rollout: the next learn() resets the env
             self.model._last_obs = None  # type: ignore[assignment]
             return
-        self.env.load_episode_state(episodes["env"])  # recomputes the caches with the loaded weights
+        self.venv.load_episode_state(episodes)  # recomputes the env's caches with the loaded weights
         self.model._last_obs = episodes["last_obs"]  # type: ignore[assignment]
         self.model._last_episode_starts = episodes["last_episode_starts"]
-        self.venv._returns, self.venv._lengths = episodes["returns"], episodes["lengths"]
-        self.venv.reset_infos = episodes["reset_infos"]
 
     def train_iteration(self) -> dict[str, float]:
         stats = _EpisodeStats()

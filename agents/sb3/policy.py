@@ -79,8 +79,8 @@ class TextGenPolicyMixin:
       rollout log-probs match the env's ``info["logprob"]``.
 
     Cost: during rollouts SB3 calls the policy once per step for the batch. When the observation is the
-    env's current state, the env's cached forward already holds the logits and (with
-    ``GenerationEngine.policy_hidden``) the hidden state for the value head, so no forward runs; otherwise
+    env's current state, the env's cached forward already holds the logits and the hidden state for the value
+    head (``env.next_token_logits()``, ``env.next_token_hidden()``), so no forward runs; otherwise
     one forward over the window. In updates, samples that are prefixes of other samples share one forward
     (see :meth:`logits_and_values`), so use minibatches of whole rollouts (the agents' default
     ``batch_size=None``). After each update the env's cache is recomputed with the new weights.
@@ -190,22 +190,23 @@ class TextGenPolicyMixin:
     def _env_cached_outputs(self, obs: PyTorchObs) -> tuple[torch.Tensor, torch.Tensor] | None:
         """Logits and values from the env's cached forward when ``obs`` is the env's current state.
 
-        Needs the engine to keep π_θ's last hidden state (``GenerationEngine.policy_hidden``); the cache is
-        recomputed after every update (:meth:`set_training_mode`), so this equals the full forward.
+        Reads the env's public :meth:`~TextGenVectorEnv.next_token_logits` and
+        :meth:`~TextGenVectorEnv.next_token_hidden`; the cache is recomputed after every update
+        (:meth:`set_training_mode`), so this equals the full forward.
         """
         if self.venv is None or self._weights_changed or torch.is_grad_enabled():
             return None
-        engine = self.venv.env.engine
-        hidden = getattr(engine, "policy_hidden", None)
-        if hidden is None or engine.policy is not self.lm or bool(engine.finished.any()):
+        env = self.venv.env
+        hidden = env.next_token_hidden()
+        if hidden is None or env.policy is not self.lm or bool(env.finished.any()):
             return None
         ids, mask = obs["input_ids"], obs["attention_mask"]  # type: ignore[index]
-        if ids.dim() != 2 or ids.shape[0] != engine.batch_size:
+        env_ids, env_mask = env.observation_tensors()
+        if ids.shape != env_ids.shape:
             return None
-        window_ids, window_mask = engine.window(ids.shape[1])
-        if not (torch.equal(ids.long(), window_ids) and torch.equal(mask.long(), window_mask)):
+        if not (torch.equal(ids.long(), env_ids) and torch.equal(mask.long(), env_mask)):
             return None
-        return engine.policy_logits[:, : self.num_actions], self._values(hidden)
+        return env.next_token_logits()[:, : self.num_actions], self._values(hidden)
 
     # ------------------------------------------------------------------ SB3's policy interface
     def set_training_mode(self, mode: bool) -> None:
