@@ -148,11 +148,12 @@ def test_command_of_the_docs_parses(where, argv, capsys):
 
 
 def heading_anchors(page: Path) -> set[str]:
-    """GitHub's anchors of the headings of ``page``: lower case, punctuation dropped, spaces as hyphens."""
+    """GitHub's anchors of the headings of ``page``: lower case, punctuation but ``-`` and ``_`` dropped, spaces as
+    hyphens."""
     anchors = set()
     for line in prose(page).splitlines():
         if line.startswith("#"):
-            title = re.sub(r"[`*_]", "", line.lstrip("#").strip()).lower()
+            title = re.sub(r"[`*]", "", line.lstrip("#").strip()).lower()
             anchors.add(re.sub(r"[^\w\- ]", "", title).replace(" ", "-"))
     return anchors
 
