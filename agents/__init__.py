@@ -6,20 +6,20 @@
 
 from __future__ import annotations
 
-import difflib
 import importlib
-import inspect
 from collections.abc import Iterator, Mapping
 from typing import Any
 
 from textenv.agents.base import SCALARS, Agent
-from textenv.agents.dpo import DPO, LRML
+from textenv.agents.config import AgentConfig
+from textenv.agents.dpo import DPO, LRML, DPOConfig, LRMLConfig
 from textenv.agents.gradient_step import TrainingDivergedError
-from textenv.agents.grpo import GRPO
-from textenv.agents.ppo import PPO
-from textenv.agents.reinforce import Reinforce
-from textenv.agents.rloo import RLOO
-from textenv.agents.sft import SFT
+from textenv.agents.grpo import GRPO, GRPOConfig
+from textenv.agents.ppo import PPO, PPOConfig
+from textenv.agents.reinforce import Reinforce, ReinforceConfig
+from textenv.agents.rloo import RLOO, RLOOConfig
+from textenv.agents.sft import SFT, SFTConfig
+from textenv.config import did_you_mean
 from textenv.validation import InputError
 
 
@@ -63,25 +63,15 @@ def agent_class(name: str) -> type[Agent]:
     """The registered class for ``name``; a clear error lists the valid names."""
     if name not in AGENTS:
         raise InputError(f"agent {name!r} is not registered; choose one of {sorted(AGENTS)}"
-                         + _did_you_mean(name, AGENTS))
+                         + did_you_mean(name, AGENTS))
     return AGENTS[name]
 
 
 def make_agent(name: str, env: Any, **hyperparameters: Any) -> Agent:
-    """Build agent ``name`` on ``env``; an unknown hyper-parameter is rejected with the valid ones."""
-    cls = agent_class(name)
-    accepted = [p for p in inspect.signature(cls.__init__).parameters if p not in ("self", "env")]
-    unknown = sorted(set(hyperparameters) - set(accepted))
-    if unknown:
-        hint = "".join(_did_you_mean(key, accepted) for key in unknown)
-        raise InputError(f"unknown hyper-parameter(s) {unknown} for agent {name!r}; it accepts {accepted}{hint}")
-    return cls(env, **hyperparameters)
-
-
-def _did_you_mean(word: str, candidates: Any) -> str:
-    """`` (did you mean 'x'?)`` for the closest candidate name, or ``""``."""
-    close = difflib.get_close_matches(str(word), [str(c) for c in candidates], n=1)
-    return f" (did you mean {close[0]!r}?)" if close else ""
+    """Build agent ``name`` on ``env``: ``agent_class(name)(env, **hyperparameters)``. The keyword arguments are
+    fields of its ``config_class`` (an unknown one is refused with the valid ones), ``config=`` a whole config,
+    or ``tensorboard_log`` / ``verbose``."""
+    return agent_class(name)(env, **hyperparameters)
 
 
 for _cls in (Reinforce, PPO, RLOO, GRPO, SFT, DPO, LRML):
@@ -99,5 +89,7 @@ def __getattr__(name: str) -> Any:
         return getattr(sb3_agents, name)
     raise AttributeError(f"module 'textenv.agents' has no attribute {name!r}")
 
-__all__ = ["AGENTS", "DPO", "GRPO", "LRML", "PPO", "RLOO", "SB3A2C", "SB3PPO", "SCALARS", "SFT", "Agent",
-           "MaskablePPOAgent", "Reinforce", "TrainingDivergedError", "agent_class", "make_agent", "register_agent"]
+
+__all__ = ["AGENTS", "DPO", "GRPO", "LRML", "PPO", "RLOO", "SB3A2C", "SB3PPO", "SCALARS", "SFT", "Agent", "AgentConfig",
+           "DPOConfig", "GRPOConfig", "LRMLConfig", "MaskablePPOAgent", "PPOConfig", "RLOOConfig", "Reinforce",
+           "ReinforceConfig", "SFTConfig", "TrainingDivergedError", "agent_class", "make_agent", "register_agent"]

@@ -38,6 +38,7 @@ was never interrupted.
 from __future__ import annotations
 
 import copy
+import dataclasses
 import json
 import random
 import signal
@@ -55,6 +56,7 @@ import torch
 from safetensors.torch import save_file
 from tqdm.auto import tqdm
 
+from textenv.agents.config import AgentConfig
 from textenv.checkpoint import (
     atomic_directory,
     check_safetensors,
@@ -69,7 +71,7 @@ from textenv.checkpoint import (
 from textenv.models.lora import is_peft_model
 from textenv.models.loading import resolve_model_path
 from textenv.rollout import sample_actions
-from textenv.validation import InputError, check_choice, check_int, check_number, check_seed
+from textenv.validation import InputError, check_choice, check_int
 from textenv.vector_env import TextGenVectorEnv, unwrap_vector_env
 
 #: ``kind`` of agent checkpoints in their ``textenv.json`` manifest.
@@ -104,46 +106,60 @@ class Agent(ABC):
         env: the batched env whose ``policy`` is trained (``autoreset_mode="disabled"`` for native agents), or a
             Gymnasium wrapper around it: the agent drives ``env.unwrapped`` through its public methods (a
             wrapper's own ``step``/``reset`` logic does not run); anything else is an :class:`InputError`.
-        learning_rate: Adam step size α.
-        seed: seeds torch, numpy, random, the agent's sampler and the env's prompt sampler.
+        config: the hyper-parameters, an instance of the agent's :attr:`config_class` (default: its defaults).
         tensorboard_log: directory for TensorBoard events (``None``: no logging).
         verbose: 0 silent, 1 prints a line per iteration when there is no progress bar.
+        **hyperparameters: fields of :attr:`config_class` replacing those of ``config`` (``PPO(env,
+            clip_range=0.1)``); every value is checked before the env is touched.
     """
 
     name: ClassVar[str] = ""
+    #: The dataclass of this agent's hyper-parameters (:mod:`textenv.agents.config`); :attr:`config` is one.
+    config_class: ClassVar[type[AgentConfig]] = AgentConfig
     #: K completions per prompt that ``textenv train`` asks of the env unless the config sets ``group_size``.
     default_group_size: ClassVar[int] = 1
 
-    def __init__(
-        self,
-        env: TextGenVectorEnv,
-        learning_rate: float = 1e-4,
-        seed: int | None = 0,
-        tensorboard_log: str | None = None,
-        verbose: int = 0,
-    ) -> None:
+    def __init__(self, env: TextGenVectorEnv, config: AgentConfig | None = None, *, tensorboard_log: str | None = None,
+                 verbose: int = 0, **hyperparameters: Any) -> None:
         env = unwrap_vector_env(env)
-        # Finite and > 0; capped far above any useful value, below ~3e37 where Adam's float32 step overflows
-        # inside torch (a raw RuntimeError). Large values that diverge are caught by the guarded update instead.
-        check_number("learning_rate", learning_rate, low=0, low_open=True, high=1e30)
-        if seed is not None:
-            check_seed("seed", seed)
+        self.config = self.config_class.build(config, hyperparameters, f"agent {self.name!r}")
         check_choice("verbose", verbose, (0, 1, 2))
+        self.config.check_env(env)
         self.env = env
         self.policy = env.policy
-        self.learning_rate = float(learning_rate)
-        self.seed = seed
         self.verbose = verbose
         self.tensorboard_log = tensorboard_log
         self.num_timesteps = 0
         self.iterations = 0
         self.generator = torch.Generator(device=env.device)
-        if seed is not None:
-            set_global_seeds(seed)
-            self.generator.manual_seed(seed)
-            env.reset(seed=seed)
+        if self.seed is not None:
+            set_global_seeds(self.seed)
+            self.generator.manual_seed(self.seed)
+            env.reset(seed=self.seed)
         self._writer = None
         self.last_metrics: dict[str, float] = {}
+
+    def __getattr__(self, name: str) -> Any:
+        """Hyper-parameters read as attributes: ``agent.clip_range`` is ``agent.config.clip_range`` (read-only; the
+        config is frozen: build the agent with another value, or ``Agent.load(..., clip_range=...)``)."""
+        config = self.__dict__.get("config")
+        if config is not None and name in config.names():
+            return getattr(config, name)
+        raise AttributeError(f"{type(self).__name__!r} object has no attribute {name!r}")
+
+    @property
+    def learning_rate(self) -> float:
+        """Adam step size α (``config.learning_rate``)."""
+        return self.config.learning_rate
+
+    @property
+    def seed(self) -> int | None:
+        """The seed of the run (``config.seed``; a resumed run keeps its checkpoint's)."""
+        return self.config.seed
+
+    @seed.setter
+    def seed(self, value: int | None) -> None:
+        self.config = dataclasses.replace(self.config, seed=value)
 
     # ------------------------------------------------------------------ to implement
     @abstractmethod
@@ -151,8 +167,8 @@ class Agent(ABC):
         """Collect experience and update once. Returns metrics; ``"num_tokens"`` (env steps) is required."""
 
     def hyperparameters(self) -> dict[str, Any]:
-        """Constructor arguments to rebuild this agent (saved in ``agent.json``)."""
-        return {"learning_rate": self.learning_rate, "seed": self.seed}
+        """The config as JSON-able values: the keyword arguments that rebuild this agent (saved in ``agent.json``)."""
+        return self.config.to_dict()
 
     def trainable_modules(self) -> dict[str, torch.nn.Module]:
         """Modules besides the policy that are saved with safetensors (e.g. a value head)."""

@@ -29,16 +29,18 @@ completions counts as its C(K, 2) pairs (:func:`textenv.preferences.expand_pairs
 
 from __future__ import annotations
 
-import os
+from dataclasses import dataclass
 from typing import Any
 
 import torch
 import torch.nn.functional as F
 
 from textenv.agents.base import Agent
+from textenv.agents.config import LEARNING_RATE
 from textenv.agents.gradient_step import gradient_step
 from textenv.agents.sft import (
     MinibatchSampler,
+    OfflineConfig,
     TokenBatch,
     collate,
     completion_logprobs,
@@ -49,8 +51,8 @@ from textenv.logprobs import entropy
 from textenv.models.loading import frozen_copy
 from textenv.preferences import PreferencePair, as_preference_rows, expand_pairs
 from textenv.rollout import masked_mean
-from textenv.validation import InputError, check_choice, check_int, check_number, check_positive
-from textenv.vector_env import TextGenVectorEnv
+from textenv.config import Choice, Number, option
+from textenv.validation import InputError
 
 PreferenceSource = Any  # str | os.PathLike | Sequence[dict | PreferencePair | PreferenceRanking]
 REFERENCES = ("env", "initial_policy")
@@ -92,92 +94,60 @@ def load_pairs(source: PreferenceSource) -> list[PreferencePair]:
 
 
 # ---------------------------------------------------------------------------------------------- agent
+@dataclass(frozen=True)
+class LRMLConfig(OfflineConfig):
+    """The hyper-parameters of DPO-style preference optimisation with a fixed loss (LRML's)."""
+
+    learning_rate: float = option(5e-5, "Adam step size α", LEARNING_RATE)
+    preferences: PreferenceSource = option(
+        None, "a preference JSONL path or a list of rows ({'prompt','chosen','rejected'} or {'prompt','ranked'}), "
+              "e.g. written by `textenv collect`")
+    beta: float = option(0.1, "β, the strength of the implicit KL regularisation (larger: stay closer to π_ref)",
+                         Number(low=0, low_open=True))
+    tau: float = option(0.05, "LRML's modulation temperature τ (ignored by the 'sigmoid' loss)",
+                        Number(low=0, low_open=True))
+    reference: str = option("env", "'env' (the env's frozen reference, or a copy of the initial policy if it has "
+                                   "none) or 'initial_policy' (always a frozen copy of the policy as built)",
+                            Choice(REFERENCES))
+
+
+@dataclass(frozen=True)
+class DPOConfig(LRMLConfig):
+    """DPO's hyper-parameters: :class:`LRMLConfig`'s plus the choice of loss."""
+
+    loss: str = option("sigmoid", "'sigmoid' (DPO, −log σ(βρ)) or 'lrml' (DiscoPOP)", Choice(LOSSES))
+
+
 class DPO(Agent):
     """Direct preference optimisation of the env's policy on a fixed preference dataset.
 
     One :meth:`train_iteration` is one Adam step on ``batch_size`` pairs: one policy forward (with grad) and
     one reference forward (no grad) over the 2·``batch_size`` sequences (chosen rows, then rejected rows).
-    ``num_tokens`` is the number of completion tokens scored (chosen + rejected).
-
-    Args:
-        env: a ``TextGenVectorEnv``: its ``policy``, ``reference``, ``tokenizer`` and ``device`` are used.
-        preferences: a preference JSONL path or a list of rows (see :mod:`textenv.preferences`).
-        learning_rate: Adam α.
-        beta: β, the strength of the implicit KL regularisation (larger: stay closer to π_ref).
-        loss: ``"sigmoid"`` (DPO) or ``"lrml"`` (DiscoPOP).
-        tau: LRML's modulation temperature τ (ignored by ``"sigmoid"``).
-        batch_size: preference pairs per step.
-        max_grad_norm: gradient-norm clip (``None``: no clipping).
-        reference: ``"env"`` (the env's frozen reference, or a copy of the initial policy if it has none) or
-            ``"initial_policy"`` (always a frozen copy of the policy as it is when the agent is built).
-        append_eos: end every completion with EOS (as the env's terminated episodes do).
-        max_length: longest prompt + completion in tokens (default: the model's context length).
+    ``num_tokens`` is the number of completion tokens scored (chosen + rejected). The env's ``policy``,
+    ``reference``, ``tokenizer`` and ``device`` are used. Hyper-parameters: :class:`DPOConfig`.
     """
 
     name = "dpo"
+    config_class: type[LRMLConfig] = DPOConfig
+    config: LRMLConfig
 
-    def __init__(
-        self,
-        env: TextGenVectorEnv,
-        preferences: PreferenceSource = None,
-        learning_rate: float = 5e-5,
-        beta: float = 0.1,
-        loss: str = "sigmoid",
-        tau: float = 0.05,
-        batch_size: int = 16,
-        max_grad_norm: float | None = 1.0,
-        reference: str = "env",
-        append_eos: bool = True,
-        max_length: int | None = None,
-        seed: int | None = 0,
-        tensorboard_log: str | None = None,
-        verbose: int = 0,
-    ) -> None:
-        check_choice("loss", loss, LOSSES)
-        check_choice("reference", reference, REFERENCES)
-        check_positive("beta", beta)
-        check_positive("tau", tau)
-        check_int("batch_size", batch_size, 1)
-        check_number("max_grad_norm", max_grad_norm, low=0.0, low_open=True, none_ok=True)
-        check_choice("append_eos", append_eos, (True, False))
-        if max_length is not None:
-            check_int("max_length", max_length, 2)  # at least one prompt token and one completion token
-        super().__init__(env, learning_rate=learning_rate, seed=seed, tensorboard_log=tensorboard_log, verbose=verbose)
-        env = self.env  # the TextGenVectorEnv itself, also when a Gymnasium wrapper around it was passed
-        self.preferences = preferences
-        self.beta = float(beta)
-        self.loss = loss
-        self.tau = float(tau)
-        self.batch_size = batch_size
-        self.max_grad_norm = max_grad_norm
-        self.reference_source = reference
-        self.append_eos = append_eos
-        self.max_length = max_length
-
-        pairs = load_pairs(preferences)
-        limit = max_length or context_length(self.policy)
+    def __init__(self, env: Any, config: LRMLConfig | None = None, **kwargs: Any) -> None:
+        super().__init__(env, config, **kwargs)
+        c = self.config
+        pairs = load_pairs(c.preferences)
+        limit = c.max_length or context_length(self.policy)
         prompts = [p.prompt for p in pairs]
-        self.chosen = encode_pairs(env.tokenizer, prompts, [p.chosen for p in pairs], limit, append_eos)
-        self.rejected = encode_pairs(env.tokenizer, prompts, [p.rejected for p in pairs], limit, append_eos)
-        use_env = reference == "env" and env.reference is not None
-        self.reference = env.reference if use_env else frozen_copy(self.policy)
-        self.sampler = MinibatchSampler(len(pairs), batch_size, self.generator)
-        self.optimizer = torch.optim.Adam(self.policy.parameters(), lr=learning_rate)
+        self.chosen = encode_pairs(self.env.tokenizer, prompts, [p.chosen for p in pairs], limit, c.append_eos)
+        self.rejected = encode_pairs(self.env.tokenizer, prompts, [p.rejected for p in pairs], limit, c.append_eos)
+        use_env = c.reference == "env" and self.env.reference is not None
+        self.reference = self.env.reference if use_env else frozen_copy(self.policy)
+        self.sampler = MinibatchSampler(len(pairs), c.batch_size, self.generator)
+        self.optimizer = torch.optim.Adam(self.policy.parameters(), lr=self.learning_rate)
 
-    def hyperparameters(self) -> dict[str, Any]:
-        source = self.preferences
-        return {
-            **super().hyperparameters(),
-            "preferences": str(source) if isinstance(source, os.PathLike) else _jsonable(source),
-            "beta": self.beta,
-            "loss": self.loss,
-            "tau": self.tau,
-            "batch_size": self.batch_size,
-            "max_grad_norm": self.max_grad_norm,
-            "reference": self.reference_source,
-            "append_eos": self.append_eos,
-            "max_length": self.max_length,
-        }
+    @property
+    def loss_name(self) -> str:
+        """``"sigmoid"`` (DPO) or ``"lrml"``."""
+        return self.config.loss
 
     def _extra_state(self) -> dict[str, Any]:
         return {"sampler": self.sampler.state_dict()}
@@ -192,9 +162,9 @@ class DPO(Agent):
 
     def preference_loss(self, rho: torch.Tensor) -> torch.Tensor:
         """f(βρ) per pair, ``(N,) -> (N,)``: DPO's or LRML's (module docstring)."""
-        if self.loss == "lrml":
-            return lrml_loss(rho, self.beta, self.tau)
-        return dpo_loss(rho, self.beta)
+        if self.loss_name == "lrml":
+            return lrml_loss(rho, self.config.beta, self.config.tau)
+        return dpo_loss(rho, self.config.beta)
 
     def _margins(
         self, indices: list[int], grad: bool
@@ -216,7 +186,7 @@ class DPO(Agent):
         self.policy.train()
         rho, chosen, rejected, batch, logits = self._margins(self.sampler.next(), grad=True)
         loss = self.preference_loss(rho).mean()
-        gradient_step(self, loss, self.optimizer, {"policy": self.policy}, self.max_grad_norm)
+        gradient_step(self, loss, self.optimizer, {"policy": self.policy}, self.config.max_grad_norm)
         self.policy.eval()
         with torch.no_grad():
             mean_entropy = masked_mean(entropy(logits.detach()), batch.target_mask)
@@ -225,10 +195,10 @@ class DPO(Agent):
             "num_tokens": batch.num_tokens,
             "train/loss": float(loss.detach()),
             "train/entropy": float(mean_entropy),
-            "train/reward_margin": float((self.beta * rho).mean()),  # β·ρ, the implicit reward gap
+            "train/reward_margin": float((self.config.beta * rho).mean()),  # β·ρ, the implicit reward gap
             "train/pref_accuracy": float((rho > 0).float().mean()),
-            "train/chosen_reward": float(self.beta * chosen.detach().mean()),
-            "train/rejected_reward": float(self.beta * rejected.detach().mean()),
+            "train/chosen_reward": float(self.config.beta * chosen.detach().mean()),
+            "train/rejected_reward": float(self.config.beta * rejected.detach().mean()),
         }
 
     @torch.no_grad()
@@ -244,46 +214,17 @@ class DPO(Agent):
         rho = torch.cat(rhos)
         return {
             "loss": float(self.preference_loss(rho).mean()),
-            "reward_margin": float((self.beta * rho).mean()),
+            "reward_margin": float((self.config.beta * rho).mean()),
             "pref_accuracy": float((rho > 0).float().mean()),
         }
 
 
 class LRML(DPO):
-    """DPO with the DiscoPOP / LRML loss (``loss="lrml"`` fixed); see :class:`DPO` for the arguments."""
+    """DPO with the DiscoPOP / LRML loss fixed; hyper-parameters: :class:`LRMLConfig` (see :class:`DPO`)."""
 
     name = "lrml"
+    config_class = LRMLConfig
 
-    def __init__(
-        self,
-        env: TextGenVectorEnv,
-        preferences: PreferenceSource = None,
-        learning_rate: float = 5e-5,
-        beta: float = 0.1,
-        tau: float = 0.05,
-        batch_size: int = 16,
-        max_grad_norm: float | None = 1.0,
-        reference: str = "env",
-        append_eos: bool = True,
-        max_length: int | None = None,
-        seed: int | None = 0,
-        tensorboard_log: str | None = None,
-        verbose: int = 0,
-    ) -> None:
-        super().__init__(
-            env, preferences=preferences, learning_rate=learning_rate, beta=beta, loss="lrml", tau=tau,
-            batch_size=batch_size, max_grad_norm=max_grad_norm, reference=reference, append_eos=append_eos,
-            max_length=max_length, seed=seed, tensorboard_log=tensorboard_log, verbose=verbose,
-        )
-
-    def hyperparameters(self) -> dict[str, Any]:
-        hyperparameters = super().hyperparameters()
-        del hyperparameters["loss"]
-        return hyperparameters
-
-
-def _jsonable(source: Any) -> Any:
-    """In-memory preference rows as JSON-able dicts (for ``agent.json``); paths and None pass through."""
-    if source is None or isinstance(source, str):
-        return source
-    return [row.to_json() if hasattr(row, "to_json") else row for row in source]
+    @property
+    def loss_name(self) -> str:
+        return "lrml"

@@ -32,6 +32,7 @@ from __future__ import annotations
 import math
 import os
 from collections.abc import Sequence
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -40,152 +41,97 @@ import torch
 from torch import nn
 
 from textenv.agents.base import Agent
+from textenv.agents.config import LEARNING_RATE, AgentConfig, check_minibatches, require_synchronised_episodes
 from textenv.agents.gradient_step import check_finite, gradient_step
 from textenv.agents.sft import read_utf8
+from textenv.config import Choice, Flag, Integer, Number, option
 from textenv.logprobs import chosen_logprobs
 from textenv.prompts import builtin_reviews
-from textenv.rollout import ActionScores, Rollout, collect_rollout, masked_mean, score_rollout
-from textenv.validation import InputError, check_choice, check_int, check_number
-from textenv.vector_env import TextGenVectorEnv
+from textenv.rollout import Rollout, collect_rollout, masked_mean
+from textenv.scoring import ActionScores, score_rollout
+from textenv.validation import InputError
 
 REWARD_SHAPINGS = ("per_token", "env")
+#: Training statistics of one iteration, averaged over its minibatches (``train/<name>``).
+STATISTICS = ("loss", "policy_loss", "value_loss", "entropy", "clip_fraction", "approx_kl", "ptx_loss")
+
+
+def check_ptx_texts(name: str, value: Any) -> None:
+    """Pre-training text is ``None``, a path or a sequence of strings (the strings are checked when read)."""
+    if value is not None and not isinstance(value, (str, os.PathLike, Sequence)):
+        raise InputError(f"{name} must be a list of strings or a path to a .txt file, got {type(value).__name__}")
+
+
+@dataclass(frozen=True)
+class PPOConfig(AgentConfig):
+    """PPO's hyper-parameters (and those of :class:`~textenv.agents.config.AgentConfig`)."""
+
+    learning_rate: float = option(1e-4, "Adam step size α of the policy", LEARNING_RATE)
+    vf_learning_rate: float | None = option(
+        None, "Adam step size of the value head (None: 10 × learning_rate; Adam moves each parameter by about α "
+              "per step, so at the policy's α a zero-initialised head needs hundreds of iterations to reach the "
+              "mean return)", Number(low=0.0, low_open=True, none_ok=True))
+    n_epochs: int = option(2, "passes over each rollout", Integer(1))
+    num_minibatches: int = option(2, "minibatches (of episodes) per epoch; at most env.num_envs", Integer(1))
+    clip_range: float = option(0.2, "ε of the clipped surrogate", Number(low=0.0, low_open=True))
+    clip_range_vf: float | None = option(0.2, "ε_v of value clipping around V_old (None: no value clipping)",
+                                         Number(low=0.0, low_open=True, none_ok=True))
+    gamma: float = option(1.0, "discount γ over tokens, in [0, 1]", Number(low=0.0, high=1.0))
+    gae_lambda: float = option(0.95, "GAE λ, in [0, 1]", Number(low=0.0, high=1.0))
+    vf_coef: float = option(0.1, "c_v, weight of the value loss", Number(low=0.0))
+    ent_coef: float = option(0.0, "c_e, weight of the entropy bonus (the KL penalty usually suffices)", Number(low=0.0))
+    target_kl: float | None = option(
+        None, "stop the epochs once the old→new approximate KL of a minibatch exceeds 1.5·target_kl (nats per "
+              "token; None: never stop early); not the env's target_kl, which adapts β",
+        Number(low=0.0, low_open=True, none_ok=True))
+    whiten_advantages: bool = option(True, "normalise Â to zero mean and unit variance over the batch's tokens", Flag())
+    reward_shaping: str = option("per_token", "'per_token' (r_t = −β·KL_t, plus r_φ at the last token) or 'env' "
+                                              "(the env's own step rewards)", Choice(REWARD_SHAPINGS))
+    ptx_coef: float = option(0.0, "γ_ptx of PPO-ptx (InstructGPT eq. 4); 0 disables the pre-training term",
+                             Number(low=0.0))
+    ptx_texts: Sequence[str] | str | None = option(
+        None, "pre-training text: a list of strings or a .txt path (one text per line); None with ptx_coef > 0: "
+              "2048 reviews of the embedded model's corpus", check_ptx_texts)
+    ptx_batch_size: int | None = option(None, "pre-training texts per optimizer step (None: the episodes per "
+                                              "minibatch)", Integer(1, none_ok=True))
+
+    def check_env(self, env: Any) -> None:
+        require_synchronised_episodes(env, "PPO")
+        check_minibatches(self.num_minibatches, env)
+
+
+@dataclass
+class Targets:
+    """What the epochs regress on, all ``(B, T)`` and 0 past each episode's end: V_old(s_t), Â_t and V_targ."""
+
+    old_values: torch.Tensor
+    advantages: torch.Tensor
+    returns: torch.Tensor
 
 
 class PPO(Agent):
     """Proximal Policy Optimization with a value head on the policy's trunk (and optional PPO-ptx).
 
-    Args:
-        env: a ``TextGenVectorEnv`` with ``autoreset_mode="disabled"``; one rollout = ``env.num_envs`` episodes.
-        learning_rate: Adam α for the policy.
-        vf_learning_rate: Adam α for the value head (default: 10 × ``learning_rate``). Adam moves each
-            parameter by about α per step, so at the policy's α a zero-initialised head would need hundreds of
-            iterations just to reach the mean return.
-        n_epochs: passes over each rollout.
-        num_minibatches: minibatches (of episodes) per epoch; at most ``env.num_envs``.
-        clip_range: ε of the clipped surrogate.
-        clip_range_vf: ε_v of value clipping around V_old (``None``: no value clipping).
-        gamma: discount γ over tokens, in [0, 1].
-        gae_lambda: GAE λ, in [0, 1].
-        vf_coef: c_v, weight of the value loss.
-        ent_coef: c_e, weight of the entropy bonus (the KL penalty usually suffices, default 0).
-        max_grad_norm: gradient-norm clip (``None``: no clipping).
-        target_kl: stop the epochs once the old→new approximate KL of a minibatch exceeds 1.5·target_kl
-            (nats per token; ``None``: never stop early). Not the env's ``target_kl`` (which adapts β).
-        whiten_advantages: normalise Â to zero mean and unit variance over the batch's tokens.
-        reward_shaping: ``"per_token"`` (r_t = −β·KL_t, plus r_φ at the last token) or ``"env"`` (the env's
-            own step rewards).
-        ptx_coef: γ_ptx of PPO-ptx (InstructGPT eq. 4); 0 disables the pre-training term.
-        ptx_texts: pre-training text, a list of strings or a ``.txt`` path (one text per line). Default when
-            ``ptx_coef > 0``: 2048 reviews of the embedded model's corpus (:func:`textenv.prompts.builtin_reviews`).
-        ptx_batch_size: pre-training texts per optimizer step (default: the episodes per minibatch).
-        seed, tensorboard_log, verbose: see :class:`~textenv.agents.base.Agent`.
+    The env must have ``autoreset_mode="disabled"``; one rollout = ``env.num_envs`` episodes. Hyper-parameters:
+    :class:`PPOConfig`.
     """
 
     name = "ppo"
+    config_class = PPOConfig
+    config: PPOConfig
 
-    def __init__(
-        self,
-        env: TextGenVectorEnv,
-        learning_rate: float = 1e-4,
-        vf_learning_rate: float | None = None,
-        n_epochs: int = 2,
-        num_minibatches: int = 2,
-        clip_range: float = 0.2,
-        clip_range_vf: float | None = 0.2,
-        gamma: float = 1.0,
-        gae_lambda: float = 0.95,
-        vf_coef: float = 0.1,
-        ent_coef: float = 0.0,
-        max_grad_norm: float | None = 1.0,
-        target_kl: float | None = None,
-        whiten_advantages: bool = True,
-        reward_shaping: str = "per_token",
-        ptx_coef: float = 0.0,
-        ptx_texts: Sequence[str] | str | None = None,
-        ptx_batch_size: int | None = None,
-        seed: int | None = 0,
-        tensorboard_log: str | None = None,
-        verbose: int = 0,
-    ) -> None:
-        check_number("vf_learning_rate", vf_learning_rate, low=0.0, low_open=True, none_ok=True)
-        check_int("n_epochs", n_epochs, 1)
-        check_int("num_minibatches", num_minibatches, 1)
-        check_number("clip_range", clip_range, low=0.0, low_open=True)
-        check_number("clip_range_vf", clip_range_vf, low=0.0, low_open=True, none_ok=True)
-        check_number("gamma", gamma, low=0.0, high=1.0)
-        check_number("gae_lambda", gae_lambda, low=0.0, high=1.0)
-        check_number("vf_coef", vf_coef, low=0.0)
-        check_number("ent_coef", ent_coef, low=0.0)
-        check_number("max_grad_norm", max_grad_norm, low=0.0, low_open=True, none_ok=True)
-        check_number("target_kl", target_kl, low=0.0, low_open=True, none_ok=True)
-        check_choice("whiten_advantages", whiten_advantages, (True, False))
-        check_choice("reward_shaping", reward_shaping, REWARD_SHAPINGS)
-        check_number("ptx_coef", ptx_coef, low=0.0)
-        if ptx_batch_size is not None:
-            check_int("ptx_batch_size", ptx_batch_size, 1)
-        if ptx_texts is not None and not isinstance(ptx_texts, (str, os.PathLike, Sequence)):
-            raise InputError(f"ptx_texts must be a list of strings or a path to a .txt file, got "
-                             f"{type(ptx_texts).__name__}")
-        super().__init__(env, learning_rate=learning_rate, seed=seed, tensorboard_log=tensorboard_log, verbose=verbose)
-        env = self.env  # the TextGenVectorEnv itself, also when a Gymnasium wrapper around it was passed
-        if env.autoreset_mode != "disabled":
-            raise InputError("env: PPO plays synchronised episodes; build the env with autoreset_mode='disabled'")
-        if num_minibatches > env.num_envs:
-            raise InputError(f"num_minibatches={num_minibatches} must be <= env.num_envs={env.num_envs} (episodes)")
-        self.vf_learning_rate = None if vf_learning_rate is None else float(vf_learning_rate)
-        self.n_epochs = int(n_epochs)
-        self.num_minibatches = int(num_minibatches)
-        self.clip_range = float(clip_range)
-        self.clip_range_vf = None if clip_range_vf is None else float(clip_range_vf)
-        self.gamma = float(gamma)
-        self.gae_lambda = float(gae_lambda)
-        self.vf_coef = float(vf_coef)
-        self.ent_coef = float(ent_coef)
-        self.max_grad_norm = None if max_grad_norm is None else float(max_grad_norm)
-        self.target_kl = None if target_kl is None else float(target_kl)
-        self.whiten_advantages = bool(whiten_advantages)
-        self.reward_shaping = reward_shaping
-        self.ptx_coef = float(ptx_coef)
-        if isinstance(ptx_texts, (str, os.PathLike)):
-            ptx_texts = str(ptx_texts)  # a path: saved as given in agent.json
-        self.ptx_texts = ptx_texts if ptx_texts is None or isinstance(ptx_texts, str) else list(ptx_texts)
-        self.ptx_batch_size = ptx_batch_size
+    def __init__(self, env: Any, config: PPOConfig | None = None, **kwargs: Any) -> None:
+        super().__init__(env, config, **kwargs)
+        c = self.config
         # Pre-training token ids (one list per text), only when the ptx term is on.
-        self._ptx_ids = self._tokenize_ptx(load_ptx_texts(ptx_texts, seed)) if self.ptx_coef > 0 else []
-
-        # V(s_t) = w·h_t + b on the policy's last hidden state h_t: one shared trunk, no second model.
-        config = self.policy.config
-        hidden_size = getattr(config, "hidden_size", None) or self.policy.get_output_embeddings().in_features
-        self.value_head = nn.Linear(hidden_size, 1).to(env.device)
-        nn.init.zeros_(self.value_head.weight)  # V ≡ 0 at the start: the first advantages are the returns
-        nn.init.zeros_(self.value_head.bias)
+        self._ptx_ids = self._tokenize_ptx(load_ptx_texts(c.ptx_texts, c.seed)) if c.ptx_coef > 0 else []
+        self.value_head = zero_value_head(self.policy, self.env.device)
         self.optimizer = torch.optim.Adam([
-            {"params": list(self.policy.parameters()), "lr": self.learning_rate},
-            {"params": list(self.value_head.parameters()), "lr": self.vf_learning_rate or 10 * self.learning_rate},
+            {"params": list(self.policy.parameters()), "lr": c.learning_rate},
+            {"params": list(self.value_head.parameters()), "lr": c.vf_learning_rate or 10 * c.learning_rate},
         ])
 
     # ------------------------------------------------------------------ Agent interface
-    def hyperparameters(self) -> dict[str, Any]:
-        return {
-            **super().hyperparameters(),
-            "vf_learning_rate": self.vf_learning_rate,
-            "n_epochs": self.n_epochs,
-            "num_minibatches": self.num_minibatches,
-            "clip_range": self.clip_range,
-            "clip_range_vf": self.clip_range_vf,
-            "gamma": self.gamma,
-            "gae_lambda": self.gae_lambda,
-            "vf_coef": self.vf_coef,
-            "ent_coef": self.ent_coef,
-            "max_grad_norm": self.max_grad_norm,
-            "target_kl": self.target_kl,
-            "whiten_advantages": self.whiten_advantages,
-            "reward_shaping": self.reward_shaping,
-            "ptx_coef": self.ptx_coef,
-            "ptx_texts": self.ptx_texts,
-            "ptx_batch_size": self.ptx_batch_size,
-        }
-
     def trainable_modules(self) -> dict[str, nn.Module]:
         return {"value_head": self.value_head}
 
@@ -197,12 +143,12 @@ class PPO(Agent):
         Column t is the state s_t = (x, y_<t) in which action a_t was taken (see ``rollout.score_actions``: the
         episodes are packed without padding and the LM head runs on taken actions only).
         """
-        scores = score_rollout(self.policy, rollout, rows, entropy_grad=self.ent_coef > 0)
+        scores = score_rollout(self.policy, rollout, rows, entropy_grad=self.config.ent_coef > 0)
         return scores, self.value_head(scores.hidden.float()).squeeze(-1)
 
     def token_rewards(self, rollout: Rollout) -> torch.Tensor:
         """Per-token rewards r_t ``(B, T)`` (see ``reward_shaping``); Σ_t r_t is the env's return R(x, y)."""
-        if self.reward_shaping == "env":
+        if self.config.reward_shaping == "env":
             return rollout.rewards * rollout.action_mask
         mask = rollout.action_mask
         rewards = -rollout.kl_coef * rollout.kl * mask  # r_t = −β·KL_t ...
@@ -213,7 +159,7 @@ class PPO(Agent):
 
     def pretraining_loss(self) -> torch.Tensor:
         """L_ptx = −mean log π_θ(x_i|x_<i) over the tokens of ``ptx_batch_size`` random pre-training texts."""
-        batch_size = self.ptx_batch_size or max(self.env.num_envs // self.num_minibatches, 1)
+        batch_size = self.config.ptx_batch_size or max(self.env.num_envs // self.config.num_minibatches, 1)
         picks = torch.randint(len(self._ptx_ids), (batch_size,), generator=self.generator, device=self.generator.device)
         texts = [self._ptx_ids[int(i)] for i in picks]
         width = max(len(t) for t in texts)
@@ -227,76 +173,48 @@ class PPO(Agent):
         logprobs = chosen_logprobs(logits, ids[:, 1:])
         return -masked_mean(logprobs, mask[:, 1:].float())
 
+    def targets(self, rollout: Rollout) -> Targets:
+        """V_old, GAE advantages (whitened if asked) and value targets of a rollout, all without gradient.
+
+        V_old(s_t) reads the hidden states the env's cached forward already computed while sampling: no extra
+        forward (the first minibatch checks that a full forward reproduces the rollout's log-probs).
+        """
+        c = self.config
+        mask = rollout.action_mask
+        rewards = self.token_rewards(rollout)
+        check_finite(self, "per-token rewards", rewards, c.max_grad_norm, rollout.rm_score)
+        with torch.no_grad():
+            old_values = self.value_head(rollout.hidden_states).squeeze(-1) * mask
+            advantages, returns = generalized_advantage_estimation(rewards, old_values, mask, c.gamma, c.gae_lambda)
+            if c.whiten_advantages:
+                advantages = whiten(advantages, mask)
+        check_finite(self, "advantages", advantages, c.max_grad_norm, rollout.rm_score)
+        return Targets(old_values, advantages, returns)
+
+    def clipped_losses(self, ratio: torch.Tensor, values: torch.Tensor, targets: Targets, idx: torch.Tensor,
+                       mask: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """The clipped surrogate (Schulman et al. 2017, eq. 7, as a loss to minimise) and the value loss with
+        clipping around V_old (Ziegler et al. 2019 / OpenAI baselines) over the minibatch ``idx``."""
+        c = self.config
+        adv, returns, old_values = targets.advantages[idx], targets.returns[idx], targets.old_values[idx]
+        policy_loss = masked_mean(torch.max(-adv * ratio, -adv * ratio.clamp(1 - c.clip_range, 1 + c.clip_range)), mask)
+        value_error = (values - returns) ** 2
+        if c.clip_range_vf is not None:
+            step = (values - old_values).clamp(-c.clip_range_vf, c.clip_range_vf)
+            clipped = old_values + step
+            value_error = torch.max(value_error, (clipped - returns) ** 2)
+        return policy_loss, 0.5 * masked_mean(value_error, mask)
+
     # ------------------------------------------------------------------ one iteration
     def train_iteration(self) -> dict[str, float]:
         rollout = collect_rollout(self.env, self.generator)
-        mask = rollout.action_mask  # (B, T)
-        old_logprobs = rollout.logprobs  # log π_old(a_t|s_t) at sampling time
-        rewards = self.token_rewards(rollout)
-        check_finite(self, "per-token rewards", rewards, self.max_grad_norm, rollout.rm_score)
-
-        # V_old(s_t) from the hidden states the env's cached forward already computed while sampling: no
-        # extra forward (the first minibatch below checks that a full forward reproduces the rollout).
-        with torch.no_grad():
-            old_values = self.value_head(rollout.hidden_states).squeeze(-1) * mask
-            advantages, returns = generalized_advantage_estimation(
-                rewards, old_values, mask, self.gamma, self.gae_lambda
-            )
-            if self.whiten_advantages:
-                advantages = whiten(advantages, mask)
-        check_finite(self, "advantages", advantages, self.max_grad_norm, rollout.rm_score)
-
+        targets = self.targets(rollout)
         self.policy.train()
-        stats: dict[str, list[float]] = {k: [] for k in (
-            "loss", "policy_loss", "value_loss", "entropy", "clip_fraction", "approx_kl", "ptx_loss")}
-        epochs_run, stop, logprob_mismatch = 0, False, float("nan")
-        B = mask.shape[0]
-        for _ in range(self.n_epochs):
-            order = torch.randperm(B, generator=self.generator, device=self.generator.device).to(mask.device)
-            for idx in order.chunk(self.num_minibatches):
-                m = mask[idx]
-                scores, values = self.policy_and_values(rollout, idx)
-                logprobs = scores.logprobs
-                if math.isnan(logprob_mismatch):  # π_θ = π_old before the first step: must equal the rollout
-                    logprob_mismatch = float(((logprobs.detach() - old_logprobs[idx]).abs() * m).max())
-                log_ratio = (logprobs - old_logprobs[idx]) * m
-                ratio = log_ratio.exp()  # ρ_t = π_θ / π_old
-                with torch.no_grad():
-                    approx_kl = float(masked_mean((ratio - 1) - log_ratio, m))  # k3 estimate of KL(π_old‖π_θ)
-                if self.target_kl is not None and approx_kl > 1.5 * self.target_kl:
-                    stop = True
-                    break
-                adv = advantages[idx]
-                # Clipped surrogate (Schulman et al. 2017, eq. 7), as a loss to minimise.
-                policy_loss = masked_mean(
-                    torch.max(-adv * ratio, -adv * ratio.clamp(1 - self.clip_range, 1 + self.clip_range)), m
-                )
-                # Value loss with clipping around V_old (Ziegler et al. 2019 / OpenAI baselines).
-                value_error = (values - returns[idx]) ** 2
-                if self.clip_range_vf is not None:
-                    step = (values - old_values[idx]).clamp(-self.clip_range_vf, self.clip_range_vf)
-                    clipped = old_values[idx] + step
-                    value_error = torch.max(value_error, (clipped - returns[idx]) ** 2)
-                value_loss = 0.5 * masked_mean(value_error, m)
-                # H[π_θ(·|s_t)] over the whole vocabulary; kept out of the graph when it has no weight in the loss.
-                mean_entropy = masked_mean(scores.entropy, m)
-                loss = policy_loss + self.vf_coef * value_loss - self.ent_coef * mean_entropy
-                if self.ptx_coef > 0:  # PPO-ptx, InstructGPT eq. 4: + γ·E_pretrain[log π_θ(x)] in the objective
-                    ptx_loss = self.pretraining_loss()
-                    loss = loss + self.ptx_coef * ptx_loss
-                    stats["ptx_loss"].append(float(ptx_loss.detach()))
-
-                gradient_step(self, loss, self.optimizer, {"policy": self.policy, "value_head": self.value_head},
-                              self.max_grad_norm, rollout.rm_score)
-
-                stats["loss"].append(float(loss.detach()))
-                stats["policy_loss"].append(float(policy_loss.detach()))
-                stats["value_loss"].append(float(value_loss.detach()))
-                stats["entropy"].append(float(mean_entropy.detach()))
-                stats["approx_kl"].append(approx_kl)
-                with torch.no_grad():
-                    stats["clip_fraction"].append(float(masked_mean(((ratio - 1).abs() > self.clip_range).float(), m)))
-            if stop:
+        stats: dict[str, list[float]] = {key: [] for key in STATISTICS}
+        epochs_run, logprob_mismatch = 0, float("nan")
+        for _ in range(self.config.n_epochs):
+            stopped, logprob_mismatch = self._epoch(rollout, targets, stats, logprob_mismatch)
+            if stopped:
                 break
             epochs_run += 1
         self.policy.eval()
@@ -305,16 +223,65 @@ class PPO(Agent):
             self.log_samples(rollout.prompts, rollout.texts)
         metrics = {
             **rollout.metrics(),
-            "train/explained_variance": explained_variance(old_values, returns, mask),
+            "train/explained_variance": explained_variance(targets.old_values, targets.returns, rollout.action_mask),
             "train/logprob_mismatch": logprob_mismatch,
             "train/epochs": float(epochs_run),
         }
-        for key, values in stats.items():
-            if values:
-                metrics[f"train/{key}"] = float(np.mean(values))
+        metrics.update({f"train/{key}": float(np.mean(values)) for key, values in stats.items() if values})
         if "train/loss" not in metrics:  # the very first minibatch already exceeded target_kl
             metrics.update({"train/loss": float("nan"), "train/entropy": float("nan")})
         return metrics
+
+    def _epoch(self, rollout: Rollout, targets: Targets, stats: dict[str, list[float]],
+               logprob_mismatch: float) -> tuple[bool, float]:
+        """One pass over the episodes in ``num_minibatches`` shuffled minibatches, appending to ``stats``.
+
+        Returns whether ``target_kl`` stopped it and the max |log π_θ − log π_old| of the first minibatch ever
+        run (π_θ = π_old before the first step, so it must be ~0: the full forward reproduces the rollout)."""
+        mask = rollout.action_mask
+        order = torch.randperm(mask.shape[0], generator=self.generator, device=self.generator.device).to(mask.device)
+        for idx in order.chunk(self.config.num_minibatches):
+            step = self._minibatch_step(rollout, targets, idx, check_mismatch=math.isnan(logprob_mismatch))
+            if step.mismatch is not None:
+                logprob_mismatch = step.mismatch
+            if step.stats is None:
+                return True, logprob_mismatch
+            for key, value in step.stats.items():
+                stats[key].append(value)
+        return False, logprob_mismatch
+
+    def _minibatch_step(self, rollout: Rollout, targets: Targets, idx: torch.Tensor, check_mismatch: bool) -> _Step:
+        """ONE forward of the episodes ``idx`` and one guarded optimizer step on
+        −L_clip + c_v·L_V − c_e·H + γ_ptx·L_ptx, unless the approximate KL already exceeds 1.5·target_kl."""
+        c = self.config
+        m = rollout.action_mask[idx]
+        old_logprobs = rollout.logprobs[idx]  # log π_old(a_t|s_t) at sampling time
+        scores, values = self.policy_and_values(rollout, idx)
+        logprobs = scores.logprobs
+        mismatch = float(((logprobs.detach() - old_logprobs).abs() * m).max()) if check_mismatch else None
+        log_ratio = (logprobs - old_logprobs) * m
+        ratio = log_ratio.exp()  # ρ_t = π_θ / π_old
+        with torch.no_grad():
+            approx_kl = float(masked_mean((ratio - 1) - log_ratio, m))  # k3 estimate of KL(π_old‖π_θ)
+        if c.target_kl is not None and approx_kl > 1.5 * c.target_kl:
+            return _Step(None, mismatch)
+        policy_loss, value_loss = self.clipped_losses(ratio, values, targets, idx, m)
+        # H[π_θ(·|s_t)] over the whole vocabulary; kept out of the graph when it has no weight in the loss.
+        mean_entropy = masked_mean(scores.entropy, m)
+        loss = policy_loss + c.vf_coef * value_loss - c.ent_coef * mean_entropy
+        stats = {}
+        if c.ptx_coef > 0:  # PPO-ptx, InstructGPT eq. 4: + γ·E_pretrain[log π_θ(x)] in the objective
+            ptx_loss = self.pretraining_loss()
+            loss = loss + c.ptx_coef * ptx_loss
+            stats["ptx_loss"] = float(ptx_loss.detach())
+        gradient_step(self, loss, self.optimizer, {"policy": self.policy, "value_head": self.value_head},
+                      c.max_grad_norm, rollout.rm_score)
+        with torch.no_grad():
+            clip_fraction = float(masked_mean(((ratio - 1).abs() > c.clip_range).float(), m))
+        stats.update({"loss": float(loss.detach()), "policy_loss": float(policy_loss.detach()),
+                      "value_loss": float(value_loss.detach()), "entropy": float(mean_entropy.detach()),
+                      "approx_kl": approx_kl, "clip_fraction": clip_fraction})
+        return _Step(stats, mismatch)
 
     def _tokenize_ptx(self, texts: list[str]) -> list[list[int]]:
         """Token ids of each text followed by EOS, cut to the model's context length."""
@@ -326,6 +293,26 @@ class PPO(Agent):
         if not ids:
             raise InputError("ptx_texts: every text is empty after tokenisation; give non-empty pre-training text")
         return ids
+
+
+@dataclass
+class _Step:
+    """What one minibatch step returns: its statistics (``None``: stopped by ``target_kl`` before stepping) and
+    the max |log π_θ − log π_old| over its tokens (``None`` when not asked)."""
+
+    stats: dict[str, float] | None
+    mismatch: float | None
+
+
+def zero_value_head(policy: nn.Module, device: torch.device | str) -> nn.Linear:
+    """V(s_t) = w·h_t + b on the policy's last hidden state h_t (one shared trunk, no second model), with w = 0 and
+    b = 0: V ≡ 0 at the start, so the first advantages are the returns."""
+    config = policy.config
+    hidden_size = getattr(config, "hidden_size", None) or policy.get_output_embeddings().in_features
+    head = nn.Linear(hidden_size, 1).to(device)
+    nn.init.zeros_(head.weight)
+    nn.init.zeros_(head.bias)
+    return head
 
 
 # ---------------------------------------------------------------------- estimators

@@ -20,16 +20,19 @@ and the clip keeps those later steps close to π_old.
 
 from __future__ import annotations
 
+from dataclasses import dataclass
 from typing import Any
 
 import numpy as np
 import torch
 
 from textenv.agents.base import Agent
+from textenv.agents.config import AgentConfig, check_minibatches, require_synchronised_episodes
 from textenv.agents.gradient_step import check_finite, gradient_step
-from textenv.rollout import collect_rollout, masked_mean, score_rollout
-from textenv.validation import InputError, check_choice, check_int, check_number
-from textenv.vector_env import TextGenVectorEnv
+from textenv.config import Flag, Integer, Number, option
+from textenv.rollout import collect_rollout, masked_mean
+from textenv.scoring import score_rollout
+from textenv.validation import InputError
 
 
 def leave_one_out_advantages(returns: np.ndarray, group_size: int) -> np.ndarray:
@@ -39,99 +42,73 @@ def leave_one_out_advantages(returns: np.ndarray, group_size: int) -> np.ndarray
     return (groups - baseline).reshape(-1)
 
 
-class RLOO(Agent):
-    """REINFORCE with a leave-one-out baseline over K samples per prompt; no value function.
+@dataclass(frozen=True)
+class RLOOConfig(AgentConfig):
+    """RLOO's hyper-parameters (and those of :class:`~textenv.agents.config.AgentConfig`)."""
 
-    Args:
-        env: a ``TextGenVectorEnv`` with ``autoreset_mode="disabled"`` and ``group_size`` K ≥ 2.
-        learning_rate: Adam α.
-        n_epochs: passes over each rollout (1: on-policy RLOO).
-        num_minibatches: minibatches (of episodes) per epoch; at most ``env.num_envs``.
-        clip_range: ε of the sequence-level ratio clip (only matters after the first step on a batch).
-        normalize_advantages: divide A by its batch standard deviation (a positive scale: the direction of
-            the gradient is unchanged, the step size no longer depends on the reward's units).
-        max_grad_norm: gradient-norm clip (``None``: no clipping).
-        seed, tensorboard_log, verbose: see :class:`~textenv.agents.base.Agent`.
-    """
+    n_epochs: int = option(1, "passes over each rollout (1: on-policy RLOO)", Integer(1))
+    num_minibatches: int = option(1, "minibatches (of episodes) per epoch; at most env.num_envs", Integer(1))
+    clip_range: float = option(0.2, "ε of the sequence-level ratio clip (only matters after the first step on a "
+                                    "batch)", Number(low=0.0, low_open=True))
+    normalize_advantages: bool = option(True, "divide A by its batch standard deviation (a positive scale: the "
+                                              "gradient's direction is unchanged, its size no longer depends on the "
+                                              "reward's units)", Flag())
 
-    name = "rloo"
-    default_group_size = 4  # K samples per prompt when the CLI builds the env
-
-    def __init__(
-        self,
-        env: TextGenVectorEnv,
-        learning_rate: float = 1e-4,
-        n_epochs: int = 1,
-        num_minibatches: int = 1,
-        clip_range: float = 0.2,
-        normalize_advantages: bool = True,
-        max_grad_norm: float | None = 1.0,
-        seed: int | None = 0,
-        tensorboard_log: str | None = None,
-        verbose: int = 0,
-    ) -> None:
-        check_int("n_epochs", n_epochs, 1)
-        check_int("num_minibatches", num_minibatches, 1)
-        check_number("clip_range", clip_range, low=0.0, low_open=True)
-        check_choice("normalize_advantages", normalize_advantages, (True, False))
-        check_number("max_grad_norm", max_grad_norm, low=0.0, low_open=True, none_ok=True)
-        super().__init__(env, learning_rate=learning_rate, seed=seed, tensorboard_log=tensorboard_log, verbose=verbose)
-        env = self.env  # the TextGenVectorEnv itself, also when a Gymnasium wrapper around it was passed
-        if env.autoreset_mode != "disabled":
-            raise InputError("env: RLOO plays synchronised episodes; build the env with autoreset_mode='disabled'")
+    def check_env(self, env: Any) -> None:
+        require_synchronised_episodes(env, "RLOO")
         if env.group_size < 2:
             raise InputError(
                 f"env.group_size={env.group_size}: RLOO needs K >= 2 samples per prompt for its leave-one-out "
                 "baseline; build the env with group_size=K (e.g. 4) and num_envs a multiple of K"
             )
-        if num_minibatches > env.num_envs:
-            raise InputError(f"num_minibatches={num_minibatches} must be <= env.num_envs={env.num_envs} (episodes)")
-        self.n_epochs = int(n_epochs)
-        self.num_minibatches = int(num_minibatches)
-        self.clip_range = float(clip_range)
-        self.normalize_advantages = bool(normalize_advantages)
-        self.max_grad_norm = None if max_grad_norm is None else float(max_grad_norm)
+        check_minibatches(self.num_minibatches, env)
+
+
+class RLOO(Agent):
+    """REINFORCE with a leave-one-out baseline over K samples per prompt; no value function.
+
+    The env must have ``autoreset_mode="disabled"`` and ``group_size`` K ≥ 2. Hyper-parameters: :class:`RLOOConfig`.
+    """
+
+    name = "rloo"
+    config_class = RLOOConfig
+    config: RLOOConfig
+    default_group_size = 4  # K samples per prompt when the CLI builds the env
+
+    def __init__(self, env: Any, config: RLOOConfig | None = None, **kwargs: Any) -> None:
+        super().__init__(env, config, **kwargs)
         self.optimizer = torch.optim.Adam(self.policy.parameters(), lr=self.learning_rate)
 
-    def hyperparameters(self) -> dict[str, Any]:
-        return {
-            **super().hyperparameters(),
-            "n_epochs": self.n_epochs,
-            "num_minibatches": self.num_minibatches,
-            "clip_range": self.clip_range,
-            "normalize_advantages": self.normalize_advantages,
-            "max_grad_norm": self.max_grad_norm,
-        }
-
     def train_iteration(self) -> dict[str, float]:
+        c = self.config
         rollout = collect_rollout(self.env, self.generator)
         mask = rollout.action_mask  # (B, T)
-        check_finite(self, "returns", rollout.returns, self.max_grad_norm, rollout.rm_score)
+        check_finite(self, "returns", rollout.returns, c.max_grad_norm, rollout.rm_score)
         advantages = leave_one_out_advantages(rollout.returns, self.env.group_size)
-        if self.normalize_advantages and advantages.std() > 0:
+        if c.normalize_advantages and advantages.std() > 0:
             advantages = advantages / (advantages.std() + 1e-8)
-        check_finite(self, "advantages", advantages, self.max_grad_norm, rollout.rm_score)
+        check_finite(self, "advantages", advantages, c.max_grad_norm, rollout.rm_score)
         advantages_t = torch.as_tensor(advantages, dtype=torch.float32, device=mask.device)
         old_sequence_logprob = (rollout.logprobs * mask).sum(dim=1)  # log π_old(y|x), sampling time
 
         self.policy.train()
         stats: dict[str, list[float]] = {k: [] for k in ("loss", "entropy", "clip_fraction", "approx_kl")}
-        for _ in range(self.n_epochs):
+        for _ in range(c.n_epochs):
             order = torch.randperm(mask.shape[0], generator=self.generator, device=self.generator.device)
-            for idx in order.to(mask.device).chunk(self.num_minibatches):
+            for idx in order.to(mask.device).chunk(c.num_minibatches):
                 scores = score_rollout(self.policy, rollout, idx)  # ONE forward per episode of the minibatch
                 m = mask[idx]
                 logprobs = scores.logprobs
                 log_ratio = logprobs.sum(dim=1) - old_sequence_logprob[idx]
                 ratio = log_ratio.exp()  # ρ_i = π_θ(y_i|x) / π_old(y_i|x)
                 adv = advantages_t[idx]
-                loss = torch.max(-adv * ratio, -adv * ratio.clamp(1 - self.clip_range, 1 + self.clip_range)).mean()
-                gradient_step(self, loss, self.optimizer, {"policy": self.policy}, self.max_grad_norm, rollout.rm_score)
+                loss = torch.max(-adv * ratio, -adv * ratio.clamp(1 - c.clip_range, 1 + c.clip_range)).mean()
+                gradient_step(self, loss, self.optimizer, {"policy": self.policy}, c.max_grad_norm, rollout.rm_score)
                 with torch.no_grad():
                     token_log_ratio = logprobs - rollout.logprobs[idx] * m
                     stats["loss"].append(float(loss.detach()))
                     stats["entropy"].append(float(masked_mean(scores.entropy, m)))
-                    stats["clip_fraction"].append(float(((ratio - 1).abs() > self.clip_range).float().mean()))
+                    stats["clip_fraction"].append(float(((ratio - 1).abs() > c.clip_range).float().mean()))
                     stats["approx_kl"].append(float(masked_mean(token_log_ratio.exp() - 1 - token_log_ratio, m)))
         self.policy.eval()
 

@@ -35,13 +35,14 @@ import torch
 from transformers import PreTrainedModel, PreTrainedTokenizerBase
 
 from textenv.agents.base import Agent
+from textenv.agents.config import AgentConfig
 from textenv.agents.gradient_step import gradient_step
+from textenv.config import Flag, Integer, option
 from textenv.logprobs import chosen_logprobs, entropy
 from textenv.preferences import PreferencePair, PreferenceRanking, as_preference_rows
 from textenv.prompts import builtin_reviews
 from textenv.rollout import masked_mean
-from textenv.validation import InputError, check_choice, check_int, check_number
-from textenv.vector_env import TextGenVectorEnv
+from textenv.validation import InputError
 
 #: Anything :func:`load_demonstrations` accepts.
 DemonstrationSource = Any  # None | str | os.PathLike | Sequence[str | tuple[str, str] | dict]
@@ -237,74 +238,52 @@ def completion_logprobs(model: PreTrainedModel, batch: TokenBatch) -> tuple[torc
 
 
 # ---------------------------------------------------------------------------------------------- agent
+@dataclass(frozen=True)
+class OfflineConfig(AgentConfig):
+    """Hyper-parameters of the agents that train on a fixed dataset (SFT, DPO, LRML) besides
+    :class:`~textenv.agents.config.AgentConfig`'s."""
+
+    batch_size: int = option(16, "examples (demonstrations or preference pairs) per step", Integer(1))
+    append_eos: bool = option(True, "end every completion with EOS (teaches the policy to stop, as the env's "
+                                    "episodes do)", Flag())
+    max_length: int | None = option(None, "longest prompt + completion in tokens (None: the model's context "
+                                          "length)", Integer(2, none_ok=True))  # >= one prompt + one completion token
+
+
+@dataclass(frozen=True)
+class SFTConfig(OfflineConfig):
+    """SFT's hyper-parameters."""
+
+    demonstrations: DemonstrationSource = option(
+        None, "a .jsonl/.txt path or a list of texts / (prompt, completion) pairs (None: reviews of the embedded "
+              "model's corpus); see load_demonstrations")
+    num_demonstrations: int = option(2000, "number of corpus reviews when demonstrations is None", Integer(1))
+
+
 class SFT(Agent):
     """Behaviour cloning: minibatch gradient descent on the completion-token negative log-likelihood.
 
     One :meth:`train_iteration` is one Adam step on ``batch_size`` demonstrations (an epoch is a fresh
     permutation of the data, drawn from the agent's seeded generator, so resumes are exact); its
     ``num_tokens`` is the number of completion tokens trained on, so ``learn(total_timesteps)`` counts
-    tokens like the RL agents.
-
-    Args:
-        env: a ``TextGenVectorEnv``: only its ``policy``, ``tokenizer`` and ``device`` are used.
-        demonstrations: a source accepted by :func:`load_demonstrations` (default: grammar reviews).
-        num_demonstrations: number of grammar reviews when ``demonstrations`` is ``None``.
-        learning_rate: Adam α.
-        batch_size: demonstrations per step.
-        max_grad_norm: gradient-norm clip (``None``: no clipping).
-        append_eos: end every completion with EOS (teaches the policy to stop, as the env's episodes do).
-        max_length: longest prompt + completion in tokens (default: the model's context length).
+    tokens like the RL agents. Only the env's ``policy``, ``tokenizer`` and ``device`` are used.
+    Hyper-parameters: :class:`SFTConfig`.
     """
 
     name = "sft"
+    config_class = SFTConfig
+    config: SFTConfig
 
-    def __init__(
-        self,
-        env: TextGenVectorEnv,
-        demonstrations: DemonstrationSource = None,
-        num_demonstrations: int = 2000,
-        learning_rate: float = 1e-4,
-        batch_size: int = 16,
-        max_grad_norm: float | None = 1.0,
-        append_eos: bool = True,
-        max_length: int | None = None,
-        seed: int | None = 0,
-        tensorboard_log: str | None = None,
-        verbose: int = 0,
-    ) -> None:
-        check_int("num_demonstrations", num_demonstrations, 1)
-        check_int("batch_size", batch_size, 1)
-        check_number("max_grad_norm", max_grad_norm, low=0.0, low_open=True, none_ok=True)
-        check_choice("append_eos", append_eos, (True, False))
-        if max_length is not None:
-            check_int("max_length", max_length, 2)  # at least one prompt token and one completion token
-        super().__init__(env, learning_rate=learning_rate, seed=seed, tensorboard_log=tensorboard_log, verbose=verbose)
-        env = self.env  # the TextGenVectorEnv itself, also when a Gymnasium wrapper around it was passed
-        self.demonstrations = demonstrations
-        self.num_demonstrations = num_demonstrations
-        self.batch_size = batch_size
-        self.max_grad_norm = max_grad_norm
-        self.append_eos = append_eos
-        self.max_length = max_length
-        pairs = load_demonstrations(demonstrations, num_demonstrations, seed or 0)
+    def __init__(self, env: Any, config: SFTConfig | None = None, **kwargs: Any) -> None:
+        super().__init__(env, config, **kwargs)
+        c = self.config
+        pairs = load_demonstrations(c.demonstrations, c.num_demonstrations, c.seed or 0)
         self.data = encode_pairs(
-            env.tokenizer, [p for p, _ in pairs], [c for _, c in pairs],
-            max_length or context_length(self.policy), append_eos,
+            self.env.tokenizer, [p for p, _ in pairs], [completion for _, completion in pairs],
+            c.max_length or context_length(self.policy), c.append_eos,
         )
-        self.sampler = MinibatchSampler(len(self.data), batch_size, self.generator)
-        self.optimizer = torch.optim.Adam(self.policy.parameters(), lr=learning_rate)
-
-    def hyperparameters(self) -> dict[str, Any]:
-        source = self.demonstrations
-        return {
-            **super().hyperparameters(),
-            "demonstrations": str(source) if isinstance(source, os.PathLike) else source,
-            "num_demonstrations": self.num_demonstrations,
-            "batch_size": self.batch_size,
-            "max_grad_norm": self.max_grad_norm,
-            "append_eos": self.append_eos,
-            "max_length": self.max_length,
-        }
+        self.sampler = MinibatchSampler(len(self.data), c.batch_size, self.generator)
+        self.optimizer = torch.optim.Adam(self.policy.parameters(), lr=self.learning_rate)
 
     def _extra_state(self) -> dict[str, Any]:
         return {"sampler": self.sampler.state_dict()}
@@ -322,7 +301,7 @@ class SFT(Agent):
         self.policy.train()
         logprobs, logits = completion_logprobs(self.policy, batch)
         loss = -masked_mean(logprobs, batch.target_mask)  # −(1/N_tok) Σ log π_θ(y_t | x, y_<t)
-        gradient_step(self, loss, self.optimizer, {"policy": self.policy}, self.max_grad_norm)
+        gradient_step(self, loss, self.optimizer, {"policy": self.policy}, self.config.max_grad_norm)
         self.policy.eval()
         with torch.no_grad():
             mean_entropy = masked_mean(entropy(logits.detach()), batch.target_mask)

@@ -3,6 +3,8 @@ run one SB3 rollout + update per iteration."""
 
 from __future__ import annotations
 
+import dataclasses
+from dataclasses import dataclass
 from typing import Any, ClassVar
 
 import numpy as np
@@ -16,6 +18,7 @@ from stable_baselines3.common.on_policy_algorithm import OnPolicyAlgorithm
 from stable_baselines3.common.policies import ActorCriticPolicy
 
 from textenv.agents.base import Agent
+from textenv.agents.config import AgentConfig
 from textenv.agents.gradient_step import (
     WEIGHTS_DAMAGED,
     WEIGHTS_UNCHANGED,
@@ -26,8 +29,7 @@ from textenv.agents.gradient_step import (
 )
 from textenv.agents.sb3.policy import TextGenActorCriticPolicy, TextGenMaskablePolicy
 from textenv.agents.sb3.vec_env import TextGenSB3VecEnv
-from textenv.validation import check_choice, check_int, check_number
-from textenv.vector_env import TextGenVectorEnv
+from textenv.config import Flag, Integer, Number, option
 
 
 class _EpisodeStats(BaseCallback):
@@ -62,28 +64,67 @@ class _RefuseNonFiniteRollout(BaseCallback):
                                rewards_label="env rewards")
 
 
-def check_sb3_arguments(
-    n_steps: int | None, gamma: float, gae_lambda: float, ent_coef: float, vf_coef: float, max_grad_norm: float,
-    normalize_advantage: bool,
-) -> None:
-    """The arguments every SB3 on-policy agent takes; :class:`InputError` naming the first bad one."""
-    if n_steps is not None:
-        check_int("n_steps", n_steps, 1)
-    check_number("gamma", gamma, low=0.0, high=1.0)
-    check_number("gae_lambda", gae_lambda, low=0.0, high=1.0)
-    check_number("ent_coef", ent_coef, low=0.0)
-    check_number("vf_coef", vf_coef, low=0.0)
-    check_number("max_grad_norm", max_grad_norm, low=0.0, low_open=True)  # SB3 always clips: no None
-    check_choice("normalize_advantage", normalize_advantage, (True, False))
+@dataclass(frozen=True)
+class SB3Config(AgentConfig):
+    """The hyper-parameters every SB3 on-policy agent takes (and :class:`~textenv.agents.config.AgentConfig`'s)."""
+
+    n_steps: int | None = option(None, "env steps per row per rollout (None: max_new_tokens, so every row finishes "
+                                       ">= 1 episode)", Integer(1, none_ok=True))
+    gamma: float = option(1.0, "discount γ of GAE(γ, λ); 1 because the KL-penalised return is undiscounted",
+                          Number(low=0.0, high=1.0))
+    gae_lambda: float = option(0.95, "λ of GAE(γ, λ)", Number(low=0.0, high=1.0))
+    ent_coef: float = option(0.0, "c_e, weight of the entropy bonus", Number(low=0.0))
+    vf_coef: float = option(0.1, "c_v, weight of the value loss", Number(low=0.0))
+    max_grad_norm: float = option(0.5, "gradient-norm clip (SB3 always clips: no None)", Number(low=0.0, low_open=True))
+    normalize_advantage: bool = option(True, "standardise advantages per minibatch", Flag())
+
+    def algorithm_kwargs(self) -> dict[str, Any]:
+        """The keyword arguments of the SB3 algorithm (the agent passes learning_rate, seed and n_steps itself)."""
+        return {name: getattr(self, name) for name in self.names() if name not in ("learning_rate", "seed", "n_steps")}
+
+    def venv_kwargs(self) -> dict[str, Any]:
+        """The keyword arguments of the :class:`TextGenSB3VecEnv` adapter (action masks)."""
+        return {}
 
 
-def check_sb3_ppo_arguments(batch_size: int | None, n_epochs: int, clip_range: float, target_kl: float | None) -> None:
-    """The arguments of the SB3 PPO agents besides :func:`check_sb3_arguments`'."""
-    if batch_size is not None:
-        check_int("batch_size", batch_size, 1)
-    check_int("n_epochs", n_epochs, 1)
-    check_number("clip_range", clip_range, low=0.0, low_open=True)
-    check_number("target_kl", target_kl, low=0.0, low_open=True, none_ok=True)
+@dataclass(frozen=True)
+class SB3PPOConfig(SB3Config):
+    """SB3 PPO's hyper-parameters."""
+
+    batch_size: int | None = option(
+        None, "PPO minibatch size (None and maximum: the whole rollout, n_steps × B; whole rollouts let the policy "
+              "run one forward per episode instead of one per token, smaller minibatches cost up to T times more)",
+        Integer(1, none_ok=True))
+    n_epochs: int = option(4, "passes over each rollout (= gradient steps per rollout with the default batch_size)",
+                           Integer(1))
+    clip_range: float = option(0.2, "ε of the clipped ratio", Number(low=0.0, low_open=True))
+    target_kl: float | None = option(None, "SB3's early stop of the epochs once the approximate KL(π_old‖π_θ) "
+                                           "exceeds it (None: never)", Number(low=0.0, low_open=True, none_ok=True))
+
+
+@dataclass(frozen=True)
+class SB3A2CConfig(SB3Config):
+    """SB3 A2C's hyper-parameters (one gradient step per rollout)."""
+
+    use_rms_prop: bool = option(False, "RMSprop instead of Adam (SB3's default; Adam suits pretrained transformers "
+                                       "better)", Flag())
+
+
+@dataclass(frozen=True)
+class MaskablePPOConfig(SB3PPOConfig):
+    """MaskablePPO's hyper-parameters: SB3 PPO's plus the NLPO-style action mask."""
+
+    mask_top_p: float | None = option(0.9, "sample each token among the top-p tokens of π_ref (RL4LMs' 0.9; None: "
+                                           "no top-p mask)", Number(low=0.0, high=1.0, low_open=True, none_ok=True))
+    mask_top_k: int | None = option(None, "sample each token among the top-k tokens of π_ref (None: no top-k mask)",
+                                    Integer(1, none_ok=True))
+
+    def algorithm_kwargs(self) -> dict[str, Any]:
+        kwargs = super().algorithm_kwargs()
+        return {name: value for name, value in kwargs.items() if name not in ("mask_top_p", "mask_top_k")}
+
+    def venv_kwargs(self) -> dict[str, Any]:
+        return {"mask_top_p": self.mask_top_p, "mask_top_k": self.mask_top_k}
 
 
 class SB3Agent(Agent):
@@ -94,23 +135,27 @@ class SB3Agent(Agent):
     last observation). The SB3 model is :attr:`model` (its policy's ``lm`` is ``env.policy``).
     Reported: the shared scalars (rollout ones averaged over the episodes that finished during the
     rollout, and absent when none did) plus SB3's own ``train/*`` values (``approx_kl``, ``value_loss``...).
-    ``learning_rate`` is constant (SB3 schedules would restart every iteration).
+    ``learning_rate`` is constant (SB3 schedules would restart every iteration). The env must have
+    ``autoreset_mode="disabled"`` and ``group_size=1``.
     """
 
     algorithm: ClassVar[type[OnPolicyAlgorithm]]
     policy_class: ClassVar[type[ActorCriticPolicy] | type[MaskableActorCriticPolicy]] = TextGenActorCriticPolicy
+    config_class: ClassVar[type[SB3Config]] = SB3Config
+    config: SB3Config
 
-    def _setup_sb3(self, n_steps: int | None, algorithm_kwargs: dict[str, Any],
-                   mask_top_k: int | None = None, mask_top_p: float | None = None) -> None:
-        self.n_steps = self.env.max_new_tokens if n_steps is None else n_steps
-        self.algorithm_kwargs = algorithm_kwargs  # as given (saved by hyperparameters())
-        rollout_size = self.n_steps * self.env.num_envs
+    def __init__(self, env: Any, config: SB3Config | None = None, **kwargs: Any) -> None:
+        super().__init__(env, config, **kwargs)
+        if self.config.n_steps is None:  # recorded resolved in agent.json
+            self.config = dataclasses.replace(self.config, n_steps=self.env.max_new_tokens)
+        algorithm_kwargs = self.config.algorithm_kwargs()
+        rollout_size = self.config.n_steps * self.env.num_envs
         if "batch_size" in algorithm_kwargs:  # default: the whole rollout; at most the rollout; SB3 needs >= 2
             batch_size = algorithm_kwargs["batch_size"] or rollout_size
-            algorithm_kwargs = {**algorithm_kwargs, "batch_size": max(2, min(batch_size, rollout_size))}
-        self.venv = TextGenSB3VecEnv(self.env, mask_top_k=mask_top_k, mask_top_p=mask_top_p)
+            algorithm_kwargs["batch_size"] = max(2, min(batch_size, rollout_size))
+        self.venv = TextGenSB3VecEnv(self.env, **self.config.venv_kwargs())
         self.model = self.algorithm(
-            self.policy_class, self.venv, learning_rate=self.learning_rate, n_steps=self.n_steps,
+            self.policy_class, self.venv, learning_rate=self.learning_rate, n_steps=self.config.n_steps,
             policy_kwargs=self.venv.policy_kwargs(), seed=self.seed, device=self.env.device, verbose=0,
             **algorithm_kwargs,
         )
@@ -144,9 +189,6 @@ class SB3Agent(Agent):
         """:func:`~textenv.agents.gradient_step.diverged` with this SB3 rollout's rewards and clip norm."""
         return diverged(self, problem, weights, max_grad_norm=self.model.max_grad_norm,
                         rewards=self.model.rollout_buffer.rewards, rewards_label="env rewards")
-
-    def hyperparameters(self) -> dict[str, Any]:
-        return {**super().hyperparameters(), "n_steps": self.n_steps, **self.algorithm_kwargs}
 
     def optimizers(self) -> dict[str, torch.optim.Optimizer]:
         return {"policy": self.model.policy.optimizer}
@@ -189,14 +231,14 @@ class SB3Agent(Agent):
 
     def train_iteration(self) -> dict[str, float]:
         stats = _EpisodeStats()
-        self.model.learn(total_timesteps=self.n_steps * self.env.num_envs,
+        self.model.learn(total_timesteps=self.config.n_steps * self.env.num_envs,
                          callback=[stats, _RefuseNonFiniteRollout(self)], reset_num_timesteps=False,
                          progress_bar=False)
         sb3_values = dict(self.model.logger.name_to_value)
         for key, value in sb3_values.items():  # a backstop: a NaN loss has a NaN gradient, refused above
             if key.startswith("train/") and key.endswith("loss") and not np.isfinite(value):
                 raise self._diverged(f"SB3 logged {key}={value}", WEIGHTS_DAMAGED)
-        metrics: dict[str, float] = {"num_tokens": self.n_steps * self.env.num_envs,
+        metrics: dict[str, float] = {"num_tokens": self.config.n_steps * self.env.num_envs,
                                      "rollout/kl_coef": self.env.kl_coef}
         episodes = stats.episodes
         if episodes:
@@ -220,141 +262,35 @@ class SB3Agent(Agent):
 
 
 class SB3PPO(SB3Agent):
-    """stable-baselines3 PPO with :class:`TextGenActorCriticPolicy` (the RLHF PPO of InstructGPT).
-
-    Args:
-        env: ``TextGenVectorEnv`` with ``autoreset_mode="disabled"`` and ``group_size=1``.
-        learning_rate: Adam α (constant).
-        n_steps: env steps per row per rollout (default ``max_new_tokens``: every row finishes ≥ 1 episode).
-        batch_size: PPO minibatch size (default and maximum: the whole rollout, ``n_steps * B``). Whole
-            rollouts let the policy run one forward per episode instead of one per token
-            (:meth:`TextGenPolicyMixin.logits_and_values`); smaller minibatches cost up to T times more.
-        n_epochs: passes over each rollout (= gradient steps per rollout with the default batch_size).
-        gamma, gae_lambda: GAE(γ, λ); γ = 1 because the KL-penalised return is undiscounted.
-        clip_range: ε of the clipped ratio.
-        ent_coef, vf_coef: c_e and c_v of the PPO loss (``shared/rlhf-notes.md``, "PPO").
-        max_grad_norm: gradient-norm clip.
-        target_kl: SB3's early stop of the epochs when the approximate KL(π_old‖π_θ) exceeds it.
-        normalize_advantage: standardise advantages per minibatch.
-    """
+    """stable-baselines3 PPO with :class:`TextGenActorCriticPolicy` (the RLHF PPO of InstructGPT); hyper-parameters:
+    :class:`SB3PPOConfig`."""
 
     name = "sb3-ppo"
     algorithm = PPO
-
-    def __init__(
-        self,
-        env: TextGenVectorEnv,
-        learning_rate: float = 1e-4,
-        n_steps: int | None = None,
-        batch_size: int | None = None,
-        n_epochs: int = 4,
-        gamma: float = 1.0,
-        gae_lambda: float = 0.95,
-        clip_range: float = 0.2,
-        ent_coef: float = 0.0,
-        vf_coef: float = 0.1,
-        max_grad_norm: float = 0.5,
-        target_kl: float | None = None,
-        normalize_advantage: bool = True,
-        seed: int | None = 0,
-        tensorboard_log: str | None = None,
-        verbose: int = 0,
-    ) -> None:
-        check_sb3_arguments(n_steps, gamma, gae_lambda, ent_coef, vf_coef, max_grad_norm, normalize_advantage)
-        check_sb3_ppo_arguments(batch_size, n_epochs, clip_range, target_kl)
-        super().__init__(env, learning_rate=learning_rate, seed=seed, tensorboard_log=tensorboard_log, verbose=verbose)
-        self._setup_sb3(n_steps, {
-            "batch_size": batch_size,
-            "n_epochs": n_epochs, "gamma": gamma, "gae_lambda": gae_lambda, "clip_range": clip_range,
-            "ent_coef": ent_coef, "vf_coef": vf_coef, "max_grad_norm": max_grad_norm, "target_kl": target_kl,
-            "normalize_advantage": normalize_advantage,
-        })
+    config_class = SB3PPOConfig
 
 
 class SB3A2C(SB3Agent):
-    """stable-baselines3 A2C with :class:`TextGenActorCriticPolicy`: one gradient step per rollout.
-
-    Args: as :class:`SB3PPO` (no epochs / minibatches / clipping); ``use_rms_prop=False`` (Adam) by default,
-    which suits pretrained transformers better than SB3's RMSprop default.
-    """
+    """stable-baselines3 A2C with :class:`TextGenActorCriticPolicy`: one gradient step per rollout; hyper-parameters:
+    :class:`SB3A2CConfig` (Adam by default, which suits pretrained transformers better than SB3's RMSprop)."""
 
     name = "sb3-a2c"
     algorithm = A2C
-
-    def __init__(
-        self,
-        env: TextGenVectorEnv,
-        learning_rate: float = 1e-4,
-        n_steps: int | None = None,
-        gamma: float = 1.0,
-        gae_lambda: float = 0.95,
-        ent_coef: float = 0.0,
-        vf_coef: float = 0.1,
-        max_grad_norm: float = 0.5,
-        normalize_advantage: bool = True,
-        use_rms_prop: bool = False,
-        seed: int | None = 0,
-        tensorboard_log: str | None = None,
-        verbose: int = 0,
-    ) -> None:
-        check_sb3_arguments(n_steps, gamma, gae_lambda, ent_coef, vf_coef, max_grad_norm, normalize_advantage)
-        check_choice("use_rms_prop", use_rms_prop, (True, False))
-        super().__init__(env, learning_rate=learning_rate, seed=seed, tensorboard_log=tensorboard_log, verbose=verbose)
-        self._setup_sb3(n_steps, {
-            "gamma": gamma, "gae_lambda": gae_lambda, "ent_coef": ent_coef, "vf_coef": vf_coef,
-            "max_grad_norm": max_grad_norm, "normalize_advantage": normalize_advantage, "use_rms_prop": use_rms_prop,
-        })
+    config_class = SB3A2CConfig
 
 
 class MaskablePPOAgent(SB3Agent):
     """sb3-contrib MaskablePPO with NLPO-style masks (Ramamurthy et al. 2022): each token is sampled among the
     top-p (and/or top-k) tokens of the frozen reference π_ref at that state (of the policy itself when
-    ``kl_coef=0``, since the env then has no reference). EOS is always allowed.
-
-    Args: as :class:`SB3PPO`, plus ``mask_top_p`` (default 0.9, RL4LMs' value) and ``mask_top_k``.
+    ``kl_coef=0``, since the env then has no reference). EOS is always allowed. Hyper-parameters:
+    :class:`MaskablePPOConfig`.
     """
 
     name = "maskable-ppo"
     algorithm = MaskablePPO
     policy_class = TextGenMaskablePolicy
-
-    def __init__(
-        self,
-        env: TextGenVectorEnv,
-        learning_rate: float = 1e-4,
-        n_steps: int | None = None,
-        batch_size: int | None = None,
-        n_epochs: int = 4,
-        gamma: float = 1.0,
-        gae_lambda: float = 0.95,
-        clip_range: float = 0.2,
-        ent_coef: float = 0.0,
-        vf_coef: float = 0.1,
-        max_grad_norm: float = 0.5,
-        target_kl: float | None = None,
-        normalize_advantage: bool = True,
-        mask_top_p: float | None = 0.9,
-        mask_top_k: int | None = None,
-        seed: int | None = 0,
-        tensorboard_log: str | None = None,
-        verbose: int = 0,
-    ) -> None:
-        check_sb3_arguments(n_steps, gamma, gae_lambda, ent_coef, vf_coef, max_grad_norm, normalize_advantage)
-        check_sb3_ppo_arguments(batch_size, n_epochs, clip_range, target_kl)
-        check_number("mask_top_p", mask_top_p, low=0.0, high=1.0, low_open=True, none_ok=True)
-        if mask_top_k is not None:
-            check_int("mask_top_k", mask_top_k, 1)
-        super().__init__(env, learning_rate=learning_rate, seed=seed, tensorboard_log=tensorboard_log, verbose=verbose)
-        self.mask_top_p, self.mask_top_k = mask_top_p, mask_top_k
-        self._setup_sb3(n_steps, {
-            "batch_size": batch_size,
-            "n_epochs": n_epochs, "gamma": gamma, "gae_lambda": gae_lambda, "clip_range": clip_range,
-            "ent_coef": ent_coef, "vf_coef": vf_coef, "max_grad_norm": max_grad_norm, "target_kl": target_kl,
-            "normalize_advantage": normalize_advantage,
-        }, mask_top_k=mask_top_k, mask_top_p=mask_top_p)
-
-    def hyperparameters(self) -> dict[str, Any]:
-        return {**super().hyperparameters(), "mask_top_p": self.mask_top_p, "mask_top_k": self.mask_top_k}
+    config_class = MaskablePPOConfig
 
 
-__all__ = ["SB3A2C", "SB3PPO", "MaskablePPOAgent", "SB3Agent"]
+__all__ = ["SB3A2C", "SB3A2CConfig", "SB3Config", "SB3PPO", "SB3PPOConfig", "MaskablePPOAgent", "MaskablePPOConfig",
+           "SB3Agent"]

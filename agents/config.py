@@ -1,0 +1,59 @@
+"""Agent hyper-parameters: :class:`AgentConfig`, the fields every agent takes, and the checks of a config against
+the env it trains on.
+
+Each agent declares its hyper-parameters once, as a frozen dataclass next to its algorithm (``PPOConfig`` in
+``ppo.py``...), subclassing :class:`AgentConfig`; every field is a :func:`~textenv.config.option` (default,
+one-line help, check). The agent names it as ``config_class`` and reads ``self.config.<name>``:
+
+    @dataclass(frozen=True)
+    class ReMaxConfig(AgentConfig):
+        normalize_advantages: bool = option(True, "divide A by its batch standard deviation", Flag())
+
+    class ReMax(Agent):
+        name = "remax"
+        config_class = ReMaxConfig
+
+``ReMax(env, normalize_advantages=False)``, ``ReMax(env, ReMaxConfig(...))``, ``make_agent("remax", env, ...)``,
+``textenv train --agent remax --help``, a YAML ``agent_kwargs:`` mapping and the ``agent.json`` of a checkpoint
+all go through that one dataclass (:class:`~textenv.config.Config`).
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Any
+
+from textenv.config import Config, Number, Seed, option
+from textenv.validation import InputError
+
+#: Adam step sizes: finite and > 0, capped far above any useful value but below ~3e37, where Adam's float32
+#: step overflows inside torch (a raw RuntimeError). Large values that diverge are caught by the guarded update.
+LEARNING_RATE = Number(low=0, low_open=True, high=1e30)
+
+
+@dataclass(frozen=True)
+class AgentConfig(Config):
+    """The hyper-parameters of every agent (saved in ``agent.json``, restored by ``Agent.load``)."""
+
+    learning_rate: float = option(1e-4, "Adam step size α", LEARNING_RATE)
+    seed: int | None = option(0, "seeds torch, NumPy, random, the agent's sampler and the env's prompt sampler "
+                                 "(None: unseeded)", Seed(none_ok=True))
+    max_grad_norm: float | None = option(1.0, "gradient-norm clip (None: no clipping)",
+                                         Number(low=0, low_open=True, none_ok=True))
+
+    def check_env(self, env: Any) -> None:
+        """Raise :class:`InputError` when the env cannot run with these hyper-parameters (checked before the
+        agent touches the env; subclasses add their rules)."""
+
+
+# ---------------------------------------------------------------------------------------------- env rules
+def require_synchronised_episodes(env: Any, agent: str) -> None:
+    """Native on-policy agents play whole episodes in lock-step: ``autoreset_mode="disabled"``."""
+    if env.autoreset_mode != "disabled":
+        raise InputError(f"env: {agent} plays synchronised episodes; build the env with autoreset_mode='disabled'")
+
+
+def check_minibatches(num_minibatches: int, env: Any) -> None:
+    """Minibatches are sets of episodes: at most ``env.num_envs`` of them."""
+    if num_minibatches > env.num_envs:
+        raise InputError(f"num_minibatches={num_minibatches} must be <= env.num_envs={env.num_envs} (episodes)")
