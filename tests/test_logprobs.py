@@ -5,7 +5,7 @@ from __future__ import annotations
 import pytest
 import torch
 
-import textenv.logprobs as logprobs_module
+import textenv.fast.logprobs as logprobs_module
 from textenv.logprobs import chosen_logprobs, entropy, logprobs_and_entropy
 
 

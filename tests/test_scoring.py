@@ -1,4 +1,4 @@
-"""Packed forwards: the update's scoring (``textenv.rollout.score_actions``: packed episodes, LM head on taken
+"""Packed forwards: the update's scoring (``textenv.scoring.score_actions``: packed episodes, LM head on taken
 actions only) and the engine's packed prompt prefill.
 
 Both must give exactly what the plain left-padded forward gives (log-probs, entropy, hidden states and the
@@ -14,11 +14,12 @@ import pytest
 import torch
 from transformers import AutoModelForCausalLM
 
-from textenv.engine import generation as engine
-from textenv.fast import packing
 from textenv.engine.generation import GenerationEngine
+from textenv.fast import attention, packing
+from textenv.fast import prefill as fast_prefill
 from textenv.models.loading import load_causal_lm, load_tokenizer
-from textenv.rollout import collect_rollout, score_rollout
+from textenv.rollout import collect_rollout
+from textenv.scoring import score_rollout
 from textenv.vector_env import TextGenVectorEnv
 
 PROMPTS = ["the film was", "i liked the pasta at the restaurant", "the book", "a",
@@ -144,12 +145,12 @@ def test_episode_attention_refuses_what_it_does_not_implement():
     """Sliding windows, logit soft-capping and attention sinks are left to transformers (the rows layout)."""
     layout = packing.pack_episodes(torch.tensor([[0, 5, 6], [7, 8, 9]]), torch.tensor([[0, 1, 1], [1, 1, 1]]))
     states = torch.randn(1, 2, 5, 4)
-    out, _ = packing._episode_attention(None, states, states, states, None, textenv_layout=layout)
+    out, _ = attention.episode_attention(None, states, states, states, None, textenv_layout=layout)
     first = torch.nn.functional.scaled_dot_product_attention(*(states[:, :, :2],) * 3, is_causal=True)
     assert torch.allclose(out[0, :2], first[0].transpose(0, 1), atol=1e-6)  # episode 1 sees only itself
     for name in ("sliding_window", "softcap", "s_aux"):
         with pytest.raises(ValueError, match=name):
-            packing._episode_attention(None, states, states, states, None, textenv_layout=layout, **{name: 4})
+            attention.episode_attention(None, states, states, states, None, textenv_layout=layout, **{name: 4})
 
 
 def test_a_model_without_episode_attention_packs_rows_of_episodes(tiny_model_dir):
@@ -200,7 +201,7 @@ def test_the_engine_passes_the_cache_without_deprecation_warnings(tiny_model_dir
 
 def test_the_packed_prefill_continues_exactly_like_the_padded_one(tiny_model_dir):
     env, _ = rollout_with_ragged_episodes(tiny_model_dir)  # this model's first prefill: both ran and agreed
-    assert engine._PACKED_PREFILL_AGREES.get(env.policy) is True
+    assert fast_prefill._PACKED_PREFILL_AGREES.get(env.policy) is True
     prompts = PROMPTS[::-1]  # a different layout, prefilled packed only
     rollout = collect_rollout(env, torch.Generator().manual_seed(2), prompts=prompts)
     assert rollout.attention_mask[:, : rollout.prompt_width].sum(dim=1).unique().numel() > 1  # left padding

@@ -1,119 +1,71 @@
-"""log π(a|s) of chosen tokens and the entropy H(π(·|s)) from next-token logits, in cache-sized chunks.
+"""log π(a|s) of chosen tokens and the entropy H(π(·|s)) from next-token logits: the one place they are computed.
 
-The plain way, ``logits.log_softmax(-1).gather(...)`` plus ``-(logp.exp() * logp).sum(-1)``, writes three
-vocabulary-sized tensors in the forward (log-softmax, exp, product) and three in the backward (the zeroed
-gradient of the gather, the scatter into it, the log-softmax backward). For the update of a batch of
-64 × 24 actions on a 4096-token vocabulary each one is 22 MB of fresh memory, and their writes and page faults
-took about 15 % of the update's forward + backward (torch profiler, ``benchmarks/train.py`` shapes).
+The engine (env steps, lazy reference), the update forward (:mod:`textenv.scoring`) and the native agents (PTX / SFT /
+DPO losses, entropy statistics) take their log-probs and entropies here. Each function has two ways, picked by the
+switch of :mod:`textenv.fast` (``fast=None`` follows ``TEXTENV_FAST``, on by default):
 
-Here the forward keeps, per state, only the log-normaliser ``log Z = logsumexp(z)`` and the entropy, computed a
-chunk of rows at a time (each temporary about 1 MiB, so it stays in cache), and the backward writes the one
-gradient tensor the LM head's backward needs, again a chunk at a time:
+- plain: ``F.log_softmax`` over the vocabulary, ``gather`` of the chosen token, ``−Σ p log p``;
+- fast: :mod:`textenv.fast.logprobs`, the same numbers (to float32 rounding) computed a cache-sized chunk at a time,
+  with a hand-written backward that writes only the gradient the LM head needs.
 
-    log π(a) = z_a − log Z                      ∂ log π(a) / ∂z_j = δ_ja − p_j
-    H        = −Σ_j p_j log p_j                 ∂ H / ∂z_j       = −p_j (log p_j + H)
-
-with p = softmax(z). Results equal the plain way's to float32 rounding (tested). The engine (env steps, lazy reference)
-and the native agents (updates, PTX / SFT / DPO losses, entropy statistics) take their log-probs and entropies here.
+Both give −inf for a chosen token of logit −inf, and entropies in which tokens of logit −inf add nothing.
 """
 
 from __future__ import annotations
 
 import torch
-from torch.autograd.function import once_differentiable
+import torch.nn.functional as F
 
-#: Elements per temporary (float32: 1 MiB, about one core's L2 cache here).
-CHUNK_ELEMENTS = 1 << 18
+from textenv.fast import logprobs as fast_logprobs
+from textenv.fast import resolve_fast
 
 
-def logprobs_and_entropy(logits: torch.Tensor, tokens: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+def logprobs_and_entropy(
+    logits: torch.Tensor, tokens: torch.Tensor, fast: bool | None = None
+) -> tuple[torch.Tensor, torch.Tensor]:
     """log softmax(logits)[token] and the entropy of softmax(logits), per state; differentiable in ``logits``.
 
     Args:
         logits: ``(..., V)`` floating next-token logits (``-inf`` allowed, not a whole row of it).
         tokens: ``(...)`` long, the chosen token of each state.
+        fast: the switch position (:mod:`textenv.fast`); ``None`` follows ``TEXTENV_FAST``.
 
     Returns:
         ``(...)`` log-probabilities and ``(...)`` entropies, nats, in ``logits``' dtype.
     """
     _check(logits, tokens)
-    logprob, entropy_ = _LogprobEntropy.apply(logits.reshape(-1, logits.shape[-1]), tokens.reshape(-1))
+    flat, flat_tokens = logits.reshape(-1, logits.shape[-1]), tokens.reshape(-1)
+    if resolve_fast(fast):
+        logprob, entropy_ = fast_logprobs.chunked_logprobs_and_entropy(flat, flat_tokens)
+    else:
+        logprob, entropy_ = _plain_logprobs_and_entropy(flat, flat_tokens)
     return logprob.view(tokens.shape), entropy_.view(tokens.shape)
 
 
-def chosen_logprobs(logits: torch.Tensor, tokens: torch.Tensor) -> torch.Tensor:
-    """log softmax(logits)[token] per state, ``(..., V), (...) -> (...)``, without the vocabulary-sized log-softmax."""
+def chosen_logprobs(logits: torch.Tensor, tokens: torch.Tensor, fast: bool | None = None) -> torch.Tensor:
+    """log softmax(logits)[token] per state, ``(..., V), (...) -> (...)``; differentiable in ``logits``."""
     _check(logits, tokens)
-    if logits.requires_grad and torch.is_grad_enabled():
-        return logprobs_and_entropy(logits, tokens)[0]
-    flat = logits.reshape(-1, logits.shape[-1])
-    return (flat.gather(1, tokens.reshape(-1, 1)).squeeze(1) - _log_normaliser(flat)).view(tokens.shape)
+    flat, flat_tokens = logits.reshape(-1, logits.shape[-1]), tokens.reshape(-1)
+    if resolve_fast(fast):
+        return fast_logprobs.chunked_chosen_logprobs(flat, flat_tokens).view(tokens.shape)
+    return F.log_softmax(flat, dim=-1).gather(1, flat_tokens[:, None]).squeeze(1).view(tokens.shape)
 
 
-def entropy(logits: torch.Tensor) -> torch.Tensor:
+def entropy(logits: torch.Tensor, fast: bool | None = None) -> torch.Tensor:
     """Entropy of each next-token distribution, ``(..., V) -> (...)`` nats; differentiable in ``logits``."""
-    return logprobs_and_entropy(logits, torch.zeros(logits.shape[:-1], dtype=torch.long, device=logits.device))[1]
+    tokens = torch.zeros(logits.shape[:-1], dtype=torch.long, device=logits.device)
+    return logprobs_and_entropy(logits, tokens, fast=fast)[1]
+
+
+def _plain_logprobs_and_entropy(logits: torch.Tensor, tokens: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """The plain way, ``(N, V), (N,) -> (N,), (N,)``. A −inf log-prob is clamped to the lowest finite float in the
+    entropy's product, so that 0 · log 0 counts 0 (and its gradient is 0, not NaN)."""
+    logp = F.log_softmax(logits, dim=-1)
+    finite = logp.clamp(min=torch.finfo(logp.dtype).min)
+    return logp.gather(1, tokens[:, None]).squeeze(1), -(logp.exp() * finite).sum(dim=-1)
 
 
 def _check(logits: torch.Tensor, tokens: torch.Tensor) -> None:
     if logits.dim() < 1 or tokens.shape != logits.shape[:-1]:
         raise ValueError(f"logits must be (..., V) and tokens (...) with the same leading shape; got "
                          f"{tuple(logits.shape)} and {tuple(tokens.shape)}")
-
-
-def _row_chunks(logits: torch.Tensor) -> list[slice]:
-    rows, vocab = logits.shape
-    step = max(1, CHUNK_ELEMENTS // max(vocab, 1))
-    return [slice(start, min(start + step, rows)) for start in range(0, rows, step)]
-
-
-def _log_normaliser(logits: torch.Tensor) -> torch.Tensor:
-    """logsumexp over the last dim, ``(N, V) -> (N,)``, a chunk of rows at a time."""
-    out = logits.new_empty(logits.shape[0])
-    for rows in _row_chunks(logits):
-        torch.logsumexp(logits[rows], dim=1, out=out[rows])
-    return out
-
-
-class _LogprobEntropy(torch.autograd.Function):
-    """``(logits (N, V), tokens (N,)) -> (log π(token) (N,), H (N,))``; see the module docstring for the math."""
-
-    @staticmethod
-    def forward(ctx, logits: torch.Tensor, tokens: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:  # type: ignore[override]
-        log_z = logits.new_empty(logits.shape[0])
-        entropy = logits.new_empty(logits.shape[0])
-        for rows in _row_chunks(logits):
-            z = logits[rows]
-            top = z.amax(dim=1, keepdim=True)
-            shifted = (z - top).clamp_(min=torch.finfo(z.dtype).min)  # -inf -> finite: 0 · shifted is 0 below
-            weight = shifted.exp()  # p · total
-            total = weight.sum(dim=1)
-            log_total = total.log()
-            log_z[rows] = top.squeeze(1) + log_total
-            # log p = shifted − log total, so H = −Σ p log p = log total − Σ weight · shifted / total
-            entropy[rows] = log_total - (weight * shifted).sum(dim=1) / total
-        logprob = logits.gather(1, tokens[:, None]).squeeze(1) - log_z
-        ctx.save_for_backward(logits, tokens, log_z, entropy)
-        ctx.set_materialize_grads(False)
-        return logprob, entropy
-
-    @staticmethod
-    @once_differentiable
-    def backward(ctx, grad_logprob: torch.Tensor | None, grad_entropy: torch.Tensor | None):  # type: ignore[override]
-        logits, tokens, log_z, entropy = ctx.saved_tensors
-        if grad_logprob is None and grad_entropy is None:
-            return None, None
-        if grad_logprob is None:
-            grad_logprob = torch.zeros_like(log_z)
-        grad = torch.empty_like(logits)
-        for rows in _row_chunks(logits):
-            logp = logits[rows] - log_z[rows, None]
-            p = logp.exp()
-            if grad_entropy is None:  # −p_j g_logprob
-                torch.mul(p, grad_logprob[rows, None].neg(), out=grad[rows])
-            else:  # −p_j (g_logprob + g_H (log p_j + H)), and 0 where p_j = 0 (log p_j = −inf)
-                possible = p > 0
-                coef = logp.add_(entropy[rows, None]).mul_(grad_entropy[rows, None]).add_(grad_logprob[rows, None])
-                grad[rows] = torch.where(possible, p.mul_(coef).neg_(), 0.0)
-        grad.scatter_add_(1, tokens[:, None], grad_logprob[:, None].to(grad.dtype))  # + δ_ja g_logprob
-        return grad, None

@@ -1,8 +1,8 @@
-"""Collect one batch of synchronised episodes from a TextGen vector env, and score them again with grad.
+"""Collect one batch of synchronised episodes from a TextGen vector env.
 
 Every on-policy agent does the same two things: (1) play B episodes to the end, sampling each action
 from the logits the env already computed (no second policy forward), and (2) in the update, run **one
-forward per episode** over prompt + completion to get log π_θ(y_t|s_t) with gradients.
+forward per episode** over prompt + completion to get log π_θ(y_t|s_t) with gradients (:mod:`textenv.scoring`).
 """
 
 from __future__ import annotations
@@ -14,10 +14,7 @@ from dataclasses import dataclass
 
 import numpy as np
 import torch
-from transformers import PreTrainedModel
 
-from textenv.logprobs import logprobs_and_entropy
-from textenv.fast.packing import predicting_logits
 from textenv.validation import InputError, check_number
 from textenv.vector_env import TextGenVectorEnv, unwrap_vector_env
 
@@ -185,64 +182,6 @@ def _play_episodes(
         seconds=time.perf_counter() - start,
         hidden_states=torch.stack(hidden, dim=1),
     )
-
-
-@dataclass
-class ActionScores:
-    """What the update's forward gives per action, for B episodes of at most T actions.
-
-    logprobs: ``(B, T)`` log π_θ(a_t|s_t) in nats, differentiable; 0 where ``action_mask`` is 0.
-    entropy: ``(B, T)`` H[π_θ(·|s_t)] in nats over the whole vocabulary; differentiable only when asked for.
-    hidden: ``(B, T, H)`` the last-layer (final-norm) hidden state at s_t, what a value head on the trunk reads
-    (the same tensor as ``Rollout.hidden_states``, with gradients); 0 where not taken.
-    """
-
-    logprobs: torch.Tensor
-    entropy: torch.Tensor
-    hidden: torch.Tensor
-
-
-def score_actions(
-    model: PreTrainedModel,
-    input_ids: torch.Tensor,
-    attention_mask: torch.Tensor,
-    prompt_width: int,
-    action_mask: torch.Tensor,
-    entropy_grad: bool = False,
-) -> ActionScores:
-    """ONE forward over every episode's prompt + completion, giving log π_θ, entropy and hidden state per action.
-
-    ``input_ids`` / ``attention_mask`` ``(B, P + T)`` as the engine laid them out (``Rollout``); action t of row b
-    is ``input_ids[b, P + t]``, taken where ``action_mask[b, t]`` is 1.
-
-    The forward runs on the episodes packed without padding and the LM head only on states where an action was
-    taken (:func:`textenv.fast.packing.predicting_logits`): a left-padded batch spends about a quarter of its trunk
-    compute on padding, and its vocabulary-sized work (LM head, log-softmax, their backward) on every state.
-    """
-    taken = action_mask.bool()
-    targets = torch.zeros_like(attention_mask, dtype=torch.bool)
-    targets[:, prompt_width:] = taken
-    logits, hidden = predicting_logits(model, input_ids, attention_mask, targets)  # (N, V), (N, H)
-    logp, token_entropy = logprobs_and_entropy(logits, input_ids[targets])  # (N,), (N,)
-    if not entropy_grad:
-        token_entropy = token_entropy.detach()
-    B, T = action_mask.shape
-    logprobs = logits.new_zeros(B, T)
-    logprobs[taken] = logp
-    entropies = logits.new_zeros(B, T)
-    entropies[taken] = token_entropy
-    hidden_bt = hidden.new_zeros(B, T, hidden.shape[-1])
-    hidden_bt[taken] = hidden
-    return ActionScores(logprobs=logprobs, entropy=entropies, hidden=hidden_bt)
-
-
-def score_rollout(
-    model: PreTrainedModel, rollout: Rollout, rows: torch.Tensor | None = None, entropy_grad: bool = False
-) -> ActionScores:
-    """:func:`score_actions` on a rollout's episodes: all of them, or the long indices ``rows`` (a minibatch)."""
-    index = slice(None) if rows is None else rows
-    return score_actions(model, rollout.input_ids[index], rollout.attention_mask[index], rollout.prompt_width,
-                         rollout.action_mask[index], entropy_grad=entropy_grad)
 
 
 def masked_mean(values: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:

@@ -14,33 +14,30 @@ when only the episode's total KL is needed.
 
 Layout: ``input_ids`` / ``attention_mask`` are ``(B, S)`` with every row ending at column S. A row is
 ``[left padding][prompt][generated tokens][padding appended after it finished]``; padding has mask 0.
-Position ids count only unmasked tokens, so left padding does not shift positions. The policy's prefill runs
-the rows packed (no compute on left padding) and copies each token's KV entries to its row and column of the
-cache (checked once per model against the padded prefill, see :func:`_prefill_cache`). Per column the engine
+Position ids count only unmasked tokens, so left padding does not shift positions. Per column the engine
 also keeps ``generated`` (bool), ``logprobs`` (log π_θ of that token when it was sampled) and
 ``ref_logprobs`` (log π_ref of it, filled in by :meth:`sync_reference`).
+
+The model calls live beside this module: :mod:`~textenv.engine.cache` (the cached step forward),
+:mod:`~textenv.engine.prefill` (filling the caches from prompts) and :mod:`~textenv.engine.scoring` (the lazy
+reference's one forward over finished episodes). With ``fast`` (the switch of :mod:`textenv.fast`) the prefill and
+the reference's scoring run packed, and log-probs are computed in chunks; without, every forward is the plain one.
 """
 
 from __future__ import annotations
 
-import functools
-import inspect
-import warnings
-import weakref
 from collections.abc import Sequence
 from dataclasses import dataclass
 
 import torch
-from transformers import DynamicCache, PreTrainedModel, PreTrainedTokenizerBase, StaticCache
-from transformers.cache_utils import DynamicLayer, StaticLayer
-from transformers.masking_utils import create_causal_mask
+from transformers import PreTrainedModel, PreTrainedTokenizerBase, StaticCache
 
+from textenv.engine.cache import cached_forward, plain_static_layers
+from textenv.engine.prefill import prefill_cache, prefill_rows
+from textenv.engine.scoring import predicting_logits
+from textenv.fast import model_fast, resolve_fast
 from textenv.logprobs import chosen_logprobs
-from textenv.fast.packing import eval_mode, pack, predicting_logits
 from textenv.validation import InputError
-
-#: Models whose packed prefill was checked against the padded one (:func:`_prefill_cache`): model -> it agreed.
-_PACKED_PREFILL_AGREES: weakref.WeakKeyDictionary = weakref.WeakKeyDictionary()
 
 
 @dataclass
@@ -71,6 +68,9 @@ class GenerationEngine:
         max_new_tokens: episode length limit T (truncation).
         lazy_reference: run the reference only when its log-probs or logits are asked for (see
             :meth:`sync_reference`), instead of every step.
+        fast: the switch of :mod:`textenv.fast` (packed prefill and reference scoring, chunked log-probs) or the
+            plain transformers path; ``None`` follows what the models layer recorded for ``policy``, else
+            ``TEXTENV_FAST``.
     """
 
     def __init__(
@@ -80,12 +80,14 @@ class GenerationEngine:
         tokenizer: PreTrainedTokenizerBase,
         max_new_tokens: int,
         lazy_reference: bool = False,
+        fast: bool | None = None,
     ) -> None:
         self.policy = policy
         self.reference = reference
         self.tokenizer = tokenizer
         self.max_new_tokens = max_new_tokens
         self.lazy_reference = lazy_reference
+        self.fast = model_fast(policy) if fast is None else resolve_fast(fast)
         self.eos_token_id = int(tokenizer.eos_token_id)
         self.pad_token_id = int(tokenizer.pad_token_id)
         self.device = next(policy.parameters()).device
@@ -152,10 +154,10 @@ class GenerationEngine:
         self.input_ids[index, width - longest :] = ids
         self._ref_scored[index] = width  # nothing generated in these rows yet
         self.attention_mask[index, width - longest :] = mask
-        logits, hidden = self._prefill_rows(self.policy, self._policy_cache, index, ids, mask, keep_hidden=True)
+        logits, hidden = prefill_rows(self.policy, self._policy_cache, index, ids, mask, width, keep_hidden=True)
         self.policy_logits[index], self.policy_hidden[index] = logits, hidden
         if self.reference is not None and self._ref_fed > width - longest:  # prompt columns already passed
-            ref_logits, _ = self._prefill_rows(self.reference, self._ref_cache, index, ids, mask, keep_hidden=False)
+            ref_logits, _ = prefill_rows(self.reference, self._ref_cache, index, ids, mask, width, keep_hidden=False)
             if self._ref_fed == width and self._ref_next is not None:
                 self._ref_next[index] = ref_logits
 
@@ -176,7 +178,8 @@ class GenerationEngine:
             self._relayout()
         active = ~self.finished
         # Every row, then 0 for finished ones: cheaper than copying out the active rows' (B, V) logits.
-        logprob = torch.where(active, chosen_logprobs(self.policy_logits, torch.where(active, actions, 0)), 0.0)
+        chosen = torch.where(active, actions, 0)
+        logprob = torch.where(active, chosen_logprobs(self.policy_logits, chosen, self.fast), 0.0)
 
         tokens = torch.where(active, actions, torch.full_like(actions, self.pad_token_id))
         self.input_ids = torch.cat([self.input_ids, tokens[:, None]], dim=1)
@@ -192,7 +195,7 @@ class GenerationEngine:
         if not bool(self.finished.all()):
             positions = (self.attention_mask.sum(dim=1, keepdim=True) - 1).clamp(min=0)
             column = torch.tensor([self.attention_mask.shape[1] - 1], device=self.device)
-            logits, self.policy_hidden = _forward(
+            logits, self.policy_hidden = cached_forward(
                 self.policy, tokens[:, None], self.attention_mask, positions, self._policy_cache, column, 1,
                 keep_hidden=True,
             )
@@ -235,8 +238,9 @@ class GenerationEngine:
         unfinished, the last column too, so that ``ref_logits`` holds π_ref's next-token logits.
 
         Without (a lazy reference scoring finished episodes; ``rows``: long indices of the rows to score, default
-        all), no cache is involved: ONE forward over just those rows' episodes, packed without padding, with the
-        LM head on their unscored generated tokens only (:func:`textenv.fast.packing.predicting_logits`).
+        all), no cache is involved: ONE forward over just those rows' episodes (with ``fast``, packed without
+        padding and the LM head on their unscored generated tokens only; see
+        :func:`textenv.engine.scoring.predicting_logits`).
         """
         if self.reference is None:
             return
@@ -250,11 +254,11 @@ class GenerationEngine:
         if bool(unscored.any()):
             with torch.no_grad():
                 logits, _ = predicting_logits(
-                    self.reference, self.input_ids[index], self.attention_mask[index], unscored
+                    self.reference, self.input_ids[index], self.attention_mask[index], unscored, self.fast
                 )
             targets = self.input_ids[index][unscored]
             scored = self.ref_logprobs[index]
-            scored[unscored] = chosen_logprobs(logits, targets)
+            scored[unscored] = chosen_logprobs(logits, targets, self.fast)
             self.ref_logprobs[index] = scored
         self._ref_scored[index] = width
 
@@ -264,14 +268,14 @@ class GenerationEngine:
         start, width = self._ref_fed, self.input_ids.shape[1]
         if start < width and start >= self._first_new_column and self._ref_next is not None:
             self.ref_logprobs[:, start] = (
-                chosen_logprobs(self._ref_next, self.input_ids[:, start]) * self.generated[:, start]
+                chosen_logprobs(self._ref_next, self.input_ids[:, start], self.fast) * self.generated[:, start]
             )
         if end <= start:
             return
         first_needed = max(start, self._first_new_column - 1)  # logits before it would predict prompt tokens
         mask = self.attention_mask[:, :end]
         positions = (mask.cumsum(dim=1) - 1).clamp(min=0)[:, start:end]
-        logits = _forward(
+        logits = cached_forward(
             self.reference, self.input_ids[:, start:end], mask, positions, self._ref_cache,
             torch.arange(start, end, device=self.device), max(end - first_needed, 1), keep_hidden=False,
         )[0]  # (B, end - first_needed, V): logits[:, j] predicts column first_needed + 1 + j
@@ -279,7 +283,7 @@ class GenerationEngine:
         scored = targets.shape[1]
         if scored:
             columns = slice(first_needed + 1, first_needed + 1 + scored)
-            logprobs = chosen_logprobs(logits[:, :scored], targets)
+            logprobs = chosen_logprobs(logits[:, :scored], targets, self.fast)
             self.ref_logprobs[:, columns] = logprobs * self.generated[:, columns]  # 0 at prompt and padding
         self._ref_fed, self._ref_next = end, logits[:, -1]
 
@@ -338,33 +342,10 @@ class GenerationEngine:
                 num_generated.append(int(self.num_generated[row]))
         self._prefill(sequences, logprobs, ref_logprobs, num_generated, spare_columns=self.max_new_tokens)
 
-    def _prefill_rows(
-        self,
-        model: PreTrainedModel,
-        cache: StaticCache,
-        index: torch.Tensor,
-        ids: torch.Tensor,
-        mask: torch.Tensor,
-        keep_hidden: bool,
-    ) -> tuple[torch.Tensor, torch.Tensor | None]:
-        """Prefill rows ``index`` only: run ``ids``/``mask`` ``(R, L)`` (left-padded prompts) through ``model``
-        with a small cache of their own and copy its KV entries into ``cache`` at those rows' last L columns.
-        Every other row's entries stay. Returns the next-token logits ``(R, V)`` (and hidden state)."""
-        width = self.input_ids.shape[1]
-        own_cache = StaticCache(config=model.config, max_cache_len=ids.shape[1])
-        positions = (mask.cumsum(dim=1) - 1).clamp(min=0)
-        logits, hidden = _forward(model, ids, mask, positions, own_cache,
-                                  torch.arange(ids.shape[1], device=self.device), 1, keep_hidden=keep_hidden)
-        for layer, own in zip(cache.layers, own_cache.layers):
-            layer.keys[index, :, width - ids.shape[1] : width] = own.keys
-            layer.values[index, :, width - ids.shape[1] : width] = own.values
-        return logits[:, -1], hidden
-
     def _row_edits_ok(self) -> bool:
-        """Whether the caches are plain full-length static layers, whose rows :meth:`_prefill_rows` may write
+        """Whether the caches are plain full-length static layers, whose rows :func:`prefill_rows` may write
         (sliding-window or other layer kinds take the full-batch path)."""
-        caches = [c for c in (self._policy_cache, self._ref_cache) if c is not None]
-        return all(type(layer) is StaticLayer for cache in caches for layer in cache.layers)
+        return plain_static_layers(self._policy_cache, self._ref_cache)
 
     def _prefill(
         self,
@@ -399,8 +380,8 @@ class GenerationEngine:
         self.num_prefills += 1
         self._capacity = width + self.max_new_tokens + spare_columns
         self._policy_cache = StaticCache(config=self.policy.config, max_cache_len=self._capacity)
-        self.policy_logits, self.policy_hidden = _prefill_cache(
-            self.policy, self._policy_cache, self.input_ids, self.attention_mask
+        self.policy_logits, self.policy_hidden = prefill_cache(
+            self.policy, self._policy_cache, self.input_ids, self.attention_mask, self.fast
         )
         self._policy_fed = width
         self._first_new_column, self._ref_fed, self._ref_next, self._ref_cache = width, 0, None, None
@@ -410,155 +391,3 @@ class GenerationEngine:
             if not self.lazy_reference:
                 self.sync_reference()
 
-
-@torch.no_grad()
-def _forward(
-    model: PreTrainedModel,
-    input_ids: torch.Tensor,
-    attention_mask: torch.Tensor,
-    position_ids: torch.Tensor,
-    cache: StaticCache,
-    cache_position: torch.Tensor,
-    logits_to_keep: int,
-    keep_hidden: bool,
-) -> tuple[torch.Tensor, torch.Tensor | None]:
-    """One cached forward writing ``cache`` at columns ``cache_position``.
-
-    Returns float32 logits of the last ``logits_to_keep`` positions, ``(B, logits_to_keep, V)``, and, with
-    ``keep_hidden``, the last-layer hidden state at the last position ``(B, H)``.
-    """
-    out = model(
-        input_ids=input_ids,
-        attention_mask=attention_mask,
-        position_ids=position_ids,
-        **{_cache_argument(type(_base_model(model))): cache},
-        cache_position=cache_position,
-        use_cache=True,
-        logits_to_keep=logits_to_keep,
-        output_hidden_states=keep_hidden,
-    )
-    return out.logits.float(), (out.hidden_states[-1][:, -1] if keep_hidden else None)
-
-
-@torch.no_grad()
-def _prefill_cache(
-    model: PreTrainedModel, cache: StaticCache, input_ids: torch.Tensor, attention_mask: torch.Tensor
-) -> tuple[torch.Tensor, torch.Tensor]:
-    """Fill columns ``[0, S)`` of an empty ``cache`` from left-padded rows ``(B, S)``; return each row's next-token
-    logits ``(B, V)`` (float32) and last-layer hidden state ``(B, H)``.
-
-    The rows are run packed (:func:`_packed_prefill`: no compute on left padding, which is about half of a batch
-    of prompts of different lengths) when the model's packed prefill was checked to give what its padded
-    prefill gives: on the first call per model both run and are compared (next-token log-probs within 1e-3
-    nats, KV entries within 1e-4); a model that disagrees gets a warning and the padded prefill from then on.
-    """
-    agrees = _PACKED_PREFILL_AGREES.get(model)
-    if agrees:
-        packed = _packed_prefill(model, cache, input_ids, attention_mask)
-        if packed is not None:
-            return packed
-    if agrees is not None:
-        return _padded_prefill(model, cache, input_ids, attention_mask)
-    # First call for this model: run both, in eval mode (dropout would make any two forwards differ), and compare.
-    scratch = StaticCache(config=model.config, max_cache_len=input_ids.shape[1])
-    with eval_mode(model):
-        packed = _packed_prefill(model, scratch, input_ids, attention_mask)
-        padded = _padded_prefill(model, cache, input_ids, attention_mask)
-    agrees = packed is not None and _same_prefill(packed, padded, scratch, cache, attention_mask)
-    _PACKED_PREFILL_AGREES[model] = agrees
-    if packed is not None and not agrees:
-        warnings.warn(
-            f"{type(model).__name__}: the packed prefill (per-episode position ids, KV entries copied to their "
-            "columns) does not reproduce the padded prefill; textenv prefills this model padded (slower, same "
-            "results).",
-            stacklevel=4,
-        )
-    return padded
-
-
-def _padded_prefill(
-    model: PreTrainedModel, cache: StaticCache, input_ids: torch.Tensor, attention_mask: torch.Tensor
-) -> tuple[torch.Tensor, torch.Tensor]:
-    """:func:`_prefill_cache` as one cached forward over the left-padded rows."""
-    positions = (attention_mask.cumsum(dim=1) - 1).clamp(min=0)
-    columns = torch.arange(input_ids.shape[1], device=input_ids.device)
-    logits, hidden = _forward(model, input_ids, attention_mask, positions, cache, columns, 1, keep_hidden=True)
-    return logits[:, -1], hidden
-
-
-def _packed_prefill(
-    model: PreTrainedModel, cache: StaticCache, input_ids: torch.Tensor, attention_mask: torch.Tensor
-) -> tuple[torch.Tensor, torch.Tensor] | None:
-    """:func:`_prefill_cache` with the episodes packed (:func:`textenv.fast.packing.pack`), block-causal attention, a
-    fresh :class:`~transformers.DynamicCache`, and each token's KV entries then copied to its row and column of
-    ``cache``. ``None`` when this model or cache cannot take that route (a layer with a sliding window, a model
-    without ``inputs_embeds`` or 4-D masks): the caller prefills padded."""
-    if not all(type(layer) is StaticLayer for layer in cache.layers):
-        return None
-    layout = pack(input_ids, attention_mask)
-    packed_cache = DynamicCache(config=model.config)
-    try:
-        embeds = model.get_input_embeddings()(layout.input_ids)
-        # The block-causal mask (each packed episode attends to itself only) in the format of the model's
-        # attention implementation; transformers builds it from the position ids only when no cache is passed.
-        mask = create_causal_mask(config=model.config, inputs_embeds=embeds, attention_mask=None, cache=None,
-                                  position_ids=layout.position_ids)
-        out = model(inputs_embeds=embeds, attention_mask=mask, position_ids=layout.position_ids,
-                    **{_cache_argument(type(_base_model(model))): packed_cache},
-                    use_cache=True, output_hidden_states=True, logits_to_keep=1)
-        last = layout.index[:, -1]  # rows are right-aligned: column S-1 holds each episode's last token
-        hidden = out.hidden_states[-1].flatten(0, 1)[last]
-        logits = model.get_output_embeddings()(hidden).float()
-    except (AttributeError, TypeError, ValueError, RuntimeError, IndexError):
-        return None
-    if len(packed_cache.layers) != len(cache.layers) or not all(
-        type(layer) is DynamicLayer for layer in packed_cache.layers
-    ):
-        return None
-    # Only now touch ``cache``: a failure above leaves it empty for the padded prefill.
-    slots = layout.index[layout.live]  # (N,) packed slot of every live token, row-major over (B, S)
-    rows, cols = torch.nonzero(layout.live, as_tuple=True)
-    for layer, packed_layer in zip(cache.layers, packed_cache.layers):
-        keys, values = packed_layer.keys, packed_layer.values  # (rows, heads, width, head_dim)
-        if not layer.is_initialized:
-            layer.lazy_initialization(keys.new_empty(input_ids.shape[0], *keys.shape[1:2], 1, keys.shape[-1]),
-                                      values.new_empty(input_ids.shape[0], *values.shape[1:2], 1, values.shape[-1]))
-        layer.keys[rows, :, cols] = keys.transpose(1, 2).flatten(0, 1)[slots]
-        layer.values[rows, :, cols] = values.transpose(1, 2).flatten(0, 1)[slots]
-        layer.cumulative_length.fill_(input_ids.shape[1])  # the next update writes column S
-    return logits, hidden
-
-
-def _same_prefill(
-    packed: tuple[torch.Tensor, torch.Tensor],
-    padded: tuple[torch.Tensor, torch.Tensor],
-    packed_cache: StaticCache,
-    padded_cache: StaticCache,
-    attention_mask: torch.Tensor,
-) -> bool:
-    """Whether two prefills agree: next-token log-probs (1e-3 nats), hidden states and live KV entries (1e-4)."""
-    width = attention_mask.shape[1]
-    live = attention_mask.bool()
-    if not (
-        torch.allclose(packed[0].log_softmax(dim=-1), padded[0].log_softmax(dim=-1), atol=1e-3)
-        and torch.allclose(packed[1].float(), padded[1].float(), atol=1e-4, rtol=1e-4)
-    ):
-        return False
-    for a, b in zip(packed_cache.layers, padded_cache.layers):
-        for x, y in ((a.keys, b.keys), (a.values, b.values)):
-            x, y = x[:, :, :width].transpose(1, 2)[live], y[:, :, :width].transpose(1, 2)[live]
-            if not torch.allclose(x.float(), y.float(), atol=1e-4, rtol=1e-4):
-                return False
-    return True
-
-
-def _base_model(model: PreTrainedModel) -> PreTrainedModel:
-    """The transformers model under a PEFT wrapper (whose ``forward`` only takes ``**kwargs``), else ``model``."""
-    return model.get_base_model() if hasattr(model, "get_base_model") else model
-
-
-@functools.cache
-def _cache_argument(model_class: type) -> str:
-    """The name ``model_class.forward`` takes the KV cache under: ``cache`` (transformers >= 5.2x, where
-    ``past_key_values`` is deprecated and warns on every call) or ``past_key_values`` (older releases)."""
-    return "cache" if "cache" in inspect.signature(model_class.forward).parameters else "past_key_values"
