@@ -46,8 +46,7 @@ def no_model_load(monkeypatch: pytest.MonkeyPatch) -> None:
     def loaded(*args: Any, **kwargs: Any) -> None:
         raise AssertionError("the env loaded a model before finding the mistake")
 
-    monkeypatch.setattr("textenv.vector_env.load_causal_lm", loaded)
-    monkeypatch.setattr("textenv.vector_env._resolve_tokenizer", loaded)
+    monkeypatch.setattr("textenv.vector_env.load_models", loaded)  # the models layer: tokenizer, policy, reference
 
 
 # ---------------------------------------------------------------------------------------------- constructor

@@ -25,9 +25,11 @@ from gymnasium.vector import AutoresetMode, VectorEnv
 from transformers import PreTrainedModel, PreTrainedTokenizerBase
 
 from textenv.engine.generation import GenerationEngine
+from textenv.fast import resolve_fast
 from textenv.kl import KL_ESTIMATORS, kl_per_token, make_kl_controller
-from textenv.models.lora import AdapterDisabledReference, apply_lora, check_lora, is_peft_model
-from textenv.models.loading import DEFAULT_MODEL, frozen_copy, load_causal_lm, load_tokenizer, locate_model, resolve_device
+from textenv.models.loading import DEFAULT_MODEL, resolve_device
+from textenv.models.lora import check_lora
+from textenv.models.setup import check_model_sources, disable_dropout, load_models
 from textenv.prompts import PROMPT_SPLITS, PromptSource, load_prompts
 from textenv.reward_models import RewardModel, checked_scores, make_reward_model
 from textenv.validation import InputError, check_choice, check_int, check_number
@@ -52,13 +54,6 @@ def single_thread_after_fork() -> None:
     ``DataLoader`` workers do."""
     if os.getpid() != _IMPORT_PID:
         torch.set_num_threads(1)
-
-
-def disable_dropout(model: torch.nn.Module) -> None:
-    """Set every dropout probability to 0 so rollout and update log-probs agree (as TRL does)."""
-    for module in model.modules():
-        if isinstance(module, torch.nn.Dropout):
-            module.p = 0.0
 
 
 class TextGenVectorEnv(VectorEnv):
@@ -90,6 +85,9 @@ class TextGenVectorEnv(VectorEnv):
             model with adapters disabled (one copy of the weights in memory).
         device: ``"auto"`` (CUDA if available), ``"cpu"``, ``"cuda:0"``...
         render_mode: ``None`` or ``"ansi"``.
+        fast: textenv's CPU speed-ups (``True``) or the plain transformers path (``False``), for this env's
+            forwards, log-probs and models, and the agents' update forward on them; ``None`` follows
+            ``TEXTENV_FAST`` (on by default). Same numbers to float32 rounding; see :mod:`textenv.fast`.
 
     Every argument is checked before any model loads (numbers finite and in range, choices, types, the model
     name or directory, the device, the prompt file, the reward-model spec): a mistake raises one
@@ -131,6 +129,7 @@ class TextGenVectorEnv(VectorEnv):
         lora: dict[str, Any] | bool | None = None,
         device: str | torch.device = "auto",
         render_mode: str | None = None,
+        fast: bool | None = None,
     ) -> None:
         single_thread_after_fork()
         autoreset_mode = _autoreset_name(autoreset_mode)
@@ -141,39 +140,23 @@ class TextGenVectorEnv(VectorEnv):
             autoreset_mode=autoreset_mode, reference=reference, lora=lora, render_mode=render_mode,
         )
         #: JSON-serialisable constructor arguments, saved with checkpoints so runs can be rebuilt.
-        self.spec_kwargs = {
-            key: value
-            for key, value in dict(
-                model=model, tokenizer=tokenizer, reward_model=reward_model, prompts=prompts,
-                prompt_split=prompt_split, max_new_tokens=max_new_tokens, max_prompt_tokens=max_prompt_tokens,
-                kl_coef=kl_coef, target_kl=target_kl, kl_horizon=kl_horizon, kl_estimator=kl_estimator,
-                kl_penalty=kl_penalty, group_size=group_size, num_envs=num_envs, lora=lora,
-            ).items()
-            if value is None or isinstance(value, (str, int, float, dict))
-        }
+        self.spec_kwargs = _json_arguments(
+            model=model, tokenizer=tokenizer, reward_model=reward_model, prompts=prompts, prompt_split=prompt_split,
+            max_new_tokens=max_new_tokens, max_prompt_tokens=max_prompt_tokens, kl_coef=kl_coef, target_kl=target_kl,
+            kl_horizon=kl_horizon, kl_estimator=kl_estimator, kl_penalty=kl_penalty, group_size=group_size,
+            num_envs=num_envs, lora=lora,
+        )
         # Everything that can be checked without loading a model is checked first, so a mistake costs a second.
         self.device = resolve_device(device)
-        if not isinstance(model, torch.nn.Module):
-            locate_model(model, "model")
-        if isinstance(tokenizer, (str, os.PathLike)):
-            locate_model(tokenizer, "tokenizer")
+        #: The switch of :mod:`textenv.fast` for this env (its engine, models and the update forward on them).
+        self.fast = resolve_fast(fast)
+        check_model_sources(model, tokenizer)
         self.prompts = load_prompts(prompts, prompt_split)
         self.reward_model = make_reward_model(reward_model)
 
-        self.tokenizer = _resolve_tokenizer(tokenizer, model)
-        self.policy = model if isinstance(model, torch.nn.Module) else load_causal_lm(model, self.device)
-        self.policy.to(self.device)
-        if lora:
-            self.policy = apply_lora(self.policy, lora)
-        disable_dropout(self.policy)
+        models = load_models(model, tokenizer, reference, kl_coef, lora, device=self.device, fast=self.fast)
+        self.tokenizer, self.policy, self.reference = models.tokenizer, models.policy, models.reference
         self.kl_controller = make_kl_controller(kl_coef, target_kl, kl_horizon)
-        self.reference = None
-        if kl_coef > 0:
-            if is_peft_model(self.policy) and reference is None:
-                self.reference = AdapterDisabledReference(self.policy)
-            else:
-                self.reference = frozen_copy(self.policy) if reference is None else reference.to(self.device).eval()
-                self.reference.requires_grad_(False)
 
         self._prompt_ids = self._tokenize_prompts(self.prompts, max_prompt_tokens)
         self.max_prompt_tokens = max_prompt_tokens or max(len(p) for p in self._prompt_ids)
@@ -189,21 +172,9 @@ class TextGenVectorEnv(VectorEnv):
         self.metadata = {**self.metadata, "autoreset_mode": AUTORESET_MODES[autoreset_mode]}
         # With the terminal penalty only each episode's total KL is needed, so the reference is fed lazily: one
         # multi-token cached forward when rows finish, instead of one forward per step (same numbers).
-        self.engine = GenerationEngine(
-            self.policy, self.reference, self.tokenizer, max_new_tokens, lazy_reference=kl_penalty == "terminal"
-        )
-
-        vocab_size = len(self.tokenizer)
-        width = self.max_prompt_tokens + max_new_tokens
-        self.single_action_space = spaces.Discrete(vocab_size)
-        self.single_observation_space = spaces.Dict(
-            {
-                "input_ids": spaces.Box(0, vocab_size - 1, shape=(width,), dtype=np.int64),
-                "attention_mask": spaces.Box(0, 1, shape=(width,), dtype=np.int64),
-            }
-        )
-        self.action_space = spaces.MultiDiscrete(np.full(num_envs, vocab_size))
-        self.observation_space = gym.vector.utils.batch_space(self.single_observation_space, num_envs)
+        self.engine = GenerationEngine(self.policy, self.reference, self.tokenizer, max_new_tokens,
+                                       lazy_reference=kl_penalty == "terminal", fast=self.fast)
+        self._make_spaces()
 
         self._row_prompts: list[str] = [""] * num_envs
         self._needs_restart = np.zeros(num_envs, dtype=bool)
@@ -211,6 +182,21 @@ class TextGenVectorEnv(VectorEnv):
         self._kl_window_steps = 0
         self._kl_controller_paused = False  # see pause_kl_controller()
         self._started = False
+
+    def _make_spaces(self) -> None:
+        """The Gymnasium spaces: one token id per row; observations of ``max_prompt_tokens + max_new_tokens``
+        right-aligned token ids and their mask."""
+        vocab_size = len(self.tokenizer)
+        width = self.max_prompt_tokens + self.max_new_tokens
+        self.single_action_space = spaces.Discrete(vocab_size)
+        self.single_observation_space = spaces.Dict(
+            {
+                "input_ids": spaces.Box(0, vocab_size - 1, shape=(width,), dtype=np.int64),
+                "attention_mask": spaces.Box(0, 1, shape=(width,), dtype=np.int64),
+            }
+        )
+        self.action_space = spaces.MultiDiscrete(np.full(self.num_envs, vocab_size))
+        self.observation_space = gym.vector.utils.batch_space(self.single_observation_space, self.num_envs)
 
     # ------------------------------------------------------------------ Gymnasium API
     def reset(
@@ -571,6 +557,12 @@ def unwrap_vector_env(env: Any, argument: str = "env") -> TextGenVectorEnv:
                      f"{type(env).__name__}{single}")
 
 
+def _json_arguments(**arguments: Any) -> dict[str, Any]:
+    """The constructor ``arguments`` that are JSON-serialisable (``None``, strings, numbers, dicts)."""
+    serialisable = (str, int, float, dict)
+    return {key: value for key, value in arguments.items() if value is None or isinstance(value, serialisable)}
+
+
 def _autoreset_name(mode: Any) -> str:
     """``"next_step"`` / ``"disabled"`` from the string or Gymnasium's ``AutoresetMode`` enum."""
     if isinstance(mode, AutoresetMode):
@@ -636,16 +628,3 @@ def check_reset_options(options: Any, allowed: Sequence[str]) -> dict[str, Any]:
     if unknown:
         raise InputError(f"reset(options=...) has unknown key(s) {unknown}; allowed keys are {list(allowed)}")
     return options
-
-
-def _resolve_tokenizer(tokenizer: Any, model: Any) -> PreTrainedTokenizerBase:
-    if tokenizer is None:
-        if isinstance(model, torch.nn.Module):
-            source = getattr(model.config, "_name_or_path", "") or DEFAULT_MODEL
-            return load_tokenizer(source)
-        return load_tokenizer(model)
-    if isinstance(tokenizer, PreTrainedTokenizerBase):
-        if tokenizer.pad_token_id is None:
-            tokenizer.pad_token = tokenizer.eos_token
-        return tokenizer
-    return load_tokenizer(tokenizer)

@@ -26,7 +26,8 @@ from safetensors import SafetensorError
 from transformers import AutoConfig, AutoModelForCausalLM, AutoTokenizer, PreTrainedModel, PreTrainedTokenizerBase
 from transformers.utils import logging as hf_logging
 
-from textenv.fast.activations import use_sigmoid_tanh_gelu
+from textenv.fast import model_fast, resolve_fast, set_model_fast
+from textenv.fast.activations import use_fused_tanh_gelu, use_sigmoid_tanh_gelu
 from textenv.validation import InputError
 
 #: Name that resolves to the embedded default model shipped as package data.
@@ -238,34 +239,41 @@ def load_causal_lm(
     name_or_path: str | os.PathLike = DEFAULT_MODEL,
     device: str | torch.device = "auto",
     dtype: torch.dtype | None = None,
+    fast: bool | None = None,
 ) -> PreTrainedModel:
     """Load a causal LM with ``AutoModelForCausalLM.from_pretrained`` onto ``device``.
 
-    A model configured with ``activation_function="gelu_new"`` (GPT-2 and its family, the embedded default
-    included) is loaded with ``"gelu_pytorch_tanh"``: the same function, 0.5·x·(1 + tanh(√(2/π)·(x + 0.044715·x³))),
-    computed by one fused PyTorch kernel instead of eight element-wise ops (log-probs agree to ~1e-5; measured
-    here, a quarter less time for the embedded model's forward + backward). ``model.config`` records that choice,
-    so a saved checkpoint loads with the fused kernel anywhere. In the loaded model, every tanh-GELU module is then
-    a :class:`textenv.fast.activations.SigmoidTanhGELU`: the same function again, faster on the CPU.
+    With ``fast`` (the switch of :mod:`textenv.fast`; ``None`` follows ``TEXTENV_FAST``, on by default), the
+    tanh-GELU is computed faster, the same function (:mod:`textenv.fast.activations`): a model configured with
+    ``activation_function="gelu_new"`` (GPT-2 and its family, the embedded default included) loads with
+    ``"gelu_pytorch_tanh"`` (``model.config`` records that choice, so a saved checkpoint loads with the fused kernel
+    anywhere), and every tanh-GELU module of the loaded model is then a
+    :class:`~textenv.fast.activations.SigmoidTanhGELU`. Without, the model keeps its stock activations. The
+    setting is recorded for the model (:func:`textenv.fast.set_model_fast`).
 
     A name that is not a local directory, not cached and not reachable raises :class:`InputError`
     (``"model not found: ..."``) before anything loads; so does a ``device`` this machine does not have.
     """
+    fast = resolve_fast(fast)
     target = resolve_device(device)
     path, local_only = locate_model(name_or_path, "model")
     try:
         config = AutoConfig.from_pretrained(path, local_files_only=local_only)
     except (OSError, ValueError) as err:
         raise _load_error("model", str(name_or_path), err) from err
-    if getattr(config, "activation_function", None) == "gelu_new":
-        config.activation_function = "gelu_pytorch_tanh"
+    if fast:
+        use_fused_tanh_gelu(config)
     model = load_pretrained(AutoModelForCausalLM, name_or_path, config=config, dtype=dtype)
-    use_sigmoid_tanh_gelu(model)
+    if fast:
+        use_sigmoid_tanh_gelu(model)
+    set_model_fast(model, fast)
     return model.to(target)
 
 
 def frozen_copy(model: PreTrainedModel) -> PreTrainedModel:
-    """A deep copy in eval mode with ``requires_grad=False``: the reference policy π_ref."""
+    """A deep copy in eval mode with ``requires_grad=False``: the reference policy π_ref (with the switch position
+    recorded for ``model``, :func:`textenv.fast.model_fast`)."""
     reference = copy.deepcopy(model).eval()
     reference.requires_grad_(False)
+    set_model_fast(reference, model_fast(model))
     return reference
