@@ -31,9 +31,9 @@ What is comparable, and what is not:
     crossing iterations) and 4 epochs: it is here for scale, not for the ratio;
   * each side loads the model with its own loader: textenv runs the embedded model's ``gelu_new`` as x·σ(2u)
     on the CPU (the same function, see ``textenv.fast.activations``), TRL as configured; textenv's update and its
-    prompt prefill pack the episodes without padding (``textenv.rollout.score_actions``, ``textenv.engine.generation``),
-    TRL pads them; textenv computes log-probs and entropy in chunks (``textenv.logprobs``), TRL with its own
-    helpers.
+    prompt prefill pack the episodes without padding (``textenv.fast.packing``, ``textenv.fast.prefill``), TRL
+    pads them; textenv computes log-probs and entropy in chunks (``textenv.fast.logprobs``), TRL with its own
+    helpers. With ``TEXTENV_FAST=0`` textenv runs the plain transformers path instead (see ``textenv.fast``).
 
 Every row runs in a fresh Python process, so no row inherits another's heap, thread pool or caches. The
 machine's speed also drifts over minutes (measured here: TRL's step took 2.7–3.9 s across runs of one day,
