@@ -29,6 +29,7 @@ completions counts as its C(K, 2) pairs (:func:`textenv.preferences.expand_pairs
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Any
 
@@ -47,11 +48,11 @@ from textenv.agents.sft import (
     context_length,
     encode_pairs,
 )
+from textenv.config import Choice, Number, option
 from textenv.logprobs import entropy
 from textenv.models.loading import frozen_copy
 from textenv.preferences import PreferencePair, as_preference_rows, expand_pairs
 from textenv.rollout import masked_mean
-from textenv.config import Choice, Number, option
 from textenv.validation import InputError
 
 PreferenceSource = Any  # str | os.PathLike | Sequence[dict | PreferencePair | PreferenceRanking]
@@ -99,7 +100,7 @@ class LRMLConfig(OfflineConfig):
     """The hyper-parameters of DPO-style preference optimisation with a fixed loss (LRML's)."""
 
     learning_rate: float = option(5e-5, "Adam step size α", LEARNING_RATE)
-    preferences: PreferenceSource = option(
+    preferences: str | Sequence[Any] | None = option(
         None, "a preference JSONL path or a list of rows ({'prompt','chosen','rejected'} or {'prompt','ranked'}), "
               "e.g. written by `textenv collect`")
     beta: float = option(0.1, "β, the strength of the implicit KL regularisation (larger: stay closer to π_ref)",

@@ -254,7 +254,7 @@ class OfflineConfig(AgentConfig):
 class SFTConfig(OfflineConfig):
     """SFT's hyper-parameters."""
 
-    demonstrations: DemonstrationSource = option(
+    demonstrations: str | Sequence[Any] | None = option(
         None, "a .jsonl/.txt path or a list of texts / (prompt, completion) pairs (None: reviews of the embedded "
               "model's corpus); see load_demonstrations")
     num_demonstrations: int = option(2000, "number of corpus reviews when demonstrations is None", Integer(1))

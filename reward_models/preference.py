@@ -23,14 +23,13 @@ Texts are ``prompt + completion`` (the same concatenation the env decodes), righ
 
 from __future__ import annotations
 
-import argparse
 import copy
 import json
 import math
 import os
-import sys
 import time
 from collections.abc import Iterable, Sequence
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -42,12 +41,12 @@ from torch import nn
 from transformers import AutoModel, PreTrainedModel, PreTrainedTokenizerBase
 from transformers.utils import logging as hf_logging
 
-from textenv.checkpoint import atomic_directory, check_replaceable, read_tensors, recover_directory, verify_directory
-from textenv.apps.cli import COUNT, HOLDOUT_FRACTION, NON_NEGATIVE, POSITIVE, SEED
+from textenv.checkpoint import atomic_directory, read_tensors, recover_directory, verify_directory
+from textenv.config import Choice, Config, Integer, Number, Seed, option
 from textenv.models.loading import DEFAULT_MODEL, load_pretrained, load_tokenizer, resolve_device
 from textenv.preferences import ComparisonGroup, PreferenceRow, as_preference_rows, expand_pairs
 from textenv.reward_models.base import RewardModel
-from textenv.validation import InputError, check_choice, check_int, check_number, check_positive
+from textenv.validation import InputError, check_choice, check_int, check_number
 
 POOLINGS = ("last", "mean")
 FORMAT = "textenv-preference-reward-model"
@@ -56,16 +55,6 @@ DIRECTORY_KIND = "preference_reward_model"
 META_FILE = "reward_model.json"
 HEAD_FILE = "head.safetensors"
 BACKBONE_DIR = "backbone"
-#: Defaults of :func:`train_preference_model` (also the ``textenv train-rm`` defaults), tuned for the embedded
-#: ~2.7M-parameter backbone on 400 prompts × K=4 VADER-ranked completions (held-out pair accuracy ≈ 0.90;
-#: lr 1e-4..1e-3, 1..5 epochs and mean pooling all gave 0.89-0.90). Backbones of 100M+ parameters usually
-#: want lr ≈ 1e-5 and 1 epoch.
-TRAIN_DEFAULTS: dict[str, Any] = {
-    "epochs": 2, "lr": 3e-4, "weight_decay": 0.0, "batch_prompts": 16, "eval_fraction": 0.1, "seed": 0,
-    "center_coef": 0.0, "pooling": "last",
-}
-
-
 class RewardModelDivergedError(RuntimeError):
     """Reward-model training produced a non-finite loss, gradient or reward (NaN or ±inf) and stopped; nothing
     was saved. The message names the epoch and step and the likely cause. ``user_facing``: the ``textenv``
@@ -355,22 +344,37 @@ def split_groups(
     return [groups[i] for i in order[n_eval:]], [groups[i] for i in order[:n_eval]]
 
 
+@dataclass(frozen=True)
+class PreferenceTrainingConfig(Config):
+    """The hyper-parameters of :func:`train_preference_model` (and ``textenv train-rm``'s flags), tuned for the
+    embedded ~2.7M-parameter backbone on 400 prompts × K=4 VADER-ranked completions (held-out pair accuracy ≈
+    0.90; lr 1e-4..1e-3, 1..5 epochs and mean pooling all gave 0.89-0.90). Backbones of 100M+ parameters usually
+    want lr ≈ 1e-5 and 1 epoch."""
+
+    epochs: int = option(2, "passes over the training prompts", Integer(1))
+    lr: float = option(3e-4, "AdamW step size of backbone and head", Number(low=0, low_open=True))
+    weight_decay: float = option(0.0, "AdamW weight decay", Number(low=0.0))
+    batch_prompts: int = option(16, "prompts per step; all C(K, 2) pairs of a prompt share its batch", Integer(1))
+    eval_fraction: float = option(0.1, "fraction of prompts held out for pair accuracy, in [0, 1); 0: none",
+                                  Number(low=0.0, high=1.0, high_open=True))
+    center_coef: float = option(0.0, "η of the reward-centring term η · mean_x(mean_y r)²; 0: off",
+                                Number(low=0.0))
+    max_grad_norm: float | None = option(1.0, "gradient-norm clip per step; 0 or None: no clipping",
+                                         Number(low=0.0, none_ok=True))
+    pooling: str = option("last", "'last' (the EOS token's hidden state) or 'mean' (masked mean over tokens)",
+                          Choice(POOLINGS))
+    seed: int = option(0, "seeds the head initialisation, the train/eval split and the shuffling", Seed())
+
+
 def train_preference_model(
     dataset: str | os.PathLike | Iterable[PreferenceRow | dict],
     backbone: str | os.PathLike | PreTrainedModel = DEFAULT_MODEL,
+    config: PreferenceTrainingConfig | None = None,
     *,
-    epochs: int = TRAIN_DEFAULTS["epochs"],
-    lr: float = TRAIN_DEFAULTS["lr"],
-    weight_decay: float = TRAIN_DEFAULTS["weight_decay"],
-    batch_prompts: int = TRAIN_DEFAULTS["batch_prompts"],
-    eval_fraction: float = TRAIN_DEFAULTS["eval_fraction"],
-    seed: int = TRAIN_DEFAULTS["seed"],
-    center_coef: float = TRAIN_DEFAULTS["center_coef"],
-    pooling: str = TRAIN_DEFAULTS["pooling"],
-    max_grad_norm: float = 1.0,
     tokenizer: str | PreTrainedTokenizerBase | None = None,
     device: str | torch.device = "auto",
     verbose: int = 0,
+    **hyperparameters: Any,
 ) -> tuple[PreferenceRewardModel, dict[str, Any]]:
     """Train a Bradley–Terry reward model on preference data; returns ``(model, metrics)``.
 
@@ -379,88 +383,108 @@ def train_preference_model(
             :class:`~textenv.preferences.PreferencePair` / :class:`~textenv.preferences.PreferenceRanking`
             rows (or their dict forms).
         backbone: model name/path for ``AutoModel`` or a loaded model (its trunk is copied).
-        epochs: passes over the training prompts.
-        lr: AdamW learning rate for backbone and head.
-        weight_decay: AdamW weight decay.
-        batch_prompts: prompts per optimisation step; all C(K, 2) pairs of each prompt are in its batch.
-        eval_fraction: fraction of prompts held out for pair accuracy (0 = none).
-        seed: seeds the head initialisation, the train/eval split and the shuffling.
-        center_coef: η of the reward-centring term η · mean_x(mean_y r)² (0 = off; see module docstring).
-        pooling: ``"last"`` (the EOS token's hidden state) or ``"mean"`` (masked mean over tokens).
-        max_grad_norm: gradient-norm clip per step.
+        config: the hyper-parameters (default: :class:`PreferenceTrainingConfig`'s defaults).
         tokenizer: defaults to the backbone's.
         device: ``"auto"``, ``"cpu"``, ``"cuda"``...
         verbose: 1 prints one line per epoch.
+        **hyperparameters: fields of :class:`PreferenceTrainingConfig` replacing those of ``config``
+            (``lr=1e-4``); every value is checked before any data or model loads.
 
     Returns metrics with ``eval/pair_accuracy`` (held-out pairs), ``eval/loss``, ``train/pair_accuracy``,
     ``train/loss`` (last epoch's mean step loss), ``bias``, counts, ``seconds`` and a per-epoch ``history``.
     """
-    check_training_arguments(epochs=epochs, lr=lr, weight_decay=weight_decay, batch_prompts=batch_prompts,
-                             eval_fraction=eval_fraction, seed=seed, center_coef=center_coef, pooling=pooling,
-                             max_grad_norm=max_grad_norm)
+    config = PreferenceTrainingConfig.build(config, hyperparameters, "train_preference_model")
     start = time.perf_counter()
-    groups = [g for g in expand_pairs(as_preference_rows(dataset)) if g.pairs]
-    if not groups:
-        source = f"--data {dataset}" if isinstance(dataset, (str, os.PathLike)) else "the preference dataset"
-        raise InputError(f"{source} is empty: it holds no comparisons (lines of prompt + chosen/rejected or ranked)")
-    train_groups, eval_groups = split_groups(groups, eval_fraction, seed)
-
-    torch.manual_seed(seed)
-    model = PreferenceRewardModel.from_backbone(backbone, tokenizer=tokenizer, pooling=pooling, device=device)
-    network = model.network
+    train_groups, eval_groups = split_groups(_comparison_groups(dataset), config.eval_fraction, config.seed)
+    torch.manual_seed(config.seed)
+    model = PreferenceRewardModel.from_backbone(backbone, tokenizer=tokenizer, pooling=config.pooling, device=device)
     # Tokenise once: per group, the ids of its distinct completions.
     train_ids = [model.encode([g.prompt] * len(g.completions), g.completions) for g in train_groups]
-    optimizer = torch.optim.AdamW(network.parameters(), lr=lr, weight_decay=weight_decay)
-    rng = np.random.default_rng(seed)
+    optimizer = torch.optim.AdamW(model.network.parameters(), lr=config.lr, weight_decay=config.weight_decay)
+    rng = np.random.default_rng(config.seed)
     history = []
-    network.train()
-    for epoch in range(epochs):
-        losses, accs = [], []
-        for batch in _batches(rng.permutation(len(train_groups)), batch_prompts):
-            sequences = [seq for i in batch for seq in train_ids[i]]
-            ids, mask = model.collate(sequences)
-            rewards = network(ids, mask)  # (N,): every completion of the batch scored once
-            chosen, rejected, weights, prompt_means = [], [], [], []
-            offset = 0
-            for i in batch:
-                group = train_groups[i]
-                pairs = torch.as_tensor(group.pairs, device=model.device) + offset
-                chosen.append(rewards[pairs[:, 0]])
-                rejected.append(rewards[pairs[:, 1]])
-                # InstructGPT: each prompt's pairs carry weight 1 / (its number of pairs), so each prompt counts once.
-                weights.append(torch.full((len(group.pairs),), 1.0 / len(group.pairs), device=model.device))
-                prompt_means.append(rewards[offset : offset + len(group.completions)].mean())
-                offset += len(group.completions)
-            chosen_t, rejected_t = torch.cat(chosen), torch.cat(rejected)
-            loss = bradley_terry_loss(chosen_t, rejected_t, torch.cat(weights))
-            if center_coef > 0:  # Eisenstein et al. 2023-style centring: η · mean_x (mean_y r(x, y))²
-                loss = loss + center_coef * torch.stack(prompt_means).pow(2).mean()
-            step = len(losses) + 1
-            _check_finite("loss", loss, epoch + 1, step, lr)
-            optimizer.zero_grad(set_to_none=True)
-            loss.backward()
-            # The total gradient norm, clipped to max_grad_norm (no clipping when it is 0 or None).
-            grad_norm = torch.nn.utils.clip_grad_norm_(network.parameters(), max_grad_norm or float("inf"))
-            _check_finite("gradient norm", grad_norm, epoch + 1, step, lr)
-            optimizer.step()
-            losses.append(float(loss.detach()))
-            accs.append(float((chosen_t > rejected_t).float().mean()))
-        record = {"epoch": epoch + 1, "train/loss": float(np.mean(losses)), "train/batch_accuracy": float(np.mean(accs))}
-        if eval_groups and (verbose or epoch == epochs - 1):
+    model.network.train()
+    for epoch in range(config.epochs):
+        record = _train_epoch(model, optimizer, train_groups, train_ids, rng, config, epoch)
+        if eval_groups and (verbose or epoch == config.epochs - 1):
             record.update(_evaluate(model, eval_groups, "eval"))
         history.append(record)
         if verbose:
             print(" ".join(f"{k}={v:.4g}" if isinstance(v, float) else f"{k}={v}" for k, v in record.items()), flush=True)
-    network.eval()
+    model.network.eval()
+    metrics = _center_rewards(model, train_groups, train_ids, eval_groups, history, config)
+    metrics["seconds"] = time.perf_counter() - start
+    metrics["history"] = history
+    model.metadata = {
+        "training": {"backbone": str(getattr(backbone, "name_or_path", backbone)), **config.to_dict()},
+        "metrics": {k: v for k, v in metrics.items() if k != "history"},
+    }
+    return model, metrics
 
-    # Mean-zero normalisation (rlhf-notes: "add a bias so that the mean reward over the reference data is 0"):
-    # the reference data are the training prompts' completions, each distinct completion once.
+
+def _comparison_groups(dataset: Any) -> list[ComparisonGroup]:
+    """The prompts of ``dataset`` that hold at least one comparison; an empty dataset is an :class:`InputError`."""
+    groups = [g for g in expand_pairs(as_preference_rows(dataset)) if g.pairs]
+    if not groups:
+        source = f"--data {dataset}" if isinstance(dataset, (str, os.PathLike)) else "the preference dataset"
+        raise InputError(f"{source} is empty: it holds no comparisons (lines of prompt + chosen/rejected or ranked)")
+    return groups
+
+
+def _train_epoch(model: PreferenceRewardModel, optimizer: torch.optim.Optimizer, groups: Sequence[ComparisonGroup],
+                 ids: list[list[list[int]]], rng: np.random.Generator, config: PreferenceTrainingConfig,
+                 epoch: int) -> dict[str, Any]:
+    """One pass over the training prompts in shuffled batches of ``batch_prompts``; returns the epoch's record."""
+    losses, accs = [], []
+    for batch in _batches(rng.permutation(len(groups)), config.batch_prompts):
+        ids_batch, mask = model.collate([seq for i in batch for seq in ids[i]])
+        rewards = model.network(ids_batch, mask)  # (N,): every completion of the batch scored once
+        loss, chosen, rejected = _batch_loss(rewards, [groups[i] for i in batch], config.center_coef, model.device)
+        step = len(losses) + 1
+        _check_finite("loss", loss, epoch + 1, step, config.lr)
+        optimizer.zero_grad(set_to_none=True)
+        loss.backward()
+        # The total gradient norm, clipped to max_grad_norm (no clipping when it is 0 or None).
+        grad_norm = torch.nn.utils.clip_grad_norm_(model.network.parameters(), config.max_grad_norm or float("inf"))
+        _check_finite("gradient norm", grad_norm, epoch + 1, step, config.lr)
+        optimizer.step()
+        losses.append(float(loss.detach()))
+        accs.append(float((chosen > rejected).float().mean()))
+    return {"epoch": epoch + 1, "train/loss": float(np.mean(losses)), "train/batch_accuracy": float(np.mean(accs))}
+
+
+def _batch_loss(rewards: torch.Tensor, groups: Sequence[ComparisonGroup], center_coef: float,
+                device: torch.device) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """The weighted BT loss (+ centring) of a batch whose completions, group after group, scored ``rewards``
+    ``(N,)``; returns ``(loss, r_w, r_l)`` with one entry of ``r_w`` / ``r_l`` per pair."""
+    chosen, rejected, weights, prompt_means = [], [], [], []
+    offset = 0
+    for group in groups:
+        pairs = torch.as_tensor(group.pairs, device=device) + offset
+        chosen.append(rewards[pairs[:, 0]])
+        rejected.append(rewards[pairs[:, 1]])
+        # InstructGPT: each prompt's pairs carry weight 1 / (its number of pairs), so each prompt counts once.
+        weights.append(torch.full((len(group.pairs),), 1.0 / len(group.pairs), device=device))
+        prompt_means.append(rewards[offset : offset + len(group.completions)].mean())
+        offset += len(group.completions)
+    chosen_t, rejected_t = torch.cat(chosen), torch.cat(rejected)
+    loss = bradley_terry_loss(chosen_t, rejected_t, torch.cat(weights))
+    if center_coef > 0:  # Eisenstein et al. 2023-style centring: η · mean_x (mean_y r(x, y))²
+        loss = loss + center_coef * torch.stack(prompt_means).pow(2).mean()
+    return loss, chosen_t, rejected_t
+
+
+def _center_rewards(model: PreferenceRewardModel, train_groups: Sequence[ComparisonGroup], train_ids: list[Any],
+                    eval_groups: Sequence[ComparisonGroup], history: list[dict[str, Any]],
+                    config: PreferenceTrainingConfig) -> dict[str, Any]:
+    """Set the bias that makes the mean reward over the training completions 0 (each distinct completion once);
+    returns the training metrics. Non-finite rewards stop with :class:`RewardModelDivergedError`."""
     train_raw = model.raw_scores([seq for group_ids in train_ids for seq in group_ids])
     if not np.isfinite(train_raw).all():
         raise RewardModelDivergedError(
-            f"reward-model training diverged: after the last step (epoch {epochs}) the rewards of the training "
-            f"texts are not finite. The learning rate lr={lr:g} is likely too high (lower it; the default is "
-            f"{TRAIN_DEFAULTS['lr']:g}); nothing was saved"
+            f"reward-model training diverged: after the last step (epoch {config.epochs}) the rewards of the training "
+            f"texts are not finite. The learning rate lr={config.lr:g} is likely too high (lower it; the default is "
+            f"{PreferenceTrainingConfig.lr:g}); nothing was saved"
         )
     model.bias = -float(train_raw.mean())
     metrics: dict[str, Any] = {
@@ -471,35 +495,10 @@ def train_preference_model(
         "num_eval_prompts": len(eval_groups),
         "num_eval_pairs": sum(len(g.pairs) for g in eval_groups),
         "bias": model.bias,
-        "seconds": time.perf_counter() - start,
-        "history": history,
     }
     if eval_groups:
         metrics.update({k: v for k, v in history[-1].items() if k.startswith("eval/")})
-    model.metadata = {
-        "training": {
-            "backbone": str(getattr(backbone, "name_or_path", backbone)),
-            "epochs": epochs, "lr": lr, "weight_decay": weight_decay, "batch_prompts": batch_prompts,
-            "eval_fraction": eval_fraction, "seed": seed, "center_coef": center_coef, "pooling": pooling,
-        },
-        "metrics": {k: v for k, v in metrics.items() if k != "history"},
-    }
-    return model, metrics
-
-
-def check_training_arguments(*, epochs: Any, lr: Any, weight_decay: Any, batch_prompts: Any, eval_fraction: Any,
-                             seed: Any, center_coef: Any, pooling: Any, max_grad_norm: Any) -> None:
-    """:class:`InputError` naming the first bad hyper-parameter of :func:`train_preference_model` (every float
-    finite and in range; ``max_grad_norm`` 0 or ``None`` turns clipping off)."""
-    check_int("epochs", epochs, 1)
-    check_int("batch_prompts", batch_prompts, 1)
-    check_int("seed", seed, 0)
-    check_positive("lr", lr)
-    check_number("weight_decay", weight_decay, low=0.0)
-    check_number("eval_fraction", eval_fraction, low=0.0, high=1.0, high_open=True)
-    check_number("center_coef", center_coef, low=0.0)
-    check_number("max_grad_norm", max_grad_norm, low=0.0, none_ok=True)
-    check_choice("pooling", pooling, POOLINGS)
+    return metrics
 
 
 def _check_finite(what: str, value: torch.Tensor, epoch: int, step: int, lr: float) -> None:
@@ -509,7 +508,7 @@ def _check_finite(what: str, value: torch.Tensor, epoch: int, step: int, lr: flo
         return
     raise RewardModelDivergedError(
         f"reward-model training diverged at epoch {epoch}, step {step}: the {what} is {number}. The learning rate "
-        f"lr={lr:g} is likely too high (lower it; the default is {TRAIN_DEFAULTS['lr']:g}), or the data hold texts "
+        f"lr={lr:g} is likely too high (lower it; the default is {PreferenceTrainingConfig.lr:g}), or the data hold texts "
         "the backbone cannot score; nothing was saved"
     )
 
@@ -523,76 +522,3 @@ def _evaluate(model: PreferenceRewardModel, groups: Sequence[ComparisonGroup], p
 def _batches(order: np.ndarray, size: int) -> Iterable[list[int]]:
     for start in range(0, len(order), size):
         yield order[start : start + size].tolist()
-
-
-# ---------------------------------------------------------------------------------------------- command line
-def add_arguments(parser: argparse.ArgumentParser) -> None:
-    """Options of ``textenv train-rm`` (train a preference reward model from a preference JSONL)."""
-    parser.add_argument("--data", required=True, help="preference JSONL (textenv collect / textenv label output)")
-    parser.add_argument("--output", required=True,
-                        help="directory to save the reward model to (atomically); refused if it holds other files, "
-                             "and an existing reward model is replaced only with --overwrite")
-    parser.add_argument("--overwrite", action="store_true", help="replace the reward model already at --output")
-    parser.add_argument("--backbone", default=DEFAULT_MODEL, help="model name/path for the trunk (default: %(default)s)")
-    parser.add_argument("--epochs", type=COUNT, default=TRAIN_DEFAULTS["epochs"], help="(default: %(default)s)")
-    parser.add_argument("--lr", type=POSITIVE, default=TRAIN_DEFAULTS["lr"], help="AdamW step size (default: %(default)s)")
-    parser.add_argument("--weight-decay", type=NON_NEGATIVE, default=TRAIN_DEFAULTS["weight_decay"],
-                        help="(default: %(default)s)")
-    parser.add_argument("--batch-prompts", type=COUNT, default=TRAIN_DEFAULTS["batch_prompts"],
-                        help="prompts per step; all pairs of a prompt share its batch (default: %(default)s)")
-    parser.add_argument("--eval-fraction", type=HOLDOUT_FRACTION, default=TRAIN_DEFAULTS["eval_fraction"],
-                        help="fraction of prompts held out for pair accuracy, in [0, 1); 0: none (default: %(default)s)")
-    parser.add_argument("--center-coef", type=NON_NEGATIVE, default=TRAIN_DEFAULTS["center_coef"],
-                        help="reward-centring coefficient; 0: off (default: %(default)s)")
-    parser.add_argument("--max-grad-norm", type=NON_NEGATIVE, default=1.0,
-                        help="gradient-norm clip per step; 0: no clipping (default: %(default)s)")
-    parser.add_argument("--pooling", choices=POOLINGS, default=TRAIN_DEFAULTS["pooling"])
-    parser.add_argument("--seed", type=SEED, default=TRAIN_DEFAULTS["seed"])
-    parser.add_argument("--device", default="auto")
-
-
-def check_output_dir(output: Path, overwrite: bool) -> None:
-    """Refuse (:class:`InputError`) a ``train-rm --output`` that is a file, a directory holding anything but a
-    reward model textenv saved (its ``textenv.json`` manifest lists every file), or a saved reward model without
-    ``overwrite``. Checked before training, so a refusal costs nothing."""
-    recover_directory(output)  # a save killed between its two renames
-    try:
-        check_replaceable(output, DIRECTORY_KIND)
-    except InputError as err:
-        raise InputError(f"--output: {err}") from None
-    if output.is_dir() and any(output.iterdir()) and not overwrite:
-        raise InputError(f"--output {output} holds a reward model; pass --overwrite to replace it or choose "
-                         "another --output")
-
-
-def run(args: argparse.Namespace) -> int:
-    """Execute ``textenv train-rm``: check the paths, train, print the metrics as JSON, save to ``--output``.
-    A run that fails (bad data, divergence, Ctrl-C) leaves ``--output`` as it was."""
-    data = Path(args.data)
-    if not data.is_file():
-        raise InputError(f"--data {data}: " + ("is a directory; give a .jsonl file" if data.is_dir() else "no such file"))
-    output = Path(args.output)
-    check_output_dir(output, args.overwrite)
-    model, metrics = train_preference_model(
-        data, backbone=args.backbone, epochs=args.epochs, lr=args.lr, weight_decay=args.weight_decay,
-        batch_prompts=args.batch_prompts, eval_fraction=args.eval_fraction, seed=args.seed,
-        center_coef=args.center_coef, pooling=args.pooling, max_grad_norm=args.max_grad_norm, device=args.device,
-        verbose=1,
-    )
-    check_output_dir(output, args.overwrite)  # again: something may have been put there while training
-    model.save(output)
-    summary = {k: v for k, v in metrics.items() if k != "history"}
-    print(json.dumps(summary, indent=2, default=_json_default))
-    print(f"saved to {output}; use it as reward_model='preference:{output}'", file=sys.stderr)
-    return 0
-
-
-def main(argv: Sequence[str] | None = None) -> int:
-    """``python -m textenv.reward_models.preference`` is ``textenv train-rm``."""
-    from textenv.apps.cli import main as cli_main
-
-    return cli_main(["train-rm", *(sys.argv[1:] if argv is None else argv)])
-
-
-if __name__ == "__main__":
-    sys.exit(main())

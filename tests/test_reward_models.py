@@ -377,7 +377,7 @@ def test_env_accepts_reward_models_by_object_and_name(kind: str, form: str, save
 
 def test_train_rm_command(tiny_model_dir: Path, tmp_path: Path, capsys) -> None:
     from textenv.preferences import write_preferences
-    from textenv.reward_models.preference import main
+    from textenv.apps.train_rm import main
 
     data = tmp_path / "prefs.jsonl"
     write_preferences(data, good_bad_rankings(12))

@@ -292,5 +292,13 @@ class MaskablePPOAgent(SB3Agent):
     config_class = MaskablePPOConfig
 
 
-__all__ = ["SB3A2C", "SB3A2CConfig", "SB3Config", "SB3PPO", "SB3PPOConfig", "MaskablePPOAgent", "MaskablePPOConfig",
-           "SB3Agent"]
+__all__ = [
+    "SB3A2C",
+    "SB3PPO",
+    "MaskablePPOAgent",
+    "MaskablePPOConfig",
+    "SB3A2CConfig",
+    "SB3Agent",
+    "SB3Config",
+    "SB3PPOConfig",
+]

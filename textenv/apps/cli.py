@@ -28,6 +28,7 @@ checkpoint/, TensorBoard event files and eval.json).
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import difflib
 import errno
 import inspect
@@ -36,29 +37,21 @@ import re
 import shlex
 import shutil
 import sys
+import textwrap
 import time
 import types
 import typing
-from collections.abc import Callable, Mapping, Sequence
+from collections.abc import Callable, Iterator, Mapping, Sequence
+from contextlib import contextmanager
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 import yaml
 
-from textenv.validation import MAX_SEED, InputError, check_int, check_number, check_seed
+from textenv.config import Check, Choice, Config, Flag, Integer, Number, Seed, option
+from textenv.validation import InputError
 
-#: Defaults of the main job (``textenv train --agent reinforce`` on the embedded model and VADER reward).
-TRAIN_DEFAULTS: dict[str, Any] = {
-    "agent": "reinforce",
-    "total_timesteps": 50_000,
-    "output": None,  # runs/<agent>
-    "seed": 0,
-    "checkpoint_every": 25,
-    "eval_prompts": 128,
-    "env": {"num_envs": 32, "max_new_tokens": 32, "kl_coef": 0.05},
-    "agent_kwargs": {},
-}
-#: Largest seed: NumPy's legacy seeding (``np.random.seed``) takes 32-bit seeds.
 #: Arguments the CLI itself passes to every agent: not accepted in ``agent_kwargs:``.
 CLI_AGENT_ARGUMENTS = {"env": "", "seed": "set `seed:` at the top level or --seed",
                        "tensorboard_log": "the run writes its events to OUTPUT/tensorboard"}
@@ -90,27 +83,29 @@ class ArgumentType:
         return f"ArgumentType({self.description!r})"
 
 
+def argument_type(check: Check) -> ArgumentType:
+    """argparse type of a config check (:class:`~textenv.config.Integer`, :class:`~textenv.config.Number`,
+    :class:`~textenv.config.Seed`): parsed with its ``parse``, checked by it (``None`` is never a flag value)."""
+    if getattr(check, "none_ok", False):
+        check = dataclasses.replace(check, none_ok=False)
+    return ArgumentType(check.parse, check, check.description)
+
+
 def integer_at_least(minimum: int) -> ArgumentType:
     """argparse type: an integer ``>= minimum``."""
-    return ArgumentType(int, lambda name, value: check_int(name, value, minimum), f"an integer >= {minimum}")
+    return argument_type(Integer(minimum))
 
 
 def number_in(low: float | None = None, high: float | None = None, low_open: bool = False,
               high_open: bool = False) -> ArgumentType:
     """argparse type: a finite real number in the given range (NaN and ±inf are refused)."""
-    bounds = [f"{'>' if low_open else '>='} {low:g}"] if low is not None else []
-    bounds += [f"{'<' if high_open else '<='} {high:g}"] if high is not None else []
-    return ArgumentType(
-        float,
-        lambda name, value: check_number(name, value, low=low, high=high, low_open=low_open, high_open=high_open),
-        " ".join(["a finite number", " and ".join(bounds)]).strip(),
-    )
+    return argument_type(Number(low=low, high=high, low_open=low_open, high_open=high_open))
 
 
 #: The flag types every subcommand shares.
 COUNT = integer_at_least(1)                       # batch sizes, epochs, token budgets, prompts
 COUNT_OR_ZERO = integer_at_least(0)               # 0 means "off" where the help says so
-SEED = ArgumentType(int, check_seed, f"an integer in [0, {MAX_SEED}]")
+SEED = argument_type(Seed())
 POSITIVE = number_in(low=0, low_open=True)        # learning rates, temperatures
 NON_NEGATIVE = number_in(low=0)                   # β, weight decay, coefficients, gaps
 PROBABILITY = number_in(low=0, high=1)            # label noise
@@ -122,6 +117,48 @@ class Parser(argparse.ArgumentParser):
 
     def error(self, message: str) -> typing.NoReturn:
         self.exit(2, f"{self.prog}: error: {message} (`{self.prog} --help` lists the options)\n")
+
+
+def add_config_arguments(parser: argparse.ArgumentParser, config_class: type[Config],
+                         names: Sequence[str] | None = None, given_only: bool = False) -> None:
+    """One flag per field of ``config_class`` (those in ``names``, default all): ``--field-name`` with the field's
+    check as its type (or its choices), its default and its help line. A ``section`` in a field's metadata puts
+    the flag in that argument group; a ``True``/``False`` field becomes a pair of switches (``--name`` and the
+    ``off_flag`` of its metadata, default ``--no-name``). With ``given_only`` the flags default to ``None`` (the
+    caller merges what was given over other sources) and the help quotes the field's default."""
+    groups: dict[str, Any] = {}
+    for item in config_class.options():
+        if names is not None and item.name not in names:
+            continue
+        section = item.metadata.get("section")
+        target = parser if section is None else groups.setdefault(section, parser.add_argument_group(section))
+        flag = "--" + item.name.replace("_", "-")
+        described = item.help.replace("%", "%%")
+        if isinstance(item.metadata.get("check"), Flag):
+            switch = target.add_mutually_exclusive_group()
+            switch.add_argument(flag, dest=item.name, action="store_true", default=item.default, help=described)
+            off = item.metadata.get("off_flag", f"--no-{flag[2:]}")
+            switch.add_argument(off, dest=item.name, action="store_false",
+                                help=f"the opposite of {flag}" + ("" if item.default else " (the default)"))
+            continue
+        default = None if given_only else _flag_text(item.default)
+        shown = str(_flag_text(item.default)).replace("%", "%%") if given_only else "%(default)s"
+        if not (given_only and item.default is None):
+            described += f" (default: {shown})"
+        kwargs: dict[str, Any] = {"dest": item.name, "default": default, "help": described}
+        check = item.metadata.get("check")
+        if isinstance(check, Choice):
+            kwargs["choices"] = check.choices
+        elif hasattr(check, "parse"):
+            kwargs["type"] = argument_type(check)
+        target.add_argument(flag, **kwargs)
+
+
+def _flag_text(value: Any) -> Any:
+    """A default as a flag spells it: a sequence of numbers as ``"0.02,0.1"``."""
+    if isinstance(value, (list, tuple)):
+        return ",".join(f"{item:g}" if isinstance(item, float) else str(item) for item in value)
+    return value
 
 
 # ---------------------------------------------------------------------------------------------- config files
@@ -147,27 +184,59 @@ ConfigLoader.add_implicit_resolver(
     list("-+0123456789"),
 )
 
-#: Checks of the top-level config values (``env`` and ``agent_kwargs`` are checked against their constructors).
-CONFIG_VALUE_CHECKS: dict[str, Callable[[str, Any], None]] = {
-    "agent": lambda name, value: _check_type(name, value, str),
-    "total_timesteps": lambda name, value: check_int(name, value, 1),
-    "output": lambda name, value: _check_type(name, value, str),
-    "seed": check_seed,
-    "checkpoint_every": lambda name, value: check_int(name, value, 0),
-    "eval_prompts": lambda name, value: check_int(name, value, 1),
-    "env": lambda name, value: _check_type(name, value, dict),
-    "agent_kwargs": lambda name, value: _check_type(name, value, dict),
-}
+@dataclass(frozen=True)
+class OfType:
+    """A config-file value of type ``kind`` (a non-empty string for ``str``); ``None`` too with ``none_ok``."""
+
+    kind: type
+    none_ok: bool = False
+
+    def __call__(self, name: str, value: Any) -> None:
+        if not (value is None and self.none_ok):
+            _check_type(name, value, self.kind)
+
+    @property
+    def description(self) -> str:
+        return _describe_type(self.kind)
+
+
+@dataclass(frozen=True)
+class TrainConfig(Config):
+    """The options of ``textenv train``: the top-level keys of its ``--config`` file; all but ``env`` and
+    ``agent_kwargs`` are flags too (a flag beats the file). Defaults: the main job, REINFORCE on the embedded
+    model and VADER reward."""
+
+    agent: str = option("reinforce", "algorithm name (see `textenv.agents.AGENTS`; with --resume: the "
+                                     "checkpoint's agent)", OfType(str), flag=True)
+    total_timesteps: int = option(50_000, "tokens to generate in training", Integer(1), flag=True)
+    output: str | None = option(None, "run directory for summary.json, checkpoint/ and tensorboard/ (default: "
+                                      "runs/AGENT, or the run of --resume RUN/checkpoint); refused if it holds other "
+                                      "files, or an earlier run without --resume/--overwrite", OfType(str, none_ok=True),
+                                flag=True)
+    seed: int = option(0, "seeds everything", Seed(), flag=True)
+    checkpoint_every: int = option(25, "iterations between checkpoints; 0: only at the end", Integer(0), flag=True)
+    eval_prompts: int = option(128, "built-in held-out prompts evaluated before and after training, 1..150",
+                               Integer(1), flag=True)
+    env: Mapping[str, Any] = option({"num_envs": 32, "max_new_tokens": 32, "kl_coef": 0.05},
+                       "TextGenVectorEnv arguments (merged key by key over these)", OfType(dict))
+    agent_kwargs: Mapping[str, Any] = option({}, "the agent's hyper-parameters (`textenv train --agent NAME --help` lists them)",
+                                OfType(dict))
+
+    @classmethod
+    def flags(cls) -> list[str]:
+        """The options that are also command-line flags."""
+        return [item.name for item in cls.options() if item.metadata.get("flag")]
+
 
 #: Range checks of the env's numeric arguments (``env:`` in a config), so a bad value fails before a model loads.
-ENV_VALUE_CHECKS: dict[str, Callable[[str, Any], None]] = {
-    "num_envs": lambda name, value: check_int(name, value, 1),
-    "max_new_tokens": lambda name, value: check_int(name, value, 1),
-    "max_prompt_tokens": lambda name, value: value is None or check_int(name, value, 1),
-    "kl_coef": lambda name, value: check_number(name, value, low=0),
-    "target_kl": lambda name, value: check_number(name, value, low=0, low_open=True, none_ok=True),
-    "kl_horizon": lambda name, value: check_int(name, value, 1),
-    "group_size": lambda name, value: check_int(name, value, 1),
+ENV_VALUE_CHECKS: dict[str, Check] = {
+    "num_envs": Integer(1),
+    "max_new_tokens": Integer(1),
+    "max_prompt_tokens": Integer(1, none_ok=True),
+    "kl_coef": Number(low=0),
+    "target_kl": Number(low=0, low_open=True, none_ok=True),
+    "kl_horizon": Integer(1),
+    "group_size": Integer(1),
 }
 
 
@@ -199,12 +268,12 @@ def load_config(path: str | None) -> dict[str, Any]:
         return {}
     if not isinstance(data, dict):
         raise InputError(f"{where}: the file must hold a mapping of option: value, got a {type(data).__name__}")
-    check_known_keys(where, data, CONFIG_VALUE_CHECKS)
-    for key, value in data.items():
-        if key in ("env", "agent_kwargs") and value is None:
+    check_known_keys(where, data, TrainConfig.names())
+    for key in ("env", "agent_kwargs"):
+        if key in data and data[key] is None:
             data[key] = {}  # `env:` with nothing under it
-            continue
-        _in_file(where, CONFIG_VALUE_CHECKS[key], key, value)
+    with errors_in(where):
+        TrainConfig.check_values(data)
     return data
 
 
@@ -234,12 +303,19 @@ def check_known_keys(where: str, given: Mapping[Any, Any], valid: Sequence[str] 
     raise InputError(f"{prefix}unknown key(s) {', '.join(described)}; valid keys: {', '.join(valid)}")
 
 
-def _in_file(where: str, check: Callable[[str, Any], None], name: str, value: Any) -> None:
-    """Run ``check(name, value)``; its :class:`InputError` gets the config file's name in front."""
+@contextmanager
+def errors_in(where: str) -> Iterator[None]:
+    """An :class:`InputError` raised in the block gets ``where`` (the config file, or the command) in front."""
     try:
-        check(name, value)
+        yield
     except InputError as err:
         raise InputError(f"{where}: {err}") from None
+
+
+def _in_file(where: str, check: Callable[[str, Any], None], name: str, value: Any) -> None:
+    """Run ``check(name, value)``; its :class:`InputError` gets the config file's name in front."""
+    with errors_in(where):
+        check(name, value)
 
 
 def _check_type(name: str, value: Any, kind: type) -> None:
@@ -247,25 +323,38 @@ def _check_type(name: str, value: Any, kind: type) -> None:
         raise InputError(f"{name}={value!r} must be {_describe_type(kind)}")
 
 
-def check_arguments(where: str, section: str, given: Mapping[str, Any], function: Callable[..., Any],
-                    exclude: Mapping[str, str] = CLI_AGENT_ARGUMENTS) -> None:
-    """Check the ``section:`` mapping of a config (``env`` or ``agent_kwargs``), keyword arguments of
-    ``function``, without calling it: unknown names (did-you-mean), names in ``exclude`` (with the reason), and
-    values a YAML file cannot make or that have the wrong type for the annotation (``learning_rate: "abc"``)."""
+def check_arguments(where: str, section: str, given: Mapping[str, Any], function: Callable[..., Any]) -> None:
+    """Check the ``section:`` mapping of a config (``env``), keyword arguments of ``function``, without calling it:
+    unknown names (did-you-mean) and values a YAML file cannot make or that have the wrong type for the annotation
+    (``num_envs: "abc"``)."""
     parameters = inspect.signature(function).parameters
     if any(p.kind is p.VAR_KEYWORD for p in parameters.values()):
         return  # takes **kwargs: the callee checks
-    for name, reason in exclude.items():
-        if name in given and name in parameters:
-            raise InputError(f"{where}: {section}.{name} is set by textenv train itself"
-                             + (f": {reason}" if reason else ""))
-    accepted = [n for n, p in parameters.items() if n not in exclude and n != "self"
-                and p.kind in (p.POSITIONAL_OR_KEYWORD, p.KEYWORD_ONLY)]
+    accepted = [n for n, p in parameters.items() if n != "self" and p.kind in (p.POSITIONAL_OR_KEYWORD, p.KEYWORD_ONLY)]
     check_known_keys(where, given, accepted, f"{section}: ")
     try:
         hints = typing.get_type_hints(function)
     except Exception:  # an annotation that does not resolve: the constructor checks the values itself
         hints = {}
+    _check_types(where, section, given, hints)
+
+
+def check_agent_kwargs(where: str, given: Mapping[str, Any], agent: type) -> None:
+    """Check ``agent_kwargs:`` against the agent's ``config_class`` before any model loads: names the CLI sets
+    itself (:data:`CLI_AGENT_ARGUMENTS`, with the reason), unknown names (did-you-mean), value types (from the
+    field annotations) and values (the fields' checks, named ``agent_kwargs.NAME``). ``verbose`` is accepted too."""
+    for name, reason in CLI_AGENT_ARGUMENTS.items():
+        if name in given:
+            raise InputError(f"{where}: agent_kwargs.{name} is set by textenv train itself"
+                             + (f": {reason}" if reason else ""))
+    config_class = agent.config_class
+    check_known_keys(where, given, [*config_class.names(), "verbose"], "agent_kwargs: ")
+    _check_types(where, "agent_kwargs", given, {**typing.get_type_hints(config_class), "verbose": int})
+    with errors_in(where):
+        config_class.check_values({k: v for k, v in given.items() if k != "verbose"}, prefix="agent_kwargs.")
+
+
+def _check_types(where: str, section: str, given: Mapping[str, Any], hints: Mapping[str, Any]) -> None:
     for name, value in given.items():
         if name in hints and _accepts(hints[name], value) is False:
             raise InputError(f"{where}: {section}.{name}={value!r} must be {_describe_type(hints[name])}")
@@ -311,60 +400,32 @@ def _describe_type(hint: Any) -> str:
 
 # ---------------------------------------------------------------------------------------------- train options
 def resolve_train_options(args: argparse.Namespace) -> dict[str, Any]:
-    """Defaults ← the ``--resume`` checkpoint's settings ← config file ← command-line flags (``env`` and
-    ``agent_kwargs`` merge key by key).
+    """Defaults (:class:`TrainConfig`) ← the ``--resume`` checkpoint's settings ← config file ← command-line flags
+    (``env`` and ``agent_kwargs`` merge key by key).
 
     Everything is checked here, before any model loads: the config file, the agent name, the ``env:`` keys
     against :class:`~textenv.vector_env.TextGenVectorEnv`'s arguments and ``agent_kwargs:`` against the agent's
-    constructor. With ``--resume``, the checkpoint's agent, env settings, hyper-parameters and seed (its
+    config. With ``--resume``, the checkpoint's agent, env settings, hyper-parameters and seed (its
     ``agent.json``) are the defaults, and so is its run directory as ``--output``: ``textenv train --resume RUN``
     continues the run as it was, in place.
     """
     from textenv.agents.base import read_checkpoint_meta
-    from textenv.prompts import builtin_prompts
-    from textenv.vector_env import TextGenVectorEnv
 
     config = load_config(args.config)
     where = f"--config {args.config}" if args.config else "textenv train"
     resume = getattr(args, "resume_checkpoint", None)
     recorded = read_checkpoint_meta(resume) if resume is not None else {}  # refuses pickles and old formats early
-    options = {**TRAIN_DEFAULTS, **config}
-    for key in ("agent", "total_timesteps", "output", "seed", "checkpoint_every", "eval_prompts"):
-        value = getattr(args, key, None)
-        if value is not None:
-            options[key] = value
-    recorded_agent = recorded.get("agent")
-    if resume is not None and isinstance(recorded_agent, str):
-        if args.agent is None and "agent" not in config:
-            options["agent"] = recorded_agent
-        elif recorded_agent != options["agent"]:
-            raise InputError(f"--resume {resume} holds a {recorded_agent!r} agent, but this run asks for agent "
-                             f"{options['agent']!r}; drop --agent (the checkpoint's agent is used) or resume another")
+    options = {**TrainConfig().to_dict(), **config}
+    options.update({key: getattr(args, key) for key in TrainConfig.flags() if getattr(args, key, None) is not None})
+    options["agent"] = _resumed_agent(args, config, options["agent"], recorded, resume)
     cls = checked_agent_class(options["agent"])
-
-    env_parameters = inspect.signature(TextGenVectorEnv.__init__).parameters
-    recorded_env = recorded.get("env") if isinstance(recorded.get("env"), dict) else {}
-    options["env"] = {**TRAIN_DEFAULTS["env"], **{k: v for k, v in recorded_env.items() if k in env_parameters},
-                      **config.get("env", {})}
-    agent_parameters = inspect.signature(cls.__init__).parameters
+    options["env"] = _env_options(config, recorded)
     hyper = recorded.get("hyperparameters") if isinstance(recorded.get("hyperparameters"), dict) else {}
-    recorded_kwargs = {k: v for k, v in hyper.items() if k in agent_parameters and k not in CLI_AGENT_ARGUMENTS}
+    recorded_kwargs = {k: v for k, v in hyper.items() if k in cls.config_class.names() and k not in CLI_AGENT_ARGUMENTS}
     options["agent_kwargs"] = {**recorded_kwargs, **config.get("agent_kwargs", {})}
     if args.seed is None and "seed" not in config and isinstance(hyper.get("seed"), int):
         options["seed"] = hyper["seed"]
-
-    check_arguments(where, "env", options["env"], TextGenVectorEnv.__init__, exclude={})
-    for key, check in ENV_VALUE_CHECKS.items():
-        if key in options["env"]:
-            _in_file(where, check, f"env.{key}", options["env"][key])
-    check_arguments(where, "agent_kwargs", options["agent_kwargs"], cls.__init__)
-    if "learning_rate" in options["agent_kwargs"]:
-        _in_file(where, lambda n, v: check_number(n, v, low=0, low_open=True), "agent_kwargs.learning_rate",
-                 options["agent_kwargs"]["learning_rate"])
-    _in_file(where, check_seed, "seed", options["seed"])
-    held_out = len(builtin_prompts("eval"))
-    if options["eval_prompts"] > held_out:
-        raise InputError(f"eval_prompts={options['eval_prompts']} exceeds the {held_out} built-in held-out prompts")
+    _check_train_options(where, options, cls)
     if options["output"] is None and resume is not None and resume.name == "checkpoint":
         options["output"] = str(resume.parent)  # continue the run where it is
     elif options["output"] is None:
@@ -372,15 +433,52 @@ def resolve_train_options(args: argparse.Namespace) -> dict[str, Any]:
     return options
 
 
+def _resumed_agent(args: argparse.Namespace, config: Mapping[str, Any], agent: str, recorded: Mapping[str, Any],
+                   resume: Path | None) -> str:
+    """The agent to train: the checkpoint's when resuming without ``--agent``/``agent:``; a different one asked
+    for is an :class:`InputError`."""
+    recorded_agent = recorded.get("agent")
+    if resume is None or not isinstance(recorded_agent, str):
+        return agent
+    if args.agent is None and "agent" not in config:
+        return recorded_agent
+    if recorded_agent != agent:
+        raise InputError(f"--resume {resume} holds a {recorded_agent!r} agent, but this run asks for agent "
+                         f"{agent!r}; drop --agent (the checkpoint's agent is used) or resume another")
+    return agent
+
+
+def _env_options(config: Mapping[str, Any], recorded: Mapping[str, Any]) -> dict[str, Any]:
+    """``env:`` settings: :class:`TrainConfig`'s defaults ← the resumed checkpoint's ← the config file's."""
+    from textenv.vector_env import TextGenVectorEnv
+
+    env_parameters = inspect.signature(TextGenVectorEnv.__init__).parameters
+    recorded_env = recorded.get("env") if isinstance(recorded.get("env"), dict) else {}
+    return {**TrainConfig().env, **{k: v for k, v in recorded_env.items() if k in env_parameters},
+            **config.get("env", {})}
+
+
+def _check_train_options(where: str, options: Mapping[str, Any], cls: type) -> None:
+    """The merged options, before any model loads: env keys and values, agent_kwargs, seed, eval_prompts."""
+    from textenv.prompts import builtin_prompts
+    from textenv.vector_env import TextGenVectorEnv
+
+    check_arguments(where, "env", options["env"], TextGenVectorEnv.__init__)
+    for key, check in ENV_VALUE_CHECKS.items():
+        if key in options["env"]:
+            _in_file(where, check, f"env.{key}", options["env"][key])
+    check_agent_kwargs(where, options["agent_kwargs"], cls)
+    _in_file(where, Seed(), "seed", options["seed"])
+    held_out = len(builtin_prompts("eval"))
+    if options["eval_prompts"] > held_out:
+        raise InputError(f"eval_prompts={options['eval_prompts']} exceeds the {held_out} built-in held-out prompts")
+
+
 def checked_agent_class(name: str) -> type:
     """The registered agent class ``name``; an :class:`InputError` lists the valid names (and a did-you-mean)."""
-    from textenv.agents import AGENTS
+    from textenv.agents import agent_class
 
-    if name not in AGENTS:
-        close = difflib.get_close_matches(name, list(AGENTS), n=1)
-        hint = f" (did you mean {close[0]!r}?)" if close else ""
-        raise InputError(f"agent {name!r} is not registered{hint}; choose one of {sorted(AGENTS)}")
-    return AGENTS[name]
+    return agent_class(name)
 
 
 # ---------------------------------------------------------------------------------------------- run directories
@@ -724,24 +822,49 @@ def cmd_eval(args: argparse.Namespace) -> int:
 
 
 # ---------------------------------------------------------------------------------------------- the parser
-def build_parser() -> argparse.ArgumentParser:
-    """The ``textenv`` parser with every subcommand (no model is loaded)."""
+def agent_help(name: str | None) -> str:
+    """The end of ``textenv train --help``: with ``--agent NAME``, NAME's hyper-parameters (name, default, what it
+    is, accepted values: its config's fields), else how to list them."""
+    from textenv.agents import AGENTS, agent_class
+
+    if name is None:
+        return textwrap.fill(f"`textenv train --agent NAME --help` lists the hyper-parameters of agent NAME (set them "
+                             f"under `agent_kwargs:` in the --config file). Agents: {', '.join(sorted(AGENTS))}.",
+                             width=100)
+    try:
+        cls = agent_class(name)
+    except InputError as err:
+        return str(err)
+    lines = textwrap.wrap(f"{name} hyper-parameters ({cls.config_class.__name__}): set them under `agent_kwargs:` "
+                          "in the --config file, except seed (--seed or `seed:`).", width=100)
+    for item in cls.config_class.options():
+        lines.append(f"  {item.name} = {item.default!r}" + (f"   ({item.accepts})" if item.accepts else ""))
+        lines.extend(textwrap.wrap(item.help, width=100, initial_indent=" " * 6, subsequent_indent=" " * 6))
+    return "\n".join(lines)
+
+
+def _agent_in_help_request(argv: Sequence[str]) -> str | None:
+    """``NAME`` of ``textenv train ... --agent NAME ... --help`` (``None`` for any other command line)."""
+    if not argv or argv[0] != "train" or not {"-h", "--help"} & set(argv):
+        return None
+    for index, item in enumerate(argv):
+        if item == "--agent" and index + 1 < len(argv):
+            return argv[index + 1]
+        if item.startswith("--agent="):
+            return item.split("=", 1)[1]
+    return None
+
+
+def build_parser(agent: str | None = None) -> argparse.ArgumentParser:
+    """The ``textenv`` parser with every subcommand (no model is loaded); ``textenv train --help`` ends with the
+    hyper-parameters of ``agent`` (see :func:`agent_help`)."""
     parser = Parser(prog="textenv", description=__doc__.split("\n\n")[0])
     sub = parser.add_subparsers(dest="command", required=True)
 
-    train = sub.add_parser("train", help="train a policy on TextGen-v0")
-    train.add_argument("--agent", help="algorithm name (see `textenv.agents.AGENTS`; default: reinforce, or the "
-                                       "agent of the --resume checkpoint)")
-    train.add_argument("--total-timesteps", dest="total_timesteps", type=COUNT, help="tokens to generate in training")
-    train.add_argument("--output", help="run directory for summary.json, checkpoint/ and tensorboard/ (default: "
-                                        "runs/AGENT, or the run of --resume RUN/checkpoint); refused if it holds "
-                                        "other files, or an earlier run without --resume/--overwrite")
+    train = sub.add_parser("train", help="train a policy on TextGen-v0", epilog=agent_help(agent),
+                           formatter_class=argparse.RawDescriptionHelpFormatter)
+    add_config_arguments(train, TrainConfig, TrainConfig.flags(), given_only=True)
     train.add_argument("--config", help="YAML file with options, `env:` and `agent_kwargs:`")
-    train.add_argument("--seed", type=SEED, help=f"seeds everything (an integer in [0, {MAX_SEED}]; default 0)")
-    train.add_argument("--checkpoint-every", dest="checkpoint_every", type=COUNT_OR_ZERO,
-                       help="iterations between checkpoints; 0: only at the end (default 25)")
-    train.add_argument("--eval-prompts", dest="eval_prompts", type=COUNT,
-                       help="built-in held-out prompts evaluated before and after training, 1..150 (default 128)")
     train.add_argument("--resume", help="continue exactly from a checkpoint: RUN/checkpoint or the run directory RUN")
     train.add_argument("--overwrite", action="store_true",
                        help="start again in an --output that holds an earlier run (removes only that run's "
@@ -782,7 +905,7 @@ def build_parser() -> argparse.ArgumentParser:
 
     from textenv.apps import collect as collect_cmd
     from textenv.apps import label as label_cmd
-    from textenv.reward_models import preference as preference_rm
+    from textenv.apps import train_rm as train_rm_cmd
 
     collect = sub.add_parser("collect", help="sample K completions per prompt and rank them with a gold reward model")
     collect_cmd.add_arguments(collect)
@@ -793,8 +916,8 @@ def build_parser() -> argparse.ArgumentParser:
     label.set_defaults(func=label_cmd.run)
 
     train_rm = sub.add_parser("train-rm", help="train a Bradley-Terry preference reward model")
-    preference_rm.add_arguments(train_rm)
-    train_rm.set_defaults(func=preference_rm.run)
+    train_rm_cmd.add_arguments(train_rm)
+    train_rm.set_defaults(func=train_rm_cmd.run)
 
     from textenv.apps import pipeline as pipeline_cmd
 
@@ -835,7 +958,7 @@ def main(argv: list[str] | None = None) -> int:
     (one line on stderr), 130 Ctrl-C. Other exceptions (bugs) propagate with their traceback."""
     argv = list(sys.argv[1:] if argv is None else argv)
     try:
-        args = build_parser().parse_args(argv)
+        args = build_parser(_agent_in_help_request(argv)).parse_args(argv)
     except SystemExit as done:  # --help (0) or a bad flag (2, its one line already printed)
         return done.code if isinstance(done.code, int) else 0 if done.code is None else 2
     args.argv = argv

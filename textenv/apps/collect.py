@@ -129,12 +129,7 @@ def collect_preferences(
         temperature: sampling temperature (1 = the policy's distribution).
         device: ``"auto"``, ``"cpu"``, ``"cuda"``.
     """
-    for name, value, minimum in (("num_prompts", num_prompts, 1), ("k", k, 2), ("batch_prompts", batch_prompts, 1),
-                                 ("max_new_tokens", max_new_tokens, 1), ("seed", seed, 0)):
-        check_int(name, value, minimum)
-    check_number("min_gap", min_gap, low=0.0)
-    check_number("noise", noise, low=0.0, high=1.0)
-    check_positive("temperature", temperature)
+    _check_numbers(num_prompts, k, batch_prompts, max_new_tokens, seed, min_gap, noise, temperature)
     start = time.perf_counter()
     rng = np.random.default_rng(seed)
     pool = load_prompts(prompts, prompt_split)
@@ -147,8 +142,7 @@ def collect_preferences(
     )
     env.reset(seed=seed)
     generator = torch.Generator(device=env.device).manual_seed(seed)
-    model_name = model if isinstance(model, (str, os.PathLike)) else getattr(model, "name_or_path", type(model).__name__)
-    gold_name = gold if isinstance(gold, str) else type(gold).__name__
+    labeller = _Labeller(model, gold, unranked, min_gap, noise, rng)
     result = CollectResult()
     writer = JsonlWriter(output) if output is not None else None
     try:
@@ -158,24 +152,12 @@ def collect_preferences(
             rollout = collect_rollout(env, generator, [p for p in padded for _ in range(k)], temperature)
             for j, prompt in enumerate(batch):
                 texts = rollout.texts[j * k : (j + 1) * k]
+                row = labeller.row(prompt, texts, rollout.rm_score[j * k : (j + 1) * k])
                 result.num_prompts += 1
                 result.num_completions += len(texts)
-                if unranked:
-                    distinct = list(dict.fromkeys(texts))
-                    if len(distinct) < 2:
-                        result.skipped += 1
-                        continue
-                    row: PreferenceRanking | CompletionSet = CompletionSet(prompt, tuple(distinct), {"model": str(model_name)})
-                else:
-                    scores = rollout.rm_score[j * k : (j + 1) * k]
-                    ranked, ranked_scores = rank_completions(texts, scores, min_gap, noise, rng)
-                    if len(ranked) < 2:
-                        result.skipped += 1
-                        continue
-                    meta = {"gold": str(gold_name), "scores": [round(s, 6) for s in ranked_scores], "model": str(model_name)}
-                    if noise:
-                        meta["noise"] = noise
-                    row = PreferenceRanking(prompt, tuple(ranked), meta)
+                if row is None:
+                    result.skipped += 1
+                    continue
                 result.rows.append(row)
                 if writer is not None:
                     writer.write(row)
@@ -187,6 +169,41 @@ def collect_preferences(
             writer.close()
     result.seconds = time.perf_counter() - start
     return result
+
+
+def _check_numbers(num_prompts: Any, k: Any, batch_prompts: Any, max_new_tokens: Any, seed: Any, min_gap: Any,
+                   noise: Any, temperature: Any) -> None:
+    """:class:`InputError` naming the first bad number of :func:`collect_preferences`, before anything loads."""
+    for name, value, minimum in (("num_prompts", num_prompts, 1), ("k", k, 2), ("batch_prompts", batch_prompts, 1),
+                                 ("max_new_tokens", max_new_tokens, 1), ("seed", seed, 0)):
+        check_int(name, value, minimum)
+    check_number("min_gap", min_gap, low=0.0)
+    check_number("noise", noise, low=0.0, high=1.0)
+    check_positive("temperature", temperature)
+
+
+class _Labeller:
+    """Turns one prompt's K completions into a row: a gold ranking (:func:`rank_completions`), or with
+    ``unranked`` the set of distinct completions; ``None`` when fewer than 2 remain."""
+
+    def __init__(self, model: Any, gold: Any, unranked: bool, min_gap: float, noise: float,
+                 rng: np.random.Generator) -> None:
+        name = model if isinstance(model, (str, os.PathLike)) else getattr(model, "name_or_path", type(model).__name__)
+        self.model_name = str(name)
+        self.gold_name = str(gold if isinstance(gold, str) else type(gold).__name__)
+        self.unranked, self.min_gap, self.noise, self.rng = unranked, min_gap, noise, rng
+
+    def row(self, prompt: str, texts: Sequence[str], scores: Sequence[float]) -> PreferenceRanking | CompletionSet | None:
+        if self.unranked:
+            distinct = list(dict.fromkeys(texts))
+            return CompletionSet(prompt, tuple(distinct), {"model": self.model_name}) if len(distinct) >= 2 else None
+        ranked, ranked_scores = rank_completions(texts, scores, self.min_gap, self.noise, self.rng)
+        if len(ranked) < 2:
+            return None
+        meta = {"gold": self.gold_name, "scores": [round(s, 6) for s in ranked_scores], "model": self.model_name}
+        if self.noise:
+            meta["noise"] = self.noise
+        return PreferenceRanking(prompt, tuple(ranked), meta)
 
 
 def _zero_scores(prompts: Sequence[str], completions: Sequence[str]) -> np.ndarray:

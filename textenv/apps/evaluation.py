@@ -29,6 +29,7 @@ import os
 import tempfile
 import time
 from collections.abc import Mapping, Sequence
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -95,7 +96,47 @@ def evaluate_policy(
         ``completion``, ``gold``, ``proxy``, ``kl``), counts, ``seconds`` and the settings used.
 
     Note: a passed-in ``PreTrainedModel`` is used in place (moved to ``device``, dropout disabled by the env).
+    The evaluation builds its own env, so no training env's β moves.
     """
+    _check_evaluation_arguments(policy, reference, num_samples, max_new_tokens, temperature, seed, batch_size,
+                                max_table_rows)
+    start = time.perf_counter()
+    prompt_list = load_prompts(prompts, prompt_split)  # a bad prompt file or reward-model name fails before any model
+    device = resolve_device(device)
+    gold_model = load_reward_model(gold, device)
+    proxy_model = None if proxy is None else load_reward_model(proxy, device)
+    policy_model, policy_tokenizer, base_model = _load_policy(policy, device)
+    reference = reference if reference is not None else base_model or DEFAULT_MODEL
+    reference_model = _load_reference(reference, device, vocabulary_of=policy_model)
+
+    rows = [p for p in prompt_list for _ in range(num_samples)]
+    env = TextGenVectorEnv(
+        num_envs=min(batch_size, len(rows)), model=policy_model,
+        tokenizer=tokenizer if tokenizer is not None else policy_tokenizer, reward_model=gold_model,
+        prompts=prompt_list, max_new_tokens=max_new_tokens, kl_coef=1.0, kl_estimator="k1", autoreset_mode="disabled",
+        reference=reference_model, device=device,
+    )  # β only makes the env compute π_ref's log-probs; the env's reward is not used here
+    sampled = _sample(env, rows, seed, temperature)
+    proxy_scores = None if proxy_model is None else checked_scores(proxy_model, rows, sampled.texts)
+    table = sampled.table(rows, proxy_scores)
+    return {
+        **sampled.metrics(proxy_scores),
+        "num_prompts": len(prompt_list),
+        "num_samples": len(rows),
+        "num_tokens": int(sampled.num_tokens),
+        "seconds": time.perf_counter() - start,
+        "settings": {"policy": _describe(policy), "reference": _describe(reference), "gold": _describe(gold),
+                     "proxy": None if proxy is None else _describe(proxy), "prompt_split": prompt_split,
+                     "samples_per_prompt": num_samples, "max_new_tokens": max_new_tokens, "temperature": temperature,
+                     "seed": seed},
+        "samples": table if max_table_rows is None else table[:max_table_rows],
+    }
+
+
+def _check_evaluation_arguments(policy: Any, reference: Any, num_samples: Any, max_new_tokens: Any, temperature: Any,
+                                seed: Any, batch_size: Any, max_table_rows: Any) -> None:
+    """:class:`InputError` for a bad number, or a checkpoint that names no base model when ``reference`` is not
+    given, before anything loads."""
     for name, value in (("num_samples", num_samples), ("max_new_tokens", max_new_tokens), ("batch_size", batch_size)):
         check_int(name, value, minimum=1)
     check_int("seed", seed, minimum=0)
@@ -110,78 +151,71 @@ def evaluate_policy(
         if meta_file.is_file() and _recorded_base_model(meta_file) is None:
             raise InputError(f"{meta_file} names no base model (the agent was trained from a model object): pass "
                              "reference=<the model the policy started from> to measure KL and perplexity")
-    start = time.perf_counter()
-    prompt_list = load_prompts(prompts, prompt_split)  # a bad prompt file or reward-model name fails before any model
-    device = resolve_device(device)
-    gold_model = load_reward_model(gold, device)
-    proxy_model = None if proxy is None else load_reward_model(proxy, device)
-    policy_model, policy_tokenizer, base_model = _load_policy(policy, device)
-    tokenizer = tokenizer if tokenizer is not None else policy_tokenizer
-    reference_model = _load_reference(reference if reference is not None else base_model or DEFAULT_MODEL, device)
-    _check_same_vocabulary(policy_model, reference_model)
 
-    rows = [p for p in prompt_list for _ in range(num_samples)]
-    env = TextGenVectorEnv(
-        num_envs=min(batch_size, len(rows)), model=policy_model, tokenizer=tokenizer, reward_model=gold_model,
-        prompts=prompt_list, max_new_tokens=max_new_tokens, kl_coef=1.0, kl_estimator="k1",
-        autoreset_mode="disabled", reference=reference_model, device=device,
-    )  # β only makes the env compute π_ref's log-probs; the env's reward is not used here
+
+@dataclass
+class _Samples:
+    """Completions of every row with their gold score, KL (nats per sequence), length (tokens) and the summed
+    log-probs of their tokens under π_ref and π_θ."""
+
+    texts: list[str] = field(default_factory=list)
+    gold: np.ndarray = field(default_factory=lambda: np.zeros(0))
+    kl: np.ndarray = field(default_factory=lambda: np.zeros(0))
+    lengths: np.ndarray = field(default_factory=lambda: np.zeros(0))
+    ref_logprob_sum: float = 0.0
+    policy_logprob_sum: float = 0.0
+
+    @property
+    def num_tokens(self) -> float:
+        return float(self.lengths.sum())
+
+    def table(self, prompts: Sequence[str], proxy: np.ndarray | None) -> list[dict[str, Any]]:
+        """One row per sample: prompt, completion, gold, proxy (``None`` without one) and KL."""
+        return [
+            {"prompt": p, "completion": t, "gold": float(g), "proxy": None if proxy is None else float(proxy[i]),
+             "kl": float(k)}
+            for i, (p, t, g, k) in enumerate(zip(prompts, self.texts, self.gold, self.kl))
+        ]
+
+    def metrics(self, proxy: np.ndarray | None) -> dict[str, Any]:
+        """The :data:`METRICS` (``proxy``: the proxy's scores of the texts, or ``None``)."""
+        tokens = max(self.num_tokens, 1.0)
+        return {
+            "gold_reward": float(self.gold.mean()),
+            "gold_reward_std": float(self.gold.std()),
+            "proxy_reward": None if proxy is None else float(proxy.mean()),
+            "proxy_reward_std": None if proxy is None else float(proxy.std()),
+            "kl": float(self.kl.mean()),
+            "kl_std": float(self.kl.std()),
+            "perplexity": math.exp(-self.ref_logprob_sum / tokens),
+            "policy_perplexity": math.exp(-self.policy_logprob_sum / tokens),
+            "distinct_1": distinct_n(self.texts, 1),
+            "distinct_2": distinct_n(self.texts, 2),
+            "length": float(self.lengths.mean()),
+        }
+
+
+def _sample(env: TextGenVectorEnv, rows: list[str], seed: int, temperature: float) -> _Samples:
+    """One completion per entry of ``rows`` (prompts), ``env.num_envs`` at a time; the last batch is topped up with
+    copies of its last prompt, whose rows are dropped."""
     generator = torch.Generator(device=env.device).manual_seed(seed)
-
-    texts: list[str] = []
-    gold_scores, kls, lengths = [], [], []
-    ref_logprob_sum = policy_logprob_sum = 0.0
+    sampled = _Samples()
+    gold, kls, lengths = [], [], []
     for first in range(0, len(rows), env.num_envs):
         chunk = rows[first : first + env.num_envs]
-        filler = [chunk[-1]] * (env.num_envs - len(chunk))  # the last batch is topped up, extra rows dropped
+        filler = [chunk[-1]] * (env.num_envs - len(chunk))
         rollout = collect_rollout(env, generator, prompts=chunk + filler, temperature=temperature)
         n = len(chunk)
         mask = rollout.action_mask[:n]
         # k1: KL_t = log π_θ(y_t|s_t) − log π_ref(y_t|s_t), so log π_ref = logprob − KL_t.
-        ref_logprob_sum += float(((rollout.logprobs[:n] - rollout.kl[:n]) * mask).sum())
-        policy_logprob_sum += float((rollout.logprobs[:n] * mask).sum())
-        texts += rollout.texts[:n]
-        gold_scores.append(rollout.rm_score[:n])
+        sampled.ref_logprob_sum += float(((rollout.logprobs[:n] - rollout.kl[:n]) * mask).sum())
+        sampled.policy_logprob_sum += float((rollout.logprobs[:n] * mask).sum())
+        sampled.texts += rollout.texts[:n]
+        gold.append(rollout.rm_score[:n])
         kls.append(rollout.episode_kl[:n])
         lengths.append(mask.sum(dim=1).cpu().numpy())
-    gold_arr, kl_arr, length_arr = np.concatenate(gold_scores), np.concatenate(kls), np.concatenate(lengths)
-    proxy_arr = None if proxy_model is None else checked_scores(proxy_model, rows, texts)
-    num_tokens = float(length_arr.sum())
-
-    samples = [
-        {"prompt": p, "completion": t, "gold": float(g), "proxy": None if proxy_arr is None else float(proxy_arr[i]),
-         "kl": float(k)}
-        for i, (p, t, g, k) in enumerate(zip(rows, texts, gold_arr, kl_arr))
-    ]
-    return {
-        "gold_reward": float(gold_arr.mean()),
-        "gold_reward_std": float(gold_arr.std()),
-        "proxy_reward": None if proxy_arr is None else float(proxy_arr.mean()),
-        "proxy_reward_std": None if proxy_arr is None else float(proxy_arr.std()),
-        "kl": float(kl_arr.mean()),
-        "kl_std": float(kl_arr.std()),
-        "perplexity": math.exp(-ref_logprob_sum / max(num_tokens, 1.0)),
-        "policy_perplexity": math.exp(-policy_logprob_sum / max(num_tokens, 1.0)),
-        "distinct_1": distinct_n(texts, 1),
-        "distinct_2": distinct_n(texts, 2),
-        "length": float(length_arr.mean()),
-        "num_prompts": len(prompt_list),
-        "num_samples": len(rows),
-        "num_tokens": int(num_tokens),
-        "seconds": time.perf_counter() - start,
-        "settings": {
-            "policy": _describe(policy),
-            "reference": _describe(reference if reference is not None else base_model or DEFAULT_MODEL),
-            "gold": _describe(gold),
-            "proxy": None if proxy is None else _describe(proxy),
-            "prompt_split": prompt_split,
-            "samples_per_prompt": num_samples,
-            "max_new_tokens": max_new_tokens,
-            "temperature": temperature,
-            "seed": seed,
-        },
-        "samples": samples if max_table_rows is None else samples[:max_table_rows],
-    }
+    sampled.gold, sampled.kl, sampled.lengths = np.concatenate(gold), np.concatenate(kls), np.concatenate(lengths)
+    return sampled
 
 
 def evaluate_checkpoints(checkpoints: Sequence[str | os.PathLike], **kwargs: Any) -> list[dict[str, Any]]:
@@ -253,10 +287,13 @@ def _read_agent_json(file: Path) -> dict[str, Any]:
     return meta
 
 
-def _load_reference(reference: str | os.PathLike | PreTrainedModel, device: torch.device) -> PreTrainedModel:
+def _load_reference(reference: str | os.PathLike | PreTrainedModel, device: torch.device,
+                    vocabulary_of: PreTrainedModel) -> PreTrainedModel:
+    """π_ref, frozen, in eval mode on ``device``; its vocabulary must be that of the policy ``vocabulary_of``."""
     model = reference if isinstance(reference, torch.nn.Module) else load_causal_lm(reference, device)
     model = model.to(device).eval()
     model.requires_grad_(False)
+    _check_same_vocabulary(vocabulary_of, model)
     return model
 
 
