@@ -84,7 +84,8 @@ class PPOConfig(AgentConfig):
         None, "stop the epochs once the old→new approximate KL of a minibatch exceeds 1.5·target_kl (nats per "
               "token; None: never stop early); not the env's target_kl, which adapts β",
         Number(low=0.0, low_open=True, none_ok=True))
-    whiten_advantages: bool = option(True, "normalise Â to zero mean and unit variance over the batch's tokens", Flag())
+    whiten_advantages: bool = option(True, "normalise Â to zero mean and unit variance over the batch's tokens",
+                                     Flag())
     reward_shaping: str = option("per_token", "'per_token' (r_t = −β·KL_t, plus r_φ at the last token) or 'env' "
                                               "(the env's own step rewards)", Choice(REWARD_SHAPINGS))
     ptx_coef: float = option(0.0, "γ_ptx of PPO-ptx (InstructGPT eq. 4); 0 disables the pre-training term",
@@ -136,7 +137,8 @@ class PPO(Agent):
         return {"value_head": self.value_head}
 
     # ------------------------------------------------------------------ the pieces
-    def policy_and_values(self, rollout: Rollout, rows: torch.Tensor | None = None) -> tuple[ActionScores, torch.Tensor]:
+    def policy_and_values(self, rollout: Rollout,
+                          rows: torch.Tensor | None = None) -> tuple[ActionScores, torch.Tensor]:
         """ONE forward over prompt + completion of the episodes ``rows`` (default: all): log π_θ(a_t|s_t) and
         entropy (``ActionScores``, ``(N, T)``) and V(s_t) ``(N, T)`` from the same trunk's last hidden states.
 

@@ -410,7 +410,8 @@ def train_preference_model(
             record.update(_evaluate(model, eval_groups, "eval"))
         history.append(record)
         if verbose:
-            print(" ".join(f"{k}={v:.4g}" if isinstance(v, float) else f"{k}={v}" for k, v in record.items()), flush=True)
+            print(" ".join(f"{k}={v:.4g}" if isinstance(v, float) else f"{k}={v}" for k, v in record.items()),
+                  flush=True)
     model.network.eval()
     metrics = _center_rewards(model, train_groups, train_ids, eval_groups, history, config)
     metrics["seconds"] = time.perf_counter() - start
@@ -508,8 +509,8 @@ def _check_finite(what: str, value: torch.Tensor, epoch: int, step: int, lr: flo
         return
     raise RewardModelDivergedError(
         f"reward-model training diverged at epoch {epoch}, step {step}: the {what} is {number}. The learning rate "
-        f"lr={lr:g} is likely too high (lower it; the default is {PreferenceTrainingConfig.lr:g}), or the data hold texts "
-        "the backbone cannot score; nothing was saved"
+        f"lr={lr:g} is likely too high (lower it; the default is {PreferenceTrainingConfig.lr:g}), or the data hold "
+        "texts the backbone cannot score; nothing was saved"
     )
 
 

@@ -211,16 +211,16 @@ class TrainConfig(Config):
     total_timesteps: int = option(50_000, "tokens to generate in training", Integer(1), flag=True)
     output: str | None = option(None, "run directory for summary.json, checkpoint/ and tensorboard/ (default: "
                                       "runs/AGENT, or the run of --resume RUN/checkpoint); refused if it holds other "
-                                      "files, or an earlier run without --resume/--overwrite", OfType(str, none_ok=True),
-                                flag=True)
+                                      "files, or an earlier run without --resume/--overwrite",
+                                OfType(str, none_ok=True), flag=True)
     seed: int = option(0, "seeds everything", Seed(), flag=True)
     checkpoint_every: int = option(25, "iterations between checkpoints; 0: only at the end", Integer(0), flag=True)
     eval_prompts: int = option(128, "built-in held-out prompts evaluated before and after training, 1..150",
                                Integer(1), flag=True)
     env: Mapping[str, Any] = option({"num_envs": 32, "max_new_tokens": 32, "kl_coef": 0.05},
                        "TextGenVectorEnv arguments (merged key by key over these)", OfType(dict))
-    agent_kwargs: Mapping[str, Any] = option({}, "the agent's hyper-parameters (`textenv train --agent NAME --help` lists them)",
-                                OfType(dict))
+    agent_kwargs: Mapping[str, Any] = option(
+        {}, "the agent's hyper-parameters (`textenv train --agent NAME --help` lists them)", OfType(dict))
 
     @classmethod
     def flags(cls) -> list[str]:

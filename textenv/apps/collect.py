@@ -193,7 +193,8 @@ class _Labeller:
         self.gold_name = str(gold if isinstance(gold, str) else type(gold).__name__)
         self.unranked, self.min_gap, self.noise, self.rng = unranked, min_gap, noise, rng
 
-    def row(self, prompt: str, texts: Sequence[str], scores: Sequence[float]) -> PreferenceRanking | CompletionSet | None:
+    def row(self, prompt: str, texts: Sequence[str],
+            scores: Sequence[float]) -> PreferenceRanking | CompletionSet | None:
         if self.unranked:
             distinct = list(dict.fromkeys(texts))
             return CompletionSet(prompt, tuple(distinct), {"model": self.model_name}) if len(distinct) >= 2 else None

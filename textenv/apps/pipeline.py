@@ -294,8 +294,8 @@ class _PipelineRun:
                          seed=c.seed + (0 if split == "train" else 1), noise=c.noise, min_gap=c.min_gap,
                          device=c.device, min_rows=2 if split == "train" else 1)
                 ran.append(split)
-        self.stages["collect"] = StageRecord("ran" if ran else "skipped", clock.seconds, clock.cpu_seconds,
-                                             {"rows": _count_rows(self.prefs), "eval_rows": _count_rows(self.eval_prefs)})
+        rows = {"rows": _count_rows(self.prefs), "eval_rows": _count_rows(self.eval_prefs)}
+        self.stages["collect"] = StageRecord("ran" if ran else "skipped", clock.seconds, clock.cpu_seconds, rows)
 
     def supervised_fine_tuning(self) -> None:
         """2. sft (optional): behaviour cloning of each prompt's best-ranked completion."""
@@ -306,7 +306,8 @@ class _PipelineRun:
         with _Clock() as clock:
             status = "skipped" if (sft_dir / "agent.json").is_file() else "ran"
             if status == "ran":
-                self.log(f"sft: behaviour cloning of the best of K on {self.prefs}, {c.sft_epochs} epoch(s) → {sft_dir}")
+                self.log(f"sft: behaviour cloning of the best of K on {self.prefs}, {c.sft_epochs} epoch(s) → "
+                         f"{sft_dir}")
                 detail = _supervised_fine_tune(self.prefs, sft_dir, model=c.model, epochs=c.sft_epochs, lr=c.sft_lr,
                                                seed=c.seed, max_new_tokens=c.max_new_tokens, device=c.device)
             else:
@@ -338,8 +339,8 @@ class _PipelineRun:
             groups = [g for g in expand_pairs(load_preferences(self.eval_prefs)) if g.pairs]
             self.rm_accuracy = pair_accuracy(self.reward_model, groups)
             self.rm_train_accuracy = self.reward_model.metadata.get("metrics", {}).get("train/pair_accuracy")
-        self.stages["rm"] = StageRecord(status, clock.seconds, clock.cpu_seconds,
-                                        {"pair_accuracy": self.rm_accuracy, "train_pair_accuracy": self.rm_train_accuracy})
+        accuracy = {"pair_accuracy": self.rm_accuracy, "train_pair_accuracy": self.rm_train_accuracy}
+        self.stages["rm"] = StageRecord(status, clock.seconds, clock.cpu_seconds, accuracy)
         self.log(f"rm: held-out pair accuracy {self.rm_accuracy:.3f} ({_count_pairs(self.eval_prefs)} pairs of eval "
                  "prompts)")
 

@@ -27,7 +27,8 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
                         help="directory to save the reward model to (atomically); refused if it holds other files, "
                              "and an existing reward model is replaced only with --overwrite")
     parser.add_argument("--overwrite", action="store_true", help="replace the reward model already at --output")
-    parser.add_argument("--backbone", default=DEFAULT_MODEL, help="model name/path for the trunk (default: %(default)s)")
+    parser.add_argument("--backbone", default=DEFAULT_MODEL,
+                        help="model name/path for the trunk (default: %(default)s)")
     add_config_arguments(parser, PreferenceTrainingConfig)
     parser.add_argument("--device", default="auto", help="auto, cpu, cuda... (default: %(default)s)")
 
@@ -51,7 +52,8 @@ def run(args: argparse.Namespace) -> int:
     A run that fails (bad data, divergence, Ctrl-C) leaves ``--output`` as it was."""
     data = Path(args.data)
     if not data.is_file():
-        raise InputError(f"--data {data}: " + ("is a directory; give a .jsonl file" if data.is_dir() else "no such file"))
+        problem = "is a directory; give a .jsonl file" if data.is_dir() else "no such file"
+        raise InputError(f"--data {data}: {problem}")
     output = Path(args.output)
     check_output_dir(output, args.overwrite)
     hyperparameters = {name: getattr(args, name) for name in PreferenceTrainingConfig.names()}
