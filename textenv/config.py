@@ -142,8 +142,9 @@ def describe(check: Check | None) -> str:
 # ---------------------------------------------------------------------------------------------- fields
 def option(default: Any, help: str, check: Check | None = None, **extra: Any) -> Any:
     """A config field: its ``default``, a one-line ``help`` (what it is, units, what ``None``/0 mean) and the
-    ``check`` its values must pass. ``extra`` is kept in the field's metadata (e.g. ``section=`` for ``--help``
-    groups, ``flag=`` for a command-line spelling). A list or dict default is copied for every instance."""
+    ``check`` its values must pass. ``extra`` is kept in the field's metadata for the command line (``section=``:
+    the argument group of its flag; ``off_flag=``: the opposite switch of a :class:`Flag` field; ``flag=True``:
+    one of ``textenv train``'s flags). A list or dict default is copied for every instance."""
     metadata = {"help": help, "check": check, **extra}
     if isinstance(default, (list, dict, set)):
         return field(default_factory=lambda: copy.deepcopy(default), metadata=metadata)
