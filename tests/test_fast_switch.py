@@ -295,3 +295,17 @@ def test_load_models_sets_up_policy_tokenizer_and_reference_in_one_call(tiny_mod
 def test_frozen_copy_keeps_the_switch_position(tiny_model_dir):
     plain = load_causal_lm(tiny_model_dir, device="cpu", fast=False)
     assert model_fast(plain) is False and model_fast(frozen_copy(plain)) is False
+
+
+def test_a_policy_set_later_follows_the_envs_switch(tiny_model_dir) -> None:
+    """``env.set_policy(model)`` (e.g. SB3's ``attach`` after a load) records the env's switch for the new model,
+    so the agents' update forward on it takes the env's path."""
+    from textenv.fast import model_fast
+    from textenv.models.loading import load_causal_lm
+
+    env = TextGenVectorEnv(model=str(tiny_model_dir), num_envs=2, max_new_tokens=2, kl_coef=0.0, fast=False,
+                           prompts=["the film was", "the book"], autoreset_mode="disabled")
+    other = load_causal_lm(str(tiny_model_dir), device="cpu", fast=True)
+    assert model_fast(other) is True
+    env.set_policy(other)
+    assert model_fast(env.policy) is False

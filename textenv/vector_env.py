@@ -25,7 +25,7 @@ from gymnasium.vector import AutoresetMode, VectorEnv
 from transformers import PreTrainedModel, PreTrainedTokenizerBase
 
 from textenv.engine.generation import GenerationEngine
-from textenv.fast import resolve_fast
+from textenv.fast import resolve_fast, set_model_fast
 from textenv.kl import KL_ESTIMATORS, kl_per_token, make_kl_controller
 from textenv.models.loading import DEFAULT_MODEL, resolve_device
 from textenv.models.lora import check_lora
@@ -280,6 +280,7 @@ class TextGenVectorEnv(VectorEnv):
         self._policy = model
         engine = getattr(self, "engine", None)  # None while the constructor sets up the models
         if engine is not None:
+            set_model_fast(model, self.fast)  # the agents' update forward follows the env's switch
             engine.policy = model
 
     def set_policy(self, model: torch.nn.Module) -> None:

@@ -13,7 +13,7 @@ from stable_baselines3.common.type_aliases import PyTorchObs, Schedule
 from transformers import AutoConfig, AutoModelForCausalLM, PreTrainedModel
 
 from textenv.models.lora import is_peft_model
-from textenv.vector_env import disable_dropout
+from textenv.models.setup import disable_dropout
 
 if TYPE_CHECKING:
     from textenv.agents.sb3.vec_env import TextGenSB3VecEnv
