@@ -14,7 +14,8 @@ import pytest
 import yaml
 
 from textenv.agents.base import Agent
-from textenv.apps.cli import main, resume_command
+from textenv.apps.cli import main
+from textenv.apps.train import resume_command
 from textenv.reward_models import REWARD_MODELS, CallableReward
 from textenv.validation import InputError
 

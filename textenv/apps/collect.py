@@ -38,7 +38,7 @@ from typing import Any
 import numpy as np
 import torch
 
-from textenv.apps.cli import COUNT, NON_NEGATIVE, POSITIVE, PROBABILITY, SEED, integer_at_least
+from textenv.apps.arguments import COUNT, NON_NEGATIVE, POSITIVE, PROBABILITY, SEED, integer_at_least
 from textenv.models.loading import DEFAULT_MODEL
 from textenv.preferences import CompletionSet, JsonlWriter, PreferenceRanking, load_completion_sets, load_preferences
 from textenv.prompts import load_prompts

@@ -31,7 +31,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import TextIO
 
-from textenv.apps.cli import SEED
+from textenv.apps.arguments import SEED
 from textenv.preferences import (
     CompletionSet,
     JsonlWriter,

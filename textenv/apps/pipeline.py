@@ -78,7 +78,7 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any, Self
 
-from textenv.apps.cli import add_config_arguments
+from textenv.apps.arguments import add_config_arguments
 from textenv.config import Config, Flag, Integer, Number, Seed, option
 from textenv.models.loading import DEFAULT_MODEL
 from textenv.prompts import builtin_prompts

@@ -13,7 +13,7 @@ import sys
 from collections.abc import Sequence
 from pathlib import Path
 
-from textenv.apps.cli import add_config_arguments
+from textenv.apps.arguments import add_config_arguments
 from textenv.checkpoint import check_replaceable, recover_directory
 from textenv.models.loading import DEFAULT_MODEL
 from textenv.reward_models.preference import DIRECTORY_KIND, PreferenceTrainingConfig, train_preference_model
