@@ -17,6 +17,7 @@ from textenv.agents.gradient_step import TrainingDivergedError
 from textenv.agents.grpo import GRPO, GRPOConfig
 from textenv.agents.ppo import PPO, PPOConfig
 from textenv.agents.reinforce import Reinforce, ReinforceConfig
+from textenv.agents.remax import ReMax, ReMaxConfig
 from textenv.agents.rloo import RLOO, RLOOConfig
 from textenv.agents.sft import SFT, SFTConfig
 from textenv.config import did_you_mean
@@ -74,7 +75,7 @@ def make_agent(name: str, env: Any, **hyperparameters: Any) -> Agent:
     return agent_class(name)(env, **hyperparameters)
 
 
-for _cls in (Reinforce, PPO, RLOO, GRPO, SFT, DPO, LRML):
+for _cls in (Reinforce, PPO, RLOO, GRPO, ReMax, SFT, DPO, LRML):
     register_agent(_cls)
 #: The SB3 agents, imported with stable-baselines3 when first used.
 _SB3_AGENTS = {"sb3-ppo": "SB3PPO", "sb3-a2c": "SB3A2C", "maskable-ppo": "MaskablePPOAgent"}
@@ -90,6 +91,6 @@ def __getattr__(name: str) -> Any:
     raise AttributeError(f"module 'textenv.agents' has no attribute {name!r}")
 
 
-__all__ = ["AGENTS", "DPO", "GRPO", "LRML", "PPO", "RLOO", "SB3A2C", "SB3PPO", "SCALARS", "SFT", "Agent", "AgentConfig",
+__all__ = ["AGENTS", "DPO", "GRPO", "LRML", "PPO", "RLOO", "ReMax", "ReMaxConfig", "SB3A2C", "SB3PPO", "SCALARS", "SFT", "Agent", "AgentConfig",
            "DPOConfig", "GRPOConfig", "LRMLConfig", "MaskablePPOAgent", "PPOConfig", "RLOOConfig", "Reinforce",
            "ReinforceConfig", "SFTConfig", "TrainingDivergedError", "agent_class", "make_agent", "register_agent"]

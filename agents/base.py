@@ -68,8 +68,8 @@ from textenv.checkpoint import (
     verify_directory,
     write_state,
 )
-from textenv.models.lora import is_peft_model
 from textenv.models.loading import resolve_model_path
+from textenv.models.lora import is_peft_model
 from textenv.rollout import sample_actions
 from textenv.validation import InputError, check_choice, check_int
 from textenv.vector_env import TextGenVectorEnv, unwrap_vector_env

@@ -49,6 +49,7 @@ from textenv.agents.sft import (
     encode_pairs,
 )
 from textenv.config import Choice, Number, option
+from textenv.fast import model_fast
 from textenv.logprobs import entropy
 from textenv.models.loading import frozen_copy
 from textenv.preferences import PreferencePair, as_preference_rows, expand_pairs
@@ -190,7 +191,7 @@ class DPO(Agent):
         gradient_step(self, loss, self.optimizer, {"policy": self.policy}, self.config.max_grad_norm)
         self.policy.eval()
         with torch.no_grad():
-            mean_entropy = masked_mean(entropy(logits.detach()), batch.target_mask)
+            mean_entropy = masked_mean(entropy(logits.detach(), fast=model_fast(self.policy)), batch.target_mask)
             rho = rho.detach()
         return {
             "num_tokens": batch.num_tokens,

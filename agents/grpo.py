@@ -90,7 +90,7 @@ class GRPO(Agent):
 
     def train_iteration(self) -> dict[str, float]:
         c = self.config
-        rollout = collect_rollout(self.env, self.generator)
+        rollout = collect_rollout(self.env, self.generator, update_kl_controller=True)
         # R_i: the env's KL-penalised return, or r_φ alone when the KL is paid in the loss (beta > 0).
         rewards = rollout.rm_score if c.beta > 0 else rollout.returns
         check_finite(self, "rewards" if c.beta > 0 else "returns", rewards, c.max_grad_norm, rollout.rm_score)

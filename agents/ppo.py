@@ -45,6 +45,7 @@ from textenv.agents.config import LEARNING_RATE, AgentConfig, check_minibatches,
 from textenv.agents.gradient_step import check_finite, gradient_step
 from textenv.agents.sft import read_utf8
 from textenv.config import Choice, Flag, Integer, Number, option
+from textenv.fast import model_fast
 from textenv.logprobs import chosen_logprobs
 from textenv.prompts import builtin_reviews
 from textenv.rollout import Rollout, collect_rollout, masked_mean
@@ -172,7 +173,7 @@ class PPO(Agent):
             mask[row, : len(tokens)] = 1
         ids, mask = ids.to(self.env.device), mask.to(self.env.device)
         logits = self.policy(input_ids=ids, attention_mask=mask).logits[:, :-1].float()
-        logprobs = chosen_logprobs(logits, ids[:, 1:])
+        logprobs = chosen_logprobs(logits, ids[:, 1:], fast=model_fast(self.policy))
         return -masked_mean(logprobs, mask[:, 1:].float())
 
     def targets(self, rollout: Rollout) -> Targets:
@@ -209,7 +210,7 @@ class PPO(Agent):
 
     # ------------------------------------------------------------------ one iteration
     def train_iteration(self) -> dict[str, float]:
-        rollout = collect_rollout(self.env, self.generator)
+        rollout = collect_rollout(self.env, self.generator, update_kl_controller=True)
         targets = self.targets(rollout)
         self.policy.train()
         stats: dict[str, list[float]] = {key: [] for key in STATISTICS}

@@ -82,7 +82,7 @@ class Reinforce(Agent):
         return np.full_like(returns, previous)
 
     def train_iteration(self) -> dict[str, float]:
-        rollout = collect_rollout(self.env, self.generator)
+        rollout = collect_rollout(self.env, self.generator, update_kl_controller=True)
         check_finite(self, "returns", rollout.returns, self.config.max_grad_norm, rollout.rm_score)
         advantages = rollout.returns - self.compute_baseline(rollout.returns)
         if self.config.normalize_advantages and len(advantages) > 1:

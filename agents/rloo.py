@@ -81,7 +81,7 @@ class RLOO(Agent):
 
     def train_iteration(self) -> dict[str, float]:
         c = self.config
-        rollout = collect_rollout(self.env, self.generator)
+        rollout = collect_rollout(self.env, self.generator, update_kl_controller=True)
         mask = rollout.action_mask  # (B, T)
         check_finite(self, "returns", rollout.returns, c.max_grad_norm, rollout.rm_score)
         advantages = leave_one_out_advantages(rollout.returns, self.env.group_size)

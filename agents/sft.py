@@ -38,6 +38,7 @@ from textenv.agents.base import Agent
 from textenv.agents.config import AgentConfig
 from textenv.agents.gradient_step import gradient_step
 from textenv.config import Flag, Integer, option
+from textenv.fast import model_fast
 from textenv.logprobs import chosen_logprobs, entropy
 from textenv.preferences import PreferencePair, PreferenceRanking, as_preference_rows
 from textenv.prompts import builtin_reviews
@@ -233,7 +234,7 @@ def completion_logprobs(model: PreTrainedModel, batch: TokenBatch) -> tuple[torc
     positions = (batch.attention_mask.cumsum(dim=1) - 1).clamp(min=0)
     logits = model(input_ids=batch.input_ids, attention_mask=batch.attention_mask, position_ids=positions).logits
     logits = logits[:, :-1].float()
-    logprobs = chosen_logprobs(logits, batch.input_ids[:, 1:])
+    logprobs = chosen_logprobs(logits, batch.input_ids[:, 1:], fast=model_fast(model))
     return logprobs * batch.target_mask, logits
 
 
@@ -304,7 +305,7 @@ class SFT(Agent):
         gradient_step(self, loss, self.optimizer, {"policy": self.policy}, self.config.max_grad_norm)
         self.policy.eval()
         with torch.no_grad():
-            mean_entropy = masked_mean(entropy(logits.detach()), batch.target_mask)
+            mean_entropy = masked_mean(entropy(logits.detach(), fast=model_fast(self.policy)), batch.target_mask)
         return {
             "num_tokens": batch.num_tokens,
             "train/loss": float(loss.detach()),

@@ -38,6 +38,8 @@ def untouchable_env(tiny_model_dir):
 #: (agent, {argument: bad value}); the error must name the argument.
 CASES = [
     ("reinforce", {"learning_rate": NAN}),
+    ("remax", {"normalize_advantages": "yes"}),
+    ("remax", {"max_grad_norm": -1.0}),
     ("reinforce", {"learning_rate": -1e-3}),
     ("reinforce", {"learning_rate": "1e-3"}),
     ("reinforce", {"learning_rate": 1e35}),  # past ~3e37 Adam's float32 step overflows inside torch
@@ -147,7 +149,7 @@ def test_unknown_agent_or_hyperparameter_suggests_the_right_name(untouchable_env
 
 @pytest.mark.parametrize(
     ("name", "kwargs"),
-    [("reinforce", {}), ("ppo", {}), ("rloo", {}), ("grpo", {}), ("sft", {"num_demonstrations": 4}),
+    [("reinforce", {}), ("remax", {}), ("ppo", {}), ("rloo", {}), ("grpo", {}), ("sft", {"num_demonstrations": 4}),
      ("dpo", {"preferences": PREFERENCES}), ("lrml", {"preferences": PREFERENCES}), ("sb3-ppo", {}),
      ("sb3-a2c", {}), ("maskable-ppo", {})],
 )

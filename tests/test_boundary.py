@@ -137,7 +137,7 @@ def adaptive_env(tiny_model_dir) -> TextGenVectorEnv:
 
 def test_a_greedy_baseline_rollout_leaves_the_adaptive_kl_controller_alone(adaptive_env):
     env = adaptive_env
-    collect_rollout(env, torch.Generator().manual_seed(0))
+    collect_rollout(env, torch.Generator().manual_seed(0), update_kl_controller=True)
     env.load_kl_controller_state({"kl_coef": 0.05, "window": [0.25, 0.5], "window_steps": 7})
     before = env.kl_controller_state()
 
@@ -145,7 +145,9 @@ def test_a_greedy_baseline_rollout_leaves_the_adaptive_kl_controller_alone(adapt
     assert env.kl_controller_state() == before  # β and its window exactly as they were
     assert baseline.kl_coef == 0.05 and baseline.episode_kl.max() > 0  # it paid the current β for a real KL
 
-    collect_rollout(env, None, prompts=PROMPTS * 2, temperature=0.0)  # a training rollout moves it (as before)
+    assert collect_rollout(env, None, prompts=PROMPTS * 2, temperature=0.0) is not None  # the default: no move either
+    assert env.kl_controller_state() == before
+    collect_rollout(env, None, prompts=PROMPTS * 2, temperature=0.0, update_kl_controller=True)  # asked: it moves
     after = env.kl_controller_state()
     assert after["window"] == [] and after["window_steps"] == 0 and after["kl_coef"] != 0.05
 
@@ -156,18 +158,18 @@ def test_pause_kl_controller_nests_and_restores_after_an_error(adaptive_env):
     with pytest.raises(RuntimeError, match="inside"):
         with env.pause_kl_controller():
             with env.pause_kl_controller():
-                collect_rollout(env, torch.Generator().manual_seed(1))
-            collect_rollout(env, torch.Generator().manual_seed(2))  # still paused after the inner block
+                collect_rollout(env, torch.Generator().manual_seed(1), update_kl_controller=True)
+            collect_rollout(env, torch.Generator().manual_seed(2), update_kl_controller=True)  # still paused
             assert env.kl_controller_state() == {"kl_coef": 0.05, "window": [], "window_steps": 0}
             raise RuntimeError("inside")
-    collect_rollout(env, torch.Generator().manual_seed(3))  # not paused any more: β moves
+    collect_rollout(env, torch.Generator().manual_seed(3), update_kl_controller=True)  # not paused: β moves
     assert env.kl_coef != 0.05
 
 
 def test_kl_controller_state_round_trips_exactly(tiny_model_dir, adaptive_env):
     env = adaptive_env
     for seed in range(2):
-        collect_rollout(env, torch.Generator().manual_seed(seed))
+        collect_rollout(env, torch.Generator().manual_seed(seed), update_kl_controller=True)
     env.load_kl_controller_state({**env.kl_controller_state(), "window": [0.125], "window_steps": 3})
     state = env.kl_controller_state()
     other = make_env(tiny_model_dir)

@@ -21,8 +21,8 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import pytest
-
 from test_readme import as_textenv_argv, with_examples
+
 from textenv.apps.cli import build_parser
 
 ROOT = Path(__file__).resolve().parents[1]

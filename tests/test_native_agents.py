@@ -14,6 +14,7 @@ import torch
 from textenv.agents.base import SCALARS
 from textenv.agents.grpo import GRPO, group_normalized_advantages
 from textenv.agents.ppo import PPO, generalized_advantage_estimation, whiten
+from textenv.agents.remax import ReMax
 from textenv.agents.rloo import RLOO, leave_one_out_advantages
 from textenv.rollout import collect_rollout
 from textenv.vector_env import TextGenVectorEnv
@@ -46,6 +47,7 @@ AGENTS = {
     "ppo": (PPO, 1, {"learning_rate": 3e-3}),
     "rloo": (RLOO, 4, {"learning_rate": 1e-2, "n_epochs": 2, "num_minibatches": 2}),
     "grpo": (GRPO, 4, {"learning_rate": 1e-2, "n_epochs": 2, "num_minibatches": 2}),
+    "remax": (ReMax, 1, {"learning_rate": 3e-2}),
 }
 
 

@@ -376,8 +376,8 @@ def test_env_accepts_reward_models_by_object_and_name(kind: str, form: str, save
 
 
 def test_train_rm_command(tiny_model_dir: Path, tmp_path: Path, capsys) -> None:
-    from textenv.preferences import write_preferences
     from textenv.apps.train_rm import main
+    from textenv.preferences import write_preferences
 
     data = tmp_path / "prefs.jsonl"
     write_preferences(data, good_bad_rankings(12))

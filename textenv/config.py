@@ -29,7 +29,7 @@ import difflib
 import os
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field, fields
-from typing import Any, ClassVar, Self
+from typing import Any, ClassVar, TypeVar
 
 from textenv.validation import MAX_SEED, InputError, check_choice, check_int, check_number, check_seed
 
@@ -162,6 +162,9 @@ class Option:
     metadata: Mapping[str, Any]
 
 
+ConfigT = TypeVar("ConfigT", bound="Config")
+
+
 @dataclass(frozen=True)
 class Config:
     """Base of every config: validation in :meth:`validate`, merging in :meth:`build`, records in :meth:`to_dict`.
@@ -200,7 +203,8 @@ class Config:
         cls(**{name: value for name, value in values.items() if name in cls.names()})
 
     @classmethod
-    def build(cls, config: Config | None = None, overrides: Mapping[str, Any] | None = None, owner: str = "") -> Self:
+    def build(cls: type[ConfigT], config: Config | None = None, overrides: Mapping[str, Any] | None = None,
+              owner: str = "") -> ConfigT:
         """``config`` (default: the defaults) with ``overrides`` replacing fields, checked. An unknown override is
         an :class:`InputError` listing the accepted names (``owner`` names what takes them, e.g. ``agent 'ppo'``)."""
         overrides = dict(overrides or {})

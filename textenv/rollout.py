@@ -115,16 +115,17 @@ def collect_rollout(
     generator: torch.Generator | None = None,
     prompts: Sequence[str] | None = None,
     temperature: float = 1.0,
-    update_kl_controller: bool = True,
+    update_kl_controller: bool = False,
 ) -> Rollout:
     """Reset ``env`` (a :class:`TextGenVectorEnv` with ``autoreset_mode="disabled"``, or a Gymnasium wrapper around
     one) and play every row to EOS or the length limit, sampling at ``temperature`` (>= 0, finite; 0 is greedy)
     from the env's cached next-token logits with ``generator``. ``prompts``: one per row (default: the env draws).
 
-    ``update_kl_controller``: the finished episodes enter the adaptive KL controller's window and may change β,
-    as any episode of the env does (the training agents' rollouts). Pass ``False`` for a rollout used only for
-    evaluation or as a baseline (e.g. ReMax's greedy completion): β and its window then stay as they were
-    (:meth:`TextGenVectorEnv.pause_kl_controller`); the rewards still pay the current β.
+    ``update_kl_controller``: ``True`` (what the training agents pass for their experience) lets the finished
+    episodes enter the adaptive KL controller's window and change β, as any episode stepped through the env
+    does. The default ``False`` is for rollouts used only for evaluation or as a baseline (e.g. ReMax's greedy
+    completion): β and its window stay as they were (:meth:`TextGenVectorEnv.pause_kl_controller`), and the
+    rewards still pay the current β.
 
     Uses only the env's public API (``reset``/``step``, ``finished``, ``next_token_logits``,
     ``next_token_hidden``, ``episode_tokens``, ``token_kl``, ``kl_coef``)."""
