@@ -91,6 +91,7 @@ def __getattr__(name: str) -> Any:
     raise AttributeError(f"module 'textenv.agents' has no attribute {name!r}")
 
 
-__all__ = ["AGENTS", "DPO", "GRPO", "LRML", "PPO", "RLOO", "ReMax", "ReMaxConfig", "SB3A2C", "SB3PPO", "SCALARS", "SFT", "Agent", "AgentConfig",
+__all__ = ["AGENTS", "DPO", "GRPO", "LRML", "PPO", "RLOO", "ReMax", "ReMaxConfig", "SB3A2C", "SB3PPO", "SCALARS",
+           "SFT", "Agent", "AgentConfig",
            "DPOConfig", "GRPOConfig", "LRMLConfig", "MaskablePPOAgent", "PPOConfig", "RLOOConfig", "Reinforce",
            "ReinforceConfig", "SFTConfig", "TrainingDivergedError", "agent_class", "make_agent", "register_agent"]

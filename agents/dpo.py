@@ -1,7 +1,7 @@
 """Offline preference optimisation: DPO and DiscoPOP / LRML, directly on preference pairs (no RM, no RL loop).
 
-``shared/rlhf-notes.md``, "Direct preference optimisation". For a prompt x with preferred completion y_w and
-dispreferred y_l, the policy's implicit reward margin is
+Rafailov et al. 2023 (DPO) and Chris Lu et al. 2024 (DiscoPOP); docs/rl-framing.md#dpo-and-lrml. For a prompt x
+with preferred completion y_w and dispreferred y_l, the policy's implicit reward margin is
 
     ρ = [log π_θ(y_w|x) − log π_ref(y_w|x)] − [log π_θ(y_l|x) − log π_ref(y_l|x)],
 
@@ -13,7 +13,7 @@ with sequence log-probs summed over the completion tokens, and the loss is a fun
   a blend of the logistic (DPO) and the exponential loss. It is non-convex: for τ = 0.05 it has a local
   minimum at βρ ≈ −0.12 and a local maximum at βρ ≈ +0.07, so its slope at ρ = 0 is *positive*
   (d/dρ f(βρ) at 0 = β[(1 − log 2)/(4τ) − 3/4] ≈ +0.78 β): the update direction −f' there is negative
-  and lowers ρ (the "negative gradient at ρ = 0" of rlhf-notes is true of −f', not of f'). Since ρ = 0 for
+  and lowers ρ (a "negative gradient at ρ = 0" is true of −f', not of f'). Since ρ = 0 for
   every pair while π_θ = π_ref, small steps slide into that dip (negative margins). In nats of ρ the dip
   spans about [−0.12/β, +0.07/β], so a small β widens it: on the embedded model with VADER-ranked pairs,
   LRML stalled at β = 0.1 (45 % of pairs with ρ > 0 after 150 steps) but learned as fast as DPO at β = 0.5.

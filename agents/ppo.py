@@ -1,6 +1,6 @@
 """PPO for RLHF (Ziegler et al. 2019; InstructGPT, Ouyang et al. 2022), with the optional PPO-ptx term.
 
-``shared/rlhf-notes.md``, "PPO (Schulman et al. 2017)" and "PPO-ptx (InstructGPT eq. 4)". One iteration:
+PPO (Schulman et al. 2017) and PPO-ptx (InstructGPT eq. 4); docs/rl-framing.md#ppo. One iteration:
 
 1. Roll out B = ``env.num_envs`` episodes; keep the sampling-time log π_old(a_t|s_t) (no re-computation).
 2. Per-token rewards. ``reward_shaping="per_token"`` (default) uses the "Per-token (dense) form used by PPO

@@ -1,6 +1,6 @@
 """REINFORCE (Williams 1992) with a baseline, on TextGen-v0.
 
-``shared/rlhf-notes.md``, "REINFORCE":
+docs/rl-framing.md#reinforce:
     ∇_θ J ≈ (1/N) Σ_i (R(x^i, y^i) − b^i) · ∇_θ log π_θ(y^i|x^i),   log π_θ(y|x) = Σ_t log π_θ(y_t|x, y_<t)
 R is the env's episode return (RM score − β·KL, the KL-penalised reward of InstructGPT eq. 2). The
 baseline b leaves the gradient unbiased and cuts its variance:

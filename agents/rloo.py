@@ -1,6 +1,6 @@
 """RLOO: REINFORCE Leave-One-Out (Kool et al. 2019; Ahmadian et al. 2024, "Back to Basics"), on TextGen-v0.
 
-``shared/rlhf-notes.md``, "REINFORCE" with the leave-one-out baseline. The env samples K completions of
+REINFORCE with the leave-one-out baseline (docs/rl-framing.md#rloo). The env samples K completions of
 every prompt (``group_size`` K ≥ 2, in K consecutive rows); each completion is one action of a bandit whose
 reward is the env's episode return R(x, y) = r_φ(x, y) − β·Σ_t KL_t (InstructGPT eq. 2). No critic:
 the other K − 1 samples of the same prompt are the baseline (Ahmadian et al. 2024, eq. 7):

@@ -1,6 +1,6 @@
 """Supervised fine-tuning (behaviour cloning) of the env's policy on demonstration text.
 
-InstructGPT step 1 (and the pre-training term of PPO-ptx, InstructGPT eq. 4, ``shared/rlhf-notes.md``):
+InstructGPT step 1 (and the pre-training term of PPO-ptx, InstructGPT eq. 4; docs/rl-framing.md#sft):
 maximise the log-likelihood of demonstrations,
 
     loss(θ) = − (1 / N_tok) Σ_i Σ_t log π_θ(y_t^i | x^i, y_<t^i),

@@ -1,7 +1,7 @@
 """A reward model learned from preference comparisons (Bradley–Terry), as in InstructGPT.
 
-rlhf-notes "Reward model from human preferences": the RM is the SFT model with its LM head replaced by a
-scalar head, trained on K-way rankings expanded to C(K, 2) pairs with
+InstructGPT's reward model (docs/rl-framing.md#the-reward-model): the RM is the SFT model with its LM head
+replaced by a scalar head, trained on K-way rankings expanded to C(K, 2) pairs with
 
     loss(φ) = − E_{(x, y_w, y_l)} [ log σ( r_φ(x, y_w) − r_φ(x, y_l) ) ]           (Bradley–Terry)
 
@@ -64,10 +64,12 @@ class RewardModelDivergedError(RuntimeError):
 
 
 # ---------------------------------------------------------------------------------------------- the loss
-def bradley_terry_loss(chosen: torch.Tensor, rejected: torch.Tensor, weights: torch.Tensor | None = None) -> torch.Tensor:
+def bradley_terry_loss(
+    chosen: torch.Tensor, rejected: torch.Tensor, weights: torch.Tensor | None = None
+) -> torch.Tensor:
     """−log σ(r_w − r_l) averaged over pairs (optionally weighted): ``(P,), (P,) -> ()``.
 
-    rlhf-notes "Reward model from human preferences". ``-logsigmoid`` is the numerically stable form of
+    InstructGPT eq. 1 (docs/rl-framing.md#the-reward-model). ``-logsigmoid`` is the numerically stable form of
     log(1 + exp(−(r_w − r_l))); its gradient w.r.t. r_w is −σ(r_l − r_w).
     """
     losses = -F.logsigmoid(chosen - rejected)
@@ -263,7 +265,9 @@ class PreferenceRewardModel(RewardModel):
         return Path(path)
 
     @classmethod
-    def load(cls, path: str | os.PathLike, device: str | torch.device = "auto", batch_size: int = 64) -> PreferenceRewardModel:
+    def load(
+        cls, path: str | os.PathLike, device: str | torch.device = "auto", batch_size: int = 64
+    ) -> PreferenceRewardModel:
         """Rebuild a model written by :meth:`save`."""
         path = Path(path)
         recover_directory(path)  # a save killed between its two renames

@@ -1,4 +1,4 @@
-"""The KL penalty: per-token estimators and β controllers (see ``shared/rlhf-notes.md``).
+"""The KL penalty: per-token estimators and β controllers (docs/rl-framing.md#the-reward-reward-model-minus-kl-penalty).
 
 R(x, y) = r_φ(x, y) − β · Σ_t KL_t,   with KL_t estimated at the sampled token y_t from
 ρ_t = π_ref(y_t|s_t) / π_θ(y_t|s_t):

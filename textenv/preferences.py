@@ -8,7 +8,7 @@ Format (UTF-8 JSON Lines, one object per line; blank lines are ignored). Each li
 Either form may carry an optional ``"meta"`` object (provenance: gold scores, labeller, model...), which
 the loader keeps but training ignores. Any other key is an error (it catches typos such as ``"choosen"``).
 A ranking of K completions stands for all C(K, 2) pairs (y_i ≻ y_j for i < j), as in InstructGPT's reward
-model data (rlhf-notes "Reward model from human preferences"); :func:`expand_pairs` does that expansion and
+model data (docs/rl-framing.md#the-reward-model); :func:`expand_pairs` does that expansion and
 groups the pairs by prompt so a trainer can keep every pair of one prompt in the same batch.
 
 A second, auxiliary format holds *unranked* completion sets to be labelled by a person

@@ -11,7 +11,7 @@ Three pieces, usable separately (SB3 and sb3-contrib are used unmodified):
   env's causal LM (``TextGenVectorEnv.policy``: the same object the env computes its KL with) and whose critic is a
   linear value head on the LM's last hidden state. Token ids go straight from the Dict observation into the
   LM as integers (no float feature extractor). The action distribution is the LM's next-token softmax, so
-  SB3's PPO clipped objective (Schulman et al. 2017; ``shared/rlhf-notes.md``, "PPO") is exactly the
+  SB3's PPO clipped objective (Schulman et al. 2017; docs/rl-framing.md#ppo) is exactly the
   RLHF PPO of InstructGPT, with the env's KL-penalised reward (InstructGPT eq. 2).
 * :class:`SB3PPO` (``"sb3-ppo"``), :class:`SB3A2C` (``"sb3-a2c"``), :class:`MaskablePPOAgent`
   (``"maskable-ppo"``) — :class:`~textenv.agents.base.Agent` subclasses: ``train_iteration()`` = one SB3

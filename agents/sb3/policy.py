@@ -1,4 +1,5 @@
-"""SB3 actor-critic policies whose actor is the env's causal LM and whose critic is a value head on its last hidden state."""
+"""SB3 actor-critic policies whose actor is the env's causal LM and whose critic is a value head on its last
+hidden state."""
 
 from __future__ import annotations
 

@@ -1,8 +1,8 @@
 """``textenv collect``: sample K completions per prompt from a policy and rank them with a gold scorer.
 
 This is the synthetic labeller of RLHF experiments: a "gold" reward model (default VADER) plays the human
-who ranks K completions of each prompt, and the rankings train a preference reward model (rlhf-notes
-"Reward model from human preferences") whose over-optimisation can then be measured against the gold.
+who ranks K completions of each prompt, and the rankings train a preference reward model
+(docs/rl-framing.md#the-reward-model) whose over-optimisation can then be measured against the gold.
 
 Sampling is batched: a :class:`~textenv.vector_env.TextGenVectorEnv` with ``group_size=K``,
 ``autoreset_mode="disabled"`` and ``kl_coef=0`` (no reference model is loaded) plays ``batch_prompts × K``

@@ -7,15 +7,16 @@ one forward per model per token) and reports, over all samples:
 * ``gold_reward``: mean score of the *gold* reward model (default VADER) — the quantity we actually want;
 * ``proxy_reward``: mean score of the *proxy* (e.g. a learned Bradley–Terry RM the policy was trained on);
 * ``kl``: KL(π_θ‖π_ref) estimated as the mean over samples of Σ_t [log π_θ(y_t|s_t) − log π_ref(y_t|s_t)]
-  (the k1 estimator of ``shared/rlhf-notes.md``, nats per sequence; unbiased at ``temperature=1``);
+  (the k1 estimator, docs/rl-framing.md#per-token-kl-estimators-kl_estimator; nats per sequence; unbiased at
+  ``temperature=1``);
 * ``perplexity``: exp(−Σ log π_ref(y_t|s_t) / N_tokens) — how natural the samples look to the reference
   (per token, over all samples; the EOS token counts when it was sampled);
 * ``distinct_1`` / ``distinct_2``: unique word n-grams / total word n-grams over all samples (Li et al. 2016);
   collapse to a few repeated phrases shows as low distinct-n;
 * ``samples``: the table of (prompt, completion, gold, proxy, kl) rows.
 
-Reward over-optimisation ("Known failure modes", rlhf-notes) shows as the proxy rising while the gold
-reward stalls or falls as KL grows: :func:`plot_proxy_vs_gold` draws that over checkpoints, and
+Reward over-optimisation (Gao et al. 2022; docs/rl-framing.md#what-can-go-wrong) shows as the proxy rising while
+the gold reward stalls or falls as KL grows: :func:`plot_proxy_vs_gold` draws that over checkpoints, and
 :func:`plot_reward_kl_frontier` draws gold reward against KL for a β sweep (the reward–KL frontier of the
 DiscoPOP paper's IMDb experiment, its Fig. 5).
 """
