@@ -68,3 +68,38 @@ class RunsWhenUnpickled:
 
     def __reduce__(self):
         return (open, (str(self.marker), "w"))
+
+
+@pytest.fixture(scope="module")
+def one_torch_thread():
+    """Tiny models run fastest on one torch thread, which also keeps a module quick on a busy 2-core machine.
+    A module opts in with ``pytestmark = pytest.mark.usefixtures("one_torch_thread")``."""
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(threads)
+
+
+@pytest.fixture
+def sb3_log_dir(tmp_path, monkeypatch):
+    """Plain SB3 models create a log directory on learn(); keep it in the test's temporary directory."""
+    monkeypatch.setenv("SB3_LOGDIR", str(tmp_path / "sb3-logs"))
+
+
+#: Two prompts for the small envs of the checkpoint tests.
+PROMPTS_2 = ["the film was", "the book"]
+
+
+def letter_e(prompts: list[str], completions: list[str]) -> list[float]:
+    """A cheap reward: how often ``e`` occurs in each completion (divided by 8)."""
+    return [text.count("e") / 8 for text in completions]
+
+
+def small_env(model_dir, **kwargs):
+    """A 4-row, 4-token training env on the tiny model with the ``letter_e`` reward and β = 0.05; ``kwargs``
+    override any argument."""
+    from textenv.vector_env import TextGenVectorEnv
+
+    options = dict(num_envs=4, model=str(model_dir), prompts=PROMPTS_2, max_new_tokens=4, kl_coef=0.05,
+                   reward_model=letter_e, autoreset_mode="disabled", device="cpu")
+    return TextGenVectorEnv(**{**options, **kwargs})

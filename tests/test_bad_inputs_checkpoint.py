@@ -17,33 +17,19 @@ from pathlib import Path
 import pytest
 import torch
 from conftest import RunsWhenUnpickled
+from conftest import small_env as make_env
 from safetensors.torch import save_file
 
 from textenv.agents import PPO, Agent, Reinforce
 from textenv.checkpoint import MANIFEST_NAME, atomic_directory
 from textenv.validation import InputError
-from textenv.vector_env import TextGenVectorEnv
 
-PROMPTS = ["the film was", "the book"]
+pytestmark = pytest.mark.usefixtures("one_torch_thread")
+
 MARKER = "payload-ran"
 
 
-@pytest.fixture(autouse=True, scope="module")
-def one_thread():
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
 
-
-def letter_e(prompts, completions):
-    return [text.count("e") / 8 for text in completions]
-
-
-def make_env(model_dir, **kwargs) -> TextGenVectorEnv:
-    options = dict(num_envs=4, model=str(model_dir), prompts=PROMPTS, max_new_tokens=4, kl_coef=0.05,
-                   reward_model=letter_e, autoreset_mode="disabled", device="cpu")
-    return TextGenVectorEnv(**{**options, **kwargs})
 
 
 @pytest.fixture(scope="module")

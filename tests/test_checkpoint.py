@@ -19,6 +19,7 @@ import numpy as np
 import pytest
 import torch
 from conftest import RunsWhenUnpickled
+from conftest import small_env as make_env
 
 import textenv.checkpoint as checkpoint
 from textenv.agents import PPO, Agent, Reinforce
@@ -34,27 +35,12 @@ from textenv.checkpoint import (
     write_state,
 )
 from textenv.validation import InputError
-from textenv.vector_env import TextGenVectorEnv
 
-PROMPTS = ["the film was", "the book"]
-
-
-@pytest.fixture(autouse=True, scope="module")
-def one_thread():
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
+pytestmark = pytest.mark.usefixtures("one_torch_thread")
 
 
-def letter_e(prompts, completions):
-    return [text.count("e") / 8 for text in completions]
 
 
-def make_env(model_dir, **kwargs) -> TextGenVectorEnv:
-    options = dict(num_envs=4, model=str(model_dir), prompts=PROMPTS, max_new_tokens=4, kl_coef=0.05,
-                   reward_model=letter_e, autoreset_mode="disabled", device="cpu")
-    return TextGenVectorEnv(**{**options, **kwargs})
 
 
 def params(agent: Agent) -> torch.Tensor:

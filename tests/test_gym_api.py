@@ -27,6 +27,8 @@ import textenv  # noqa: F401  (registers TextGen-v0)
 from textenv.validation import InputError
 from textenv.vector_env import RenderModeError, TextGenVectorEnv
 
+pytestmark = pytest.mark.usefixtures("one_torch_thread", "sb3_log_dir")
+
 #: Seconds a way that runs in this process may take before it counts as a hang.
 IN_PROCESS_LIMIT = 120
 #: Seconds a way that starts worker processes may take (each worker loads the tiny model).
@@ -48,11 +50,6 @@ def time_limit(seconds: int) -> Iterator[None]:
         signal.alarm(0)
         signal.signal(signal.SIGALRM, previous)
 
-
-@pytest.fixture(autouse=True)
-def sb3_log_dir(tmp_path, monkeypatch):
-    """Plain SB3 models create a log directory on learn(); keep it out of the system temp dir."""
-    monkeypatch.setenv("SB3_LOGDIR", str(tmp_path / "sb3-logs"))
 
 
 def letters(prompts: list[str], completions: list[str]) -> list[float]:
@@ -427,14 +424,6 @@ WAYS: list[tuple[str, Callable[[dict[str, Any]], None], Any]] = [
     ("TextGenSB3VecEnv over a next-step env", sb3_adapter_over_next_step_env, (InputError, "autoreset_mode='disabled'")),
 ]
 
-
-@pytest.fixture(autouse=True, scope="module")
-def one_torch_thread():
-    """The tiny model runs fastest on one thread; it also keeps this module quick on a busy machine."""
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
 
 
 @pytest.mark.parametrize(("way", "expected"), [(run, expected) for _, run, expected in WAYS],

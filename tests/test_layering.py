@@ -1,9 +1,10 @@
-"""The layers of the tree, checked from the source: data flows one way, applications → agents → env → engine →
+"""The shape of the tree, checked from the source: data flows one way, applications → agents → env → engine →
 models, and nothing imports upwards (docs/architecture.md draws them).
 
 Every ``import`` of a ``textenv`` module is read with :mod:`ast` (those inside functions too; those under
 ``if TYPE_CHECKING:`` are type hints, not imports, and are skipped). A module may import modules of its own layer
-or below. Module-level imports form no cycle, and the runtime never imports the build tools in ``tools/``.
+or below. Module-level imports form no cycle, the runtime never imports the build tools in ``tools/``, and no
+function of the library is longer than :data:`MAX_FUNCTION_LINES`.
 """
 
 from __future__ import annotations
@@ -142,3 +143,18 @@ def test_the_layer_table_covers_every_module() -> None:
     assert all(layer(module) in NAMES for module in MODULES)
     assert layer("textenv.apps.cli") == 5 and layer("textenv.agents.sb3.policy") == 4
     assert layer("textenv.engine.generation") == 2 and layer("textenv.vector_env") == 3
+
+
+#: The longest a function of the library may be (docs/architecture.md: small functions with one job).
+MAX_FUNCTION_LINES = 80
+
+
+def test_no_library_function_is_longer_than_80_lines() -> None:
+    long = []
+    for file in source_files():
+        for node in ast.walk(ast.parse(file.read_text(encoding="utf-8"))):
+            if isinstance(node, (ast.FunctionDef, ast.AsyncFunctionDef)):
+                lines = node.end_lineno - node.lineno + 1
+                if lines > MAX_FUNCTION_LINES:
+                    long.append(f"{file.relative_to(ROOT)}:{node.lineno} {node.name} ({lines} lines)")
+    assert not long, "split these into functions with one job each:\n" + "\n".join(long)

@@ -19,6 +19,8 @@ from textenv.agents.rloo import RLOO, leave_one_out_advantages
 from textenv.rollout import collect_rollout
 from textenv.vector_env import TextGenVectorEnv
 
+pytestmark = pytest.mark.usefixtures("one_torch_thread")
+
 TARGET = " the"  # one token of the tiny BPE vocabulary (id 263); a random model emits it ~1/300 of the time
 PROMPTS = ["the film was", "i liked the pasta at the", "the book", "this blender"]
 
@@ -27,14 +29,6 @@ def count_target(prompts: list[str], completions: list[str]) -> list[float]:
     """Reward: occurrences of TARGET in the completion."""
     return [float(c.count(TARGET)) for c in completions]
 
-
-@pytest.fixture(autouse=True, scope="module")
-def one_thread():
-    """Tiny models run fastest single-threaded (and do not fight other processes for the 2 cores)."""
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
 
 
 def make_env(model_dir, num_envs: int = 32, group_size: int = 1, kl_coef: float = 0.0, **kwargs) -> TextGenVectorEnv:

@@ -16,6 +16,8 @@ from textenv.agents import Agent, TrainingDivergedError, make_agent
 from textenv.agents.gradient_step import check_finite, diverged
 from textenv.vector_env import TextGenVectorEnv
 
+pytestmark = pytest.mark.usefixtures("one_torch_thread", "sb3_log_dir")
+
 PROMPTS = ["the film was", "i liked the pasta at the", "the book", "this blender"]
 PREFERENCES = [
     {"prompt": "the film was", "chosen": " good and the acting was great", "rejected": " bad and boring"},
@@ -36,17 +38,6 @@ AGENTS = {
 NATIVE = ["dpo", "grpo", "ppo", "reinforce", "remax", "rloo", "sft"]
 
 
-@pytest.fixture(autouse=True, scope="module")
-def one_thread():
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
-
-
-@pytest.fixture(autouse=True)
-def sb3_log_dir(tmp_path, monkeypatch):
-    monkeypatch.setenv("SB3_LOGDIR", str(tmp_path / "sb3-logs"))
 
 
 def length_reward(prompts: list[str], completions: list[str]) -> list[float]:

@@ -27,20 +27,9 @@ from textenv.agents.sb3 import (
 )
 from textenv.vector_env import TextGenVectorEnv
 
-
-@pytest.fixture(autouse=True, scope="module")
-def one_torch_thread():
-    """These tiny models run fastest on one thread, which also keeps the module quick on a busy machine."""
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
+pytestmark = pytest.mark.usefixtures("one_torch_thread", "sb3_log_dir")
 
 
-@pytest.fixture(autouse=True)
-def sb3_log_dir(tmp_path, monkeypatch):
-    """Plain SB3 models create a log directory on learn(); keep it out of the system temp dir."""
-    monkeypatch.setenv("SB3_LOGDIR", str(tmp_path / "sb3-logs"))
 
 
 def letters(prompts: list[str], completions: list[str]) -> np.ndarray:
