@@ -57,3 +57,11 @@ def check_minibatches(num_minibatches: int, env: Any) -> None:
     """Minibatches are sets of episodes: at most ``env.num_envs`` of them."""
     if num_minibatches > env.num_envs:
         raise InputError(f"num_minibatches={num_minibatches} must be <= env.num_envs={env.num_envs} (episodes)")
+
+
+def require_groups(env: Any, agent: str, reason: str) -> None:
+    """Group-based agents compare K >= 2 completions of each prompt (``env.group_size``, K consecutive rows);
+    ``reason`` says what the group is for."""
+    if env.group_size < 2:
+        raise InputError(f"env.group_size={env.group_size}: {agent} {reason}; build the env with group_size=K "
+                         "(e.g. 4) and num_envs a multiple of K")

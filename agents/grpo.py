@@ -30,13 +30,12 @@ import numpy as np
 import torch
 
 from textenv.agents.base import Agent
-from textenv.agents.config import AgentConfig, check_minibatches, require_synchronised_episodes
+from textenv.agents.config import AgentConfig, check_minibatches, require_groups, require_synchronised_episodes
 from textenv.agents.gradient_step import check_finite, gradient_step
 from textenv.config import Integer, Number, option
 from textenv.models.loading import frozen_copy
 from textenv.rollout import Rollout, collect_rollout, masked_mean
 from textenv.scoring import score_rollout
-from textenv.validation import InputError
 
 
 def group_normalized_advantages(rewards: np.ndarray, group_size: int, eps: float = 1e-4) -> np.ndarray:
@@ -62,11 +61,7 @@ class GRPOConfig(AgentConfig):
 
     def check_env(self, env: Any) -> None:
         require_synchronised_episodes(env, "GRPO")
-        if env.group_size < 2:
-            raise InputError(
-                f"env.group_size={env.group_size}: GRPO normalises rewards within a group of G >= 2 completions "
-                "per prompt; build the env with group_size=G (e.g. 4) and num_envs a multiple of G"
-            )
+        require_groups(env, "GRPO", "normalises rewards within a group of K >= 2 completions per prompt")
         check_minibatches(self.num_minibatches, env)
 
 

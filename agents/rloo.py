@@ -27,12 +27,11 @@ import numpy as np
 import torch
 
 from textenv.agents.base import Agent
-from textenv.agents.config import AgentConfig, check_minibatches, require_synchronised_episodes
+from textenv.agents.config import AgentConfig, check_minibatches, require_groups, require_synchronised_episodes
 from textenv.agents.gradient_step import check_finite, gradient_step
 from textenv.config import Flag, Integer, Number, option
 from textenv.rollout import collect_rollout, masked_mean
 from textenv.scoring import score_rollout
-from textenv.validation import InputError
 
 
 def leave_one_out_advantages(returns: np.ndarray, group_size: int) -> np.ndarray:
@@ -56,11 +55,7 @@ class RLOOConfig(AgentConfig):
 
     def check_env(self, env: Any) -> None:
         require_synchronised_episodes(env, "RLOO")
-        if env.group_size < 2:
-            raise InputError(
-                f"env.group_size={env.group_size}: RLOO needs K >= 2 samples per prompt for its leave-one-out "
-                "baseline; build the env with group_size=K (e.g. 4) and num_envs a multiple of K"
-            )
+        require_groups(env, "RLOO", "needs K >= 2 samples per prompt for its leave-one-out baseline")
         check_minibatches(self.num_minibatches, env)
 
 

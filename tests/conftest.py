@@ -103,3 +103,21 @@ def small_env(model_dir, **kwargs):
     options = dict(num_envs=4, model=str(model_dir), prompts=PROMPTS_2, max_new_tokens=4, kl_coef=0.05,
                    reward_model=letter_e, autoreset_mode="disabled", device="cpu")
     return TextGenVectorEnv(**{**options, **kwargs})
+
+
+#: The name under which the ``length_reward`` fixture registers its reward model.
+LENGTH_REWARD = "test-length"
+
+
+@pytest.fixture
+def length_reward(monkeypatch) -> str:
+    """A reward model registered by name (the CLI and agent.json take names): the completion's length in
+    characters. Returns the name."""
+    import numpy as np
+
+    from textenv.reward_models import REWARD_MODELS, CallableReward
+
+    monkeypatch.setitem(
+        REWARD_MODELS, LENGTH_REWARD, lambda: CallableReward(lambda p, c: np.array([len(t) for t in c], dtype=float))
+    )
+    return LENGTH_REWARD

@@ -9,26 +9,16 @@ import subprocess
 import sys
 from pathlib import Path
 
-import numpy as np
 import pytest
 import yaml
+from conftest import LENGTH_REWARD
 
 from textenv.agents.base import Agent
 from textenv.apps.cli import main
 from textenv.apps.train import resume_command
-from textenv.reward_models import REWARD_MODELS, CallableReward
 from textenv.validation import InputError
 
-GOLD = "test-length"
-
-
-@pytest.fixture
-def length_reward(monkeypatch):
-    """A reward model by name (the CLI and agent.json take names): the completion's length in characters."""
-    monkeypatch.setitem(
-        REWARD_MODELS, GOLD, lambda: CallableReward(lambda p, c: np.array([len(t) for t in c], dtype=float))
-    )
-    return GOLD
+GOLD = LENGTH_REWARD  # registered by the length_reward fixture (conftest.py)
 
 
 @pytest.fixture

@@ -10,25 +10,15 @@ from __future__ import annotations
 import json
 import math
 
-import numpy as np
 import pytest
+from conftest import LENGTH_REWARD
 
 from textenv.apps.cli import main
 from textenv.apps.pipeline import checkpoint_targets, parse_betas, run_pipeline
 from textenv.preferences import PreferenceRanking, load_preferences
-from textenv.reward_models import REWARD_MODELS, CallableReward
 from textenv.reward_models.preference import PreferenceRewardModel
 
-GOLD = "test-length"
-
-
-@pytest.fixture
-def length_gold(monkeypatch):
-    """A gold reward model by name (the CLI takes names): the completion's length in characters."""
-    monkeypatch.setitem(
-        REWARD_MODELS, GOLD, lambda: CallableReward(lambda p, c: np.array([len(t) for t in c], dtype=float))
-    )
-    return GOLD
+GOLD = LENGTH_REWARD  # registered by the length_reward fixture (conftest.py)
 
 
 def tiny_args(model_dir, out, *extra):
@@ -38,7 +28,7 @@ def tiny_args(model_dir, out, *extra):
             "--num-envs", "4", "--eval-prompts", "4", "--device", "cpu", *extra]
 
 
-def test_pipeline_writes_every_stage_and_reuses_them(tiny_model_dir, tmp_path, length_gold, capsys):
+def test_pipeline_writes_every_stage_and_reuses_them(tiny_model_dir, tmp_path, length_reward, capsys):
     out = tmp_path / "run"
     assert main(tiny_args(tiny_model_dir, out)) == 0
     headline = json.loads(capsys.readouterr().out)
@@ -108,7 +98,7 @@ def test_pipeline_writes_every_stage_and_reuses_them(tiny_model_dir, tmp_path, l
     assert "beta=0.1" in capsys.readouterr().err
 
 
-def test_library_call_without_sft_or_sweep(tiny_model_dir, tmp_path, length_gold):
+def test_library_call_without_sft_or_sweep(tiny_model_dir, tmp_path, length_reward):
     summary = run_pipeline(
         tmp_path / "run", model=str(tiny_model_dir), gold=GOLD, num_prompts=8, k=2, max_new_tokens=4, rm_epochs=1,
         beta=0.1, betas="none", ppo_timesteps=16, sweep_timesteps=16, eval_every=16, num_envs=4, eval_prompts=4,

@@ -114,23 +114,35 @@ class ComparisonGroup:
 def parse_preference(obj: Any, where: str = "row") -> PreferenceRow:
     """Validate one decoded JSON object; ``where`` (e.g. ``"file.jsonl:12"``) prefixes every error, and every
     error (:class:`InputError`) ends with the expected format."""
+    return _with_format(_parse_preference, obj, where, PREFERENCE_FORMAT)
+
+
+def _with_format(parse: Any, obj: Any, where: str, expected: str) -> Any:
+    """``parse(obj, where)``; an :class:`InputError` gains the ``expected`` format at its end."""
     try:
-        return _parse_preference(obj, where)
+        return parse(obj, where)
     except InputError as err:
-        raise InputError(f"{err}; {PREFERENCE_FORMAT}") from None
+        raise InputError(f"{err}; {expected}") from None
+
+
+def _json_object(obj: Any, where: str, keys: set[str]) -> dict[str, Any]:
+    """``obj`` as a JSON object with only ``keys`` (:class:`InputError` otherwise)."""
+    if not isinstance(obj, dict):
+        raise InputError(f"{where}: each line must be a JSON object, got {type(obj).__name__}")
+    _check_keys(obj, where, keys)
+    return obj
 
 
 def _parse_preference(obj: Any, where: str) -> PreferenceRow:
-    if not isinstance(obj, dict):
-        raise InputError(f"{where}: each line must be a JSON object, got {type(obj).__name__}")
-    _check_keys(obj, where, {"prompt", "chosen", "rejected", "ranked", "meta"})
+    obj = _json_object(obj, where, {"prompt", "chosen", "rejected", "ranked", "meta"})
     prompt = _string(obj, "prompt", where)
     meta = _meta(obj, where)
     has_pair = "chosen" in obj or "rejected" in obj
     if has_pair and "ranked" in obj:
         raise InputError(f'{where}: give either "chosen"/"rejected" or "ranked", not both')
     if has_pair:
-        chosen, rejected = _string(obj, "chosen", where, allow_empty=True), _string(obj, "rejected", where, allow_empty=True)
+        chosen = _string(obj, "chosen", where, allow_empty=True)
+        rejected = _string(obj, "rejected", where, allow_empty=True)
         if chosen == rejected:
             raise InputError(f'{where}: "chosen" and "rejected" are the same text; a comparison needs two different '
                              "completions")
@@ -143,16 +155,11 @@ def _parse_preference(obj: Any, where: str) -> PreferenceRow:
 
 def parse_completion_set(obj: Any, where: str = "row") -> CompletionSet:
     """Validate one ``{"prompt", "completions": [...]}`` object (the unranked format)."""
-    try:
-        return _parse_completion_set(obj, where)
-    except InputError as err:
-        raise InputError(f"{err}; {COMPLETION_SET_FORMAT}") from None
+    return _with_format(_parse_completion_set, obj, where, COMPLETION_SET_FORMAT)
 
 
 def _parse_completion_set(obj: Any, where: str) -> CompletionSet:
-    if not isinstance(obj, dict):
-        raise InputError(f"{where}: each line must be a JSON object, got {type(obj).__name__}")
-    _check_keys(obj, where, {"prompt", "completions", "meta"})
+    obj = _json_object(obj, where, {"prompt", "completions", "meta"})
     prompt = _string(obj, "prompt", where)
     if "completions" not in obj:
         raise InputError(f'{where}: missing "completions" (a list of at least 2 strings)')
