@@ -43,7 +43,7 @@ from textenv.logprobs import chosen_logprobs, entropy
 from textenv.preferences import PreferencePair, PreferenceRanking, as_preference_rows
 from textenv.prompts import builtin_reviews
 from textenv.rollout import masked_mean
-from textenv.validation import InputError
+from textenv.validation import InputError, decode_utf8
 
 #: Anything :func:`load_demonstrations` accepts.
 DemonstrationSource = Any  # None | str | os.PathLike | Sequence[str | tuple[str, str] | dict]
@@ -134,14 +134,10 @@ def _demonstrations_from_file(path: Path) -> list[tuple[str, str]]:
 def read_utf8(path: Path, argument: str) -> str:
     """The text of ``path``; a file that is not UTF-8 raises :class:`InputError` naming ``argument``, the file
     and the line."""
-    raw = path.read_bytes()
     try:
-        return raw.decode("utf-8")
-    except UnicodeDecodeError as err:
-        line = raw[: err.start].count(b"\n") + 1
-        raise InputError(
-            f"{argument}: {path}:{line} is not UTF-8 text ({err.reason}); save the file as UTF-8"
-        ) from None
+        return decode_utf8(path.read_bytes(), str(path))
+    except InputError as err:
+        raise InputError(f"{argument}: {err}") from None
 
 
 # ---------------------------------------------------------------------------------------------- tokens

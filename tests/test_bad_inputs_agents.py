@@ -171,8 +171,8 @@ def env(tiny_model_dir):
 @pytest.mark.parametrize(
     ("name", "argument", "content", "match"),
     [
-        ("sft", "demonstrations", b"a fine line\n\xff\xfe broken\n", r"demonstrations: .*demos\.txt:2 is not UTF-8"),
-        ("ppo", "ptx_texts", b"one\ntwo\n\xc3\x28\n", r"ptx_texts: .*demos\.txt:3 is not UTF-8"),
+        ("sft", "demonstrations", b"a fine line\n\xff\xfe broken\n", r"demonstrations: .*demos\.txt:2: not UTF-8"),
+        ("ppo", "ptx_texts", b"one\ntwo\n\xc3\x28\n", r"ptx_texts: .*demos\.txt:3: not UTF-8"),
         ("sft", "demonstrations", b'{"prompt": "a", "completion": " b"}\n{"prompt": \n',
          r"demos\.jsonl:2: not valid JSON"),
     ],

@@ -129,7 +129,7 @@ CASES: dict[str, Case] = {
     "config/learning-rate-negative": Case(CONFIG, ["agent_kwargs.learning_rate=-0.0001"],
                                           _yaml("agent_kwargs:\n  learning_rate: -1e-4\n")),
     "config/duplicate-key": Case(CONFIG, ["c.yaml, line 2", "'seed' appears twice"], _yaml("seed: 1\nseed: 2\n")),
-    "config/not-utf8": Case(CONFIG, ["c.yaml, line 2", "not UTF-8"], {"c.yaml": b"seed: 1\n# caf\xe9\n"}),
+    "config/not-utf8": Case(CONFIG, ["c.yaml:2: not UTF-8"], {"c.yaml": b"seed: 1\n# caf\xe9\n"}),
     "config/missing": Case(CONFIG, ["--config", "c.yaml: no such file"]),
     "config/a-list": Case(CONFIG, ["c.yaml", "mapping"], _yaml("- seed\n- 1\n")),
     "config/reference-object": Case(CONFIG, ["env.reference='gpt2'", "Python only"], _yaml("env:\n  reference: gpt2\n")),

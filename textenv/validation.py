@@ -77,3 +77,15 @@ def check_choice(name: str, value: Any, choices: Sequence[Any]) -> None:
     """``value`` must be one of ``choices``."""
     if value not in choices:
         raise InputError(f"{name}={value!r} is not one of {list(choices)}")
+
+
+def decode_utf8(data: bytes, where: str) -> str:
+    """``data`` (the bytes of the file ``where``) as text; bytes that are not UTF-8 raise :class:`InputError`
+    ``"WHERE:LINE: not UTF-8 text (byte ... at column C); save the file as UTF-8"``."""
+    try:
+        return data.decode("utf-8")
+    except UnicodeDecodeError as err:
+        line_start = data.rfind(b"\n", 0, err.start) + 1
+        line = data[: err.start].count(b"\n") + 1
+        raise InputError(f"{where}:{line}: not UTF-8 text (byte {data[err.start:err.start + 1]!r} at column "
+                         f"{err.start - line_start + 1}); save the file as UTF-8") from None

@@ -130,17 +130,6 @@ def errors_in(where: str) -> Iterator[None]:
         raise InputError(f"{where}: {err}") from None
 
 
-def decode_utf8(data: bytes, where: str) -> str:
-    """``data`` as UTF-8 text; an :class:`InputError` names ``where`` and the line of the first bad byte."""
-    try:
-        return data.decode("utf-8")
-    except UnicodeDecodeError as err:
-        line = data[: err.start].count(b"\n") + 1
-        raise InputError(
-            f"{where}, line {line}: not UTF-8 text (byte {data[err.start]:#04x}); save it as UTF-8"
-        ) from None
-
-
 def check_known_keys(where: str, given: Mapping[Any, Any], valid: Sequence[str] | Mapping[str, Any],
                      section: str = "") -> None:
     """Refuse keys of ``given`` that are not in ``valid``, with a did-you-mean and the valid list."""

@@ -11,8 +11,7 @@ from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
 
-from textenv.apps.arguments import decode_utf8
-from textenv.validation import InputError
+from textenv.validation import InputError, decode_utf8
 
 #: What a ``textenv train`` run directory holds (``eval.json``: written there by ``textenv eval RUN/checkpoint``).
 RUN_ENTRIES = ("summary.json", "checkpoint", "tensorboard", "eval.json")

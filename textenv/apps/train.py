@@ -26,10 +26,10 @@ from typing import Any
 
 import yaml
 
-from textenv.apps.arguments import add_config_arguments, check_known_keys, decode_utf8, errors_in
+from textenv.apps.arguments import add_config_arguments, check_known_keys, errors_in
 from textenv.apps.run_directory import prepare_run_dir, read_agent_json, resolve_checkpoint, write_json
 from textenv.config import Check, Config, Integer, Number, Seed, option
-from textenv.validation import InputError
+from textenv.validation import InputError, decode_utf8
 
 #: Arguments the CLI itself passes to every agent: not accepted in ``agent_kwargs:``.
 CLI_AGENT_ARGUMENTS = {"env": "", "seed": "set `seed:` at the top level or --seed",
