@@ -6,6 +6,9 @@
   YAML config, say). A block preceded by ``<!-- not run: REASON -->`` is skipped and the reason must be given.
   Then every function the page defined whose name starts with ``test_`` is called (pages show pytest tests).
   Registries the pages add to (reward-model names, agents) are restored afterwards.
+* Excerpts: a block preceded by ``<!-- excerpt: PATH -->`` shows lines of the repository file PATH and is not run;
+  its lines must be in that file as written, consecutive, except where a line ``...`` marks lines left out (the
+  pieces between them appear in order). So a page that walks through real code cannot drift from it.
 * Commands: each ``textenv ...`` line of a ```bash block, and each inline ``textenv SUBCOMMAND ARGS...`` code
   span, parses with the real argument parser (``textenv eval`` alone names a command and is not checked).
 * Links: every relative link of README.md and of the pages leads to a file of the repository, and an anchor
@@ -17,6 +20,8 @@ from __future__ import annotations
 import copy
 import re
 import shlex
+import sys
+import types
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -28,10 +33,8 @@ from textenv.apps.cli import build_parser
 ROOT = Path(__file__).resolve().parents[1]
 DOCS = ROOT / "docs"
 PAGES = sorted(DOCS.glob("*.md"))
-#: Pages the README and the docs link to that are announced but not written yet (remove a name once it exists).
-PENDING_PAGES = {"docs/adding-an-algorithm.md"}
 
-MARKER = re.compile(r"^<!--\s*(not run|file):\s*(.*?)\s*-->$")
+MARKER = re.compile(r"^<!--\s*(not run|file|excerpt):\s*(.*?)\s*-->$")
 LINK = re.compile(r"(?<!!)\[[^\]]*\]\(([^)\s]+)\)")
 CODE_SPAN = re.compile(r"`([^`\n]+)`")
 
@@ -47,21 +50,23 @@ class Block:
 
 
 def blocks(page: Path) -> list[Block]:
-    """Every fenced block of ``page``, with the ``<!-- not run: ... -->`` / ``<!-- file: ... -->`` marker on the
-    last non-blank line before its opening fence, if any."""
-    found, current, previous = [], None, ""
+    """Every fenced block of ``page``, with the ``<!-- not run: ... -->`` / ``<!-- file: ... -->`` /
+    ``<!-- excerpt: ... -->`` marker on the last non-blank line before its opening fence, if any. A block inside a
+    list item loses the item's indentation (that of its opening fence), as Markdown renders it."""
+    found, current, previous, indent = [], None, "", ""
     for number, line in enumerate(page.read_text(encoding="utf-8").splitlines(), start=1):
         stripped = line.strip()
         if current is None and stripped.startswith("```"):
             match = MARKER.match(previous)
             current = Block(stripped[3:].strip(), number + 1, "", match.groups() if match else None)
+            indent = line[: len(line) - len(line.lstrip())]
             lines: list[str] = []
         elif current is not None and stripped == "```":
             current.text = "\n".join(lines)
             found.append(current)
             current = None
         elif current is not None:
-            lines.append(line)
+            lines.append(line.removeprefix(indent))
         if stripped and current is None and not stripped.startswith("```"):
             previous = stripped
     assert current is None, f"{page.name}: a code block opened at line {current.line - 1} is never closed"
@@ -84,7 +89,8 @@ def registries(monkeypatch):
 
 
 def test_there_are_pages():
-    assert {"rl-framing.md", "architecture.md", "adding-a-reward-model.md", "engine.md"} <= {p.name for p in PAGES}
+    expected = {"rl-framing.md", "architecture.md", "adding-an-algorithm.md", "adding-a-reward-model.md", "engine.md"}
+    assert expected <= {p.name for p in PAGES}
 
 
 @pytest.mark.parametrize("page", PAGES, ids=[p.name for p in PAGES])
@@ -96,6 +102,54 @@ def test_markers_say_what_they_do(page):
         assert value, f"{page.name}:{block.line}: <!-- {kind}: ... --> needs a reason or a file name"
         if kind == "file":
             assert "/" not in value and value not in ("", ".", ".."), f"{page.name}:{block.line}: file {value!r}"
+        if kind == "excerpt":
+            source = (ROOT / value).resolve()
+            assert source.is_relative_to(ROOT) and source.is_file(), f"{page.name}:{block.line}: no file {value!r}"
+
+
+def excerpt_pieces(text: str) -> list[list[str]]:
+    """The runs of consecutive lines of an excerpt: its lines split at the lines ``...`` (lines left out)."""
+    pieces: list[list[str]] = [[]]
+    for line in text.splitlines():
+        if line.strip() == "...":
+            pieces.append([])
+        else:
+            pieces[-1].append(line)
+    return [piece for piece in pieces if piece]
+
+
+def missing_piece(pieces: list[list[str]], source: list[str]) -> list[str] | None:
+    """The first piece that is not in ``source`` as consecutive lines after the previous piece (``None``: all are)."""
+    start = 0
+    for piece in pieces:
+        found = next((i for i in range(start, len(source) - len(piece) + 1) if source[i:i + len(piece)] == piece),
+                     None)
+        if found is None:
+            return piece
+        start = found + len(piece)
+    return None
+
+
+EXCERPTS = [(page, block) for page in PAGES for block in blocks(page) if block.marker and block.marker[0] == "excerpt"]
+
+
+@pytest.mark.parametrize("page, block", EXCERPTS, ids=[f"{p.name}:{b.line}" for p, b in EXCERPTS])
+def test_excerpts_are_in_their_files(page, block):
+    path = block.marker[1]
+    source = (ROOT / path).read_text(encoding="utf-8").splitlines()
+    pieces = excerpt_pieces(block.text)
+    assert pieces, f"{page.name}:{block.line}: an empty excerpt of {path}"
+    missing = missing_piece(pieces, source)
+    assert missing is None, (f"{page.name}:{block.line}: the excerpt of {path} is no longer in it (from "
+                             f"{missing[0].strip()!r}); copy the current lines into the page")
+
+
+def test_an_excerpt_that_differs_from_its_file_is_found():
+    source = ["a", "b", "c", "d"]
+    assert missing_piece(excerpt_pieces("a\nb\n...\nd"), source) is None
+    assert missing_piece(excerpt_pieces("b\nd"), source) == ["b", "d"]  # not consecutive
+    assert missing_piece(excerpt_pieces("c\n...\na"), source) == ["a"]  # out of order
+    assert missing_piece(excerpt_pieces("a\nB"), source) == ["a", "B"]  # changed
 
 
 @pytest.mark.parametrize("page", [p for p in PAGES if any(b.language == "python" for b in blocks(p))],
@@ -106,10 +160,15 @@ def test_python_blocks_of_the_page_run(page, tmp_path, monkeypatch, registries):
     for block in page_blocks:
         if block.marker and block.marker[0] == "file":
             (tmp_path / block.marker[1]).write_text(block.text + "\n", encoding="utf-8")
-    namespace: dict = {"__name__": f"docs.{page.stem}"}
+    # The page runs as a module of its own, as a reader's script would (dataclasses look their module up), and
+    # without this file's `from __future__` imports.
+    page_module = types.ModuleType(f"docs_{page.stem.replace('-', '_')}")
+    monkeypatch.setitem(sys.modules, page_module.__name__, page_module)
+    namespace = page_module.__dict__
     for block in page_blocks:
         if block.language == "python" and block.marker is None:
-            exec(compile(block.text, f"{page.relative_to(ROOT)}:{block.line}", "exec"), namespace)  # noqa: S102
+            code = compile(block.text, f"{page.relative_to(ROOT)}:{block.line}", "exec", dont_inherit=True)
+            exec(code, namespace)  # noqa: S102 - our own pages
     for name, value in list(namespace.items()):
         if name.startswith("test_") and callable(value):
             value()
@@ -169,8 +228,6 @@ def test_relative_links_resolve(page):
         path, _, anchor = target.partition("#")
         file = (page.parent / path).resolve()
         assert file.is_relative_to(ROOT), f"{page.name}: link {target!r} leaves the repository"
-        if str(file.relative_to(ROOT)) in PENDING_PAGES and not file.exists():
-            continue
         assert file.exists(), f"{page.name}: link {target!r}: {file.relative_to(ROOT)} does not exist"
         if anchor and file.suffix == ".md":
             assert anchor in heading_anchors(file), f"{page.name}: link {target!r}: no heading #{anchor} there"
@@ -182,9 +239,3 @@ def test_no_path_leaves_the_repository(page):
         for word in span.split():
             if word.startswith("../"):
                 assert (page.parent / word).resolve().is_relative_to(ROOT), f"{page.name}: `{span}` leaves the repo"
-
-
-def test_pending_pages_are_still_missing():
-    """Once a pending page is written, its name must leave PENDING_PAGES (so its links are checked)."""
-    for name in PENDING_PAGES:
-        assert not (ROOT / name).exists(), f"{name} exists now: remove it from PENDING_PAGES in tests/test_docs.py"
