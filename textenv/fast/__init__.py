@@ -15,13 +15,14 @@ The plain path is what a reader of the transformers docs would write:
   ``gelu_new`` → ``gelu_pytorch_tanh`` config rewrite).
 
 The env records its setting on the policy and the reference it loads (:func:`set_model_fast`), so the agents'
-update forward (:func:`textenv.scoring.score_rollout`) follows the env without being told. Log-probs computed
-outside the env's models (SFT, DPO, the PPO-ptx loss) follow ``TEXTENV_FAST``, or their own ``fast=`` argument.
+update forward (:func:`textenv.scoring.score_rollout`) and the SFT, DPO and PPO-ptx log-probs (which pass
+``fast=model_fast(policy)``) follow the env without being told; so does a policy given later with
+``env.set_policy``. Only models textenv did not set up follow ``TEXTENV_FAST``.
 Both positions give the same numbers to float32 rounding (``tests/test_fast_switch.py``: GPT-2, Llama and a
 sliding-window Mistral; log-probs, KL, entropies and gradients within 1e-5).
 
-The speed-ups (measured on the embedded model, one CPU thread; the numbers are in CHANGELOG.md, sessions 2-5)
-==============================================================================================================
+The speed-ups (measured on the embedded model, one CPU thread; CHANGELOG.md, version 0.1.0, has each measurement)
+==================================================================================================================
 1. **Packed prompt prefill** (:mod:`textenv.fast.prefill`): the prompts run packed, no compute on left padding
    (about half of a batch of the built-in prompts), and each token's KV entries are copied to its cache slot.
    ``env.reset()`` with 64 built-in prompts: 121 → 72 ms.
