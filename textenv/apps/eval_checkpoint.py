@@ -55,23 +55,12 @@ def eval_settings(args: argparse.Namespace, checkpoint: Path) -> dict[str, Any]:
     base model that ``agent.json`` cannot rebuild (a Python object at training time) unless the flag is given."""
     meta = read_agent_json(checkpoint)
     env = meta.get("env") if isinstance(meta.get("env"), dict) else {}
-    recorded_rm = env.get("reward_model")
-    if args.reward_model is not None:
-        gold = args.reward_model
-    elif isinstance(recorded_rm, str):
-        gold = recorded_rm
-    else:
-        raise InputError(f"{checkpoint} was trained with a reward model given as a Python object, which agent.json "
-                         "cannot rebuild; pass --reward-model SPEC (e.g. --reward-model vader, or the spec of the "
-                         "model you trained with)")
-    recorded_model = env.get("model")
-    if args.reference is not None:
-        reference = args.reference
-    elif isinstance(recorded_model, str):
-        reference = recorded_model
-    else:
-        raise InputError(f"{checkpoint} was trained from a model given as a Python object, which agent.json cannot "
-                         "name; pass --reference MODEL (the base model the policy started from) to measure KL")
+    gold = _flag_or_recorded(args.reward_model, env.get("reward_model"), InputError(
+        f"{checkpoint} was trained with a reward model given as a Python object, which agent.json cannot rebuild; "
+        "pass --reward-model SPEC (e.g. --reward-model vader, or the spec of the model you trained with)"))
+    reference = _flag_or_recorded(args.reference, env.get("model"), InputError(
+        f"{checkpoint} was trained from a model given as a Python object, which agent.json cannot name; pass "
+        "--reference MODEL (the base model the policy started from) to measure KL"))
     recorded_length = env.get("max_new_tokens", 32)
     max_new_tokens = args.max_new_tokens if args.max_new_tokens is not None else recorded_length
     kl_coef = env.get("kl_coef")
@@ -117,3 +106,13 @@ def run(args: argparse.Namespace) -> int:
     print(json.dumps({k: v for k, v in result.items() if k != "settings"}, indent=2, default=str))
     print(f"textenv eval: wrote {output}", file=sys.stderr)
     return 0
+
+
+def _flag_or_recorded(flag: str | None, recorded: Any, unrecorded: InputError) -> str:
+    """The flag's value when given, else the name ``agent.json`` recorded; ``unrecorded`` when it recorded none
+    (a Python object at training time)."""
+    if flag is not None:
+        return flag
+    if isinstance(recorded, str):
+        return recorded
+    raise unrecorded
