@@ -56,6 +56,7 @@ import torch
 from safetensors.torch import save_file
 from tqdm.auto import tqdm
 
+from textenv import distributed
 from textenv.agents.config import AgentConfig
 from textenv.checkpoint import (
     atomic_directory,
@@ -132,10 +133,11 @@ class Agent(ABC):
         self.num_timesteps = 0
         self.iterations = 0
         self.generator = torch.Generator(device=env.device)
-        if self.seed is not None:
-            set_global_seeds(self.seed)
-            self.generator.manual_seed(self.seed)
-            env.reset(seed=self.seed)
+        if self.seed is not None:  # under torchrun each rank runs its own streams: seed + rank
+            seed = distributed.rank_seed(self.seed)
+            set_global_seeds(seed)
+            self.generator.manual_seed(seed)
+            env.reset(seed=seed)
         self._writer = None
         self.last_metrics: dict[str, float] = {}
 
@@ -201,12 +203,15 @@ class Agent(ABC):
         """
         check_int("total_timesteps", total_timesteps, 1)
         check_int("checkpoint_every", checkpoint_every, 0)
+        distributed.broadcast_modules(self._trained_modules().values())  # torchrun: every rank starts from rank 0's
+        progress_bar = progress_bar and distributed.is_main_process()
         bar = tqdm(total=total_timesteps, initial=min(self.num_timesteps, total_timesteps), disable=not progress_bar,
                    unit="tok", desc=self.name)
         try:
             with _GracefulInterrupt() as interrupt:
                 while self.num_timesteps < total_timesteps:
                     self._learn_iteration(bar, total_timesteps, progress_bar)
+                    interrupt.requested = distributed.any_rank(interrupt.requested)  # all ranks stop together
                     due = bool(checkpoint_every) and self.iterations % checkpoint_every == 0
                     if checkpoint_dir and (due or interrupt.requested):
                         self.save(checkpoint_dir)
@@ -222,12 +227,24 @@ class Agent(ABC):
                 self._writer.flush()
         return self
 
+    def _trained_modules(self) -> dict[str, torch.nn.Module]:
+        """The policy and the other trainable modules: what data-parallel ranks keep identical."""
+        return {"policy": self.policy, **self.trainable_modules()}
+
     def _learn_iteration(self, bar: tqdm, total_timesteps: int, progress_bar: bool) -> None:
-        """One :meth:`train_iteration` with its bookkeeping: counters, metrics, TensorBoard, progress bar."""
+        """One :meth:`train_iteration` with its bookkeeping: counters, metrics, TensorBoard, progress bar.
+
+        Under torchrun the token count is summed over ranks (``num_timesteps`` is global), the metrics and β are
+        averaged over ranks (all ranks agree), and tokens/s is the global count over the slowest rank's time."""
         start = time.perf_counter()
         metrics = self.train_iteration()
         seconds = time.perf_counter() - start
         tokens = int(metrics.pop("num_tokens"))
+        if distributed.world_size() > 1:
+            tokens = distributed.sum_int(tokens)
+            seconds = distributed.max_float(seconds)
+            metrics = distributed.mean_metrics(metrics)
+            distributed.synchronise_kl_controller(self.env)
         self.num_timesteps += tokens
         self.iterations += 1
         metrics["time/tokens_per_s"] = tokens / max(seconds, 1e-9)
@@ -235,7 +252,7 @@ class Agent(ABC):
         self._log(metrics)
         bar.update(min(tokens, total_timesteps - bar.n))
         bar.set_postfix({k.split("/")[-1]: f"{v:.3f}" for k, v in metrics.items() if k in SCALARS[:4]})
-        if self.verbose and not progress_bar:
+        if self.verbose and not progress_bar and distributed.is_main_process():
             print(f"[{self.name}] it={self.iterations} steps={self.num_timesteps} "
                   + " ".join(f"{k}={v:.4g}" for k, v in metrics.items()))
 
@@ -256,7 +273,7 @@ class Agent(ABC):
         writer.add_text("samples", "| prompt | completion |\n|---|---|\n" + rows, self.num_timesteps)
 
     def _get_writer(self):
-        if self.tensorboard_log is None:
+        if self.tensorboard_log is None or not distributed.is_main_process():  # torchrun: rank 0 writes
             return None
         if self._writer is None:
             from torch.utils.tensorboard import SummaryWriter
@@ -298,9 +315,32 @@ class Agent(ABC):
         A crash mid-save leaves the previous checkpoint at ``path`` intact. ``path`` must be new, empty or a
         checkpoint written by :meth:`save`; a directory holding anything else (TensorBoard events, a user's
         files) or a file is refused with :class:`InputError` and left as it was.
+
+        Under torchrun every rank calls it (:meth:`learn` does): each rank's random streams and algorithm state
+        are gathered to rank 0, which alone writes the directory (recording ``world_size``); the other ranks
+        wait until it is complete, and raise ``RuntimeError`` if rank 0 could not write it.
         """
+        state = self._trainer_state()
+        if distributed.world_size() > 1:
+            state["world_size"] = distributed.world_size()
+            state["ranks"] = distributed.gather_state({key: state[key] for key in RANK_STATE})
+            if not distributed.is_main_process():
+                if distributed.any_rank(False):  # waits for rank 0's write (a collective is a barrier)
+                    raise RuntimeError(f"rank 0 could not save the checkpoint {path}; its error says why")
+                return
+            try:
+                self._write_checkpoint(path, state)
+            except BaseException:
+                distributed.any_rank(True)
+                raise
+            distributed.any_rank(False)
+            return
+        self._write_checkpoint(path, state)
+
+    def _write_checkpoint(self, path: str | Path, state: dict[str, Any]) -> None:
+        """Write the checkpoint directory ``path`` with the trainer ``state`` (:meth:`save`)."""
         with atomic_directory(path, kind=CHECKPOINT_KIND) as tmp:
-            write_state(tmp, TRAINER_STATE, self._trainer_state())  # first: a state it cannot store fails fast
+            write_state(tmp, TRAINER_STATE, state)  # first: a state it cannot store fails fast
             if is_peft_model(self.policy):  # adapters for resume, merged weights for from_pretrained users
                 self.policy.save_pretrained(tmp / "adapter", safe_serialization=True)
                 merged = copy.deepcopy(self.policy).merge_and_unload()
@@ -321,6 +361,7 @@ class Agent(ABC):
                 "iterations": self.iterations,
                 "modules": sorted(self.trainable_modules()),
                 "env": getattr(self.env, "spec_kwargs", {}),
+                "world_size": distributed.world_size(),
             }
             (tmp / AGENT_FILE).write_text(json.dumps(meta, indent=2, default=str), encoding="utf-8")
 
@@ -348,6 +389,7 @@ class Agent(ABC):
         verify_directory(path, CHECKPOINT_KIND)
         state = read_state(path, TRAINER_STATE)
         _check_trainer_state(state, path / f"{TRAINER_STATE}.json", sorted(self.optimizers()))
+        state = _this_rank_state(state, path)
         self._check_extra_state(state.get("extra", {}))
         modules = self._read_modules(path)
         load_policy = self._read_policy_weights(path)
@@ -594,6 +636,42 @@ def check_env_settings(meta: dict[str, Any], env: TextGenVectorEnv, path: Path) 
 
 
 _UNSET = object()
+
+#: Trainer-state entries that differ between data-parallel ranks (saved per rank under ``"ranks"``).
+RANK_STATE = ("generator", "torch_rng", "numpy_rng", "python_rng", "env_rng", "kl_window", "extra")
+
+
+def check_world_size(saved: Any, path: str | Path) -> None:
+    """Refuse (:class:`InputError`) to resume a checkpoint written by another number of processes (``saved``:
+    its recorded ``world_size``; checkpoints that record none come from one process)."""
+    saved = 1 if saved is None else saved
+    current = distributed.world_size()
+    if saved == current:
+        return
+    if not isinstance(saved, int) or isinstance(saved, bool) or saved < 1:
+        raise InputError(f"damaged checkpoint: {path} records world_size={saved!r}, not a number of processes. "
+                         "Use a complete checkpoint")
+    how = "without torchrun" if saved == 1 else f"under `torchrun --nproc-per-node {saved}` (or nodes × processes = {saved})"
+    raise InputError(f"checkpoint {path} was written by a run of {saved} process{'es' if saved > 1 else ''}, and "
+                     f"this run has {current}: each process's random streams are saved separately and cannot be "
+                     f"split or merged. Resume it {how}, or start a new run from its weights with "
+                     f"`model: {Path(path) / 'policy'}`")
+
+
+def _this_rank_state(state: dict[str, Any], path: Path) -> dict[str, Any]:
+    """The trainer state as this process resumes it: the same world size as the run that saved it (else an
+    :class:`InputError`), and under torchrun this rank's own streams and algorithm state."""
+    check_world_size(state.get("world_size"), path)
+    if distributed.world_size() == 1:
+        return state
+    ranks = state.get("ranks")
+    if not (isinstance(ranks, list) and len(ranks) == distributed.world_size()
+            and all(isinstance(r, dict) and set(RANK_STATE) <= set(r) for r in ranks)):
+        raise InputError(f"damaged checkpoint: {path / (TRAINER_STATE + '.json')}: 'ranks' does not hold the "
+                         f"{distributed.world_size()} per-process states. Use a complete checkpoint")
+    mine = {**state, **ranks[distributed.rank()]}
+    _check_trainer_state(mine, path / f"{TRAINER_STATE}.json", list(state["optimizers"]))
+    return mine
 
 
 def _show(value: Any) -> str:

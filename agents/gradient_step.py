@@ -8,6 +8,13 @@ order as a hand-written step, so seeded runs are unchanged) with three checks:
    gradient), naming the first parameter whose gradient is not;
 3. the parameters are finite after ``step`` (Adam with a huge learning rate can overflow them).
 
+Under torchrun the gradients are averaged over ranks right after ``backward``
+(:func:`textenv.distributed.average_gradients`): every rank then clips and steps with the same gradient, so the
+weights stay bit-identical on all ranks. This one guarded step is where every native agent's update goes
+through, so data parallelism lives here rather than in per-agent ``DistributedDataParallel`` wrappers (the env
+and the agents call the policy through several forwards: the cached rollout forward, the scoring forward, the
+reference with LoRA adapters off).
+
 A failed check raises :class:`TrainingDivergedError`. Checks 1 and 2 fire before the optimizer steps, so the
 weights in memory are exactly those from before the step; all three fire inside ``train_iteration``, before
 ``Agent.learn`` writes a checkpoint, so the last checkpoint on disk stays as it was.
@@ -22,6 +29,8 @@ from typing import Protocol
 import numpy as np
 import torch
 from torch import nn
+
+from textenv.distributed import average_gradients
 
 
 class TrainingDivergedError(RuntimeError):
@@ -120,6 +129,7 @@ def gradient_step(
     optimizer.zero_grad(set_to_none=True)
     loss.backward()
     parameters = [p for module in modules.values() for p in module.parameters()]
+    average_gradients(parameters)  # data-parallel (torchrun): the mean over ranks; no-op in one process
     grads = [p.grad for p in parameters if p.grad is not None]
     # clip_grad_norm_ is exactly get_total_norm + clip_grads_with_norm_; split so a NaN is seen before the
     # clipping multiplies every gradient by it.

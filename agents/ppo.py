@@ -40,6 +40,7 @@ import numpy as np
 import torch
 from torch import nn
 
+from textenv import distributed
 from textenv.agents.base import Agent
 from textenv.agents.config import LEARNING_RATE, AgentConfig, check_minibatches, require_synchronised_episodes
 from textenv.agents.gradient_step import check_finite, gradient_step
@@ -266,6 +267,8 @@ class PPO(Agent):
         ratio = log_ratio.exp()  # ρ_t = π_θ / π_old
         with torch.no_grad():
             approx_kl = float(masked_mean((ratio - 1) - log_ratio, m))  # k3 estimate of KL(π_old‖π_θ)
+        if c.target_kl is not None:  # torchrun: every rank stops on the same minibatch (the mean over ranks)
+            approx_kl = distributed.mean_float(approx_kl)
         if c.target_kl is not None and approx_kl > 1.5 * c.target_kl:
             return _Step(None, mismatch)
         policy_loss, value_loss = self.clipped_losses(ratio, values, targets, idx, m)

@@ -17,6 +17,7 @@ from typing import Any
 import numpy as np
 import torch
 
+from textenv import distributed
 from textenv.agents.base import Agent
 from textenv.agents.config import AgentConfig
 from textenv.agents.gradient_step import check_finite, gradient_step
@@ -77,8 +78,9 @@ class Reinforce(Agent):
             k = self.env.group_size
             groups = returns.reshape(-1, k)
             return ((groups.sum(axis=1, keepdims=True) - groups) / (k - 1)).reshape(-1)
-        previous = returns.mean() if self.running_baseline is None else self.running_baseline
-        self.running_baseline = decay * previous + (1 - decay) * float(returns.mean())
+        batch_mean = distributed.mean_float(float(returns.mean()))  # torchrun: the mean over all ranks' episodes
+        previous = batch_mean if self.running_baseline is None else self.running_baseline
+        self.running_baseline = decay * previous + (1 - decay) * batch_mean
         return np.full_like(returns, previous)
 
     def train_iteration(self) -> dict[str, float]:

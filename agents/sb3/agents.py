@@ -30,6 +30,7 @@ from textenv.agents.gradient_step import (
 from textenv.agents.sb3.policy import TextGenActorCriticPolicy, TextGenMaskablePolicy
 from textenv.agents.sb3.vec_env import TextGenSB3VecEnv
 from textenv.config import Flag, Integer, Number, option
+from textenv.validation import InputError
 
 
 class _EpisodeStats(BaseCallback):
@@ -62,6 +63,17 @@ class _RefuseNonFiniteRollout(BaseCallback):
                 raise diverged(self.agent, f"{int(bad.sum())} of {bad.size} {quantity} are non-finite",
                                max_grad_norm=self.model.max_grad_norm, rewards=buffer.rewards,
                                rewards_label="env rewards")
+
+
+def refuse_data_parallel(agent: str) -> None:
+    """SB3 trains in one process: refuse (:class:`InputError`) a run of several (torchrun with world size > 1)."""
+    from textenv import distributed
+
+    if distributed.world_size() > 1:
+        raise InputError(f"agent {agent!r} is a stable-baselines3 agent, and SB3 trains in one process only; this "
+                         f"run has {distributed.world_size()} (torchrun). Run it without torchrun (or with "
+                         "--nproc-per-node 1), or use a native agent (reinforce, remax, ppo, rloo, grpo, sft, dpo, "
+                         "lrml), which train data-parallel")
 
 
 @dataclass(frozen=True)
@@ -145,6 +157,7 @@ class SB3Agent(Agent):
     config: SB3Config
 
     def __init__(self, env: Any, config: SB3Config | None = None, **kwargs: Any) -> None:
+        refuse_data_parallel(self.name)
         super().__init__(env, config, **kwargs)
         if self.config.n_steps is None:  # recorded resolved in agent.json
             self.config = dataclasses.replace(self.config, n_steps=self.env.max_new_tokens)

@@ -386,28 +386,54 @@ def held_out_eval(env, num_prompts: int, seed: int) -> dict[str, Any]:
 
 
 def run(args: argparse.Namespace) -> int:
-    """``textenv train``: check everything, then build the env and agent, train, evaluate, write summary.json."""
+    """``textenv train``: check everything, then build the env and agent, train, evaluate, write summary.json.
+
+    Under torchrun (``torchrun --nproc-per-node N -m textenv train ...``) the N processes train one agent data-parallel
+    (:mod:`textenv.distributed`): rank 0 prepares the run directory, evaluates, prints and writes summary.json,
+    TensorBoard and the checkpoints; the other ranks only train.
+    """
+    from textenv import distributed
+
+    distributed.init_from_environment()
+    try:
+        return _run(args)
+    finally:
+        distributed.shutdown()
+
+
+def _run(args: argparse.Namespace) -> int:
+    from textenv import distributed
+    from textenv.agents.base import check_world_size
+
+    main = distributed.is_main_process()
     args.resume_checkpoint = resolve_checkpoint(args.resume, "--resume") if args.resume else None
     options = resolve_train_options(args)
+    if args.resume_checkpoint is not None:  # before any model loads
+        check_world_size(read_agent_json(args.resume_checkpoint).get("world_size"), args.resume_checkpoint)
     output = Path(options["output"])
-    prepare_run_dir(output, args.resume_checkpoint, args.overwrite)
+    if main:
+        prepare_run_dir(output, args.resume_checkpoint, args.overwrite)
+        output.mkdir(parents=True, exist_ok=True)
+    distributed.barrier()  # the run directory is ready before any rank goes on
 
     from textenv.agents import make_agent
 
     cls = checked_agent_class(options["agent"])
-    output.mkdir(parents=True, exist_ok=True)
     env_kwargs = dict(options["env"])
     env = build_env(env_kwargs, group_size=cls.default_group_size)
-    print(f"textenv train: agent={cls.name} env={env_kwargs} output={output}")
+    say = print if main else _silent
+    world_size = distributed.world_size()
+    say(f"textenv train: agent={cls.name} env={env_kwargs} output={output}"
+        + (f" world_size={world_size} ({distributed.backend()})" if world_size > 1 else ""))
     agent = make_agent(options["agent"], env, seed=options["seed"], tensorboard_log=str(output / "tensorboard"),
                        **options["agent_kwargs"])
     if args.resume_checkpoint is not None:
         agent.load_state(args.resume_checkpoint)
-        print(f"resumed from {args.resume_checkpoint} at step {agent.num_timesteps}")
+        say(f"resumed from {args.resume_checkpoint} at step {agent.num_timesteps}")
     eval_seed = options["seed"] + 10_000
-    before = held_out_eval(env, options["eval_prompts"], eval_seed)
-    print(f"held-out before: mean {env.reward_model.__class__.__name__} = {before['gold_reward']:+.3f}, "
-          f"KL = {before['kl']:.3f} nats ({options['eval_prompts']} prompts)")
+    before = held_out_eval(env, options["eval_prompts"], eval_seed) if main else {}
+    say(f"held-out before: mean {env.reward_model.__class__.__name__} = {before.get('gold_reward', 0.0):+.3f}, "
+        f"KL = {before.get('kl', 0.0):.3f} nats ({options['eval_prompts']} prompts)")
     start = time.perf_counter()
     try:
         agent.learn(
@@ -417,8 +443,12 @@ def run(args: argparse.Namespace) -> int:
             checkpoint_every=options["checkpoint_every"],
         )
         minutes = (time.perf_counter() - start) / 60
+        if not main:
+            return 0
         after = held_out_eval(env, options["eval_prompts"], eval_seed)
     except KeyboardInterrupt:  # Agent.learn saved a checkpoint on the first Ctrl-C (not on a second one)
+        if not main:
+            return 130
         return _interrupted(args, options, output, agent.num_timesteps, before)
     print(f"held-out after:  mean {env.reward_model.__class__.__name__} = {after['gold_reward']:+.3f}, "
           f"KL = {after['kl']:.3f} nats; change {after['gold_reward'] - before['gold_reward']:+.3f} "
@@ -426,10 +456,15 @@ def run(args: argparse.Namespace) -> int:
     for row in after["samples"][:3]:
         print(f"  {row['prompt']} | {row['completion']}")
     summary = {"command": "textenv train", "agent": cls.name, "interrupted": False, "before": before,
-               "after": after, "minutes": minutes, "num_timesteps": agent.num_timesteps, "options": options}
+               "after": after, "minutes": minutes, "num_timesteps": agent.num_timesteps, "world_size": world_size,
+               "options": options}
     write_json(output / "summary.json", summary)
     print(f"checkpoint: {output / 'checkpoint'}   tensorboard: {output / 'tensorboard'}")
     return 0
+
+
+def _silent(*args: Any, **kwargs: Any) -> None:
+    """``print`` on the ranks other than 0 (one log per run)."""
 
 
 def _interrupted(args: argparse.Namespace, options: dict[str, Any], output: Path, num_timesteps: int,
@@ -444,8 +479,10 @@ def _interrupted(args: argparse.Namespace, options: dict[str, Any], output: Path
             saved = read_agent_json(checkpoint).get("num_timesteps")
         except InputError:
             saved = None
+    from textenv import distributed
+
     summary = {"command": "textenv train", "agent": options["agent"], "interrupted": True,
-               "num_timesteps": num_timesteps, "checkpoint_num_timesteps": saved,
+               "num_timesteps": num_timesteps, "world_size": distributed.world_size(), "checkpoint_num_timesteps": saved,
                "checkpoint": str(checkpoint) if saved is not None else None, "before": before, "options": options}
     write_json(output / "summary.json", summary)
     if saved is None:

@@ -1,0 +1,237 @@
+"""Data-parallel training under torchrun (:mod:`textenv.distributed`): 2 processes with gloo on this CPU.
+
+The slow tests launch ``torchrun --standalone --nproc-per-node 2`` on this file's worker (``python
+tests/test_distributed.py worker ...``, at the bottom) with the tiny model. Every rank records a hash of its weights
+after every optimizer step, its own token counts and what it wrote; the tests compare the ranks: bit-identical
+weights after every update, a global token count that is the sum of the ranks', β and the metrics the same on every
+rank, different rollouts on each rank (its own seed), files written by rank 0 only, and a resume under 2 processes
+that ends exactly where the uninterrupted run did. A checkpoint of 2 processes is refused in 1 (and the reverse).
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+ROOT = Path(__file__).resolve().parents[1]
+#: The agents the 2-process run trains (one launch), with their hyper-parameters and env group size.
+AGENTS: dict[str, tuple[dict[str, Any], int]] = {
+    "ppo": ({"target_kl": 0.05, "num_minibatches": 2}, 1),  # target_kl: early stopping must agree over ranks
+    "rloo": ({}, 2),  # groups of K = 2 inside each rank
+    "reinforce": ({"baseline": "running"}, 1),
+}
+ITERATIONS = 3  # per agent in the uninterrupted run
+RESUME_AT = 1  # the checkpoint the resumed run starts from
+PROMPTS = ["the film was", "i liked the pasta at the", "the book", "this blender"]
+
+
+def torchrun(*args: str, timeout: float = 240) -> subprocess.CompletedProcess:
+    """``torchrun --standalone --nproc-per-node 2 ARGS`` (a free port is picked by the standalone rendezvous)."""
+    env = {**os.environ, "OMP_NUM_THREADS": "1"}
+    command = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc-per-node", "2", *args]
+    result = subprocess.run(command, capture_output=True, text=True, timeout=timeout, env=env, cwd=ROOT)
+    assert result.returncode == 0, result.stdout[-3000:] + result.stderr[-6000:]
+    return result
+
+
+def read_ranks(directory: Path) -> list[dict[str, Any]]:
+    return [json.loads((directory / f"rank{r}.json").read_text()) for r in range(2)]
+
+
+@pytest.fixture(scope="module")
+def two_process_runs(tmp_path_factory: pytest.TempPathFactory, tiny_model_dir: Path) -> dict[str, Path]:
+    """The uninterrupted 2-process run (saving a checkpoint at iteration RESUME_AT) and the run resumed from it."""
+    out = tmp_path_factory.mktemp("ddp")
+    torchrun(__file__, "worker", str(tiny_model_dir), str(out / "straight"))
+    torchrun(__file__, "worker", str(tiny_model_dir), str(out / "resumed"), "--resume", str(out / "straight"))
+    return {"straight": out / "straight", "resumed": out / "resumed"}
+
+
+@pytest.mark.slow
+def test_two_ranks_keep_bit_identical_weights_after_every_update(two_process_runs):
+    ranks = read_ranks(two_process_runs["straight"] / "results")
+    for name in AGENTS:
+        first, second = (r[name] for r in ranks)
+        assert len(first["step_hashes"]) >= ITERATIONS  # at least one optimizer step per iteration
+        assert first["step_hashes"] == second["step_hashes"]
+        assert first["rollout_hashes"] != second["rollout_hashes"]  # each rank sampled its own episodes (seed + rank)
+
+
+@pytest.mark.slow
+def test_token_count_is_global_and_ranks_agree_on_metrics_and_beta(two_process_runs):
+    ranks = read_ranks(two_process_runs["straight"] / "results")
+    for name in AGENTS:
+        first, second = (r[name] for r in ranks)
+        assert first["num_timesteps"] == second["num_timesteps"] == sum(first["local_tokens"]) + sum(second["local_tokens"])
+        assert first["iterations"] == second["iterations"] == ITERATIONS
+        assert first["kl_coef"] == second["kl_coef"] != 0.05  # the adaptive β moved, identically on both ranks
+        assert first["last_metrics"] == second["last_metrics"]
+
+
+@pytest.mark.slow
+def test_only_rank_zero_writes_files(two_process_runs):
+    ranks = read_ranks(two_process_runs["straight"] / "results")
+    for name in AGENTS:
+        run = two_process_runs["straight"] / name
+        events = sorted(p.name for p in (run / "tensorboard").iterdir())
+        assert len(events) == 1 and events[0].split(".")[-2] == str(ranks[0]["pid"])  # rank 0's process wrote it
+        meta = json.loads((run / "checkpoint" / "agent.json").read_text())
+        assert meta["world_size"] == 2 and meta["iterations"] == ITERATIONS
+        state = json.loads((run / "checkpoint" / "trainer_state.json").read_text())["state"]
+        assert state["world_size"] == 2 and len(state["ranks"]) == 2
+
+
+@pytest.mark.slow
+def test_resume_under_two_processes_is_exact(two_process_runs):
+    straight = read_ranks(two_process_runs["straight"] / "results")
+    resumed = read_ranks(two_process_runs["resumed"] / "results")
+    for name in AGENTS:
+        for rank in range(2):
+            a, b = straight[rank][name], resumed[rank][name]
+            steps_before = a["steps_at_resume"]
+            assert b["step_hashes"] == a["step_hashes"][steps_before:]  # every later update, bit for bit
+            assert (b["num_timesteps"], b["iterations"], b["kl_coef"]) == (a["num_timesteps"], a["iterations"],
+                                                                            a["kl_coef"])
+            assert b["last_metrics"] == a["last_metrics"]
+
+
+@pytest.mark.slow
+def test_a_two_process_checkpoint_is_refused_in_one_process(two_process_runs, tiny_model_dir):
+    from textenv.agents.base import Agent
+    from textenv.validation import InputError
+
+    env = make_env(tiny_model_dir, 1)
+    with pytest.raises(InputError, match=r"run of 2 processes, and this run has 1.*--nproc-per-node 2"):
+        Agent.load(two_process_runs["straight"] / "ppo" / "checkpoint", env)
+
+
+@pytest.mark.slow
+def test_textenv_train_under_torchrun(tmp_path, tiny_model_dir):
+    """The CLI under torchrun (`python -m textenv train`): summary.json records world_size; a 1-process run's
+    checkpoint is refused under 2 processes, before any model loads."""
+    config = tmp_path / "run.yaml"
+    config.write_text(json.dumps({"env": {"model": str(tiny_model_dir), "num_envs": 4, "max_new_tokens": 4,
+                                          "prompts": PROMPTS}, "eval_prompts": 2}))
+    output = tmp_path / "run"
+    result = torchrun("-m", "textenv", "train", "--agent", "reinforce", "--total-timesteps", "40", "--config",
+                      str(config), "--output", str(output), "--no-progress")
+    assert result.stdout.count("textenv train: agent=reinforce") == 1  # rank 0 prints, once
+    summary = json.loads((output / "summary.json").read_text())
+    assert summary["world_size"] == 2 and summary["num_timesteps"] >= 40
+    assert len(list((output / "tensorboard").iterdir())) == 1
+
+    single = tmp_path / "single"
+    env = {**os.environ, "OMP_NUM_THREADS": "1"}
+    subprocess.run([sys.executable, "-m", "textenv", "train", "--total-timesteps", "8", "--config", str(config),
+                    "--output", str(single), "--no-progress"], check=True, capture_output=True, env=env, cwd=ROOT)
+    command = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc-per-node", "2", "-m", "textenv",
+               "train", "--resume", str(single / "checkpoint")]
+    refused = subprocess.run(command, capture_output=True, text=True, env=env, cwd=ROOT, timeout=120)
+    assert refused.returncode != 0
+    assert "run of 1 process, and this run has 2" in refused.stderr + refused.stdout
+
+
+def test_sb3_agents_refuse_more_than_one_process(monkeypatch):
+    pytest.importorskip("stable_baselines3")
+    from textenv import distributed
+    from textenv.agents.sb3.agents import refuse_data_parallel
+    from textenv.validation import InputError
+
+    refuse_data_parallel("sb3-ppo")  # one process: fine
+    monkeypatch.setattr(distributed, "world_size", lambda: 2)
+    with pytest.raises(InputError, match="sb3-ppo.*one process only; this run has 2"):
+        refuse_data_parallel("sb3-ppo")
+
+
+def test_one_process_helpers_are_the_identity():
+    """Without torchrun nothing is initialised and every collective helper returns its input unchanged."""
+    from textenv import distributed
+
+    assert (distributed.world_size(), distributed.rank(), distributed.rank_seed(7)) == (1, 0, 7)
+    assert distributed.sum_int(5) == 5 and distributed.mean_float(0.25) == 0.25
+    assert distributed.mean_metrics({"a": 1.5}) == {"a": 1.5} and distributed.gather_state({"x": 1}) == [{"x": 1}]
+
+
+# ---------------------------------------------------------------------------------------------- the worker
+def make_env(model_dir: Path, group_size: int):
+    from textenv.vector_env import TextGenVectorEnv
+
+    return TextGenVectorEnv(num_envs=4, model=str(model_dir), kl_coef=0.05, target_kl=0.01, kl_horizon=100,
+                            group_size=group_size, autoreset_mode="disabled", device="cpu", max_new_tokens=6,
+                            prompts=PROMPTS, reward_model=lambda p, c: [float(t.count(" the")) + len(t) / 50 for t in c])
+
+
+def weights_hash(agent) -> str:
+    digest = hashlib.sha256()
+    for module in [agent.policy, *agent.trainable_modules().values()]:
+        for key, value in module.state_dict().items():
+            digest.update(key.encode())
+            digest.update(value.detach().cpu().contiguous().numpy().tobytes())
+    return digest.hexdigest()
+
+
+def train_one(name: str, model_dir: Path, out: Path, resume_from: Path | None) -> dict[str, Any]:
+    """Train agent ``name`` for ITERATIONS iterations (one ``learn`` call each, checkpointing every time) on this
+    rank, from scratch or from ``resume_from``'s checkpoint at RESUME_AT; record what the tests compare."""
+    import torch
+
+    from textenv import distributed
+    from textenv.agents import agent_class, make_agent
+
+    hyperparameters, group_size = AGENTS[name]
+    env = make_env(model_dir, group_size)
+    run = out / name
+    if resume_from is None:
+        agent = make_agent(name, env, seed=0, tensorboard_log=str(run / "tensorboard"), **hyperparameters)
+    else:
+        agent = agent_class(name).load(resume_from / name / f"checkpoint-{RESUME_AT}", env)
+        agent.tensorboard_log = str(run / "tensorboard")
+    record: dict[str, Any] = {"step_hashes": [], "rollout_hashes": [], "local_tokens": []}
+    for optimizer in agent.optimizers().values():
+        optimizer.register_step_post_hook(lambda *_: record["step_hashes"].append(weights_hash(agent)))
+    iteration = agent.train_iteration
+
+    def recorded_iteration() -> dict[str, float]:
+        metrics = iteration()
+        record["local_tokens"].append(int(metrics["num_tokens"]))
+        record["rollout_hashes"].append(metrics["rollout/reward"])
+        return metrics
+
+    agent.train_iteration = recorded_iteration
+    while agent.iterations < ITERATIONS:
+        agent.learn(agent.num_timesteps + 1, progress_bar=False, checkpoint_dir=run / "checkpoint")
+        if agent.iterations == RESUME_AT and resume_from is None:
+            record["steps_at_resume"] = len(record["step_hashes"])
+            agent.save(run / f"checkpoint-{RESUME_AT}")
+    assert torch.distributed.is_initialized() and distributed.world_size() == 2
+    return {**record, "num_timesteps": agent.num_timesteps, "iterations": agent.iterations,
+            "kl_coef": env.kl_controller_state()["kl_coef"], "last_metrics": {
+                k: v for k, v in agent.last_metrics.items() if k != "time/tokens_per_s"}}
+
+
+def worker(argv: list[str]) -> None:
+    """``python tests/test_distributed.py worker MODEL_DIR OUT [--resume STRAIGHT_OUT]`` under torchrun."""
+    import torch
+
+    from textenv import distributed
+
+    torch.set_num_threads(1)
+    model_dir, out = Path(argv[0]), Path(argv[1])
+    resume_from = Path(argv[3]) if len(argv) > 3 and argv[2] == "--resume" else None
+    distributed.init_from_environment()
+    results = {name: train_one(name, model_dir, out, resume_from) for name in AGENTS}
+    results["pid"] = os.getpid()
+    (out / "results").mkdir(parents=True, exist_ok=True)
+    (out / "results" / f"rank{distributed.rank()}.json").write_text(json.dumps(results))
+    distributed.shutdown()
+
+
+if __name__ == "__main__" and sys.argv[1:2] == ["worker"]:
+    worker(sys.argv[2:])
