@@ -29,7 +29,7 @@ from textenv.fast import resolve_fast, set_model_fast
 from textenv.kl import KL_ESTIMATORS, kl_per_token, make_kl_controller
 from textenv.models.loading import DEFAULT_MODEL, resolve_device
 from textenv.models.lora import check_lora
-from textenv.models.setup import check_model_sources, disable_dropout, load_models
+from textenv.models.setup import check_model_sources, disable_dropout, episode_end_ids, load_models, resolve_dtype
 from textenv.prompts import PROMPT_SPLITS, PromptSource, load_prompts
 from textenv.reward_models import RewardModel, checked_scores, make_reward_model
 from textenv.validation import InputError, check_choice, check_int, check_number
@@ -84,6 +84,10 @@ class TextGenVectorEnv(VectorEnv):
         lora: ``True`` or ``peft.LoraConfig`` kwargs to train LoRA adapters; the reference is then the same
             model with adapters disabled (one copy of the weights in memory).
         device: ``"auto"`` (CUDA if available), ``"cpu"``, ``"cuda:0"``...
+        dtype: the models' weight dtype: ``"float32"``, ``"bfloat16"``, ``"float16"`` (or a ``torch.dtype``).
+            ``None`` (default): a model loaded by name loads in float32, also a checkpoint saved in bfloat16 (the
+            optimizer needs float32 master weights: in pure bfloat16 most Adam updates round away); a loaded model
+            keeps its dtype. Logits and log-probs are float32 whatever the weights.
         render_mode: ``None`` or ``"ansi"``.
         fast: textenv's CPU speed-ups (``True``) or the plain transformers path (``False``), for this env's
             forwards, log-probs and models, and the agents' update forward on them; ``None`` follows
@@ -130,6 +134,7 @@ class TextGenVectorEnv(VectorEnv):
         device: str | torch.device = "auto",
         render_mode: str | None = None,
         fast: bool | None = None,
+        dtype: str | torch.dtype | None = None,
     ) -> None:
         single_thread_after_fork()
         autoreset_mode = _autoreset_name(autoreset_mode)
@@ -139,12 +144,13 @@ class TextGenVectorEnv(VectorEnv):
             kl_horizon=kl_horizon, kl_estimator=kl_estimator, kl_penalty=kl_penalty, group_size=group_size,
             autoreset_mode=autoreset_mode, reference=reference, lora=lora, render_mode=render_mode,
         )
+        dtype = resolve_dtype(dtype)
         #: JSON-serialisable constructor arguments, saved with checkpoints so runs can be rebuilt.
         self.spec_kwargs = _json_arguments(
             model=model, tokenizer=tokenizer, reward_model=reward_model, prompts=prompts, prompt_split=prompt_split,
             max_new_tokens=max_new_tokens, max_prompt_tokens=max_prompt_tokens, kl_coef=kl_coef, target_kl=target_kl,
             kl_horizon=kl_horizon, kl_estimator=kl_estimator, kl_penalty=kl_penalty, group_size=group_size,
-            num_envs=num_envs, lora=lora,
+            num_envs=num_envs, lora=lora, **({} if dtype is None else {"dtype": str(dtype).removeprefix("torch.")}),
         )
         # Everything that can be checked without loading a model is checked first, so a mistake costs a second.
         self.device = resolve_device(device)
@@ -154,7 +160,7 @@ class TextGenVectorEnv(VectorEnv):
         self.prompts = load_prompts(prompts, prompt_split)
         self.reward_model = make_reward_model(reward_model)
 
-        models = load_models(model, tokenizer, reference, kl_coef, lora, device=self.device, fast=self.fast)
+        models = load_models(model, tokenizer, reference, kl_coef, lora, dtype, device=self.device, fast=self.fast)
         self.tokenizer, self.policy, self.reference = models.tokenizer, models.policy, models.reference
         self.kl_controller = make_kl_controller(kl_coef, target_kl, kl_horizon)
 
@@ -173,7 +179,8 @@ class TextGenVectorEnv(VectorEnv):
         # With the terminal penalty only each episode's total KL is needed, so the reference is fed lazily: one
         # multi-token cached forward when rows finish, instead of one forward per step (same numbers).
         self.engine = GenerationEngine(self.policy, self.reference, self.tokenizer, max_new_tokens,
-                                       lazy_reference=kl_penalty == "terminal", fast=self.fast)
+                                       lazy_reference=kl_penalty == "terminal", fast=self.fast,
+                                       eos_token_ids=episode_end_ids(self.policy, self.tokenizer))
         self._make_spaces()
 
         self._row_prompts: list[str] = [""] * num_envs
@@ -311,8 +318,15 @@ class TextGenVectorEnv(VectorEnv):
 
     @property
     def eos_token_id(self) -> int:
-        """The token id whose action ends an episode (``terminated``)."""
+        """The tokenizer's EOS id: its action ends an episode (``terminated``); see :attr:`eos_token_ids`."""
         return self.engine.eos_token_id
+
+    @property
+    def eos_token_ids(self) -> list[int]:
+        """Every token id whose action ends an episode: the tokenizer's EOS first, then the other ids of the
+        model's generation config's ``eos_token_id`` (e.g. a chat model's end-of-turn token)."""
+        return [self.engine.eos_token_id] + [i for i in self.engine.eos_token_ids.tolist()
+                                             if i != self.engine.eos_token_id]
 
     def observation(self) -> dict[str, np.ndarray]:
         """The current observation, as :meth:`reset` and :meth:`step` return it: ``"input_ids"`` and

@@ -71,6 +71,8 @@ class GenerationEngine:
         fast: the switch of :mod:`textenv.fast` (packed prefill and reference scoring, chunked log-probs) or the
             plain transformers path; ``None`` follows what the models layer recorded for ``policy``, else
             ``TEXTENV_FAST``.
+        eos_token_ids: every token id that ends an episode (the model's generation config may list several);
+            default: the tokenizer's ``eos_token_id``.
     """
 
     def __init__(
@@ -81,6 +83,7 @@ class GenerationEngine:
         max_new_tokens: int,
         lazy_reference: bool = False,
         fast: bool | None = None,
+        eos_token_ids: Sequence[int] | None = None,
     ) -> None:
         self.policy = policy
         self.reference = reference
@@ -89,8 +92,11 @@ class GenerationEngine:
         self.lazy_reference = lazy_reference
         self.fast = model_fast(policy) if fast is None else resolve_fast(fast)
         self.eos_token_id = int(tokenizer.eos_token_id)
-        self.pad_token_id = int(tokenizer.pad_token_id)
         self.device = next(policy.parameters()).device
+        ends = [self.eos_token_id] if eos_token_ids is None else [int(i) for i in eos_token_ids]
+        #: long ``(E,)``: the token ids whose action terminates an episode.
+        self.eos_token_ids = torch.tensor(sorted(set(ends)), dtype=torch.long, device=self.device)
+        self.pad_token_id = int(tokenizer.pad_token_id)
         self.batch_size = 0
         empty_long = torch.empty(0, 0, dtype=torch.long, device=self.device)
         self.input_ids = empty_long
@@ -188,7 +194,10 @@ class GenerationEngine:
         self.logprobs = torch.cat([self.logprobs, logprob[:, None]], dim=1)
         self.ref_logprobs = torch.cat([self.ref_logprobs, torch.zeros_like(logprob)[:, None]], dim=1)
         self.num_generated += active.long()
-        terminated = active & (actions == self.eos_token_id)
+        if len(self.eos_token_ids) == 1:
+            terminated = active & (actions == self.eos_token_ids[0])
+        else:
+            terminated = active & torch.isin(actions, self.eos_token_ids)
         truncated = active & ~terminated & (self.num_generated >= self.max_new_tokens)
         self.finished = self.finished | terminated | truncated
 

@@ -27,6 +27,7 @@ from textenv.models.loading import (
     resolve_device,
 )
 from textenv.models.lora import AdapterDisabledReference, apply_lora, is_peft_model
+from textenv.validation import InputError
 
 
 @dataclass
@@ -62,7 +63,7 @@ def load_models(
     reference: torch.nn.Module | None = None,
     kl_coef: float = 0.05,
     lora: dict[str, Any] | bool | Any = None,
-    dtype: torch.dtype | None = None,
+    dtype: str | torch.dtype | None = None,
     device: str | torch.device = "auto",
     fast: bool | None = None,
 ) -> ModelSetup:
@@ -76,14 +77,24 @@ def load_models(
             with ``lora`` the policy with its adapters disabled.
         kl_coef: β; with β = 0 no reference is made (``reference`` is ignored).
         lora: ``True`` or ``peft.LoraConfig`` keyword arguments (or a ``LoraConfig``) to train LoRA adapters.
+        dtype: the weights' dtype (``"float32"``, ``"bfloat16"``, ``"float16"`` or a ``torch.dtype``). ``None``: a
+            model loaded by name loads in float32 (the master weights an optimizer needs; a checkpoint saved in
+            bfloat16 too), a loaded model stays as it is.
         device: ``"auto"`` (CUDA when available), ``"cpu"``, ``"cuda:0"``...
         fast: the switch of :mod:`textenv.fast` (``None`` follows ``TEXTENV_FAST``, on by default).
     """
     fast = resolve_fast(fast)
     target = resolve_device(device)
     tokens = resolve_tokenizer(tokenizer, model)
-    policy = model if isinstance(model, torch.nn.Module) else load_causal_lm(model, target, dtype, fast=fast)
+    dtype = resolve_dtype(dtype)
+    if isinstance(model, torch.nn.Module):
+        policy = model if dtype is None else model.to(dtype)
+    else:
+        policy = load_causal_lm(model, target, dtype or torch.float32, fast=fast)
     policy.to(target)
+    match_vocabulary(policy, tokens, "model")
+    if reference is not None:
+        match_vocabulary(reference, tokens, "reference")
     if lora:
         policy = apply_lora(policy, lora)
     disable_dropout(policy)
@@ -108,10 +119,77 @@ def _reference(
 
 
 def disable_dropout(model: torch.nn.Module) -> None:
-    """Set every dropout probability to 0 so rollout and update log-probs agree (as TRL does)."""
+    """Set every dropout probability to 0 so rollout and update log-probs agree (as TRL does), however the model
+    applies it: ``nn.Dropout`` modules, and the probabilities a module keeps as float attributes for
+    ``F.dropout(x, p=self.dropout, training=self.training)`` (OPT's ``dropout``, ``attention_dropout``,
+    ``activation_dropout``; GPT-2's ``attn_pdrop``...), and the same fields of every config, so that a module built
+    later from it (or the saved checkpoint reloaded) has none either."""
     for module in model.modules():
-        if isinstance(module, torch.nn.Dropout):
+        if isinstance(module, torch.nn.modules.dropout._DropoutNd):
             module.p = 0.0
+            continue
+        for name, value in list(vars(module).items()):
+            if _is_dropout_field(name, value):
+                setattr(module, name, 0.0)
+        config = getattr(module, "config", None)
+        if config is not None and hasattr(config, "to_dict"):
+            _zero_config_dropout(config)
+
+
+def _is_dropout_field(name: str, value: Any) -> bool:
+    """A float attribute that holds a dropout probability (``dropout``, ``attention_dropout``, ``resid_pdrop``...)."""
+    return (isinstance(value, float) and not isinstance(value, bool)
+            and ("dropout" in name or name.endswith("pdrop")) and not name.startswith("_"))
+
+
+def _zero_config_dropout(config: Any) -> None:
+    """Set the dropout probabilities of a transformers config (and its sub-configs) to 0."""
+    for name, value in list(vars(config).items()):
+        if _is_dropout_field(name, value):
+            setattr(config, name, 0.0)
+        elif hasattr(value, "to_dict") and value is not config:
+            _zero_config_dropout(value)
+
+
+#: The dtypes ``dtype=`` accepts by name.
+DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}
+
+
+def resolve_dtype(dtype: str | torch.dtype | None) -> torch.dtype | None:
+    """``dtype`` as a ``torch.dtype`` (``None`` stays ``None``); :class:`InputError` for anything but the names of
+    :data:`DTYPES` or those dtypes."""
+    if dtype is None or dtype in DTYPES.values():
+        return dtype
+    if isinstance(dtype, str):
+        name = dtype.removeprefix("torch.")
+        if name in DTYPES:
+            return DTYPES[name]
+    raise InputError(f"dtype={dtype!r} is not a weight dtype textenv trains in; use one of {sorted(DTYPES)} (or None: "
+                     "float32 for a model loaded by name)")
+
+
+def match_vocabulary(model: torch.nn.Module, tokenizer: PreTrainedTokenizerBase, argument: str) -> None:
+    """Make ``model``'s logits cover exactly the tokenizer's ids, the env's action space ``Discrete(len(tokenizer))``.
+
+    Released checkpoints often pad their embedding past the tokenizer (to a multiple of 64 or 128 rows): the
+    extra rows are cut off (``resize_token_embeddings(len(tokenizer))``, in place, on input and output embedding),
+    so no id outside the action space is ever sampled and every softmax runs over the tokenizer's ids only. A
+    tokenizer with MORE ids than the model's embedding (e.g. a pad token added without resizing the model) cannot
+    be run: :class:`InputError` saying how to fix it.
+    """
+    embedding = model.get_input_embeddings() if hasattr(model, "get_input_embeddings") else None
+    if embedding is None or not hasattr(embedding, "num_embeddings"):
+        return
+    rows, vocab = int(embedding.num_embeddings), len(tokenizer)
+    if rows == vocab:
+        return
+    if rows < vocab:
+        raise InputError(
+            f"the tokenizer has {vocab} token ids but the {argument}'s embedding only {rows} rows (tokens added to the "
+            f"tokenizer, e.g. a pad token, without resizing the model); call model.resize_token_embeddings("
+            f"len(tokenizer)) and save the model again, or give the tokenizer the model was trained with"
+        )
+    model.resize_token_embeddings(vocab, mean_resizing=False)
 
 
 def resolve_tokenizer(tokenizer: Any, model: Any) -> PreTrainedTokenizerBase:
@@ -123,7 +201,27 @@ def resolve_tokenizer(tokenizer: Any, model: Any) -> PreTrainedTokenizerBase:
             return load_tokenizer(source)
         return load_tokenizer(model)
     if isinstance(tokenizer, PreTrainedTokenizerBase):
+        if tokenizer.eos_token_id is None:
+            raise InputError("the tokenizer has no EOS token; TextGen episodes end at EOS, so give a tokenizer with an "
+                             "eos_token (tokenizer.eos_token = ...)")
         if tokenizer.pad_token_id is None:
             tokenizer.pad_token = tokenizer.eos_token
         return tokenizer
     return load_tokenizer(tokenizer)
+
+
+def episode_end_ids(model: torch.nn.Module, tokenizer: PreTrainedTokenizerBase) -> list[int]:
+    """Every token id that ends an episode: the tokenizer's EOS and each id of the model's generation config's
+    ``eos_token_id`` (an int or a list: chat models end a turn with e.g. ``<|im_end|>`` or ``<|eot_id|>`` as well
+    as ``<|endoftext|>``), limited to the action space ``[0, len(tokenizer))``; the tokenizer's EOS first."""
+    ends = [int(tokenizer.eos_token_id)]
+    generation = getattr(model, "generation_config", None)
+    configured = getattr(generation, "eos_token_id", None) if generation is not None else None
+    if configured is None:
+        configured = getattr(getattr(model, "config", None), "eos_token_id", None)
+    if isinstance(configured, int):
+        configured = [configured]
+    for token in configured or []:
+        if isinstance(token, int) and 0 <= token < len(tokenizer) and token not in ends:
+            ends.append(int(token))
+    return ends
