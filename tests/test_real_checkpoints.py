@@ -233,3 +233,62 @@ def test_a_tokenizer_that_adds_bos(tiny_model_dir, tmp_path):
     assert (first == tokenizer.eos_token_id).all()
     full, generated = full_forward(env, steps.shape[1])
     assert float(((steps - full) * generated).abs().max()) <= 1e-4
+
+
+# ---------------------------------------------------------------------- chat prompts
+CHAT_TEMPLATE = ("{{ bos_token }}{% for m in messages %}{{ m['role'] }}: {{ m['content'] }}\n{% endfor %}"
+                 "{% if add_generation_prompt %}assistant:{% endif %}")
+
+
+def chat_tokenizer(tiny_model_dir: Path):
+    """The tiny tokenizer with a chat template that starts with BOS, and a post-processor that also adds BOS to plain
+    text (as Llama tokenizers do): a rendered chat prompt must not get a second one."""
+    from tokenizers import processors
+
+    tokenizer = AutoTokenizer.from_pretrained(tiny_model_dir)
+    bos = tokenizer.eos_token
+    tokenizer._tokenizer.post_processor = processors.TemplateProcessing(
+        single=f"{bos} $A", special_tokens=[(bos, tokenizer.eos_token_id)])
+    tokenizer.chat_template = CHAT_TEMPLATE
+    return tokenizer
+
+
+def test_chat_prompts_are_rendered_with_the_chat_template(tiny_model_dir):
+    tokenizer = chat_tokenizer(tiny_model_dir)
+    chat = [{"role": "system", "content": "be nice"}, {"role": "user", "content": "the film was"}]
+    prompts = [chat, "the book"]
+    env = make_env(tiny_model_dir, tokenizer=tokenizer, prompts=prompts, num_envs=2)
+    rendered = tokenizer.apply_chat_template(chat, tokenize=False, add_generation_prompt=True)
+    assert env.prompts == [rendered, "the book"]
+    _, info = env.reset(seed=0, options={"prompts": prompts})
+    assert list(info["prompt"]) == [rendered, "the book"]
+    ids, mask = env.episode_tokens()
+    chat_ids = ids[0][mask[0].bool()].tolist()
+    assert chat_ids == tokenizer(rendered, add_special_tokens=False)["input_ids"]
+    assert chat_ids[0] == tokenizer.eos_token_id and chat_ids[1] != tokenizer.eos_token_id  # one BOS, not two
+    assert ids[1][mask[1].bool()].tolist() == tokenizer("the book")["input_ids"]
+    # The rendered text given back (as ReMax's greedy baseline does) tokenizes the same way.
+    env.reset(seed=0, options={"prompts": [rendered, "the book"]})
+    assert env.episode_tokens()[0][0][mask[0].bool()].tolist() == chat_ids
+
+
+def test_chat_prompts_from_a_jsonl_file(tiny_model_dir, tmp_path):
+    import json
+
+    path = tmp_path / "chats.jsonl"
+    path.write_text(json.dumps({"prompt": [{"role": "user", "content": "the film was"}]}) + "\n"
+                    + json.dumps({"prompt": "the book"}) + "\n")
+    env = make_env(tiny_model_dir, tokenizer=chat_tokenizer(tiny_model_dir), prompts=str(path), num_envs=2)
+    assert env.prompts[0].endswith("user: the film was\nassistant:") and env.prompts[1] == "the book"
+
+
+@pytest.mark.bad_input
+def test_chat_prompts_without_a_chat_template_are_explained(tiny_model_dir):
+    with pytest.raises(InputError, match="chat template"):
+        make_env(tiny_model_dir, prompts=[[{"role": "user", "content": "hi"}]], num_envs=1)
+
+
+@pytest.mark.bad_input
+def test_a_malformed_chat_prompt_is_refused(tiny_model_dir):
+    with pytest.raises(InputError, match=r"prompts\[0\].*chat messages"):
+        make_env(tiny_model_dir, prompts=[[{"role": "user"}]], num_envs=1)

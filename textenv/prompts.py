@@ -4,6 +4,10 @@ A prompt source may be ``"builtin"`` (the packaged openings, ``split="train"`` o
 of strings, a path to a ``.txt`` file (one prompt per line) or a ``.jsonl`` file (one object per line
 with a ``"prompt"`` field), or a ``datasets.Dataset`` with a ``"prompt"`` (or ``"text"``) column.
 
+Chat models: with ``chat=True`` (the env's setting) a prompt may also be a list of chat messages,
+``[{"role": "system", "content": ...}, {"role": "user", "content": ...}]`` (a ``.jsonl`` line's ``"prompt"`` may be
+such a list); the env renders it with the tokenizer's chat template (:func:`render_chat`), generation prompt added.
+
 Files must be UTF-8; a line that is not, a malformed JSON line, a line without a string ``"prompt"``, an empty
 file or a directory raises :class:`~textenv.validation.InputError` naming the file (and line).
 """
@@ -21,7 +25,9 @@ import numpy as np
 
 from textenv.validation import InputError
 
-PromptSource = Any  # "builtin" | Sequence[str] | str | os.PathLike | datasets.Dataset
+PromptSource = Any  # "builtin" | Sequence[str | ChatMessages] | str | os.PathLike | datasets.Dataset
+#: One chat prompt: messages ``{"role": str, "content": str}`` in order.
+ChatMessages = list[dict[str, str]]
 
 #: Names of the built-in splits.
 PROMPT_SPLITS = ("train", "eval")
@@ -74,7 +80,23 @@ def read_text_lines(path: Path) -> Iterator[tuple[int, str]]:
             yield number, line.rstrip("\r\n")
 
 
-def _from_jsonl(path: Path) -> list[str]:
+def is_chat(prompt: Any) -> bool:
+    """Whether ``prompt`` is a non-empty list of chat messages (dicts with string ``"role"`` and ``"content"``)."""
+    return (isinstance(prompt, (list, tuple)) and len(prompt) > 0 and all(
+        isinstance(m, dict) and isinstance(m.get("role"), str) and isinstance(m.get("content"), str) for m in prompt))
+
+
+def render_chat(messages: ChatMessages, tokenizer: Any) -> str:
+    """The text of a chat prompt: ``tokenizer.apply_chat_template(messages, add_generation_prompt=True)``, ready for
+    the assistant's reply (special tokens such as BOS included, so it is tokenized without adding them again).
+    A tokenizer without a chat template raises :class:`InputError`."""
+    if not getattr(tokenizer, "chat_template", None):
+        raise InputError("prompts holds chat messages but the tokenizer has no chat template; give prompts as strings, "
+                         "or a chat model's tokenizer (tokenizer.chat_template set)")
+    return tokenizer.apply_chat_template(list(messages), tokenize=False, add_generation_prompt=True)
+
+
+def _from_jsonl(path: Path, chat: bool = False) -> list[str]:
     prompts = []
     for number, line in read_text_lines(path):
         if not line.strip():
@@ -86,6 +108,9 @@ def _from_jsonl(path: Path) -> list[str]:
                              f"a .jsonl prompt file holds {_JSONL_FORMAT}") from None
         if not isinstance(row, dict) or "prompt" not in row:
             raise InputError(f'{path}:{number}: no "prompt" field; a .jsonl prompt file holds {_JSONL_FORMAT}')
+        if chat and is_chat(row["prompt"]):
+            prompts.append(list(row["prompt"]))
+            continue
         if not isinstance(row["prompt"], str) or not row["prompt"].strip():
             raise InputError(f'{path}:{number}: "prompt" is {row["prompt"]!r}, not a non-empty string; a .jsonl '
                              f"prompt file holds {_JSONL_FORMAT}")
@@ -93,9 +118,9 @@ def _from_jsonl(path: Path) -> list[str]:
     return prompts
 
 
-def _from_file(path: Path) -> list[str]:
+def _from_file(path: Path, chat: bool = False) -> list[str]:
     if path.suffix == ".jsonl":
-        prompts = _from_jsonl(path)
+        prompts = _from_jsonl(path, chat)
     else:
         prompts = [line for _, line in read_text_lines(path) if line.strip()]
     if not prompts:
@@ -113,12 +138,13 @@ def _check_path(source: str | os.PathLike) -> Path:
     return path
 
 
-def load_prompts(source: PromptSource = "builtin", split: str = "train") -> list[str]:
-    """Normalise any supported prompt source to a non-empty list of non-empty strings."""
+def load_prompts(source: PromptSource = "builtin", split: str = "train", chat: bool = False) -> list[Any]:
+    """Normalise any supported prompt source to a non-empty list of non-empty strings (with ``chat``, also lists of
+    chat messages, :func:`is_chat`)."""
     if isinstance(source, str) and source == "builtin":
         prompts = builtin_prompts(split)
     elif isinstance(source, (str, os.PathLike)):
-        prompts = _from_file(_check_path(source))
+        prompts = _from_file(_check_path(source), chat)
     elif hasattr(source, "column_names"):  # a datasets.Dataset, without importing datasets
         column = next((c for c in ("prompt", "text") if c in source.column_names), None)
         if column is None:
@@ -132,6 +158,9 @@ def load_prompts(source: PromptSource = "builtin", split: str = "train") -> list
     if not prompts:
         raise InputError("prompts is empty: give at least one prompt")
     for i, prompt in enumerate(prompts):
+        if chat and is_chat(prompt):
+            continue
         if not isinstance(prompt, str) or not prompt.strip():
-            raise InputError(f"prompts[{i}]={prompt!r} is not a non-empty string")
+            chats = " or a list of chat messages [{'role': ..., 'content': ...}]" if chat else ""
+            raise InputError(f"prompts[{i}]={prompt!r:.120} is not a non-empty string{chats}")
     return prompts

@@ -30,7 +30,7 @@ from textenv.kl import KL_ESTIMATORS, kl_per_token, make_kl_controller
 from textenv.models.loading import DEFAULT_MODEL, resolve_device
 from textenv.models.lora import check_lora
 from textenv.models.setup import check_model_sources, disable_dropout, episode_end_ids, load_models, resolve_dtype
-from textenv.prompts import PROMPT_SPLITS, PromptSource, load_prompts
+from textenv.prompts import PROMPT_SPLITS, PromptSource, is_chat, load_prompts, render_chat
 from textenv.reward_models import RewardModel, checked_scores, make_reward_model
 from textenv.validation import InputError, check_choice, check_int, check_number
 
@@ -65,7 +65,10 @@ class TextGenVectorEnv(VectorEnv):
             ``PreTrainedModel`` that agents train. The env never updates its weights.
         tokenizer: name/path or tokenizer object; defaults to ``model``'s.
         reward_model: a registered name (``"vader"``), a :class:`RewardModel`, or ``fn(prompts, completions)``.
-        prompts: ``"builtin"``, a list of strings, a ``.txt``/``.jsonl`` path, or a ``datasets.Dataset``.
+        prompts: ``"builtin"``, a list of strings, a ``.txt``/``.jsonl`` path, or a ``datasets.Dataset``. A prompt
+            may also be a list of chat messages (``[{"role": "user", "content": ...}]``): it is rendered with the
+            tokenizer's chat template (generation prompt added) and the rendered text is the prompt the reward
+            model and ``info["prompt"]`` see.
         prompt_split: ``"train"`` or ``"eval"`` for the built-in prompts.
         max_new_tokens: episode length limit T.
         max_prompt_tokens: longest prompt allowed (tokens); default: the longest prompt in the set.
@@ -157,14 +160,15 @@ class TextGenVectorEnv(VectorEnv):
         #: The switch of :mod:`textenv.fast` for this env (its engine, models and the update forward on them).
         self.fast = resolve_fast(fast)
         check_model_sources(model, tokenizer)
-        self.prompts = load_prompts(prompts, prompt_split)
+        given_prompts = load_prompts(prompts, prompt_split, chat=True)
         self.reward_model = make_reward_model(reward_model)
 
         models = load_models(model, tokenizer, reference, kl_coef, lora, dtype, device=self.device, fast=self.fast)
         self.tokenizer, self.policy, self.reference = models.tokenizer, models.policy, models.reference
         self.kl_controller = make_kl_controller(kl_coef, target_kl, kl_horizon)
 
-        self._prompt_ids = self._tokenize_prompts(self.prompts, max_prompt_tokens)
+        self._chat_texts: set[str] = set()  # rendered chat prompts: tokenized without adding special tokens again
+        self.prompts, self._prompt_ids = self._tokenize_prompts(given_prompts, max_prompt_tokens)
         self.max_prompt_tokens = max_prompt_tokens or max(len(p) for p in self._prompt_ids)
         self.max_new_tokens = max_new_tokens
         self._check_context_length()
@@ -453,10 +457,10 @@ class TextGenVectorEnv(VectorEnv):
         if isinstance(given, (str, bytes)) or not isinstance(given, Sequence):
             raise InputError(f"options['prompts'] must be a list of {n} prompt strings (one per row), got "
                              f"{type(given).__name__}")
-        given = load_prompts(list(given))
+        given = load_prompts(list(given), chat=True)
         if len(given) != n:
             raise InputError(f"options['prompts'] has {len(given)} prompts for {n} rows; give one per row")
-        return given, self._tokenize_prompts(given, self.max_prompt_tokens)
+        return self._tokenize_prompts(given, self.max_prompt_tokens)
 
     def _start_all(self, given: Sequence[str] | None) -> None:
         texts, ids = self._prompt_choice(self.num_envs, given)
@@ -533,9 +537,22 @@ class TextGenVectorEnv(VectorEnv):
             raise InputError(f"actions must be token ids in [0, {vocab}) (the action space), got {bad}")
         return tensor.to(self.device, torch.long)
 
-    def _tokenize_prompts(self, prompts: Sequence[str], limit: int | None) -> list[list[int]]:
-        ids = self.tokenizer(list(prompts), add_special_tokens=True)["input_ids"]
-        for prompt, tokens in zip(prompts, ids):
+    def _tokenize_prompts(self, prompts: Sequence[Any], limit: int | None) -> tuple[list[str], list[list[int]]]:
+        """The prompts' texts (chat messages rendered with the chat template) and token ids."""
+        texts = []
+        for prompt in prompts:
+            if is_chat(prompt):
+                prompt = render_chat(prompt, self.tokenizer)
+                self._chat_texts.add(prompt)
+            texts.append(prompt)
+        ids: list[list[int]] = [[] for _ in texts]
+        for add_special_tokens in (True, False):  # a rendered chat prompt has its special tokens (BOS) already
+            indices = [i for i, text in enumerate(texts) if (text in self._chat_texts) != add_special_tokens]
+            if indices:
+                encoded = self.tokenizer([texts[i] for i in indices], add_special_tokens=add_special_tokens)
+                for i, tokens in zip(indices, encoded["input_ids"]):
+                    ids[i] = tokens
+        for prompt, tokens in zip(texts, ids):
             if not tokens:
                 raise InputError(f"prompt {prompt!r} tokenizes to nothing; give a non-empty prompt")
             if limit is not None and len(tokens) > limit:
@@ -543,7 +560,7 @@ class TextGenVectorEnv(VectorEnv):
                     f"prompt {prompt[:60]!r} has {len(tokens)} tokens > max_prompt_tokens={limit}; "
                     "shorten it or raise max_prompt_tokens"
                 )
-        return ids
+        return texts, ids
 
     def _check_context_length(self) -> None:
         limit = getattr(self.policy.config, "max_position_embeddings", None) or getattr(
