@@ -103,14 +103,15 @@ def test_an_added_pad_token_with_a_resized_model_works(tiny_model_dir, tmp_path)
 
 # ---------------------------------------------------------------------- dropout
 def opt_with_dropout(tiny_model_dir: Path, directory: Path) -> Path:
-    """A tiny OPT whose dropout is all functional (``F.dropout(p=self.dropout)``), at 0.3."""
+    """A tiny OPT whose dropout is all functional (``F.dropout(p=self.dropout)``), at 0.3, and which skips each layer
+    with probability 0.5 in training (``layerdrop``)."""
     tokenizer = AutoTokenizer.from_pretrained(tiny_model_dir)
     eos = tokenizer.eos_token_id
     torch.manual_seed(0)
     OPTForCausalLM(OPTConfig(
         vocab_size=len(tokenizer), hidden_size=32, ffn_dim=64, num_hidden_layers=2, num_attention_heads=4,
         max_position_embeddings=64, word_embed_proj_dim=32, dropout=0.3, attention_dropout=0.3,
-        activation_dropout=0.3, layerdrop=0.0, eos_token_id=eos, bos_token_id=eos, pad_token_id=eos,
+        activation_dropout=0.3, layerdrop=0.5, eos_token_id=eos, bos_token_id=eos, pad_token_id=eos,
     )).save_pretrained(directory)
     tokenizer.save_pretrained(directory)
     return directory
@@ -123,7 +124,8 @@ def test_functional_dropout_is_off_in_training_mode(tiny_model_dir, tmp_path):
     with torch.no_grad():
         first, second = policy(input_ids=ids).logits, policy(input_ids=ids).logits
     assert torch.equal(first, second)
-    assert policy.config.dropout == policy.config.attention_dropout == policy.config.activation_dropout == 0.0
+    config = policy.config
+    assert config.dropout == config.attention_dropout == config.activation_dropout == config.layerdrop == 0.0
     metrics = make_agent("ppo", env, seed=0).train_iteration()  # the update forward runs in training mode
     assert metrics["train/logprob_mismatch"] <= 1e-4
 
@@ -134,7 +136,7 @@ def test_set_policy_disables_functional_dropout_too(tiny_model_dir, tmp_path):
     model = AutoModelForCausalLM.from_pretrained(directory).train()
     env.set_policy(model)
     assert all(not isinstance(v, float) or v == 0.0
-               for m in model.modules() for k, v in vars(m).items() if "dropout" in k)
+               for m in model.modules() for k, v in vars(m).items() if "drop" in k)
     disable_dropout(model)  # idempotent
 
 

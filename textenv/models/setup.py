@@ -122,7 +122,8 @@ def disable_dropout(model: torch.nn.Module) -> None:
     """Set every dropout probability to 0 so rollout and update log-probs agree (as TRL does), however the model
     applies it: ``nn.Dropout`` modules, and the probabilities a module keeps as float attributes for
     ``F.dropout(x, p=self.dropout, training=self.training)`` (OPT's ``dropout``, ``attention_dropout``,
-    ``activation_dropout``; GPT-2's ``attn_pdrop``...), and the same fields of every config, so that a module built
+    ``activation_dropout``; GPT-2's ``attn_pdrop``...; OPT's ``layerdrop``, which skips whole layers in training), and
+    the same fields of every config, so that a module built
     later from it (or the saved checkpoint reloaded) has none either."""
     for module in model.modules():
         if isinstance(module, torch.nn.modules.dropout._DropoutNd):
@@ -137,9 +138,10 @@ def disable_dropout(model: torch.nn.Module) -> None:
 
 
 def _is_dropout_field(name: str, value: Any) -> bool:
-    """A float attribute that holds a dropout probability (``dropout``, ``attention_dropout``, ``resid_pdrop``...)."""
-    return (isinstance(value, float) and not isinstance(value, bool)
-            and ("dropout" in name or name.endswith("pdrop")) and not name.startswith("_"))
+    """A float attribute that holds a dropout probability (``dropout``, ``attention_dropout``, ``resid_pdrop``...)
+    or a probability of skipping a layer in training (OPT's and BART's ``layerdrop``, ``drop_path_rate``)."""
+    return (isinstance(value, float) and not isinstance(value, bool) and not name.startswith("_")
+            and ("dropout" in name or name.endswith("pdrop") or "layerdrop" in name or name == "drop_path_rate"))
 
 
 def _zero_config_dropout(config: Any) -> None:
