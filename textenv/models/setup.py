@@ -179,8 +179,11 @@ def match_vocabulary(model: torch.nn.Module, tokenizer: PreTrainedTokenizerBase,
     tokenizer with MORE ids than the model's embedding (e.g. a pad token added without resizing the model) cannot
     be run: :class:`InputError` saying how to fix it.
     """
-    embedding = model.get_input_embeddings() if hasattr(model, "get_input_embeddings") else None
-    if embedding is None or not hasattr(embedding, "num_embeddings"):
+    try:
+        embedding = model.get_input_embeddings()
+    except (AttributeError, NotImplementedError):  # not a transformers model: nothing to match
+        return
+    if not hasattr(embedding, "num_embeddings"):
         return
     rows, vocab = int(embedding.num_embeddings), len(tokenizer)
     if rows == vocab:
