@@ -26,7 +26,12 @@ AGENTS: dict[str, tuple[dict[str, Any], int]] = {
     "ppo": ({"target_kl": 0.05, "num_minibatches": 2}, 1),  # target_kl: early stopping must agree over ranks
     "rloo": ({}, 2),  # groups of K = 2 inside each rank
     "reinforce": ({"baseline": "running"}, 1),
+    "grpo": ({}, 2),
+    "sft": ({"demonstrations": ["the film was good", "the book was a delight", "this blender is loud",
+                                "i liked the pasta at the cafe", "the film was long"], "batch_size": 2}, 1),
 }
+#: The agents whose rollouts move the adaptive β (SFT runs none).
+ROLLOUT_AGENTS = ("ppo", "rloo", "reinforce", "grpo")
 ITERATIONS = 3  # per agent in the uninterrupted run
 RESUME_AT = 1  # the checkpoint the resumed run starts from
 PROMPTS = ["the film was", "i liked the pasta at the", "the book", "this blender"]
@@ -61,7 +66,7 @@ def test_two_ranks_keep_bit_identical_weights_after_every_update(two_process_run
         first, second = (r[name] for r in ranks)
         assert len(first["step_hashes"]) >= ITERATIONS  # at least one optimizer step per iteration
         assert first["step_hashes"] == second["step_hashes"]
-        assert first["rollout_hashes"] != second["rollout_hashes"]  # each rank sampled its own episodes (seed + rank)
+        assert first["local_data"] != second["local_data"]  # each rank sampled its own episodes/batches (seed + rank)
 
 
 @pytest.mark.slow
@@ -71,7 +76,8 @@ def test_token_count_is_global_and_ranks_agree_on_metrics_and_beta(two_process_r
         first, second = (r[name] for r in ranks)
         assert first["num_timesteps"] == second["num_timesteps"] == sum(first["local_tokens"]) + sum(second["local_tokens"])
         assert first["iterations"] == second["iterations"] == ITERATIONS
-        assert first["kl_coef"] == second["kl_coef"] != 0.05  # the adaptive β moved, identically on both ranks
+        assert first["kl_coef"] == second["kl_coef"]
+        assert (first["kl_coef"] != 0.05) == (name in ROLLOUT_AGENTS)  # the adaptive β moved, the same on both ranks
         assert first["last_metrics"] == second["last_metrics"]
 
 
@@ -193,7 +199,7 @@ def train_one(name: str, model_dir: Path, out: Path, resume_from: Path | None) -
     else:
         agent = agent_class(name).load(resume_from / name / f"checkpoint-{RESUME_AT}", env)
         agent.tensorboard_log = str(run / "tensorboard")
-    record: dict[str, Any] = {"step_hashes": [], "rollout_hashes": [], "local_tokens": []}
+    record: dict[str, Any] = {"step_hashes": [], "local_data": [], "local_tokens": []}
     for optimizer in agent.optimizers().values():
         optimizer.register_step_post_hook(lambda *_: record["step_hashes"].append(weights_hash(agent)))
     iteration = agent.train_iteration
@@ -201,7 +207,7 @@ def train_one(name: str, model_dir: Path, out: Path, resume_from: Path | None) -
     def recorded_iteration() -> dict[str, float]:
         metrics = iteration()
         record["local_tokens"].append(int(metrics["num_tokens"]))
-        record["rollout_hashes"].append(metrics["rollout/reward"])
+        record["local_data"].append(metrics.get("rollout/reward", metrics["train/loss"]))  # before the mean over ranks
         return metrics
 
     agent.train_iteration = recorded_iteration

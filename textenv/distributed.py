@@ -63,9 +63,16 @@ def init_from_environment(timeout_minutes: float = 30.0) -> bool:
     return True
 
 
-def shutdown() -> None:
-    """Leave the process group (no-op when none is initialised)."""
+def shutdown(wait: bool = True) -> None:
+    """Leave the process group (no-op when none is initialised).
+
+    With ``wait`` every rank first reaches a barrier, so no rank tears its connections down while another still
+    uses them (gloo aborts a process whose peer closed a connection under it); after an error, ``wait=False``
+    leaves at once (the launcher stops the other ranks).
+    """
     if _initialised():
+        if wait and world_size() > 1:
+            torch.distributed.barrier()
         torch.distributed.destroy_process_group()
 
 

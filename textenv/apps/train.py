@@ -396,9 +396,12 @@ def run(args: argparse.Namespace) -> int:
 
     distributed.init_from_environment()
     try:
-        return _run(args)
-    finally:
-        distributed.shutdown()
+        code = _run(args)
+    except BaseException:
+        distributed.shutdown(wait=False)
+        raise
+    distributed.shutdown()
+    return code
 
 
 def _run(args: argparse.Namespace) -> int:
