@@ -17,7 +17,7 @@ loaded through the env's ``model=DIR`` path, as a user's checkpoint would be.
    libraries included). Last line: ``lora_vs_full_memory: <LoRA peak RSS ÷ full peak RSS>`` (target ≤ 0.45). The
    peaks above the RSS right after the imports (what the models and training added) are printed too.
 
-    python benchmarks/scale.py [--batch 16] [--new-tokens 64] [--repeats 3] [--ppo-batch 8] [--ppo-tokens 32]
+    python benchmarks/scale.py [--batch 16] [--new-tokens 64] [--repeats 5] [--ppo-batch 8] [--ppo-tokens 32]
 
 Takes a few minutes on 2 CPU cores. CPU figures only: no GPU figure is claimed from this script.
 """
@@ -131,7 +131,7 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--batch", type=int, default=16, help="rollout rows")
     parser.add_argument("--new-tokens", type=int, default=64, help="rollout tokens per row")
-    parser.add_argument("--repeats", type=int, default=3)
+    parser.add_argument("--repeats", type=int, default=5)
     parser.add_argument("--ppo-batch", type=int, default=8, help="PPO episodes per iteration")
     parser.add_argument("--ppo-tokens", type=int, default=32, help="PPO tokens per episode")
     parser.add_argument("--ppo-iterations", type=int, default=2)
