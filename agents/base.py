@@ -651,7 +651,8 @@ def check_world_size(saved: Any, path: str | Path) -> None:
     if not isinstance(saved, int) or isinstance(saved, bool) or saved < 1:
         raise InputError(f"damaged checkpoint: {path} records world_size={saved!r}, not a number of processes. "
                          "Use a complete checkpoint")
-    how = "without torchrun" if saved == 1 else f"under `torchrun --nproc-per-node {saved}` (or nodes × processes = {saved})"
+    how = ("without torchrun" if saved == 1
+           else f"under `torchrun --nproc-per-node {saved}` (or nodes × processes = {saved})")
     raise InputError(f"checkpoint {path} was written by a run of {saved} process{'es' if saved > 1 else ''}, and "
                      f"this run has {current}: each process's random streams are saved separately and cannot be "
                      f"split or merged. Resume it {how}, or start a new run from its weights with "

@@ -485,7 +485,8 @@ def _interrupted(args: argparse.Namespace, options: dict[str, Any], output: Path
     from textenv import distributed
 
     summary = {"command": "textenv train", "agent": options["agent"], "interrupted": True,
-               "num_timesteps": num_timesteps, "world_size": distributed.world_size(), "checkpoint_num_timesteps": saved,
+               "num_timesteps": num_timesteps, "world_size": distributed.world_size(),
+               "checkpoint_num_timesteps": saved,
                "checkpoint": str(checkpoint) if saved is not None else None, "before": before, "options": options}
     write_json(output / "summary.json", summary)
     if saved is None:
