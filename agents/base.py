@@ -119,6 +119,8 @@ class Agent(ABC):
     config_class: ClassVar[type[AgentConfig]] = AgentConfig
     #: K completions per prompt that ``textenv train`` asks of the env unless the config sets ``group_size``.
     default_group_size: ClassVar[int] = 1
+    #: Whether the agent trains data-parallel under torchrun (every native agent; SB3's train in one process).
+    data_parallel: ClassVar[bool] = True
 
     def __init__(self, env: TextGenVectorEnv, config: AgentConfig | None = None, *, tensorboard_log: str | None = None,
                  verbose: int = 0, **hyperparameters: Any) -> None:

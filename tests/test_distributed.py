@@ -122,7 +122,7 @@ def test_a_two_process_checkpoint_is_refused_in_one_process(two_process_runs, ti
 @pytest.mark.slow
 def test_textenv_train_under_torchrun(tmp_path, tiny_model_dir):
     """The CLI under torchrun (`python -m textenv train`): summary.json records world_size; a 1-process run's
-    checkpoint is refused under 2 processes, before any model loads."""
+    checkpoint and an SB3 agent are refused under 2 processes, before any model loads."""
     config = tmp_path / "run.yaml"
     config.write_text(json.dumps({"env": {"model": str(tiny_model_dir), "num_envs": 4, "max_new_tokens": 4,
                                           "prompts": PROMPTS}, "eval_prompts": 2}))
@@ -143,6 +143,11 @@ def test_textenv_train_under_torchrun(tmp_path, tiny_model_dir):
     refused = subprocess.run(command, capture_output=True, text=True, env=env, cwd=ROOT, timeout=120, check=False)
     assert refused.returncode != 0
     assert "run of 1 process, and this run has 2" in refused.stderr + refused.stdout
+
+    sb3 = [*command[:-3], "train", "--agent", "sb3-ppo", "--config", str(config), "--output", str(tmp_path / "sb3")]
+    refused = subprocess.run(sb3, capture_output=True, text=True, env=env, cwd=ROOT, timeout=120, check=False)
+    assert refused.returncode != 0 and not (tmp_path / "sb3").exists()  # refused before the run directory
+    assert "SB3 trains in one process only; this run has 2" in refused.stderr + refused.stdout
 
 
 def test_sb3_agents_refuse_more_than_one_process(monkeypatch):

@@ -152,6 +152,7 @@ class SB3Agent(Agent):
     """
 
     algorithm: ClassVar[type[OnPolicyAlgorithm]]
+    data_parallel = False  # SB3 trains in one process: refused under torchrun with world size > 1
     policy_class: ClassVar[type[ActorCriticPolicy] | type[MaskableActorCriticPolicy]] = TextGenActorCriticPolicy
     config_class: ClassVar[type[SB3Config]] = SB3Config
     config: SB3Config

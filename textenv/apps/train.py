@@ -411,7 +411,12 @@ def _run(args: argparse.Namespace) -> int:
     main = distributed.is_main_process()
     args.resume_checkpoint = resolve_checkpoint(args.resume, "--resume") if args.resume else None
     options = resolve_train_options(args)
-    if args.resume_checkpoint is not None:  # before any model loads
+    cls = checked_agent_class(options["agent"])
+    if distributed.world_size() > 1 and not cls.data_parallel:  # before any model loads
+        from textenv.agents.sb3.agents import refuse_data_parallel
+
+        refuse_data_parallel(cls.name)
+    if args.resume_checkpoint is not None:
         check_world_size(read_agent_json(args.resume_checkpoint).get("world_size"), args.resume_checkpoint)
     output = Path(options["output"])
     if main:
@@ -421,7 +426,6 @@ def _run(args: argparse.Namespace) -> int:
 
     from textenv.agents import make_agent
 
-    cls = checked_agent_class(options["agent"])
     env_kwargs = dict(options["env"])
     env = build_env(env_kwargs, group_size=cls.default_group_size)
     say = print if main else _silent
