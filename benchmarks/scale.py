@@ -101,11 +101,12 @@ def train_child(directory: str, mode: str, batch: int, new_tokens: int, iteratio
         autoreset_mode="disabled", lora=LORA if mode == "lora" else None,
     )
     agent = PPO(env, num_minibatches=2, n_epochs=1, seed=0)
+    after_setup = peak_rss_bytes()  # the models loaded, before any rollout or update
     start = time.perf_counter()
     agent.learn(total_timesteps=iterations * batch * new_tokens)
     trainable = sum(p.numel() for p in agent.policy.parameters() if p.requires_grad)
     print(json.dumps({"mode": mode, "peak_rss": peak_rss_bytes(), "after_imports": after_imports,
-                      "trainable": trainable, "seconds": time.perf_counter() - start}))
+                      "peak_after_setup": after_setup, "trainable": trainable, "seconds": time.perf_counter() - start}))
 
 
 def memory_ratio(directory: Path, batch: int, new_tokens: int, iterations: int) -> float:
@@ -119,7 +120,8 @@ def memory_ratio(directory: Path, batch: int, new_tokens: int, iterations: int) 
         r = results[mode]
         print(f"ppo {mode}: batch={batch} new_tokens={new_tokens} iterations={iterations} "
               f"trainable={r['trainable'] / 1e6:.2f}M peak_rss={r['peak_rss'] / 2**20:.0f} MiB "
-              f"(after imports {r['after_imports'] / 2**20:.0f} MiB, added "
+              f"(peak when the models were set up {r['peak_after_setup'] / 2**20:.0f} MiB; "
+              f"after imports {r['after_imports'] / 2**20:.0f} MiB, added "
               f"{(r['peak_rss'] - r['after_imports']) / 2**20:.0f} MiB) in {r['seconds']:.0f} s", flush=True)
     lora, full = results["lora"], results["full"]
     added = (lora["peak_rss"] - lora["after_imports"]) / (full["peak_rss"] - full["after_imports"])
