@@ -23,7 +23,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import Any
 
-from textenv.config import Config, Number, Seed, option
+from textenv.config import Config, Integer, Number, Seed, option
 from textenv.validation import InputError
 
 #: Adam step sizes: finite and > 0, capped far above any useful value but below ~3e37, where Adam's float32
@@ -44,6 +44,17 @@ class AgentConfig(Config):
     def check_env(self, env: Any) -> None:
         """Raise :class:`InputError` when the env cannot run with these hyper-parameters (checked before the
         agent touches the env; subclasses add their rules)."""
+
+
+@dataclass(frozen=True)
+class NativeConfig(AgentConfig):
+    """The memory options of the native agents' update (the guarded step of :mod:`textenv.agents.gradient_step`);
+    SB3 agents run their own update and do not take them."""
+
+    micro_batch_size: int | None = option(
+        None, "episodes (or examples / preference pairs) per forward/backward of the update: a (mini)batch larger "
+              "than memory runs as accumulated micro-batches with the same gradient and one optimizer step "
+              "(None: the whole (mini)batch at once)", Integer(1, none_ok=True))
 
 
 # ---------------------------------------------------------------------------------------------- env rules

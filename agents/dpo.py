@@ -38,7 +38,7 @@ import torch.nn.functional as F
 
 from textenv.agents.base import Agent
 from textenv.agents.config import LEARNING_RATE
-from textenv.agents.gradient_step import gradient_step
+from textenv.agents.gradient_step import gradient_step, share
 from textenv.agents.sft import (
     MinibatchSampler,
     OfflineConfig,
@@ -185,22 +185,35 @@ class DPO(Agent):
         return chosen - rejected, chosen, rejected, batch, logits
 
     def train_iteration(self) -> dict[str, float]:
+        indices = self.sampler.next()
+        size = self.config.micro_batch_size or len(indices)
+        micro = [indices[i : i + size] for i in range(0, len(indices), size)]
+        outputs: list[tuple[torch.Tensor, torch.Tensor, torch.Tensor]] = []  # ρ, chosen, rejected per micro-batch
+        entropies: list[tuple[torch.Tensor, int]] = []  # mean entropy and completion tokens per micro-batch
+
+        def part(chunk: list[int]) -> torch.Tensor:
+            rho, chosen, rejected, batch, logits = self._margins(chunk, grad=True)
+            with torch.no_grad():
+                entropies.append((masked_mean(entropy(logits.detach(), fast=model_fast(self.policy)),
+                                              batch.target_mask), batch.num_tokens))
+            outputs.append((rho.detach(), chosen.detach(), rejected.detach()))
+            return share(self.preference_loss(rho).mean(), len(chunk), len(indices))
+
         self.policy.train()
-        rho, chosen, rejected, batch, logits = self._margins(self.sampler.next(), grad=True)
-        loss = self.preference_loss(rho).mean()
-        gradient_step(self, loss, self.optimizer, {"policy": self.policy}, self.config.max_grad_norm)
+        loss = gradient_step(self, [lambda chunk=chunk: part(chunk) for chunk in micro], self.optimizer,
+                             {"policy": self.policy}, self.config.max_grad_norm)
         self.policy.eval()
-        with torch.no_grad():
-            mean_entropy = masked_mean(entropy(logits.detach(), fast=model_fast(self.policy)), batch.target_mask)
-            rho = rho.detach()
+        rho, chosen, rejected = (torch.cat(pieces) for pieces in zip(*outputs))
+        num_tokens = sum(tokens for _, tokens in entropies)
+        mean_entropy = sum(float(share(value, tokens, num_tokens)) for value, tokens in entropies)
         return {
-            "num_tokens": batch.num_tokens,
-            "train/loss": float(loss.detach()),
-            "train/entropy": float(mean_entropy),
+            "num_tokens": num_tokens,
+            "train/loss": float(loss),
+            "train/entropy": mean_entropy,
             "train/reward_margin": float((self.config.beta * rho).mean()),  # β·ρ, the implicit reward gap
             "train/pref_accuracy": float((rho > 0).float().mean()),
-            "train/chosen_reward": float(self.config.beta * chosen.detach().mean()),
-            "train/rejected_reward": float(self.config.beta * rejected.detach().mean()),
+            "train/chosen_reward": float(self.config.beta * chosen.mean()),
+            "train/rejected_reward": float(self.config.beta * rejected.mean()),
         }
 
     @torch.no_grad()

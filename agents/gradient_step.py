@@ -23,7 +23,7 @@ weights in memory are exactly those from before the step; all three fire inside 
 
 from __future__ import annotations
 
-from collections.abc import Iterable, Mapping
+from collections.abc import Callable, Iterable, Mapping, Sequence
 from typing import Protocol
 
 import numpy as np
@@ -100,34 +100,65 @@ def check_finite(
                        f"{array[bad].flat[0]})", max_grad_norm=max_grad_norm, rewards=rewards)
 
 
-def gradient_step(
+#: One micro-batch's share of a loss: a closure running its forward and returning its part of the scalar loss,
+#: already scaled so the parts sum to the full batch's loss (``None``: skip the step, see
+#: :func:`accumulate_gradients`).
+LossPart = Callable[[], "torch.Tensor | None"]
+
+
+def micro_batches(rows: torch.Tensor, micro_batch_size: int | None) -> list[torch.Tensor]:
+    """The episode indices ``rows`` ``(N,)`` in consecutive chunks of at most ``micro_batch_size`` (``None``: one
+    chunk, the whole batch): the forward/backward units of one optimizer step."""
+    if micro_batch_size is None or micro_batch_size >= len(rows):
+        return [rows]
+    return list(rows.split(micro_batch_size))
+
+
+def share(loss: torch.Tensor, part: float, whole: float) -> torch.Tensor:
+    """``loss`` of a micro-batch weighted by its share ``part / whole`` of the batch (episodes or tokens), so
+    the shares of a batch's mean losses sum to the batch's mean loss; the whole batch is returned untouched."""
+    return loss if part == whole else loss * (part / max(whole, 1))
+
+
+def accumulate_gradients(
     trainer: Trainer,
-    loss: torch.Tensor,
+    parts: torch.Tensor | Sequence[LossPart],
+    optimizer: torch.optim.Optimizer,
+    max_grad_norm: float | None,
+    rewards: np.ndarray | None = None,
+) -> torch.Tensor | None:
+    """``zero_grad`` then ``backward`` of each loss part (one forward at a time, so only one micro-batch's
+    activations are alive); the gradients sum to those of the full batch's loss.
+
+    ``parts``: a scalar loss with a graph, or :data:`LossPart` closures run in order. A closure returning ``None``
+    (only the first may: nothing has been accumulated yet) skips the step: the result is then ``None``.
+    Returns the total loss, detached. Raises :class:`TrainingDivergedError` on a non-finite part, before its
+    ``backward`` (no optimizer step has been taken).
+    """
+    optimizer.zero_grad(set_to_none=True)
+    total: torch.Tensor | None = None
+    for part in ([lambda: parts] if isinstance(parts, torch.Tensor) else parts):
+        loss = part()
+        if loss is None:
+            if total is not None:
+                raise RuntimeError("only the first loss part may skip the step")
+            return None
+        if not bool(torch.isfinite(loss.detach()).all()):
+            raise diverged(trainer, f"the loss is {loss.detach().float().item()}", max_grad_norm=max_grad_norm,
+                           rewards=rewards)
+        loss.backward()
+        total = loss.detach() if total is None else total + loss.detach()
+    return total
+
+
+def apply_gradients(
+    trainer: Trainer,
     optimizer: torch.optim.Optimizer,
     modules: Mapping[str, nn.Module],
     max_grad_norm: float | None,
     rewards: np.ndarray | None = None,
 ) -> None:
-    """One guarded update: minimise the scalar ``loss`` over the parameters of ``modules`` with ``optimizer``.
-
-    Args:
-        trainer: the agent (named in the error).
-        loss: scalar tensor with a graph.
-        optimizer: steps the parameters of ``modules``.
-        modules: trained modules by name (``{"policy": ..., "value_head": ...}``); their parameters, in this
-            order, are the ones whose gradient norm is clipped (names prefix parameter names in the error).
-        max_grad_norm: clip the global L2 gradient norm to this (``None``: no clipping).
-        rewards: this rollout's rewards, quoted in the error's likely cause.
-
-    Raises:
-        TrainingDivergedError: non-finite loss or gradient (nothing stepped), or non-finite parameters after
-            the step.
-    """
-    if not bool(torch.isfinite(loss.detach()).all()):
-        raise diverged(trainer, f"the loss is {loss.detach().float().item()}", max_grad_norm=max_grad_norm,
-                       rewards=rewards)
-    optimizer.zero_grad(set_to_none=True)
-    loss.backward()
+    """Average the accumulated gradients over ranks, check them, clip them and step (see :func:`gradient_step`)."""
     parameters = [p for module in modules.values() for p in module.parameters()]
     average_gradients(parameters)  # data-parallel (torchrun): the mean over ranks; no-op in one process
     grads = [p.grad for p in parameters if p.grad is not None]
@@ -146,6 +177,39 @@ def gradient_step(
         where = first_nonfinite(modules, gradients=False)
         raise diverged(trainer, f"the update made the weights non-finite (first: {where})", WEIGHTS_DAMAGED,
                        max_grad_norm=max_grad_norm, rewards=rewards)
+
+
+def gradient_step(
+    trainer: Trainer,
+    loss: torch.Tensor | Sequence[LossPart],
+    optimizer: torch.optim.Optimizer,
+    modules: Mapping[str, nn.Module],
+    max_grad_norm: float | None,
+    rewards: np.ndarray | None = None,
+) -> torch.Tensor | None:
+    """One guarded update: minimise the scalar ``loss`` over the parameters of ``modules`` with ``optimizer``.
+
+    Args:
+        trainer: the agent (named in the error).
+        loss: scalar tensor with a graph, or the :data:`LossPart` closures of its micro-batches (gradient
+            accumulation: one forward/backward per part, then one step; see :func:`micro_batches`, :func:`share`).
+        optimizer: steps the parameters of ``modules``.
+        modules: trained modules by name (``{"policy": ..., "value_head": ...}``); their parameters, in this
+            order, are the ones whose gradient norm is clipped (names prefix parameter names in the error).
+        max_grad_norm: clip the global L2 gradient norm to this (``None``: no clipping).
+        rewards: this rollout's rewards, quoted in the error's likely cause.
+
+    Returns:
+        The loss, detached (the sum of the parts); ``None`` if the first part skipped the step.
+
+    Raises:
+        TrainingDivergedError: non-finite loss or gradient (nothing stepped), or non-finite parameters after
+            the step.
+    """
+    total = accumulate_gradients(trainer, loss, optimizer, max_grad_norm, rewards)
+    if total is not None:
+        apply_gradients(trainer, optimizer, modules, max_grad_norm, rewards)
+    return total
 
 
 @torch.no_grad()

@@ -30,8 +30,13 @@ import numpy as np
 import torch
 
 from textenv.agents.base import Agent
-from textenv.agents.config import AgentConfig, check_minibatches, require_groups, require_synchronised_episodes
-from textenv.agents.gradient_step import check_finite, gradient_step
+from textenv.agents.config import (
+    NativeConfig,
+    check_minibatches,
+    require_groups,
+    require_synchronised_episodes,
+)
+from textenv.agents.gradient_step import check_finite, gradient_step, micro_batches, share
 from textenv.config import Integer, Number, option
 from textenv.models.loading import frozen_copy
 from textenv.rollout import Rollout, collect_rollout, masked_mean
@@ -49,7 +54,7 @@ def group_normalized_advantages(rewards: np.ndarray, group_size: int, eps: float
 
 
 @dataclass(frozen=True)
-class GRPOConfig(AgentConfig):
+class GRPOConfig(NativeConfig):
     """GRPO's hyper-parameters (and those of :class:`~textenv.agents.config.AgentConfig`)."""
 
     n_epochs: int = option(1, "passes over each rollout (DeepSeekMath's μ; 1 is on-policy)", Integer(1))
@@ -118,25 +123,36 @@ class GRPO(Agent):
         """ONE forward of the completions ``idx`` and one guarded step on DeepSeekMath eq. 3 (negated); returns the
         minibatch's statistics."""
         c = self.config
-        scores = score_rollout(self.policy, rollout, idx)  # ONE forward per episode of the minibatch
+        outputs: list[tuple[torch.Tensor, ...]] = []  # per micro-batch, detached: entropy, ratio, log ratio, KL
+
+        def part(rows: torch.Tensor) -> torch.Tensor:
+            scores = score_rollout(self.policy, rollout, rows)  # ONE forward per episode of the micro-batch
+            m = rollout.action_mask[rows]
+            logprobs = scores.logprobs
+            log_ratio = (logprobs - rollout.logprobs[rows]) * m  # log π_old(y_t|s_t) at sampling time
+            ratio = log_ratio.exp()  # ρ_{i,t}
+            adv = advantages[rows, None]  # Â_{i,t} = Â_i for every token t of completion i
+            per_token = torch.max(-adv * ratio, -adv * ratio.clamp(1 - c.clip_range, 1 + c.clip_range))
+            ref_kl = torch.zeros_like(per_token)
+            if ref_logprobs is not None:  # + β·D_{i,t}, the k3 KL estimator (DeepSeekMath eq. 4)
+                log_rho = ref_logprobs[rows] - logprobs
+                ref_kl = torch.expm1(log_rho) - log_rho
+                per_token = per_token + c.beta * ref_kl
+            lengths = m.sum(dim=1).clamp(min=1)
+            loss = ((per_token * m).sum(dim=1) / lengths).mean()  # (1/G) Σ_i (1/|y_i|) Σ_t
+            outputs.append((scores.entropy.detach(), ratio.detach(), log_ratio.detach(), ref_kl.detach()))
+            return share(loss, len(rows), len(idx))
+
+        loss = gradient_step(self, [lambda r=r: part(r) for r in micro_batches(idx, c.micro_batch_size)],
+                             self.optimizer, {"policy": self.policy}, c.max_grad_norm, rollout.rm_score)
         m = rollout.action_mask[idx]
-        logprobs = scores.logprobs
-        log_ratio = (logprobs - rollout.logprobs[idx]) * m  # log π_old(y_t|s_t) at sampling time
-        ratio = log_ratio.exp()  # ρ_{i,t}
-        adv = advantages[idx, None]  # Â_{i,t} = Â_i for every token t of completion i
-        per_token = torch.max(-adv * ratio, -adv * ratio.clamp(1 - c.clip_range, 1 + c.clip_range))
+        entropies, ratio, log_ratio, ref_kl = (torch.cat(pieces) for pieces in zip(*outputs))
         stats = {}
-        if ref_logprobs is not None:  # + β·D_{i,t}, the k3 KL estimator (DeepSeekMath eq. 4)
-            log_rho = ref_logprobs[idx] - logprobs
-            ref_kl = torch.expm1(log_rho) - log_rho
-            per_token = per_token + c.beta * ref_kl
-            stats["ref_kl"] = float(masked_mean(ref_kl.detach(), m))
-        lengths = m.sum(dim=1).clamp(min=1)
-        loss = ((per_token * m).sum(dim=1) / lengths).mean()  # (1/G) Σ_i (1/|y_i|) Σ_t
-        gradient_step(self, loss, self.optimizer, {"policy": self.policy}, c.max_grad_norm, rollout.rm_score)
         with torch.no_grad():
-            stats["loss"] = float(loss.detach())
-            stats["entropy"] = float(masked_mean(scores.entropy, m))
+            if ref_logprobs is not None:
+                stats["ref_kl"] = float(masked_mean(ref_kl, m))
+            stats["loss"] = float(loss)
+            stats["entropy"] = float(masked_mean(entropies, m))
             stats["clip_fraction"] = float(masked_mean(((ratio - 1).abs() > c.clip_range).float(), m))
             stats["approx_kl"] = float(masked_mean(ratio - 1 - log_ratio, m))
         return stats

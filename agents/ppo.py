@@ -42,8 +42,13 @@ from torch import nn
 
 from textenv import distributed
 from textenv.agents.base import Agent
-from textenv.agents.config import LEARNING_RATE, AgentConfig, check_minibatches, require_synchronised_episodes
-from textenv.agents.gradient_step import check_finite, gradient_step
+from textenv.agents.config import (
+    LEARNING_RATE,
+    NativeConfig,
+    check_minibatches,
+    require_synchronised_episodes,
+)
+from textenv.agents.gradient_step import accumulate_gradients, apply_gradients, check_finite, micro_batches, share
 from textenv.agents.sft import read_utf8
 from textenv.config import Choice, Flag, Integer, Number, option
 from textenv.fast import model_fast
@@ -65,7 +70,7 @@ def check_ptx_texts(name: str, value: Any) -> None:
 
 
 @dataclass(frozen=True)
-class PPOConfig(AgentConfig):
+class PPOConfig(NativeConfig):
     """PPO's hyper-parameters (and those of :class:`~textenv.agents.config.AgentConfig`)."""
 
     learning_rate: float = option(1e-4, "Adam step size α of the policy", LEARNING_RATE)
@@ -255,38 +260,62 @@ class PPO(Agent):
         return False, logprob_mismatch
 
     def _minibatch_step(self, rollout: Rollout, targets: Targets, idx: torch.Tensor, check_mismatch: bool) -> _Step:
-        """ONE forward of the episodes ``idx`` and one guarded optimizer step on
-        −L_clip + c_v·L_V − c_e·H + γ_ptx·L_ptx, unless the approximate KL already exceeds 1.5·target_kl."""
+        """ONE forward of the episodes ``idx`` (one per micro-batch of ``micro_batch_size`` episodes, gradients
+        accumulated) and one guarded optimizer step on −L_clip + c_v·L_V − c_e·H + γ_ptx·L_ptx, unless the
+        approximate KL already exceeds 1.5·target_kl (checked before the backward when the minibatch is one
+        forward, else after the accumulation, before the step)."""
         c = self.config
         m = rollout.action_mask[idx]
-        old_logprobs = rollout.logprobs[idx]  # log π_old(a_t|s_t) at sampling time
-        scores, values = self.policy_and_values(rollout, idx)
-        logprobs = scores.logprobs
-        mismatch = float(((logprobs.detach() - old_logprobs).abs() * m).max()) if check_mismatch else None
-        log_ratio = (logprobs - old_logprobs) * m
-        ratio = log_ratio.exp()  # ρ_t = π_θ / π_old
-        with torch.no_grad():
-            approx_kl = float(masked_mean((ratio - 1) - log_ratio, m))  # k3 estimate of KL(π_old‖π_θ)
-        if c.target_kl is not None:  # torchrun: every rank stops on the same minibatch (the mean over ranks)
-            approx_kl = distributed.mean_float(approx_kl)
-        if c.target_kl is not None and approx_kl > 1.5 * c.target_kl:
+        tokens = float(m.sum())
+        sums = dict.fromkeys(("loss", "policy_loss", "value_loss", "entropy", "approx_kl", "clip_fraction"), 0.0)
+        stats: dict[str, float] = {}
+        mismatches: list[float] = []
+        parts = micro_batches(idx, c.micro_batch_size)
+
+        def exceeds_target_kl(approx_kl: float) -> bool:
+            if c.target_kl is None:
+                return False
+            sums["approx_kl"] = approx_kl = distributed.mean_float(approx_kl)  # torchrun: every rank stops alike
+            return approx_kl > 1.5 * c.target_kl
+
+        def part(rows: torch.Tensor, first: bool) -> torch.Tensor | None:
+            mb = rollout.action_mask[rows]
+            old_logprobs = rollout.logprobs[rows]  # log π_old(a_t|s_t) at sampling time
+            scores, values = self.policy_and_values(rollout, rows)
+            logprobs = scores.logprobs
+            if check_mismatch:
+                mismatches.append(float(((logprobs.detach() - old_logprobs).abs() * mb).max()))
+            log_ratio = (logprobs - old_logprobs) * mb
+            ratio = log_ratio.exp()  # ρ_t = π_θ / π_old
+            weight = float(mb.sum())
+            with torch.no_grad():
+                approx_kl = float(share(masked_mean((ratio - 1) - log_ratio, mb), weight, tokens))  # k3 of KL(π_old‖π_θ)
+                clip_fraction = float(share(masked_mean(((ratio - 1).abs() > c.clip_range).float(), mb), weight, tokens))
+            sums["approx_kl"] += approx_kl
+            sums["clip_fraction"] += clip_fraction
+            if len(parts) == 1 and exceeds_target_kl(approx_kl):
+                return None
+            policy_loss, value_loss = self.clipped_losses(ratio, values, targets, rows, mb)
+            # H[π_θ(·|s_t)] over the whole vocabulary; kept out of the graph when it has no weight in the loss.
+            mean_entropy = masked_mean(scores.entropy, mb)
+            loss = share(policy_loss + c.vf_coef * value_loss - c.ent_coef * mean_entropy, weight, tokens)
+            for key, value in (("policy_loss", policy_loss), ("value_loss", value_loss), ("entropy", mean_entropy)):
+                sums[key] += float(share(value.detach(), weight, tokens))
+            if first and c.ptx_coef > 0:  # PPO-ptx, InstructGPT eq. 4: + γ·E_pretrain[log π_θ(x)] in the objective
+                ptx_loss = self.pretraining_loss()
+                loss = loss + c.ptx_coef * ptx_loss
+                stats["ptx_loss"] = float(ptx_loss.detach())
+            return loss
+
+        modules = {"policy": self.policy, "value_head": self.value_head}
+        loss = accumulate_gradients(self, [lambda r=r, i=i: part(r, i == 0) for i, r in enumerate(parts)],
+                                    self.optimizer, c.max_grad_norm, rollout.rm_score)
+        mismatch = max(mismatches) if mismatches else None
+        if loss is None or (len(parts) > 1 and exceeds_target_kl(sums["approx_kl"])):
+            self.optimizer.zero_grad(set_to_none=True)  # the accumulated gradients of a minibatch not stepped
             return _Step(None, mismatch)
-        policy_loss, value_loss = self.clipped_losses(ratio, values, targets, idx, m)
-        # H[π_θ(·|s_t)] over the whole vocabulary; kept out of the graph when it has no weight in the loss.
-        mean_entropy = masked_mean(scores.entropy, m)
-        loss = policy_loss + c.vf_coef * value_loss - c.ent_coef * mean_entropy
-        stats = {}
-        if c.ptx_coef > 0:  # PPO-ptx, InstructGPT eq. 4: + γ·E_pretrain[log π_θ(x)] in the objective
-            ptx_loss = self.pretraining_loss()
-            loss = loss + c.ptx_coef * ptx_loss
-            stats["ptx_loss"] = float(ptx_loss.detach())
-        gradient_step(self, loss, self.optimizer, {"policy": self.policy, "value_head": self.value_head},
-                      c.max_grad_norm, rollout.rm_score)
-        with torch.no_grad():
-            clip_fraction = float(masked_mean(((ratio - 1).abs() > c.clip_range).float(), m))
-        stats.update({"loss": float(loss.detach()), "policy_loss": float(policy_loss.detach()),
-                      "value_loss": float(value_loss.detach()), "entropy": float(mean_entropy.detach()),
-                      "approx_kl": approx_kl, "clip_fraction": clip_fraction})
+        apply_gradients(self, self.optimizer, modules, c.max_grad_norm, rollout.rm_score)
+        stats.update({**sums, "loss": float(loss)})
         return _Step(stats, mismatch)
 
     def _tokenize_ptx(self, texts: list[str]) -> list[list[int]]:

@@ -19,8 +19,8 @@ import torch
 
 from textenv import distributed
 from textenv.agents.base import Agent
-from textenv.agents.config import AgentConfig
-from textenv.agents.gradient_step import check_finite, gradient_step
+from textenv.agents.config import NativeConfig
+from textenv.agents.gradient_step import check_finite, gradient_step, micro_batches, share
 from textenv.config import Choice, Flag, Number, option
 from textenv.rollout import collect_rollout, masked_mean
 from textenv.scoring import score_rollout
@@ -30,7 +30,7 @@ BASELINES = ("running", "batch", "loo", "none")
 
 
 @dataclass(frozen=True)
-class ReinforceConfig(AgentConfig):
+class ReinforceConfig(NativeConfig):
     """REINFORCE's hyper-parameters (and those of :class:`~textenv.agents.config.AgentConfig`)."""
 
     baseline: str = option("running", "b: 'running' (EMA of past returns), 'batch' (batch mean), 'loo' "
@@ -93,15 +93,24 @@ class Reinforce(Agent):
         advantages_t = torch.as_tensor(advantages, dtype=torch.float32, device=self.env.device)
 
         self.policy.train()
-        scores = score_rollout(self.policy, rollout)  # ONE forward per episode
-        sequence_logprob = scores.logprobs.sum(dim=1)  # log π_θ(y|x) = Σ_t log π_θ(y_t|s_t)
-        loss = -(advantages_t * sequence_logprob).mean()  # −(1/N) Σ_i (R_i − b_i) log π_θ(y^i|x^i)
-        gradient_step(self, loss, self.optimizer, {"policy": self.policy}, self.config.max_grad_norm, rollout.rm_score)
+        n = len(advantages_t)
+        entropies: list[torch.Tensor] = []
+
+        def part(rows: torch.Tensor) -> torch.Tensor:
+            scores = score_rollout(self.policy, rollout, None if len(rows) == n else rows)  # ONE forward per episode
+            entropies.append(scores.entropy)
+            sequence_logprob = scores.logprobs.sum(dim=1)  # log π_θ(y|x) = Σ_t log π_θ(y_t|s_t)
+            loss = -(advantages_t[rows] * sequence_logprob).mean()  # −(1/N) Σ_i (R_i − b_i) log π_θ(y^i|x^i)
+            return share(loss, len(rows), n)
+
+        rows = torch.arange(n, device=advantages_t.device)
+        loss = gradient_step(self, [lambda r=r: part(r) for r in micro_batches(rows, self.config.micro_batch_size)],
+                             self.optimizer, {"policy": self.policy}, self.config.max_grad_norm, rollout.rm_score)
         self.policy.eval()
 
         if self.iterations % 10 == 0:
             self.log_samples(rollout.prompts, rollout.texts)
-        mean_entropy = masked_mean(scores.entropy, rollout.action_mask)
+        mean_entropy = masked_mean(torch.cat(entropies), rollout.action_mask)
         return {
             **rollout.metrics(),
             "train/loss": float(loss.detach()),

@@ -20,15 +20,15 @@ from typing import Any
 import torch
 
 from textenv.agents.base import Agent
-from textenv.agents.config import AgentConfig, require_synchronised_episodes
-from textenv.agents.gradient_step import check_finite, gradient_step
+from textenv.agents.config import NativeConfig, require_synchronised_episodes
+from textenv.agents.gradient_step import check_finite, gradient_step, micro_batches, share
 from textenv.config import Flag, option
 from textenv.rollout import collect_rollout, masked_mean
 from textenv.scoring import score_rollout
 
 
 @dataclass(frozen=True)
-class ReMaxConfig(AgentConfig):
+class ReMaxConfig(NativeConfig):
     """ReMax's hyper-parameters (and those of :class:`~textenv.agents.config.AgentConfig`)."""
 
     normalize_advantages: bool = option(False, "divide R(y) − R(ȳ) by its batch standard deviation", Flag())
@@ -69,10 +69,19 @@ class ReMax(Agent):
         check_finite(self, "advantages", advantages, self.config.max_grad_norm, rollout.rm_score)
 
         self.policy.train()
-        scores = score_rollout(self.policy, rollout)  # one forward over the sampled episodes
-        sequence_logprob = scores.logprobs.sum(dim=1)  # log π_θ(y|x) = Σ_t log π_θ(y_t|s_t)
-        loss = -(advantages * sequence_logprob).mean()  # −(1/N) Σ_i (R(y^i) − R(ȳ^i)) log π_θ(y^i|x^i)
-        gradient_step(self, loss, self.optimizer, {"policy": self.policy}, self.config.max_grad_norm, rollout.rm_score)
+        n = len(advantages)
+        entropies: list[torch.Tensor] = []
+
+        def part(rows: torch.Tensor) -> torch.Tensor:
+            scores = score_rollout(self.policy, rollout, None if len(rows) == n else rows)  # one forward
+            entropies.append(scores.entropy)
+            sequence_logprob = scores.logprobs.sum(dim=1)  # log π_θ(y|x) = Σ_t log π_θ(y_t|s_t)
+            loss = -(advantages[rows] * sequence_logprob).mean()  # −(1/N) Σ_i (R(y^i) − R(ȳ^i)) log π_θ(y^i|x^i)
+            return share(loss, len(rows), n)
+
+        rows = torch.arange(n, device=advantages.device)
+        loss = gradient_step(self, [lambda r=r: part(r) for r in micro_batches(rows, self.config.micro_batch_size)],
+                             self.optimizer, {"policy": self.policy}, self.config.max_grad_norm, rollout.rm_score)
         self.policy.eval()
 
         if self.iterations % 10 == 0:
@@ -80,4 +89,4 @@ class ReMax(Agent):
         metrics = rollout.metrics()
         metrics["num_tokens"] += greedy_tokens
         return {**metrics, "rollout/greedy_reward": float(baseline.mean()), "train/loss": float(loss.detach()),
-                "train/entropy": float(masked_mean(scores.entropy, rollout.action_mask))}
+                "train/entropy": float(masked_mean(torch.cat(entropies), rollout.action_mask))}

@@ -27,10 +27,15 @@ import numpy as np
 import torch
 
 from textenv.agents.base import Agent
-from textenv.agents.config import AgentConfig, check_minibatches, require_groups, require_synchronised_episodes
-from textenv.agents.gradient_step import check_finite, gradient_step
+from textenv.agents.config import (
+    NativeConfig,
+    check_minibatches,
+    require_groups,
+    require_synchronised_episodes,
+)
+from textenv.agents.gradient_step import check_finite, gradient_step, micro_batches, share
 from textenv.config import Flag, Integer, Number, option
-from textenv.rollout import collect_rollout, masked_mean
+from textenv.rollout import Rollout, collect_rollout, masked_mean
 from textenv.scoring import score_rollout
 
 
@@ -42,7 +47,7 @@ def leave_one_out_advantages(returns: np.ndarray, group_size: int) -> np.ndarray
 
 
 @dataclass(frozen=True)
-class RLOOConfig(AgentConfig):
+class RLOOConfig(NativeConfig):
     """RLOO's hyper-parameters (and those of :class:`~textenv.agents.config.AgentConfig`)."""
 
     n_epochs: int = option(1, "passes over each rollout (1: on-policy RLOO)", Integer(1))
@@ -91,18 +96,12 @@ class RLOO(Agent):
         for _ in range(c.n_epochs):
             order = torch.randperm(mask.shape[0], generator=self.generator, device=self.generator.device)
             for idx in order.to(mask.device).chunk(c.num_minibatches):
-                scores = score_rollout(self.policy, rollout, idx)  # ONE forward per episode of the minibatch
+                loss, logprobs, entropies, ratio = self._minibatch_step(rollout, advantages_t, old_sequence_logprob, idx)
                 m = mask[idx]
-                logprobs = scores.logprobs
-                log_ratio = logprobs.sum(dim=1) - old_sequence_logprob[idx]
-                ratio = log_ratio.exp()  # ρ_i = π_θ(y_i|x) / π_old(y_i|x)
-                adv = advantages_t[idx]
-                loss = torch.max(-adv * ratio, -adv * ratio.clamp(1 - c.clip_range, 1 + c.clip_range)).mean()
-                gradient_step(self, loss, self.optimizer, {"policy": self.policy}, c.max_grad_norm, rollout.rm_score)
                 with torch.no_grad():
                     token_log_ratio = logprobs - rollout.logprobs[idx] * m
                     stats["loss"].append(float(loss.detach()))
-                    stats["entropy"].append(float(masked_mean(scores.entropy, m)))
+                    stats["entropy"].append(float(masked_mean(entropies, m)))
                     stats["clip_fraction"].append(float(((ratio - 1).abs() > c.clip_range).float().mean()))
                     stats["approx_kl"].append(float(masked_mean(token_log_ratio.exp() - 1 - token_log_ratio, m)))
         self.policy.eval()
@@ -113,3 +112,25 @@ class RLOO(Agent):
             **rollout.metrics(),
             **{f"train/{key}": float(np.mean(values)) for key, values in stats.items()},
         }
+
+    def _minibatch_step(self, rollout: Rollout, advantages: torch.Tensor, old_sequence_logprob: torch.Tensor,
+                        idx: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor]:
+        """One guarded step on the clipped loss of the episodes ``idx`` (one forward per micro-batch of
+        ``micro_batch_size`` episodes, gradients accumulated); returns the loss and, detached, log π_θ and the
+        entropy ``(N, T)`` and the ratio ρ ``(N,)`` of the minibatch."""
+        c = self.config
+        outputs: list[tuple[torch.Tensor, torch.Tensor, torch.Tensor]] = []  # per micro-batch, detached
+
+        def part(rows: torch.Tensor) -> torch.Tensor:
+            scores = score_rollout(self.policy, rollout, rows)  # ONE forward per episode of the micro-batch
+            log_ratio = scores.logprobs.sum(dim=1) - old_sequence_logprob[rows]
+            ratio = log_ratio.exp()  # ρ_i = π_θ(y_i|x) / π_old(y_i|x)
+            adv = advantages[rows]
+            loss = torch.max(-adv * ratio, -adv * ratio.clamp(1 - c.clip_range, 1 + c.clip_range)).mean()
+            outputs.append((scores.logprobs.detach(), scores.entropy.detach(), ratio.detach()))
+            return share(loss, len(rows), len(idx))
+
+        loss = gradient_step(self, [lambda r=r: part(r) for r in micro_batches(idx, c.micro_batch_size)],
+                             self.optimizer, {"policy": self.policy}, c.max_grad_norm, rollout.rm_score)
+        logprobs, entropies, ratio = (torch.cat(pieces) for pieces in zip(*outputs))
+        return loss, logprobs, entropies, ratio

@@ -35,8 +35,8 @@ import torch
 from transformers import PreTrainedModel, PreTrainedTokenizerBase
 
 from textenv.agents.base import Agent
-from textenv.agents.config import AgentConfig
-from textenv.agents.gradient_step import gradient_step
+from textenv.agents.config import NativeConfig
+from textenv.agents.gradient_step import gradient_step, share
 from textenv.config import Flag, Integer, option
 from textenv.fast import model_fast
 from textenv.logprobs import chosen_logprobs, entropy
@@ -236,7 +236,7 @@ def completion_logprobs(model: PreTrainedModel, batch: TokenBatch) -> tuple[torc
 
 # ---------------------------------------------------------------------------------------------- agent
 @dataclass(frozen=True)
-class OfflineConfig(AgentConfig):
+class OfflineConfig(NativeConfig):
     """Hyper-parameters of the agents that train on a fixed dataset (SFT, DPO, LRML) besides
     :class:`~textenv.agents.config.AgentConfig`'s."""
 
@@ -294,18 +294,30 @@ class SFT(Agent):
             self.sampler.load_state_dict(state["sampler"])
 
     def train_iteration(self) -> dict[str, float]:
-        batch = collate([self.data[i] for i in self.sampler.next()], self.env.tokenizer.pad_token_id, self.env.device)
+        indices = self.sampler.next()
+        micro = [indices] if self.config.micro_batch_size is None else [
+            indices[i : i + self.config.micro_batch_size] for i in range(0, len(indices), self.config.micro_batch_size)]
+        batches = [collate([self.data[i] for i in chunk], self.env.tokenizer.pad_token_id, self.env.device)
+                   for chunk in micro]
+        num_tokens = sum(batch.num_tokens for batch in batches)
+        entropies: list[float] = []  # each micro-batch's mean entropy, weighted by its share of the tokens
+
+        def part(batch: TokenBatch) -> torch.Tensor:
+            logprobs, logits = completion_logprobs(self.policy, batch)
+            loss = -masked_mean(logprobs, batch.target_mask)  # −(1/N_tok) Σ log π_θ(y_t | x, y_<t)
+            with torch.no_grad():
+                mean_entropy = masked_mean(entropy(logits.detach(), fast=model_fast(self.policy)), batch.target_mask)
+            entropies.append(float(share(mean_entropy, batch.num_tokens, num_tokens)))
+            return share(loss, batch.num_tokens, num_tokens)
+
         self.policy.train()
-        logprobs, logits = completion_logprobs(self.policy, batch)
-        loss = -masked_mean(logprobs, batch.target_mask)  # −(1/N_tok) Σ log π_θ(y_t | x, y_<t)
-        gradient_step(self, loss, self.optimizer, {"policy": self.policy}, self.config.max_grad_norm)
+        loss = gradient_step(self, [lambda b=b: part(b) for b in batches], self.optimizer, {"policy": self.policy},
+                             self.config.max_grad_norm)
         self.policy.eval()
-        with torch.no_grad():
-            mean_entropy = masked_mean(entropy(logits.detach(), fast=model_fast(self.policy)), batch.target_mask)
         return {
-            "num_tokens": batch.num_tokens,
-            "train/loss": float(loss.detach()),
-            "train/entropy": float(mean_entropy),
+            "num_tokens": num_tokens,
+            "train/loss": float(loss),
+            "train/entropy": sum(entropies),
             "train/epoch": float(self.sampler.epoch),
         }
 

@@ -1,0 +1,123 @@
+"""Big-model memory options of the native agents' update (issue 13): micro-batching (gradient accumulation).
+
+``micro_batch_size`` splits each (mini)batch into forwards/backwards of at most that many episodes (examples,
+preference pairs); the gradients are summed and one optimizer step is taken, so the weights after an iteration
+equal those of the whole batch at once (up to float32 summation order).
+"""
+
+from __future__ import annotations
+
+import pytest
+import torch
+from torch import nn
+
+from textenv.agents import make_agent
+from textenv.agents.config import NativeConfig
+from textenv.agents.gradient_step import gradient_step, micro_batches, share
+from textenv.validation import InputError
+from textenv.vector_env import TextGenVectorEnv
+
+pytestmark = pytest.mark.usefixtures("one_torch_thread")
+
+PROMPTS = ["the film was", "i liked the pasta at the", "the book", "this blender"]
+PAIRS = [{"prompt": "the film", "chosen": " was good", "rejected": " was bad"},
+         {"prompt": "i liked", "chosen": " the pasta a lot", "rejected": " nothing"},
+         {"prompt": "the book", "chosen": " is long", "rejected": " is"}] * 2
+DEMONSTRATIONS = [("the film", " was good"), ("i liked", " the pasta at the place"), ("this", " blender")] * 2
+
+#: name -> (group_size, hyper-parameters): minibatches and epochs where the agent has them, every loss term on.
+AGENTS = {
+    "reinforce": (1, {}),
+    "remax": (1, {}),
+    "ppo": (1, {"num_minibatches": 2, "ent_coef": 0.01, "target_kl": 10.0}),
+    "rloo": (4, {"num_minibatches": 2}),
+    "grpo": (4, {"num_minibatches": 2, "beta": 0.1}),
+    "sft": (1, {"demonstrations": DEMONSTRATIONS, "batch_size": 6}),
+    "dpo": (1, {"preferences": PAIRS, "batch_size": 4}),
+}
+
+
+def reward(prompts: list[str], completions: list[str]) -> list[float]:
+    """A dense reward, so every episode's advantage differs."""
+    return [completion.count(" the") + 0.05 * len(completion) for completion in completions]
+
+
+def trained(model_dir, name: str, **config) -> tuple[nn.Module, dict[str, float]]:
+    """The policy after one iteration of agent ``name`` (seed 0) on 8 episodes, and the iteration's metrics."""
+    group_size, hparams = AGENTS[name]
+    env = TextGenVectorEnv(num_envs=8, model=str(model_dir), kl_coef=0.05, group_size=group_size,
+                           reward_model=reward, prompts=PROMPTS, max_new_tokens=8, autoreset_mode="disabled",
+                           device="cpu")
+    # A small step and no clipping: Adam's first step is ~lr·sign(g), so weights within 1e-6 need lr ~1e-5; the
+    # gradients left in .grad (the last minibatch's) are compared too, since Adam would hide a mis-scaled loss.
+    agent = make_agent(name, env, seed=0, learning_rate=1e-5, max_grad_norm=None, **hparams, **config)
+    metrics = agent.train_iteration()
+    return agent.policy, metrics
+
+
+def max_difference(a: nn.Module, b: nn.Module) -> float:
+    return max(float((p - q).detach().abs().max()) for p, q in zip(a.parameters(), b.parameters(), strict=True))
+
+
+@pytest.mark.parametrize("name", sorted(AGENTS))
+def test_micro_batches_give_the_whole_batch_update(tiny_model_dir, name):
+    whole, whole_metrics = trained(tiny_model_dir, name)
+    for size in (1, 3):
+        micro, metrics = trained(tiny_model_dir, name, micro_batch_size=size)
+        assert max_difference(whole, micro) <= 1e-6, f"{name}, micro_batch_size={size}"
+        for p, q in zip(whole.parameters(), micro.parameters(), strict=True):
+            if p.grad is not None or q.grad is not None:
+                torch.testing.assert_close(q.grad, p.grad, rtol=1e-4, atol=1e-6)
+        assert metrics["train/loss"] == pytest.approx(whole_metrics["train/loss"], rel=1e-5, abs=1e-6)
+        assert metrics["train/entropy"] == pytest.approx(whole_metrics["train/entropy"], rel=1e-5)
+        if "num_tokens" in metrics:
+            assert metrics["num_tokens"] == whole_metrics["num_tokens"]
+    reference, _ = trained(tiny_model_dir, name, micro_batch_size=None)
+    weights = [p.detach().clone() for p in whole.parameters()]
+    assert all(torch.equal(p, q) for p, q in zip(weights, reference.parameters(), strict=True))  # seeded: exact
+
+
+@pytest.mark.parametrize("name", ["reinforce", "ppo", "sft"])
+def test_a_micro_batch_as_large_as_the_batch_is_the_whole_batch_bit_for_bit(tiny_model_dir, name):
+    whole, _ = trained(tiny_model_dir, name)
+    same, _ = trained(tiny_model_dir, name, micro_batch_size=64)
+    assert all(torch.equal(p, q) for p, q in zip(whole.parameters(), same.parameters(), strict=True))
+
+
+class Named:
+    name, iterations, learning_rate = "test", 0, 0.1
+
+
+def test_accumulated_parts_sum_to_the_full_gradient():
+    torch.manual_seed(0)
+    x, y = torch.randn(10, 3), torch.randn(10)
+    full, accumulated = nn.Linear(3, 1), nn.Linear(3, 1)
+    accumulated.load_state_dict(full.state_dict())
+    optimizers = [torch.optim.SGD(model.parameters(), lr=0.1) for model in (full, accumulated)]
+
+    def loss_of(model: nn.Module, rows: torch.Tensor) -> torch.Tensor:
+        return ((model(x[rows]).squeeze(-1) - y[rows]) ** 2).mean()
+
+    rows = torch.arange(10)
+    total = gradient_step(Named(), loss_of(full, rows), optimizers[0], {"m": full}, None)
+    parts = [lambda r=r: share(loss_of(accumulated, r), len(r), 10) for r in micro_batches(rows, 4)]
+    assert [len(r) for r in micro_batches(rows, 4)] == [4, 4, 2]
+    summed = gradient_step(Named(), parts, optimizers[1], {"m": accumulated}, None)
+    assert float(summed) == pytest.approx(float(total), rel=1e-6)
+    for p, q in zip(full.parameters(), accumulated.parameters(), strict=True):
+        torch.testing.assert_close(p, q, rtol=0, atol=1e-7)
+
+
+def test_a_first_part_may_skip_the_step():
+    model = nn.Linear(2, 1)
+    before = [p.detach().clone() for p in model.parameters()]
+    optimizer = torch.optim.SGD(model.parameters(), lr=1.0)
+    assert gradient_step(Named(), [lambda: None], optimizer, {"m": model}, None) is None
+    assert all(torch.equal(p, q) for p, q in zip(before, model.parameters(), strict=True))
+
+
+@pytest.mark.bad_input
+@pytest.mark.parametrize("value", [0, -1, 1.5, True, "2"])
+def test_micro_batch_size_is_a_positive_integer_or_none(value):
+    with pytest.raises(InputError, match="micro_batch_size"):
+        NativeConfig(micro_batch_size=value)
