@@ -72,6 +72,7 @@ from textenv.checkpoint import (
 from textenv.models.loading import resolve_model_path
 from textenv.models.lora import is_peft_model
 from textenv.rollout import sample_actions
+from textenv.scoring import enable_gradient_checkpointing
 from textenv.validation import InputError, check_choice, check_int
 from textenv.vector_env import TextGenVectorEnv, unwrap_vector_env
 
@@ -130,6 +131,8 @@ class Agent(ABC):
         self.config.check_env(env)
         self.env = env
         self.policy = env.policy
+        if getattr(self.config, "gradient_checkpointing", False):  # a memory option of the native agents' update
+            enable_gradient_checkpointing(self.policy)
         self.verbose = verbose
         self.tensorboard_log = tensorboard_log
         self.num_timesteps = 0

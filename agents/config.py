@@ -23,7 +23,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import Any
 
-from textenv.config import Config, Integer, Number, Seed, option
+from textenv.config import Config, Flag, Integer, Number, Seed, option
 from textenv.validation import InputError
 
 #: Adam step sizes: finite and > 0, capped far above any useful value but below ~3e37, where Adam's float32
@@ -55,6 +55,10 @@ class NativeConfig(AgentConfig):
         None, "episodes (or examples / preference pairs) per forward/backward of the update: a (mini)batch larger "
               "than memory runs as accumulated micro-batches with the same gradient and one optimizer step "
               "(None: the whole (mini)batch at once)", Integer(1, none_ok=True))
+    gradient_checkpointing: bool = option(
+        False, "recompute each transformer block's activations in the update's backward instead of keeping them "
+               "(less memory, ~30% more update compute; same result); rollouts (eval mode, KV cache) are unaffected",
+        Flag())
 
 
 # ---------------------------------------------------------------------------------------------- env rules

@@ -10,10 +10,12 @@ from __future__ import annotations
 import pytest
 import torch
 from torch import nn
+from transformers import AutoTokenizer, LlamaConfig, LlamaForCausalLM
 
 from textenv.agents import make_agent
 from textenv.agents.config import NativeConfig
 from textenv.agents.gradient_step import gradient_step, micro_batches, share
+from textenv.rollout import collect_rollout
 from textenv.validation import InputError
 from textenv.vector_env import TextGenVectorEnv
 
@@ -42,6 +44,21 @@ def reward(prompts: list[str], completions: list[str]) -> list[float]:
     return [completion.count(" the") + 0.05 * len(completion) for completion in completions]
 
 
+@pytest.fixture(scope="module")
+def tiny_llama_dir(tiny_model_dir, tmp_path_factory):
+    """A tiny random Llama (RoPE, RMSNorm, GQA) with the tiny GPT-2's tokenizer."""
+    tokenizer = AutoTokenizer.from_pretrained(tiny_model_dir)
+    eos = tokenizer.eos_token_id
+    torch.manual_seed(0)
+    model = LlamaForCausalLM(LlamaConfig(
+        vocab_size=len(tokenizer), hidden_size=32, intermediate_size=64, num_hidden_layers=2, num_attention_heads=4,
+        num_key_value_heads=2, max_position_embeddings=96, eos_token_id=eos, bos_token_id=eos, pad_token_id=eos))
+    directory = tmp_path_factory.mktemp("tiny-llama")
+    model.save_pretrained(directory)
+    tokenizer.save_pretrained(directory)
+    return directory
+
+
 def trained(model_dir, name: str, **config) -> tuple[nn.Module, dict[str, float]]:
     """The policy after one iteration of agent ``name`` (seed 0) on 8 episodes, and the iteration's metrics."""
     group_size, hparams = AGENTS[name]
@@ -55,6 +72,14 @@ def trained(model_dir, name: str, **config) -> tuple[nn.Module, dict[str, float]
     return agent.policy, metrics
 
 
+def assert_same_update(a: nn.Module, b: nn.Module, label: str) -> None:
+    """Weights within 1e-6 and the gradients left in ``.grad`` (the last step's) within float32 noise."""
+    assert max_difference(a, b) <= 1e-6, label
+    for p, q in zip(a.parameters(), b.parameters(), strict=True):
+        if p.grad is not None or q.grad is not None:
+            torch.testing.assert_close(q.grad, p.grad, rtol=1e-4, atol=1e-6, msg=label)
+
+
 def max_difference(a: nn.Module, b: nn.Module) -> float:
     return max(float((p - q).detach().abs().max()) for p, q in zip(a.parameters(), b.parameters(), strict=True))
 
@@ -64,10 +89,7 @@ def test_micro_batches_give_the_whole_batch_update(tiny_model_dir, name):
     whole, whole_metrics = trained(tiny_model_dir, name)
     for size in (1, 3):
         micro, metrics = trained(tiny_model_dir, name, micro_batch_size=size)
-        assert max_difference(whole, micro) <= 1e-6, f"{name}, micro_batch_size={size}"
-        for p, q in zip(whole.parameters(), micro.parameters(), strict=True):
-            if p.grad is not None or q.grad is not None:
-                torch.testing.assert_close(q.grad, p.grad, rtol=1e-4, atol=1e-6)
+        assert_same_update(whole, micro, f"{name}, micro_batch_size={size}")
         assert metrics["train/loss"] == pytest.approx(whole_metrics["train/loss"], rel=1e-5, abs=1e-6)
         assert metrics["train/entropy"] == pytest.approx(whole_metrics["train/entropy"], rel=1e-5)
         if "num_tokens" in metrics:
@@ -121,3 +143,49 @@ def test_a_first_part_may_skip_the_step():
 def test_micro_batch_size_is_a_positive_integer_or_none(value):
     with pytest.raises(InputError, match="micro_batch_size"):
         NativeConfig(micro_batch_size=value)
+
+
+# ---------------------------------------------------------------------- gradient checkpointing
+def block_calls(model: nn.Module) -> list[int]:
+    """A counter of the calls of the first layer inside the model's first transformer block (a forward hook: the
+    checkpoint replays the block's ``forward``, so its layers' hooks count the recompute)."""
+    blocks = next(m for m in model.modules() if isinstance(m, nn.ModuleList))
+    calls = [0]
+    next(blocks[0].children()).register_forward_hook(lambda *_: calls.__setitem__(0, calls[0] + 1))
+    return calls
+
+
+@pytest.mark.parametrize("architecture", ["gpt2", "llama"])
+@pytest.mark.parametrize("name", ["ppo", "sft"])
+def test_gradient_checkpointing_gives_the_same_update(tiny_model_dir, tiny_llama_dir, architecture, name):
+    model_dir = tiny_model_dir if architecture == "gpt2" else tiny_llama_dir
+    plain, _ = trained(model_dir, name)
+    checkpointed, _ = trained(model_dir, name, gradient_checkpointing=True)
+    assert checkpointed.is_activation_checkpointing and not plain.is_activation_checkpointing
+    assert_same_update(plain, checkpointed, f"{name} on {architecture}")
+
+
+def test_gradient_checkpointing_recomputes_in_the_update_only(tiny_model_dir):
+    """The rollout (eval mode, KV cache) is unchanged and calls each block once per step; the update forward
+    calls each block twice (forward, then the recompute in the backward)."""
+    runs = {}
+    for checkpointing in (False, True):
+        env = TextGenVectorEnv(num_envs=8, model=str(tiny_model_dir), kl_coef=0.05, reward_model=reward,
+                               prompts=PROMPTS, max_new_tokens=8, autoreset_mode="disabled", device="cpu")
+        agent = make_agent("reinforce", env, seed=0, gradient_checkpointing=checkpointing)
+        calls = block_calls(agent.policy)
+        rollout = collect_rollout(env, agent.generator)
+        rollout_calls = calls[0]
+        agent.train_iteration()
+        runs[checkpointing] = (rollout, rollout_calls, calls[0] - rollout_calls)
+    (plain, plain_calls, plain_update), (checkpointed, checkpointed_calls, checkpointed_update) = runs[False], runs[True]
+    assert torch.equal(plain.input_ids, checkpointed.input_ids)
+    assert torch.equal(plain.logprobs, checkpointed.logprobs)
+    assert checkpointed_calls == plain_calls  # one cached forward per generated token, no recompute
+    assert checkpointed_update > plain_update  # the update's blocks ran again in the backward
+
+
+@pytest.mark.bad_input
+def test_gradient_checkpointing_is_a_flag():
+    with pytest.raises(InputError, match="gradient_checkpointing"):
+        NativeConfig(gradient_checkpointing="yes")

@@ -10,15 +10,18 @@ The forward follows the switch of :mod:`textenv.fast`: by default the setting th
 
 from __future__ import annotations
 
+import contextlib
+from collections.abc import Iterator
 from dataclasses import dataclass
 from typing import TYPE_CHECKING
 
 import torch
-from transformers import PreTrainedModel
+from transformers import PretrainedConfig, PreTrainedModel
 
 from textenv.engine.scoring import predicting_logits
 from textenv.fast import model_fast, resolve_fast
 from textenv.logprobs import logprobs_and_entropy
+from textenv.validation import InputError
 
 if TYPE_CHECKING:
     from textenv.rollout import Rollout
@@ -88,3 +91,40 @@ def score_rollout(
     index = slice(None) if rows is None else rows
     return score_actions(model, rollout.input_ids[index], rollout.attention_mask[index], rollout.prompt_width,
                          rollout.action_mask[index], entropy_grad=entropy_grad, fast=fast)
+
+
+def enable_gradient_checkpointing(model: PreTrainedModel) -> None:
+    """Recompute each transformer block's activations during the backward of the update forward instead of keeping
+    them (transformers' ``gradient_checkpointing_enable``, non-reentrant ``torch.utils.checkpoint``).
+
+    transformers checkpoints a block only while the model is in training mode, which it is during an agent's update
+    forward only: the env's rollout runs the model in eval mode, with its KV cache, exactly as without. The
+    recompute (in the backward, after the forward has returned) runs with the attention implementation the block's
+    forward had: the packed update forward of :mod:`textenv.fast` sets its episode attention only for the duration
+    of the forward.
+    """
+    if not getattr(model, "supports_gradient_checkpointing", False):
+        raise InputError(f"gradient_checkpointing=True: the model ({type(model).__name__}) does not support "
+                         "gradient checkpointing; set gradient_checkpointing=False")
+    config = model.config
+
+    def contexts() -> tuple[contextlib.AbstractContextManager, contextlib.AbstractContextManager]:
+        """(forward, recompute) contexts of one checkpointed block; called when the block's forward runs."""
+        return contextlib.nullcontext(), attention_implementation(config, config._attn_implementation)
+
+    kwargs = {"use_reentrant": False, "context_fn": contexts}
+    if hasattr(model, "activation_checkpointing_enable"):  # newer transformers: gradient_checkpointing_enable is deprecated
+        model.activation_checkpointing_enable(activation_checkpointing_kwargs=kwargs)
+    else:
+        model.gradient_checkpointing_enable(gradient_checkpointing_kwargs=kwargs)
+
+
+@contextlib.contextmanager
+def attention_implementation(config: PretrainedConfig, implementation: str | None) -> Iterator[None]:
+    """Run with ``config._attn_implementation`` set to ``implementation``, then restore it."""
+    before = config._attn_implementation
+    config._attn_implementation = implementation
+    try:
+        yield
+    finally:
+        config._attn_implementation = before
