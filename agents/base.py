@@ -37,6 +37,7 @@ was never interrupted.
 
 from __future__ import annotations
 
+import contextlib
 import copy
 import dataclasses
 import json
@@ -145,6 +146,14 @@ class Agent(ABC):
             env.reset(seed=seed)
         self._writer = None
         self.last_metrics: dict[str, float] = {}
+
+    def update_precision(self) -> contextlib.AbstractContextManager:
+        """The context of the update's forward (:func:`~textenv.agents.gradient_step.accumulate_gradients`):
+        ``torch.autocast`` on the env's device in ``config.autocast_dtype`` when set (native agents), else none."""
+        name = getattr(self.config, "autocast_dtype", None)
+        if name is None:
+            return contextlib.nullcontext()
+        return torch.autocast(device_type=torch.device(self.env.device).type, dtype=getattr(torch, name))
 
     def __getattr__(self, name: str) -> Any:
         """Hyper-parameters read as attributes: ``agent.clip_range`` is ``agent.config.clip_range`` (read-only; the

@@ -23,12 +23,16 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import Any
 
-from textenv.config import Config, Flag, Integer, Number, Seed, option
+from textenv.config import Choice, Config, Flag, Integer, Number, Seed, option
 from textenv.validation import InputError
 
 #: Adam step sizes: finite and > 0, capped far above any useful value but below ~3e37, where Adam's float32
 #: step overflows inside torch (a raw RuntimeError). Large values that diverge are caught by the guarded update.
 LEARNING_RATE = Number(low=0, low_open=True, high=1e30)
+
+#: Autocast dtypes of the update's forward. float16 would need a loss scaler (its gradients underflow) inside the
+#: guarded step: not offered.
+AUTOCAST_DTYPES = ("bfloat16",)
 
 
 @dataclass(frozen=True)
@@ -59,6 +63,10 @@ class NativeConfig(AgentConfig):
         False, "recompute each transformer block's activations in the update's backward instead of keeping them "
                "(less memory, ~30% more update compute; same result); rollouts (eval mode, KV cache) are unaffected",
         Flag())
+    autocast_dtype: str | None = option(
+        None, "run the update's forward under torch.autocast in this dtype ('bfloat16'), the weights, gradients and "
+              "Adam state staying in their dtype (float32 master weights: the env's default); None: no autocast",
+        Choice((*AUTOCAST_DTYPES, None)))
 
 
 # ---------------------------------------------------------------------------------------------- env rules

@@ -23,6 +23,7 @@ weights in memory are exactly those from before the step; all three fire inside 
 
 from __future__ import annotations
 
+import contextlib
 from collections.abc import Callable, Iterable, Mapping, Sequence
 from typing import Protocol
 
@@ -44,7 +45,11 @@ class TrainingDivergedError(RuntimeError):
 
 
 class Trainer(Protocol):
-    """What the error message needs from the object being trained (every ``Agent`` is one)."""
+    """What the error message needs from the object being trained (every ``Agent`` is one).
+
+    A trainer may also have ``update_precision()``, the context each loss part's forward runs in (the agents':
+    autocast when ``autocast_dtype`` is set); without it the forward runs as is.
+    """
 
     name: str
     iterations: int  # completed iterations; the failing one is iterations + 1
@@ -128,7 +133,9 @@ def accumulate_gradients(
     rewards: np.ndarray | None = None,
 ) -> torch.Tensor | None:
     """``zero_grad`` then ``backward`` of each loss part (one forward at a time, so only one micro-batch's
-    activations are alive); the gradients sum to those of the full batch's loss.
+    activations are alive); the gradients sum to those of the full batch's loss. Each part's forward runs in
+    ``trainer.update_precision()`` when the trainer has it (autocast; the weights, their gradients and the
+    optimizer state stay in the weights' dtype).
 
     ``parts``: a scalar loss with a graph, or :data:`LossPart` closures run in order. A closure returning ``None``
     (only the first may: nothing has been accumulated yet) skips the step: the result is then ``None``.
@@ -136,9 +143,11 @@ def accumulate_gradients(
     ``backward`` (no optimizer step has been taken).
     """
     optimizer.zero_grad(set_to_none=True)
+    precision = getattr(trainer, "update_precision", contextlib.nullcontext)
     total: torch.Tensor | None = None
     for part in ([lambda: parts] if isinstance(parts, torch.Tensor) else parts):
-        loss = part()
+        with precision():  # the forward only; the backward runs each op in the dtype of its forward
+            loss = part()
         if loss is None:
             if total is not None:
                 raise RuntimeError("only the first loss part may skip the step")

@@ -16,6 +16,7 @@ from textenv.agents import make_agent
 from textenv.agents.config import NativeConfig
 from textenv.agents.gradient_step import gradient_step, micro_batches, share
 from textenv.rollout import collect_rollout
+from textenv.scoring import score_rollout
 from textenv.validation import InputError
 from textenv.vector_env import TextGenVectorEnv
 
@@ -189,3 +190,38 @@ def test_gradient_checkpointing_recomputes_in_the_update_only(tiny_model_dir):
 def test_gradient_checkpointing_is_a_flag():
     with pytest.raises(InputError, match="gradient_checkpointing"):
         NativeConfig(gradient_checkpointing="yes")
+
+
+# ---------------------------------------------------------------------- mixed precision
+def test_bfloat16_autocast_scores_like_float32(tiny_model_dir):
+    """The update forward under CPU bfloat16 autocast: float32 weights, log-probs close to float32's."""
+    env = TextGenVectorEnv(num_envs=8, model=str(tiny_model_dir), reward_model=reward, prompts=PROMPTS,
+                           max_new_tokens=8, autoreset_mode="disabled", device="cpu")
+    rollout = collect_rollout(env, torch.Generator().manual_seed(0))
+    exact = score_rollout(env.policy, rollout).logprobs
+    with torch.autocast(device_type="cpu", dtype=torch.bfloat16):
+        mixed = score_rollout(env.policy, rollout).logprobs
+    assert mixed.dtype == torch.float32 and bool(torch.isfinite(mixed).all())
+    error = float((mixed - exact).abs().max())
+    assert 0 < error < 0.05, error  # bfloat16 matmuls (8 bits of mantissa), float32 log-softmax
+
+
+@pytest.mark.parametrize("name", ["reinforce", "ppo", "sft", "dpo"])
+def test_bfloat16_autocast_update_keeps_float32_master_weights(tiny_model_dir, name):
+    exact, exact_metrics = trained(tiny_model_dir, name)
+    mixed, metrics = trained(tiny_model_dir, name, autocast_dtype="bfloat16")
+    assert all(p.dtype == torch.float32 for p in mixed.parameters())
+    assert all(p.grad.dtype == torch.float32 for p in mixed.parameters() if p.grad is not None)
+    assert metrics["train/loss"] == pytest.approx(exact_metrics["train/loss"], rel=0.05, abs=0.02)
+    exact_grad = torch.cat([p.grad.flatten() for p in exact.parameters() if p.grad is not None])
+    mixed_grad = torch.cat([p.grad.flatten() for p in mixed.parameters() if p.grad is not None])
+    assert not torch.equal(exact_grad, mixed_grad)  # the forward did run in bfloat16
+    assert float(torch.nn.functional.cosine_similarity(exact_grad, mixed_grad, dim=0)) > 0.999
+    assert max_difference(exact, mixed) < 1e-4  # lr 1e-5: a step is at most ~1e-5 either way
+
+
+@pytest.mark.bad_input
+@pytest.mark.parametrize("value", ["float16", "bf16", "float32", 16])
+def test_autocast_dtype_is_bfloat16_or_none(value):
+    with pytest.raises(InputError, match="autocast_dtype"):
+        NativeConfig(autocast_dtype=value)
