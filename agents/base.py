@@ -144,6 +144,11 @@ class Agent(ABC):
             set_global_seeds(seed)
             self.generator.manual_seed(seed)
             env.reset(seed=seed)
+        if getattr(self.config, "sharding", "ddp") == "fsdp":  # after the env's forwards above: the subclass
+            if distributed.world_size() == 1:                   # builds its optimizer on the shards
+                raise InputError("sharding='fsdp' shards the model over torchrun's processes: launch with torchrun "
+                                 "--nproc-per-node N (N >= 2), or use sharding='ddp'")
+            distributed.fully_shard_model(self.policy)
         self._writer = None
         self.last_metrics: dict[str, float] = {}
 
@@ -217,6 +222,9 @@ class Agent(ABC):
         """
         check_int("total_timesteps", total_timesteps, 1)
         check_int("checkpoint_every", checkpoint_every, 0)
+        if getattr(self.config, "sharding", "ddp") == "fsdp":
+            raise InputError("sharding='fsdp' trains through train_iteration() only for now: learn() and textenv train "
+                             "(checkpoints, evaluation) do not gather the shards yet; use sharding='ddp'")
         distributed.broadcast_modules(self._trained_modules().values())  # torchrun: every rank starts from rank 0's
         progress_bar = progress_bar and distributed.is_main_process()
         bar = tqdm(total=total_timesteps, initial=min(self.num_timesteps, total_timesteps), disable=not progress_bar,

@@ -34,6 +34,9 @@ LEARNING_RATE = Number(low=0, low_open=True, high=1e30)
 #: guarded step: not offered.
 AUTOCAST_DTYPES = ("bfloat16",)
 
+#: How the policy is spread over torchrun's ranks.
+SHARDINGS = ("ddp", "fsdp")
+
 
 @dataclass(frozen=True)
 class AgentConfig(Config):
@@ -67,6 +70,10 @@ class NativeConfig(AgentConfig):
         None, "run the update's forward under torch.autocast in this dtype ('bfloat16'), the weights, gradients and "
               "Adam state staying in their dtype (float32 master weights: the env's default); None: no autocast",
         Choice((*AUTOCAST_DTYPES, None)))
+    sharding: str = option(
+        "ddp", "under torchrun: 'ddp' (every rank holds the whole model; gradients averaged) or 'fsdp' (FSDP2: the "
+               "parameters, gradients and Adam state sharded over ranks per transformer block, gathered for the "
+               "rollout; train_iteration() only for now, not learn() / textenv train)", Choice(SHARDINGS))
 
 
 # ---------------------------------------------------------------------------------------------- env rules

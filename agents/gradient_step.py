@@ -31,6 +31,7 @@ import numpy as np
 import torch
 from torch import nn
 
+from textenv import distributed
 from textenv.distributed import average_gradients
 
 
@@ -168,6 +169,10 @@ def apply_gradients(
     rewards: np.ndarray | None = None,
 ) -> None:
     """Average the accumulated gradients over ranks, check them, clip them and step (see :func:`gradient_step`)."""
+    stepped = [p for group in optimizer.param_groups for p in group["params"]]
+    if any(distributed.is_sharded(p) for p in stepped):  # FSDP2 (the modules may show their gathered copies)
+        _apply_sharded_gradients(trainer, optimizer, modules, stepped, max_grad_norm, rewards)
+        return
     parameters = [p for module in modules.values() for p in module.parameters()]
     average_gradients(parameters)  # data-parallel (torchrun): the mean over ranks; no-op in one process
     grads = [p.grad for p in parameters if p.grad is not None]
@@ -186,6 +191,36 @@ def apply_gradients(
         where = first_nonfinite(modules, gradients=False)
         raise diverged(trainer, f"the update made the weights non-finite (first: {where})", WEIGHTS_DAMAGED,
                        max_grad_norm=max_grad_norm, rewards=rewards)
+
+
+def _apply_sharded_gradients(
+    trainer: Trainer,
+    optimizer: torch.optim.Optimizer,
+    modules: Mapping[str, nn.Module],
+    parameters: list[torch.Tensor],
+    max_grad_norm: float | None,
+    rewards: np.ndarray | None,
+) -> None:
+    """:func:`apply_gradients` when some of the optimizer's ``parameters`` are FSDP2 shards (their gradients
+    reduce-scattered, i.e. averaged, by the backward): the other gradients averaged over ranks, the same checks,
+    clip and step with the gradient norm over all ranks' shards (so every rank decides alike), then the stepped
+    shards gathered again for the rollout."""
+    average_gradients(parameters)  # the replicated ones (a value head); shards are skipped
+    grads = [p.grad for p in parameters if p.grad is not None]
+    total_norm = distributed.sharded_gradient_norm(grads)
+    if not bool(torch.isfinite(total_norm)):
+        raise diverged(trainer, "the gradient is non-finite", max_grad_norm=max_grad_norm, rewards=rewards)
+    if max_grad_norm is not None:
+        coefficient = min(max_grad_norm / (float(total_norm) + 1e-6), 1.0)  # clip_grads_with_norm_'s
+        for g in grads:
+            distributed.local_tensor(g).mul_(coefficient)
+    optimizer.step()
+    local = [distributed.local_tensor(p.detach()) for p in parameters]
+    if distributed.any_rank(not all_finite(local)):
+        raise diverged(trainer, "the update made the weights non-finite", WEIGHTS_DAMAGED,
+                       max_grad_norm=max_grad_norm, rewards=rewards)
+    for module in modules.values():
+        distributed.gather_sharded(module)
 
 
 def gradient_step(

@@ -188,7 +188,7 @@ def average_gradients(parameters: Iterable[torch.nn.Parameter]) -> None:
     """
     if world_size() == 1:
         return
-    trainable = [p for p in parameters if p.requires_grad]
+    trainable = [p for p in parameters if p.requires_grad and not is_sharded(p)]  # FSDP averages its own
     for p in trainable:
         if p.grad is None:
             p.grad = torch.zeros_like(p)
@@ -207,12 +207,15 @@ def average_gradients(parameters: Iterable[torch.nn.Parameter]) -> None:
 
 @torch.no_grad()
 def broadcast_modules(modules: Iterable[torch.nn.Module]) -> None:
-    """Copy rank 0's parameters and buffers into every rank's ``modules`` (the start of data-parallel training)."""
+    """Copy rank 0's parameters and buffers into every rank's ``modules`` (the start of data-parallel training).
+
+    FSDP2 shards are left as they are: each rank cut its shard from the same checkpoint's weights."""
     if world_size() == 1:
         return
     for module in modules:
         for tensor in [*module.parameters(), *module.buffers()]:
-            torch.distributed.broadcast(tensor.data, src=0)
+            if not is_sharded(tensor):
+                torch.distributed.broadcast(tensor.data, src=0)
 
 
 # ---------------------------------------------------------------------------------------------- state
@@ -247,3 +250,68 @@ def gather_state(state: Any) -> list[Any]:
         their_tensors = load_tensor_bytes(item[8 + size:]) if len(item) > 8 + size else {}
         states.append(decode_state(their_structure, their_tensors, "a rank's training state"))
     return states
+
+
+# ---------------------------------------------------------------------------------------------- FSDP2
+def is_sharded(tensor: torch.Tensor) -> bool:
+    """Whether ``tensor`` is a DTensor: a parameter (or its gradient) sharded over ranks by FSDP2."""
+    from torch.distributed.tensor import DTensor
+
+    return isinstance(tensor, DTensor)
+
+
+def transformer_blocks(model: torch.nn.Module) -> torch.nn.ModuleList:
+    """The model's transformer blocks: its largest ``nn.ModuleList`` (``transformer.h``, ``model.layers``...)."""
+    lists = [m for m in model.modules() if isinstance(m, torch.nn.ModuleList)]
+    if not lists:
+        raise ValueError(f"{type(model).__name__} has no nn.ModuleList of transformer blocks to shard")
+    return max(lists, key=lambda blocks: sum(p.numel() for p in blocks.parameters()))
+
+
+def fully_shard_model(model: torch.nn.Module) -> None:
+    """Shard ``model``'s parameters, gradients and optimizer state over the ranks with FSDP2 (``fully_shard`` on
+    each transformer block, then on the model). Build the optimizer after this call: it steps on the shards.
+
+    The blocks keep their gathered parameters after a forward (``reshard_after_forward=False``): the env's rollout
+    makes a different number of forwards on each rank (its episodes end at different steps), and only the first
+    may trigger collectives. The backward reduce-scatters the gradients (their mean over ranks) and frees the
+    gathered parameters; the optimizer steps on the shards; :func:`gather_sharded` then gathers them again.
+    """
+    from torch.distributed.fsdp import fully_shard
+
+    for block in transformer_blocks(model):
+        fully_shard(block, reshard_after_forward=False)
+    fully_shard(model, reshard_after_forward=False)
+
+
+def gather_sharded(module: torch.nn.Module) -> None:
+    """All-gather the stepped shards of every FSDP2 unit in ``module`` afresh (every rank calls it the same number
+    of times: after each optimizer step), so forwards need no collective until the next backward."""
+    from torch.distributed.fsdp import FSDPModule
+
+    for unit in module.modules():
+        if isinstance(unit, FSDPModule):
+            unit.reshard()  # a unit still gathered (the root keeps its parameters through the backward) is stale
+            unit.unshard()
+
+
+@torch.no_grad()
+def sharded_gradient_norm(gradients: list[torch.Tensor]) -> torch.Tensor:
+    """The global L2 norm of gradients some of which are FSDP2 shards (DTensors): the squares of the shards summed
+    over ranks, plus those of the replicated gradients (the same on every rank, counted once). Identical on all
+    ranks. float32 scalar."""
+    sharded = torch.zeros((), dtype=torch.float32, device=_device())
+    replicated = torch.zeros((), dtype=torch.float32, device=_device())
+    for g in gradients:
+        if is_sharded(g):
+            sharded += g.to_local().float().pow(2).sum().to(sharded.device)
+        else:
+            replicated += g.float().pow(2).sum().to(replicated.device)
+    if world_size() > 1:
+        torch.distributed.all_reduce(sharded, op=torch.distributed.ReduceOp.SUM)
+    return (sharded + replicated).sqrt()
+
+
+def local_tensor(tensor: torch.Tensor) -> torch.Tensor:
+    """This rank's shard of a DTensor (a view: in-place changes reach the DTensor), else the tensor itself."""
+    return tensor.to_local() if is_sharded(tensor) else tensor
