@@ -110,22 +110,25 @@ def barrier() -> None:
 
 
 # ---------------------------------------------------------------------------------------------- reductions
+def _all_reduce_scalar(value: float, dtype: torch.dtype, op: Any) -> float:
+    """``value`` reduced over ranks with ``op`` (a ``torch.distributed.ReduceOp``), as a one-element tensor."""
+    tensor = torch.tensor([value], dtype=dtype, device=_device())
+    torch.distributed.all_reduce(tensor, op=op)
+    return tensor.item()
+
+
 def sum_int(value: int) -> int:
     """Σ over ranks of an integer (e.g. tokens generated this iteration: the global count)."""
     if world_size() == 1:
         return value
-    total = torch.tensor([value], dtype=torch.int64, device=_device())
-    torch.distributed.all_reduce(total, op=torch.distributed.ReduceOp.SUM)
-    return int(total.item())
+    return int(_all_reduce_scalar(value, torch.int64, torch.distributed.ReduceOp.SUM))
 
 
 def max_float(value: float) -> float:
     """max over ranks of a float (e.g. the slowest rank's seconds)."""
     if world_size() == 1:
         return value
-    tensor = torch.tensor([value], dtype=torch.float64, device=_device())
-    torch.distributed.all_reduce(tensor, op=torch.distributed.ReduceOp.MAX)
-    return float(tensor.item())
+    return float(_all_reduce_scalar(value, torch.float64, torch.distributed.ReduceOp.MAX))
 
 
 def any_rank(flag: bool) -> bool:
