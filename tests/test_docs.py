@@ -26,9 +26,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import pytest
-from test_readme import as_textenv_argv, with_examples
-
-from textenv.apps.cli import build_parser
+from test_readme import as_textenv_argv, assert_command_parses
 
 ROOT = Path(__file__).resolve().parents[1]
 DOCS = ROOT / "docs"
@@ -199,11 +197,7 @@ COMMANDS = doc_commands()
 
 @pytest.mark.parametrize("where, argv", COMMANDS, ids=[w for w, _ in COMMANDS])
 def test_command_of_the_docs_parses(where, argv, capsys):
-    argv = with_examples(argv, where)
-    try:
-        build_parser().parse_args(argv)
-    except SystemExit:
-        pytest.fail(f"{where}: `textenv {' '.join(argv)}` is refused: {capsys.readouterr().err.strip()}")
+    assert_command_parses(where, argv, capsys)
 
 
 def heading_anchors(page: Path) -> set[str]:

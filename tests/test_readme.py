@@ -99,6 +99,12 @@ def test_the_readme_shows_commands_of_every_kind():
 
 @pytest.mark.parametrize("where, argv", COMMANDS, ids=[f"{w} {' '.join(a)[:40]}" for w, a in COMMANDS])
 def test_readme_command_parses(where, argv, capsys):
+    assert_command_parses(where, argv, capsys)
+
+
+def assert_command_parses(where: str, argv: list[str], capsys: pytest.CaptureFixture[str]) -> None:
+    """``textenv ARGV`` (placeholders filled with their examples) parses with the real parser, else the test fails
+    naming ``where`` and argparse's message."""
     argv = with_examples(argv, where)
     try:
         build_parser().parse_args(argv)
