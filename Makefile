@@ -7,7 +7,7 @@ BIN    := $(VENV)/bin
 STAMP  := $(VENV)/.installed
 ARGS   ?=
 
-.PHONY: train test bench install clean
+.PHONY: train test bench install clean browser
 
 # torch first, pinned to the CPU build that lies on this machine's disk, so that pip never pulls a
 # multi-GB CUDA build to satisfy the `torch` dependency of the project.
@@ -23,7 +23,15 @@ install: $(STAMP)
 train: $(STAMP)
 	$(BIN)/textenv train --agent reinforce $(ARGS)
 
-test: $(STAMP)
+# The real-browser test of `textenv serve` (tests/test_browser.py) drives the system's Chromium; Playwright never
+# downloads a browser. Installed once with apt when we may (root), else the test says how.
+browser:
+	@command -v chromium >/dev/null || command -v chromium-browser >/dev/null || { \
+	  if [ "$$(id -u)" = 0 ] && command -v apt-get >/dev/null; then \
+	    apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq chromium >/dev/null; \
+	  else echo "note: tests/test_browser.py needs Chromium (e.g. sudo apt-get install chromium)"; fi; }
+
+test: $(STAMP) browser
 	$(BIN)/python -m pytest -q $(ARGS)
 
 bench: $(STAMP)
