@@ -144,13 +144,17 @@ class Agent(ABC):
             set_global_seeds(seed)
             self.generator.manual_seed(seed)
             env.reset(seed=seed)
-        if getattr(self.config, "sharding", "ddp") == "fsdp":  # after the env's forwards above: the subclass
-            if distributed.world_size() == 1:                   # builds its optimizer on the shards
-                raise InputError("sharding='fsdp' shards the model over torchrun's processes: launch with torchrun "
-                                 "--nproc-per-node N (N >= 2), or use sharding='ddp'")
+        if self.sharded:  # after the env's forwards above: the subclass builds its optimizer on the shards
+            _check_fsdp(env)
             distributed.fully_shard_model(self.policy)
         self._writer = None
         self.last_metrics: dict[str, float] = {}
+
+    @property
+    def sharded(self) -> bool:
+        """Whether the policy is sharded over torchrun's ranks with FSDP2 (``config.sharding == "fsdp"``): its
+        checkpoints, weight loading and held-out evaluation are then collectives every rank takes part in."""
+        return getattr(self.config, "sharding", "ddp") == "fsdp"
 
     def update_precision(self) -> contextlib.AbstractContextManager:
         """The context of the update's forward (:func:`~textenv.agents.gradient_step.accumulate_gradients`):
@@ -222,9 +226,6 @@ class Agent(ABC):
         """
         check_int("total_timesteps", total_timesteps, 1)
         check_int("checkpoint_every", checkpoint_every, 0)
-        if getattr(self.config, "sharding", "ddp") == "fsdp":
-            raise InputError("sharding='fsdp' trains through train_iteration() only for now: learn() and textenv train "
-                             "(checkpoints, evaluation) do not gather the shards yet; use sharding='ddp'")
         distributed.broadcast_modules(self._trained_modules().values())  # torchrun: every rank starts from rank 0's
         progress_bar = progress_bar and distributed.is_main_process()
         bar = tqdm(total=total_timesteps, initial=min(self.num_timesteps, total_timesteps), disable=not progress_bar,
@@ -294,6 +295,15 @@ class Agent(ABC):
         rows = "\n".join(f"| {p} | {t.replace('|', '/')} |" for p, t in list(zip(prompts, texts))[:n])
         writer.add_text("samples", "| prompt | completion |\n|---|---|\n" + rows, self.num_timesteps)
 
+    def log_lens(self, rollout: Any, **extras: Any) -> None:
+        """Hand this iteration's rollout to the per-token lens (:mod:`textenv.agents.lens`), with the agent's own
+        numbers by name: per token ``(B, T)`` or per episode ``(B,)`` (e.g. ``advantage=``, ``value=``). Kept every
+        ``config.lens_every`` iterations on the process that writes TensorBoard, and written with this iteration's
+        scalars (``lens/*`` tags); otherwise nothing is kept or computed."""
+        every = self.config.lens_every
+        if every and self.iterations % every == 0 and self._get_writer() is not None:
+            self._lens_pending = (rollout, extras)
+
     def _get_writer(self):
         if self.tensorboard_log is None or not distributed.is_main_process():  # torchrun: rank 0 writes
             return None
@@ -309,6 +319,11 @@ class Agent(ABC):
             return
         for key, value in metrics.items():
             writer.add_scalar(key, value, self.num_timesteps)
+        lens = self.__dict__.pop("_lens_pending", None)  # log_lens() kept this iteration's rollout
+        if lens is not None:
+            from textenv.agents.lens import write_lens
+
+            write_lens(writer, lens[0], self.env.tokenizer, self.env.reference, lens[1], self.num_timesteps)
 
     # ------------------------------------------------------------------ acting
     @torch.no_grad()
@@ -340,9 +355,12 @@ class Agent(ABC):
 
         Under torchrun every rank calls it (:meth:`learn` does): each rank's random streams and algorithm state
         are gathered to rank 0, which alone writes the directory (recording ``world_size``); the other ranks
-        wait until it is complete, and raise ``RuntimeError`` if rank 0 could not write it.
+        wait until it is complete, and raise ``RuntimeError`` if rank 0 could not write it. With FSDP2
+        (``sharding="fsdp"``) every rank first takes part in gathering the whole policy and optimizer state, which
+        rank 0 writes in the same layout as an unsharded run's (optimizer state keyed by parameter name).
         """
         state = self._trainer_state()
+        policy_state = distributed.full_model_state(self.policy) if self.sharded else None
         if distributed.world_size() > 1:
             state["world_size"] = distributed.world_size()
             state["ranks"] = distributed.gather_state({key: state[key] for key in RANK_STATE})
@@ -351,7 +369,7 @@ class Agent(ABC):
                     raise RuntimeError(f"rank 0 could not save the checkpoint {path}; its error says why")
                 return
             try:
-                self._write_checkpoint(path, state)
+                self._write_checkpoint(path, state, policy_state)
             except BaseException:
                 distributed.any_rank(True)
                 raise
@@ -359,8 +377,10 @@ class Agent(ABC):
             return
         self._write_checkpoint(path, state)
 
-    def _write_checkpoint(self, path: str | Path, state: dict[str, Any]) -> None:
-        """Write the checkpoint directory ``path`` with the trainer ``state`` (:meth:`save`)."""
+    def _write_checkpoint(self, path: str | Path, state: dict[str, Any],
+                          policy_state: dict[str, torch.Tensor] | None = None) -> None:
+        """Write the checkpoint directory ``path`` with the trainer ``state`` (:meth:`save`); ``policy_state``:
+        the policy's whole state dict when its parameters are FSDP2 shards (``None``: read from the policy)."""
         with atomic_directory(path, kind=CHECKPOINT_KIND) as tmp:
             write_state(tmp, TRAINER_STATE, state)  # first: a state it cannot store fails fast
             if is_peft_model(self.policy):  # adapters for resume, merged weights for from_pretrained users
@@ -368,7 +388,7 @@ class Agent(ABC):
                 merged = copy.deepcopy(self.policy).merge_and_unload()
                 merged.save_pretrained(tmp / "policy", safe_serialization=True)
             else:
-                self.policy.save_pretrained(tmp / "policy", safe_serialization=True)
+                self.policy.save_pretrained(tmp / "policy", state_dict=policy_state, safe_serialization=True)
             self.env.tokenizer.save_pretrained(tmp / "policy")
             modules = {f"{name}.{k}": v.detach().cpu().contiguous()
                        for name, module in self.trainable_modules().items() for k, v in module.state_dict().items()}
@@ -402,6 +422,7 @@ class Agent(ABC):
         meta = read_checkpoint_meta(path)
         self._check_agent_type(meta, path)
         check_env_settings(meta, self.env, path)
+        self._check_sharding(meta, path)
         if not (path / f"{TRAINER_STATE}.json").is_file():
             raise InputError(
                 f"{path} holds no {TRAINER_STATE}.json: it keeps the weights only (not the optimizer state and "
@@ -421,7 +442,10 @@ class Agent(ABC):
         for name, module in self.trainable_modules().items():
             module.load_state_dict(modules[name])
         for name, optimizer in self.optimizers().items():
-            _load_optimizer_state(optimizer, state["optimizers"][name])
+            if self.sharded:
+                _load_optimizer_state(optimizer, state["optimizers"][name], self._trained_modules())
+            else:
+                _load_optimizer_state(optimizer, state["optimizers"][name])
         self.num_timesteps = state["num_timesteps"]
         self.iterations = state["iterations"]
         self.generator.set_state(state["generator"])
@@ -432,6 +456,17 @@ class Agent(ABC):
         window, window_steps = state["kl_window"]
         self.env.load_kl_controller_state({"kl_coef": state["kl_coef"], "window": window, "window_steps": window_steps})
         self._load_extra_state(state.get("extra", {}))
+
+    def _check_sharding(self, meta: dict[str, Any], path: Path) -> None:
+        """Refuse to resume an FSDP2 checkpoint unsharded or the reverse: the optimizer state is keyed by
+        parameter name in one and by position in the other."""
+        saved = meta["hyperparameters"].get("sharding", "ddp")
+        current = getattr(self.config, "sharding", "ddp")
+        if saved != current:
+            raise InputError(f"checkpoint {path} was trained with sharding={saved!r}, and this run asks for "
+                             f"sharding={current!r}; the optimizer state is stored differently. Resume with "
+                             f"sharding={saved!r} (drop the override), or start a new run from its weights with "
+                             f"`model: {path / 'policy'}`")
 
     def _check_agent_type(self, meta: dict[str, Any], path: Path) -> None:
         if self.name and meta["agent"] != self.name:
@@ -491,7 +526,10 @@ class Agent(ABC):
             from transformers import AutoModelForCausalLM
 
             saved = AutoModelForCausalLM.from_pretrained(policy_dir, use_safetensors=True)
-            self.policy.load_state_dict(saved.state_dict())
+            if self.sharded:  # every rank read the whole state; each keeps its shard
+                distributed.load_full_model_state(self.policy, saved.state_dict())
+            else:
+                self.policy.load_state_dict(saved.state_dict())
 
         return load_policy
 
@@ -515,7 +553,7 @@ class Agent(ABC):
         """Everything besides weights that an exact resume needs (written by :func:`write_state`, no pickle)."""
         kl_controller = self.env.kl_controller_state()
         return {
-            "optimizers": {name: opt.state_dict() for name, opt in self.optimizers().items()},
+            "optimizers": self._optimizer_states(),
             "num_timesteps": self.num_timesteps,
             "iterations": self.iterations,
             "generator": self.generator.get_state(),
@@ -527,6 +565,14 @@ class Agent(ABC):
             "kl_window": (kl_controller["window"], kl_controller["window_steps"]),
             "extra": self._extra_state(),
         }
+
+    def _optimizer_states(self) -> dict[str, Any]:
+        """Each optimizer's ``state_dict()``; with FSDP2 the whole state gathered to rank 0, keyed by parameter
+        name (a collective: every rank calls it; the other ranks get ``{}``)."""
+        if not self.sharded:
+            return {name: opt.state_dict() for name, opt in self.optimizers().items()}
+        modules = self._trained_modules()
+        return {name: distributed.full_optimizer_state(modules, opt) for name, opt in self.optimizers().items()}
 
     def _extra_state(self) -> dict[str, Any]:
         """Algorithm state beyond optimizers (e.g. a running baseline), saved in ``trainer_state.json`` /
@@ -732,13 +778,31 @@ def _check_trainer_state(state: Any, file: Path, optimizers: list[str]) -> None:
         raise InputError(f"damaged checkpoint: {file}: {'; '.join(problems)}. Use a complete checkpoint")
 
 
-def _load_optimizer_state(optimizer: torch.optim.Optimizer, state: dict[str, Any]) -> None:
+def _load_optimizer_state(optimizer: torch.optim.Optimizer, state: dict[str, Any],
+                          sharded_modules: dict[str, torch.nn.Module] | None = None) -> None:
     """Load the moments and step counts of ``state`` but keep this optimizer's hyper-parameters (lr, betas, ...):
-    the agent was built with them, so a changed learning rate applies instead of being silently reverted."""
+    the agent was built with them, so a changed learning rate applies instead of being silently reverted.
+    ``sharded_modules``: the modules an FSDP2 optimizer steps (``state`` is then the whole state keyed by
+    parameter name, :func:`textenv.distributed.full_optimizer_state`; each rank keeps its shard)."""
     hyperparameters = [{k: v for k, v in group.items() if k != "params"} for group in optimizer.param_groups]
-    optimizer.load_state_dict(state)
+    if sharded_modules is not None:
+        distributed.load_full_optimizer_state(sharded_modules, optimizer, state)
+    else:
+        optimizer.load_state_dict(state)
     for group, kept in zip(optimizer.param_groups, hyperparameters):
         group.update(kept)
+
+
+def _check_fsdp(env: TextGenVectorEnv) -> None:
+    """``sharding="fsdp"`` needs torchrun's processes and a fully trained policy (not LoRA adapters)."""
+    if distributed.world_size() == 1:
+        raise InputError("sharding='fsdp' shards the model over torchrun's processes: launch with torchrun "
+                         "--nproc-per-node N (N >= 2), or use sharding='ddp'")
+    if is_peft_model(env.policy):
+        raise InputError("sharding='fsdp' with LoRA (env lora=...) is not supported: a LoRA checkpoint merges the "
+                         "adapters into a copy of the whole model, which textenv does not build from FSDP2's "
+                         "shards. Use sharding='ddp' with LoRA (only the adapters are trained and the reference "
+                         "is the same model with its adapters off, so it costs no second copy)")
 
 
 def set_global_seeds(seed: int) -> None:

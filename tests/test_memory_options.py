@@ -232,11 +232,53 @@ def test_autocast_dtype_is_bfloat16_or_none(value):
 
 # ---------------------------------------------------------------------- FSDP2 (2 processes, gloo)
 FSDP_AGENTS = ("reinforce", "ppo", "rloo")
+FSDP_ITERATIONS = 2  # learn() iterations per run; the FSDP run also saves a checkpoint after the first
+
+
+def gathered_weights(agent) -> torch.Tensor:
+    """Every parameter of the policy (FSDP2 shards gathered: a collective) and the other trained modules, flat."""
+    from textenv import distributed
+
+    tensors = [p.full_tensor() if distributed.is_sharded(p) else p for p in agent.policy.parameters()]
+    tensors += [p for module in agent.trainable_modules().values() for p in module.parameters()]
+    return torch.cat([t.detach().flatten() for t in tensors])
+
+
+def fsdp_run(name: str, model_dir: str, sharding: str, out, resume_from=None) -> dict:
+    """One agent trained with ``learn()`` (checkpointing after every iteration, as ``textenv train`` can) for
+    FSDP_ITERATIONS iterations, or resumed from ``resume_from``; returns the gathered weights and whether both
+    ranks held the same ones after every iteration."""
+    from textenv.agents import agent_class
+
+    group_size = 4 if name == "rloo" else 1
+    # fast=False: the packed forwards check themselves against the padded ones on first use and may pick
+    # differently for the FSDP-wrapped model; with one forward for both, DDP and FSDP agree to 1e-6.
+    env = TextGenVectorEnv(num_envs=8, model=model_dir, kl_coef=0.05, group_size=group_size, reward_model=reward,
+                           prompts=PROMPTS, max_new_tokens=8, autoreset_mode="disabled", device="cpu", fast=False)
+    if resume_from is None:
+        agent = make_agent(name, env, seed=0, learning_rate=1e-5, sharding=sharding)
+    else:
+        agent = agent_class(name).load(resume_from, env)
+    agreed, losses = [], []
+    while agent.iterations < FSDP_ITERATIONS:
+        agent.learn(agent.num_timesteps + 1, progress_bar=False, checkpoint_dir=out / f"{name}-{sharding}")
+        losses.append(agent.last_metrics["train/loss"])
+        full = gathered_weights(agent)
+        gathered = [torch.zeros_like(full) for _ in range(2)]
+        torch.distributed.all_gather(gathered, full)
+        agreed.append(torch.equal(gathered[0], gathered[1]))
+        if agent.iterations == 1 and resume_from is None and sharding == "fsdp":
+            agent.save(out / f"{name}-fsdp-1")
+    from torch.distributed.fsdp import FSDPModule
+
+    return {"agreed": agreed, "losses": losses, "weights": full, "sharded": isinstance(agent.policy, FSDPModule),
+            "num_timesteps": agent.num_timesteps}
 
 
 def fsdp_worker(model_dir: str, out: str) -> None:
-    """One rank of ``torchrun --nproc-per-node 2``: each agent of FSDP_AGENTS for 2 iterations with
-    sharding='ddp' then 'fsdp' (same seeds); rank 0 writes the gathered weights and whether the ranks agreed."""
+    """One rank of ``torchrun --nproc-per-node 2``: each agent of FSDP_AGENTS with sharding='ddp', then 'fsdp'
+    (same seeds), then 'fsdp' resumed from its checkpoint of iteration 1; rank 0 writes the weights and a
+    report, and each rank lists the checkpoint directories it sees (rank 0 wrote them)."""
     import gc
     import json
     from pathlib import Path
@@ -246,45 +288,27 @@ def fsdp_worker(model_dir: str, out: str) -> None:
     from textenv import distributed
 
     distributed.init_from_environment()
+    out = Path(out)
     report = {}
     for name in FSDP_AGENTS:
-        for sharding in ("ddp", "fsdp"):
-            group_size = 4 if name == "rloo" else 1
-            # fast=False: the packed forwards check themselves against the padded ones on first use and may pick
-            # differently for the FSDP-wrapped model; with one forward for both, DDP and FSDP agree to 1e-6.
-            env = TextGenVectorEnv(num_envs=8, model=model_dir, kl_coef=0.05, group_size=group_size,
-                                   reward_model=reward, prompts=PROMPTS, max_new_tokens=8,
-                                   autoreset_mode="disabled", device="cpu", fast=False)
-            agent = make_agent(name, env, seed=0, learning_rate=1e-5, sharding=sharding)
-            agreed, losses = [], []
-            for _ in range(2):
-                losses.append(agent.train_iteration()["train/loss"])
-                full = torch.cat([(p.full_tensor() if distributed.is_sharded(p) else p).detach().flatten()
-                                  for p in agent.policy.parameters()])
-                gathered = [torch.zeros_like(full) for _ in range(2)]
-                torch.distributed.all_gather(gathered, full)
-                agreed.append(torch.equal(gathered[0], gathered[1]))
-            if sharding == "fsdp":
-                try:
-                    agent.learn(64)
-                    refused = ""
-                except InputError as error:  # not yet: learn() would save and evaluate from rank 0 alone
-                    refused = str(error)
-            report[f"{name}-{sharding}"] = {"agreed": agreed, "losses": losses,
-                                            "learn_refused": refused if sharding == "fsdp" else ""}
-            if distributed.is_main_process():
-                save_file({"weights": full}, str(Path(out) / f"{name}-{sharding}.safetensors"))
-            del agent, env
-            gc.collect()  # FSDP2's state goes before the process group does (gloo aborts otherwise)
+        runs = {"ddp": fsdp_run(name, model_dir, "ddp", out), "fsdp": fsdp_run(name, model_dir, "fsdp", out)}
+        gc.collect()  # FSDP2's state goes before the process group does (gloo aborts otherwise)
+        runs["resumed"] = fsdp_run(name, model_dir, "fsdp", out / "resumed", out / f"{name}-fsdp-1")
+        gc.collect()
+        if distributed.is_main_process():
+            save_file({k: run.pop("weights") for k, run in runs.items()}, str(out / f"{name}.safetensors"))
+        report[name] = {k: {key: v for key, v in run.items() if key != "weights"} for k, run in runs.items()}
     if distributed.is_main_process():
-        (Path(out) / "report.json").write_text(json.dumps(report))
+        (out / "report.json").write_text(json.dumps(report))
     distributed.shutdown()
 
 
 @pytest.mark.slow
 def test_fsdp_sharding_trains_like_ddp_on_two_processes(tmp_path, tiny_model_dir):
-    """FSDP2 (fully_shard per transformer block) under torchrun with gloo on this CPU: the gathered weights are
-    identical on both ranks after every update, the losses finite, and the weights those of DDP."""
+    """FSDP2 (fully_shard per transformer block) under torchrun with gloo on this CPU, through learn() with
+    checkpoints: the gathered weights are identical on both ranks after every iteration, the losses finite, the
+    weights those of DDP within 1e-6; rank 0's checkpoint holds the whole policy (from_pretrained-ready, equal to
+    the trained weights) and a run resumed from the checkpoint of iteration 1 ends bit-identical."""
     import json
     import os
     import subprocess
@@ -292,6 +316,7 @@ def test_fsdp_sharding_trains_like_ddp_on_two_processes(tmp_path, tiny_model_dir
     from pathlib import Path
 
     from safetensors.torch import load_file
+    from transformers import AutoModelForCausalLM
 
     command = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc-per-node", "2", __file__,
                "fsdp-worker", str(tiny_model_dir), str(tmp_path)]
@@ -301,14 +326,22 @@ def test_fsdp_sharding_trains_like_ddp_on_two_processes(tmp_path, tiny_model_dir
     assert result.returncode == 0, result.stdout[-3000:] + result.stderr[-6000:]
     report = json.loads((tmp_path / "report.json").read_text())
     for name in FSDP_AGENTS:
-        for sharding in ("ddp", "fsdp"):
-            run = report[f"{name}-{sharding}"]
-            assert all(run["agreed"]), f"{name} {sharding}: ranks disagree"
+        for kind, run in report[name].items():
+            assert all(run["agreed"]) and len(run["agreed"]) >= 1, f"{name} {kind}: ranks disagree"
             assert all(map(math.isfinite, run["losses"])), run
-        assert "learn() and textenv train" in report[f"{name}-fsdp"]["learn_refused"]
-        ddp = load_file(tmp_path / f"{name}-ddp.safetensors")["weights"]
-        fsdp = load_file(tmp_path / f"{name}-fsdp.safetensors")["weights"]
-        assert float((ddp - fsdp).abs().max()) <= 1e-6, name
+            assert run["sharded"] == (kind != "ddp")
+        weights = load_file(tmp_path / f"{name}.safetensors")
+        assert float((weights["ddp"] - weights["fsdp"]).abs().max()) <= 1e-6, name
+        assert torch.equal(weights["resumed"], weights["fsdp"]), f"{name}: resume is not exact"
+        assert report[name]["resumed"]["num_timesteps"] == report[name]["fsdp"]["num_timesteps"]
+        checkpoint = tmp_path / f"{name}-fsdp"
+        meta = json.loads((checkpoint / "agent.json").read_text())
+        assert meta["world_size"] == 2 and meta["iterations"] == FSDP_ITERATIONS
+        assert meta["hyperparameters"]["sharding"] == "fsdp"
+        saved = AutoModelForCausalLM.from_pretrained(checkpoint / "policy")
+        flat = torch.cat([p.detach().flatten() for p in saved.parameters()])
+        assert torch.equal(flat, weights["fsdp"][: flat.numel()]), f"{name}: the checkpoint is not the trained policy"
+    assert not list(tmp_path.glob("**/*.tmp*")), "a checkpoint was left half written"
 
 
 @pytest.mark.bad_input

@@ -17,9 +17,10 @@ safetensors bytes (nothing pickled). Only torch.distributed collectives are used
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
-from collections.abc import Iterable, Mapping
+from collections.abc import Iterable, Iterator, Mapping
 from datetime import timedelta
 from typing import Any
 
@@ -318,3 +319,68 @@ def sharded_gradient_norm(gradients: list[torch.Tensor]) -> torch.Tensor:
 def local_tensor(tensor: torch.Tensor) -> torch.Tensor:
     """This rank's shard of a DTensor (a view: in-place changes reach the DTensor), else the tensor itself."""
     return tensor.to_local() if is_sharded(tensor) else tensor
+
+
+# ---------------------------------------------------------------------------------------------- FSDP2 checkpoints
+@contextlib.contextmanager
+def _sharded_view(modules: Iterable[torch.nn.Module]) -> Iterator[None]:
+    """Within the block the FSDP2 units of ``modules`` hold only their shards (their parameters are the DTensors
+    the optimizer steps, as ``torch.distributed.checkpoint.state_dict`` expects: gathered units show plain
+    tensors); afterwards they are gathered again for the rollout (:func:`gather_sharded`, a collective)."""
+    from torch.distributed.fsdp import FSDPModule
+
+    modules = list(modules)
+    for module in modules:
+        for unit in module.modules():
+            if isinstance(unit, FSDPModule):
+                unit.reshard()
+    try:
+        yield
+    finally:
+        for module in modules:
+            gather_sharded(module)
+
+
+def _full_state_options(**kwargs: Any) -> Any:
+    from torch.distributed.checkpoint.state_dict import StateDictOptions
+
+    return StateDictOptions(full_state_dict=True, **kwargs)
+
+
+def full_model_state(model: torch.nn.Module) -> dict[str, torch.Tensor]:
+    """The whole (unsharded) state dict of an FSDP2-sharded ``model``, on the CPU of rank 0 (the other ranks get
+    ``{}``). A collective: every rank must call it (``torch.distributed.checkpoint.state_dict``)."""
+    from torch.distributed.checkpoint.state_dict import get_model_state_dict
+
+    with _sharded_view([model]):
+        return get_model_state_dict(model, options=_full_state_options(cpu_offload=True))
+
+
+def load_full_model_state(model: torch.nn.Module, state: Mapping[str, torch.Tensor]) -> None:
+    """Load a whole (unsharded) state dict, read by every rank, into the FSDP2-sharded ``model`` (each rank keeps
+    its shard), then gather the shards for the next rollout (:func:`gather_sharded`). A collective."""
+    from torch.distributed.checkpoint.state_dict import set_model_state_dict
+
+    with _sharded_view([model]):
+        set_model_state_dict(model, dict(state), options=_full_state_options())
+
+
+def full_optimizer_state(modules: Mapping[str, torch.nn.Module], optimizer: torch.optim.Optimizer) -> dict[str, Any]:
+    """The whole optimizer state of ``optimizer`` (which steps the parameters of ``modules``, some FSDP2-sharded),
+    keyed by parameter name (``"policy.transformer.h.0.attn.c_attn.weight"``), on the CPU of rank 0 (the other
+    ranks get ``{}``). A collective: every rank must call it."""
+    from torch.distributed.checkpoint.state_dict import get_optimizer_state_dict
+
+    root = torch.nn.ModuleDict(dict(modules))
+    with _sharded_view([root]):
+        return get_optimizer_state_dict(root, optimizer, options=_full_state_options(cpu_offload=True))
+
+
+def load_full_optimizer_state(modules: Mapping[str, torch.nn.Module], optimizer: torch.optim.Optimizer,
+                              state: Mapping[str, Any]) -> None:
+    """Inverse of :func:`full_optimizer_state`: every rank passes the whole state and keeps its shard of it."""
+    from torch.distributed.checkpoint.state_dict import set_optimizer_state_dict
+
+    root = torch.nn.ModuleDict(dict(modules))
+    with _sharded_view([root]):
+        set_optimizer_state_dict(root, optimizer, dict(state), options=_full_state_options())

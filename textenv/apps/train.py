@@ -390,7 +390,8 @@ def run(args: argparse.Namespace) -> int:
 
     Under torchrun (``torchrun --nproc-per-node N -m textenv train ...``) the N processes train one agent data-parallel
     (:mod:`textenv.distributed`): rank 0 prepares the run directory, evaluates, prints and writes summary.json,
-    TensorBoard and the checkpoints; the other ranks only train.
+    TensorBoard and the checkpoints; the other ranks only train (with ``sharding: fsdp`` they also evaluate, since
+    the sharded policy's forwards are collectives, and take part in gathering each checkpoint).
     """
     from textenv import distributed
 
@@ -438,7 +439,9 @@ def _run(args: argparse.Namespace) -> int:
         agent.load_state(args.resume_checkpoint)
         say(f"resumed from {args.resume_checkpoint} at step {agent.num_timesteps}")
     eval_seed = options["seed"] + 10_000
-    before = held_out_eval(env, options["eval_prompts"], eval_seed) if main else {}
+    # FSDP2: the policy's forwards gather its shards (collectives), so every rank evaluates, alike; else rank 0.
+    evaluates = main or agent.sharded
+    before = held_out_eval(env, options["eval_prompts"], eval_seed) if evaluates else {}
     say(f"held-out before: mean {env.reward_model.__class__.__name__} = {before.get('gold_reward', 0.0):+.3f}, "
         f"KL = {before.get('kl', 0.0):.3f} nats ({options['eval_prompts']} prompts)")
     start = time.perf_counter()
@@ -450,9 +453,9 @@ def _run(args: argparse.Namespace) -> int:
             checkpoint_every=options["checkpoint_every"],
         )
         minutes = (time.perf_counter() - start) / 60
+        after = held_out_eval(env, options["eval_prompts"], eval_seed) if evaluates else {}
         if not main:
             return 0
-        after = held_out_eval(env, options["eval_prompts"], eval_seed)
     except KeyboardInterrupt:  # Agent.learn saved a checkpoint on the first Ctrl-C (not on a second one)
         if not main:
             return 130
