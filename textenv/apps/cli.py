@@ -7,6 +7,7 @@
     textenv label INPUT --output FILE     # rank completions by hand (keyboard, resumable)
     textenv train-rm --data FILE --output DIR   # Bradley-Terry preference reward model
     textenv pipeline --output DIR         # SFT? → collect → RM → PPO (+ β sweep) → eval.json + plots (resumable)
+    textenv serve --data SETS --output FILE   # web app: Label (rank, several people) and Play (docs/serve.md)
 
 Each subcommand is a module of :mod:`textenv.apps` with ``add_arguments(parser)`` and ``run(args)``: ``train``
 (:mod:`~textenv.apps.train`: a YAML config file's ``agent``, ``total_timesteps``, ``output``, ``seed``,
@@ -33,7 +34,7 @@ import errno
 import sys
 from collections.abc import Sequence
 
-from textenv.apps import collect, eval_checkpoint, label, pipeline, train, train_rm
+from textenv.apps import collect, eval_checkpoint, label, pipeline, serve, train, train_rm
 from textenv.apps.arguments import Parser
 from textenv.apps.train import build_env, held_out_eval  # also imported from here by examples/ and benchmarks/
 from textenv.validation import InputError
@@ -48,6 +49,7 @@ COMMANDS = {
     "label": (label, "rank completions by hand in the terminal (resumable)"),
     "train-rm": (train_rm, "train a Bradley-Terry preference reward model"),
     "pipeline": (pipeline, "the whole InstructGPT pipeline in one resumable command"),
+    "serve": (serve, "a web app: rank completions (several people at once) and play the policy in the browser"),
 }
 
 
