@@ -300,7 +300,7 @@ class Agent(ABC):
         numbers by name: per token ``(B, T)`` or per episode ``(B,)`` (e.g. ``advantage=``, ``value=``). Kept every
         ``config.lens_every`` iterations on the process that writes TensorBoard, and written with this iteration's
         scalars (``lens/*`` tags); otherwise nothing is kept or computed."""
-        every = self.config.lens_every
+        every = getattr(self.config, "lens_every", 0)  # a native agent's option (NativeConfig)
         if every and self.iterations % every == 0 and self._get_writer() is not None:
             self._lens_pending = (rollout, extras)
 

@@ -47,9 +47,6 @@ class AgentConfig(Config):
                                  "(None: unseeded)", Seed(none_ok=True))
     max_grad_norm: float | None = option(1.0, "gradient-norm clip (None: no clipping)",
                                          Number(low=0, low_open=True, none_ok=True))
-    lens_every: int = option(10, "every N iterations write the per-token lens to TensorBoard (lens/* tags: a few "
-                                 "episodes token by token, histograms; docs/lens.md); native on-policy agents "
-                                 "only; 0: off", Integer(0))
 
     def check_env(self, env: Any) -> None:
         """Raise :class:`InputError` when the env cannot run with these hyper-parameters (checked before the
@@ -77,6 +74,9 @@ class NativeConfig(AgentConfig):
         "ddp", "under torchrun: 'ddp' (every rank holds the whole model; gradients averaged) or 'fsdp' (FSDP2: the "
                "parameters, gradients and Adam state sharded over ranks per transformer block, gathered for the "
                "rollout; checkpoints gather the whole state to rank 0; not with LoRA)", Choice(SHARDINGS))
+    lens_every: int = option(10, "every N iterations write the per-token lens to TensorBoard (lens/* tags: a few "
+                                 "episodes token by token, histograms; docs/lens.md); the on-policy agents (reinforce, "
+                                 "remax, ppo, rloo, grpo) write it; 0: off", Integer(0))
 
 
 # ---------------------------------------------------------------------------------------------- env rules

@@ -113,6 +113,7 @@ class GRPO(Agent):
 
         if self.iterations % 10 == 0:
             self.log_samples(rollout.prompts, rollout.texts)
+        self.log_lens(rollout, advantage=advantages)  # group-normalised Â_i, every token of completion i
         return {
             **rollout.metrics(),
             **{f"train/{key}": float(np.mean(values)) for key, values in stats.items() if values},

@@ -230,6 +230,7 @@ class PPO(Agent):
 
         if self.iterations % 10 == 0:
             self.log_samples(rollout.prompts, rollout.texts)
+        self.log_lens(rollout, advantage=targets.advantages, value=targets.old_values)  # per token: Â_t, V_old(s_t)
         metrics = {
             **rollout.metrics(),
             "train/explained_variance": explained_variance(targets.old_values, targets.returns, rollout.action_mask),

@@ -110,6 +110,7 @@ class Reinforce(Agent):
 
         if self.iterations % 10 == 0:
             self.log_samples(rollout.prompts, rollout.texts)
+        self.log_lens(rollout, advantage=advantages)  # A_i = R_i − b_i (normalised if asked)
         mean_entropy = masked_mean(torch.cat(entropies), rollout.action_mask)
         return {
             **rollout.metrics(),

@@ -86,6 +86,7 @@ class ReMax(Agent):
 
         if self.iterations % 10 == 0:
             self.log_samples(rollout.prompts, rollout.texts)
+        self.log_lens(rollout, advantage=advantages, greedy_return=baseline)  # A_i = R(y^i) − R(ȳ^i)
         metrics = rollout.metrics()
         metrics["num_tokens"] += greedy_tokens
         return {**metrics, "rollout/greedy_reward": float(baseline.mean()), "train/loss": float(loss.detach()),

@@ -108,6 +108,7 @@ class RLOO(Agent):
 
         if self.iterations % 10 == 0:
             self.log_samples(rollout.prompts, rollout.texts)
+        self.log_lens(rollout, advantage=advantages)  # leave-one-out A_i
         return {
             **rollout.metrics(),
             **{f"train/{key}": float(np.mean(values)) for key, values in stats.items()},
