@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import os
 import math
 from pathlib import Path
 
@@ -235,3 +236,201 @@ def test_a_session_whose_env_another_session_moved_sees_its_own_state_again(env)
     assert_same_state(session.state(), before)
     session.sample()
     assert other.state()["tokens"][-1]["source"] == "typed"
+
+
+# ---------------------------------------------------------------------------------------------- the terminal game
+def play_args(model_dir: Path, tmp_path: Path, *extra: str):
+    from textenv.apps.cli import build_parser
+
+    return build_parser().parse_args(["play", "--model", str(model_dir), "--prompt", "the film was",
+                                      "--max-new-tokens", "4", "--top-k", "3", "--device", "cpu",
+                                      "--reward-model", LENGTH, *extra])
+
+
+LENGTH = "test-play-length"
+
+
+@pytest.fixture(autouse=True)
+def length_reward_model(monkeypatch):
+    """The reward model ``test-play-length`` by name (what the CLI takes): the completion's length / 10."""
+    from textenv.reward_models import REWARD_MODELS, CallableReward
+
+    monkeypatch.setitem(REWARD_MODELS, LENGTH, lambda: CallableReward(
+        lambda p, c: np.array([len(t) / 10 for t in c], dtype=float)))
+
+
+def play_cli(model_dir: Path, tmp_path: Path, commands: str, *extra: str) -> tuple[int, str]:
+    import io
+
+    from textenv.apps.play import run
+
+    screen = io.StringIO()
+    code = run(play_args(model_dir, tmp_path, *extra), stdin=io.StringIO(commands), stdout=screen)
+    return code, screen.getvalue()
+
+
+def read_jsonl(path: Path) -> list[dict]:
+    return [json.loads(line) for line in path.read_text(encoding="utf-8").splitlines()]
+
+
+def test_scripted_commands_play_episodes_and_append_them(tiny_model_dir, tmp_path) -> None:
+    out, prefs = tmp_path / "episodes.jsonl", tmp_path / "prefs.jsonl"
+    out.write_text('{"mine": "an earlier line"}\n', encoding="utf-8")
+    # episode 1: candidate 2, the policy samples, type " good" (2 tokens: the length limit ends it), prefer mine;
+    # episode 2: a bad rank, help, #id, undo, end (EOS), then Enter (no preference); then input ends
+    commands = '2\n\n good\n1\n9\n?\n#5\nu\ne\n\n'
+    code, screen = play_cli(tiny_model_dir, tmp_path, commands, "--episodes", "3", "--output", str(out),
+                            "--preferences", str(prefs), "--seed", "4")
+    assert code == 0
+    rows = read_jsonl(out)
+    assert rows[0] == {"mine": "an earlier line"} and len(rows) == 3  # appended after the user's line, untouched
+    first, second = rows[1], rows[2]
+    assert [t["source"] for t in first["tokens"]] == ["chosen", "sampled", "typed", "typed"][: len(first["tokens"])]
+    assert second["num_tokens"] == 1 and second["terminated"] and second["completion"] == ""
+    for row in (first, second):
+        assert row["prompt"] == "the film was"
+        assert row["return"] == pytest.approx(row["rm_score"] - row["kl_coef"] * row["kl"])
+        assert row["policy_rm_score"] == pytest.approx(len(row["policy_completion"]) / 10)
+    assert "no candidate 9: choose 1 to 3" in screen and "commands (one per line" in screen
+    assert "move> #5" in screen and "══ episode over" in screen and "2 episode(s) finished" in screen
+    assert "\x1b[" not in screen  # no colour codes when stdout is not a terminal
+    [preference] = read_jsonl(prefs)
+    assert preference == {"prompt": "the film was", "chosen": first["completion"],
+                          "rejected": first["policy_completion"], "meta": preference["meta"]}
+    assert preference["meta"]["chosen_by"] == "player"
+
+
+def test_quit_mid_episode_saves_nothing_and_undo_at_the_end_goes_back(tiny_model_dir, tmp_path) -> None:
+    out = tmp_path / "episodes.jsonl"
+    code, screen = play_cli(tiny_model_dir, tmp_path, "e\nu\n1\nq\n", "--output", str(out))
+    assert code == 0 and not out.exists()  # ended, undone at the end screen, one more token, quit: nothing saved
+    assert "unfinished episode is not saved" in screen and screen.count("══ episode over") == 1
+    # the end of the input on the end screen saves the finished episode
+    code, screen = play_cli(tiny_model_dir, tmp_path, "e\n", "--output", str(out))
+    assert code == 0 and len(read_jsonl(out)) == 1
+
+
+def test_parse_move() -> None:
+    from textenv.apps.play import parse_move
+
+    assert parse_move("") == ("sample", None)
+    assert parse_move("3") == ("rank", 3) and parse_move(" 12 ") == ("rank", 12)
+    assert parse_move("#42") == ("id", 42)
+    assert parse_move('"2 stars"') == ("type", "2 stars") and parse_move('" u') == ("type", " u")
+    assert parse_move("t 42") == ("type", "42") and parse_move("t  42") == ("type", " 42")
+    assert parse_move(" fun") == ("type", " fun")
+    assert [parse_move(c)[0] for c in ("u", "e", "q", "?")] == ["undo", "end", "quit", "help"]
+
+
+def test_model_text_cannot_send_terminal_escapes() -> None:
+    from textenv.apps.play import visible
+
+    assert visible("a\x1b[2Jb\nc") == "a\\x1b[2Jb\\nc" and visible(" ok é") == " ok é"
+
+
+def test_appends_never_leave_half_a_line(tmp_path, monkeypatch) -> None:
+    from textenv.apps import play
+
+    path = tmp_path / "f.jsonl"
+    path.write_bytes(b'{"a": 1}\n{"torn": ')  # another tool's torn last line stays; the new row starts cleanly
+    play.append_jsonl(path, {"b": 2})
+    assert path.read_bytes() == b'{"a": 1}\n{"torn": \n{"b": 2}\n'
+    before = path.read_bytes()
+    real_write = os.write
+
+    def half_then_disk_full(fd, data):
+        real_write(fd, data[: len(data) // 2])
+        raise OSError(28, "No space left on device")
+
+    monkeypatch.setattr(play.os, "write", half_then_disk_full)
+    with pytest.raises(OSError, match="No space"):
+        play.append_jsonl(path, {"c": "a long row " * 20})
+    assert path.read_bytes() == before  # cut back: no half line
+
+
+@pytest.mark.slow
+def test_the_real_command_with_piped_stdin_writes_jsonl_train_rm_reads(tiny_model_dir, tmp_path) -> None:
+    """``textenv play`` in a subprocess, its commands piped in: the episodes file and a preference file that the
+    reward-model trainer's loader accepts."""
+    import subprocess
+    import sys
+
+    from textenv.preferences import as_preference_rows, expand_pairs
+
+    out, prefs = tmp_path / "episodes.jsonl", tmp_path / "prefs.jsonl"
+    done = subprocess.run(
+        [sys.executable, "-m", "textenv", "play", "--model", str(tiny_model_dir), "--prompt", "the film was",
+         "--max-new-tokens", "3", "--top-k", "3", "--episodes", "2", "--device", "cpu", "--output", str(out),
+         "--preferences", str(prefs), "--reward-model", "vader"],
+        input="1\n good\n2\ne\n1\n", capture_output=True, text=True, timeout=240, cwd=tmp_path,
+        env={**os.environ, "OMP_NUM_THREADS": "1"},
+    )
+    assert done.returncode == 0, done.stderr
+    rows = read_jsonl(out)
+    assert len(rows) == 2 and all(row["prompt"] == "the film was" for row in rows)
+    assert [t["source"] for t in rows[0]["tokens"]] == ["chosen", "typed", "typed"]  # 3 tokens: the limit
+    assert rows[1]["terminated"] and rows[1]["num_tokens"] == 1 and rows[1]["completion"] == ""  # e: EOS at once
+    assert "move> 1" in done.stdout and "══ episode over" in done.stdout
+    pairs = [pair for group in expand_pairs(as_preference_rows(prefs)) for pair in group.as_pairs()]
+    # episode 1: 2 = the policy's completion preferred; episode 2: 1 = the player's (empty) completion
+    assert [(p.chosen, p.rejected) for p in pairs] == [(rows[0]["policy_completion"], rows[0]["completion"]),
+                                                       ("", rows[1]["policy_completion"])]
+
+
+# ---------------------------------------------------------------------------------------------- bad flags
+MY_NOTES = b"my own notes, not JSON\n"
+PREFERENCES = b'{"prompt": "the film", "chosen": " was great", "rejected": " was bad"}\n'
+
+BAD_FLAGS = {
+    "top-k-0": (["--top-k", "0"], ["--top-k", "'0'", "1 to 50"], {}),
+    "top-k-51": (["--top-k", "51"], ["--top-k", "'51'"], {}),
+    "top-k-text": (["--top-k", "many"], ["--top-k", "'many'"], {}),
+    "episodes-0": (["--episodes", "0"], ["--episodes", "'0'"], {}),
+    "max-new-tokens-0": (["--max-new-tokens", "0"], ["--max-new-tokens", "'0'"], {}),
+    "kl-coef-negative": (["--kl-coef", "-0.1"], ["--kl-coef", "'-0.1'"], {}),
+    "kl-coef-nan": (["--kl-coef", "nan"], ["--kl-coef", "'nan'"], {}),
+    "seed-negative": (["--seed", "-1"], ["--seed", "'-1'"], {}),
+    "model-and-checkpoint": (["--model", "gpt2", "--checkpoint", "{tmp}/ckpt"], ["--model", "--checkpoint",
+                                                                                "not both"], {}),
+    "reference-without-checkpoint": (["--reference", "gpt2"], ["--reference applies to --checkpoint"], {}),
+    "prompt-empty": (["--prompt", "  "], ["--prompt is empty"], {}),
+    "output-directory": (["--output", "{tmp}"], ["--output", "is a directory"], {}),
+    "output-not-jsonl": (["--output", "{tmp}/notes.txt"], ["--output", "notes.txt:1", "choose a new file"],
+                         {"notes.txt": MY_NOTES}),
+    "preferences-not-preferences": (["--preferences", "{tmp}/notes.jsonl"], ["--preferences", "notes.jsonl:1"],
+                                    {"notes.jsonl": b'{"prompt": "x", "choosen": "a", "rejected": "b"}\n'}),
+    "output-is-preferences": (["--output", "{tmp}/p.jsonl", "--preferences", "{tmp}/p.jsonl"],
+                              ["--output and --preferences are the same file"], {"p.jsonl": PREFERENCES}),
+    "checkpoint-missing": (["--checkpoint", "{tmp}/nothing"], ["--checkpoint", "nothing", "no such directory"], {}),
+    "checkpoint-not-a-checkpoint": (["--checkpoint", "{tmp}"], ["--checkpoint", "not a textenv checkpoint"], {}),
+}
+
+
+@pytest.fixture
+def no_model_loads(monkeypatch):
+    """Building any model or env fails the test: bad flags must be reported before."""
+    import transformers
+
+    def loaded(*args, **kwargs):
+        raise AssertionError("a model was loaded before the bad input was reported")
+
+    for cls in (transformers.AutoModelForCausalLM, transformers.AutoTokenizer):
+        monkeypatch.setattr(cls, "from_pretrained", loaded)
+    monkeypatch.setattr(TextGenVectorEnv, "__init__", loaded)
+
+
+@pytest.mark.bad_input
+@pytest.mark.parametrize("name", list(BAD_FLAGS))
+def test_bad_flags_are_one_line_before_any_model_loads(name, tmp_path, capsys, no_model_loads) -> None:
+    from textenv.apps.cli import main
+
+    argv, expected, files = BAD_FLAGS[name]
+    for file, data in files.items():
+        (tmp_path / file).write_bytes(data)
+    before = {path: path.read_bytes() for path in tmp_path.rglob("*") if path.is_file()}
+    code = main(["play", *(arg.replace("{tmp}", str(tmp_path)) for arg in argv)])
+    err = capsys.readouterr().err
+    assert code == 2 and len(err.splitlines()) == 1 and err.startswith("textenv play: error: "), err
+    for text in expected:
+        assert text in err, err
+    assert {path: path.read_bytes() for path in tmp_path.rglob("*") if path.is_file()} == before

@@ -7,13 +7,14 @@
     textenv label INPUT --output FILE     # rank completions by hand (keyboard, resumable)
     textenv train-rm --data FILE --output DIR   # Bradley-Terry preference reward model
     textenv pipeline --output DIR         # SFT? → collect → RM → PPO (+ β sweep) → eval.json + plots (resumable)
+    textenv play [--checkpoint RUN] [--output FILE] [--preferences FILE]   # be the policy, token by token
     textenv serve --data SETS --output FILE   # web app: Label (rank, several people) and Play (docs/serve.md)
 
 Each subcommand is a module of :mod:`textenv.apps` with ``add_arguments(parser)`` and ``run(args)``: ``train``
 (:mod:`~textenv.apps.train`: a YAML config file's ``agent``, ``total_timesteps``, ``output``, ``seed``,
 ``checkpoint_every``, ``eval_prompts``, ``env:`` and ``agent_kwargs:``, flags override it, all checked before any
 model loads), ``eval`` (:mod:`~textenv.apps.eval_checkpoint`), ``collect``, ``label``, ``train-rm``
-(:mod:`~textenv.apps.train_rm`) and ``pipeline``.
+(:mod:`~textenv.apps.train_rm`), ``pipeline`` and ``play`` (:mod:`~textenv.apps.play`: a person is the policy).
 
 Errors: a mistake in what the user gave (:class:`~textenv.validation.InputError`, or any exception whose class
 sets ``user_facing = True``, such as a training run that diverged) and an operating-system error on a named
@@ -34,7 +35,7 @@ import errno
 import sys
 from collections.abc import Sequence
 
-from textenv.apps import collect, eval_checkpoint, label, pipeline, serve, train, train_rm
+from textenv.apps import collect, eval_checkpoint, label, pipeline, play, serve, train, train_rm
 from textenv.apps.arguments import Parser
 from textenv.apps.train import build_env, held_out_eval  # also imported from here by examples/ and benchmarks/
 from textenv.validation import InputError
@@ -49,6 +50,7 @@ COMMANDS = {
     "label": (label, "rank completions by hand in the terminal (resumable)"),
     "train-rm": (train_rm, "train a Bradley-Terry preference reward model"),
     "pipeline": (pipeline, "the whole InstructGPT pipeline in one resumable command"),
+    "play": (play, "be the policy: choose the next token yourself, then compare with the policy's sample"),
     "serve": (serve, "a web app: rank completions (several people at once) and play the policy in the browser"),
 }
 

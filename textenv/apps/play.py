@@ -41,7 +41,7 @@ from typing import Any, TextIO
 import numpy as np
 import torch
 
-from textenv.apps.arguments import COUNT, NON_NEGATIVE, SEED, integer_at_least
+from textenv.apps.arguments import COUNT, NON_NEGATIVE, SEED, ArgumentType
 from textenv.preferences import PreferencePair, load_preferences
 from textenv.rollout import sample_actions
 from textenv.validation import InputError, check_int, check_seed
@@ -388,3 +388,469 @@ class PlaySession:
                 "tokens": [{"id": i, "text": self._decode([i], keep_special=True)} for i in ids],
                 "num_tokens": len(ids), "rm_score": float(info["rm_score"][0]),
                 "kl": float(info["episode_kl"][0]), "return": total}
+
+
+# ---------------------------------------------------------------------------------------------- JSONL appends
+def append_jsonl(path: str | os.PathLike, row: dict[str, Any]) -> None:
+    """Append ``row`` to ``path`` as one JSON line, atomically: the whole line goes out in one ``write`` under an
+    exclusive ``flock`` (other textenv processes appending to the same file wait), then ``fsync``. A write that
+    fails part-way (disk full) is cut back to the file's previous length, so the file never holds half a line;
+    earlier lines are never rewritten. A file that does not end with a newline (a torn last line of another tool)
+    gets one first, in the same write. The parent directory is created when missing."""
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    line = (json.dumps(row, ensure_ascii=False, allow_nan=False) + "\n").encode("utf-8")
+    fd = os.open(path, os.O_RDWR | os.O_APPEND | os.O_CREAT, 0o644)
+    try:
+        fcntl.flock(fd, fcntl.LOCK_EX)
+        size = os.fstat(fd).st_size
+        if size and os.pread(fd, 1, size - 1) != b"\n":
+            line = b"\n" + line
+        try:
+            written = os.write(fd, line)
+            if written != len(line):
+                raise OSError(f"short write to {path} ({written} of {len(line)} bytes)")
+            os.fsync(fd)
+        except BaseException:
+            os.ftruncate(fd, size)  # no half line: back to what the file held before this append
+            raise
+    finally:
+        os.close(fd)
+
+
+def check_jsonl_target(path: str, flag: str, validate: Callable[[Path], Any] | None = None) -> Path:
+    """``path`` as a JSONL file ``textenv play`` may append to: not a directory; when it exists, every line a JSON
+    object (``validate`` checks the file further, e.g. the preference format). :class:`InputError` naming
+    ``flag`` otherwise; nothing is written."""
+    target = Path(path)
+    if target.is_dir():
+        raise InputError(f"{flag} {target} is a directory; give a .jsonl file to append to")
+    if target.parent.exists() and not target.parent.is_dir():
+        raise InputError(f"{flag} {target}: {target.parent} is a file, not a directory")
+    if not target.is_file():
+        return target
+    if validate is not None:
+        validate(target)
+        return target
+    for number, line in enumerate(target.read_bytes().splitlines(), start=1):
+        try:
+            ok = not line.strip() or isinstance(json.loads(line), dict)
+        except (UnicodeDecodeError, json.JSONDecodeError):
+            ok = False
+        if not ok:
+            raise InputError(f"{flag} {target}:{number} is not a JSON object line; textenv play appends JSON lines "
+                             "and never writes into another kind of file: choose a new file")
+    return target
+
+
+# ---------------------------------------------------------------------------------------------- the terminal screen
+HELP = """\
+commands (one per line, then Enter):
+  1-K        take candidate number N (1 = the policy's most likely next token)
+  Enter      let the policy sample the next token from pi_theta (an empty line)
+  TEXT       any other line is text to force: tokenised, one env step per token (start with a space
+             for a new word: " fun" not "fun")
+  "TEXT      a leading double quote forces TEXT exactly: " 2 stars, or "u for the letter u (a closing
+             quote is dropped)
+  t TEXT     the same: everything after "t " (t 42 forces "42", t  42 with two spaces forces " 42")
+  #ID        take the token with id ID (any token of the vocabulary)
+  e          end the completion here (force the EOS token)
+  u          undo the last token (also once the episode is over)
+  ?          this help
+  q          quit (a finished episode is saved first; an unfinished one is not)
+numbers: pi_theta = the policy's probability of each candidate, pi_ref = the reference model's;
+KL = sum over your tokens of log p_you - log pi_ref (a token you pick: -log pi_ref, how surprising it is
+to the model; a token the policy sampled: log pi_theta - log pi_ref); R = r_phi - beta * KL.
+"""
+END_HELP = """\
+the episode is over:
+  Enter      save it and go on (1 or 2 first to record which completion you prefer, with --preferences)
+  1 / 2      you prefer your completion (1) or the policy's (2): saved to --preferences, then go on
+  s          no preference: save the episode only
+  u          undo your last token and keep playing
+  q          save and quit
+"""
+SOURCE_STYLES = {"chosen": "bold green", "typed": "bold yellow", "sampled": "bold cyan", "forced": "bold yellow"}
+
+
+def visible(text: str) -> str:
+    """``text`` with control characters escaped (``\\n``, ``\\x1b``...): model text never moves the cursor or
+    sends terminal escape sequences."""
+    return "".join(repr(char)[1:-1] if char.isprintable() is False and char != " " else char for char in text)
+
+
+def sequence_text(prompt: str, tokens: list[dict[str, Any]], width: int = 60) -> Any:
+    """The prompt (its last ``width`` characters), ``|``, then each token with its boundary ``|`` visible,
+    coloured by who chose it (green chosen, yellow typed, cyan sampled)."""
+    from rich.text import Text
+
+    shown = visible(prompt)
+    line = Text("…" + shown[-width:] if len(shown) > width else shown, style="dim")
+    line.append(" |", style="dim")
+    for token in tokens:
+        line.append(visible(token["text"]), style=SOURCE_STYLES.get(token["source"], ""))
+        line.append("|", style="dim")
+    return line
+
+
+def candidate_table(state: dict[str, Any]) -> list[Any]:
+    """One line per candidate: its number, π_θ and π_ref (when there is a reference) in percent, the token."""
+    from rich.text import Text
+
+    has_reference = state["has_reference"]
+    lines = [Text("    #    π_θ" + ("   π_ref" if has_reference else "") + "  next token", style="bold")]
+    for candidate in state["candidates"]:
+        line = Text(f"  {candidate['rank']:>3}  {candidate['prob']:6.1%}", style="")
+        if has_reference:
+            line.append(f"  {candidate['ref_prob']:6.1%}")
+        line.append("  ")
+        line.append(repr(candidate["text"]) if not candidate["eos"] else f"{visible(candidate['text'])} (end)",
+                    style="bold" if candidate["rank"] == 1 else "")
+        lines.append(line)
+    return lines
+
+
+def state_lines(state: dict[str, Any]) -> list[Any]:
+    """The state screen: header (episode, step, β, Σ KL), the sequence so far, the last action's numbers and the
+    candidates."""
+    from rich.text import Text
+
+    header = Text(f"── episode {state['episode']} · step {state['step']}/{state['max_new_tokens']} · β "
+                  f"{state['kl_coef']:g} · your Σ KL {state['kl']:.3f} nats", style="bold blue")
+    lines = [header, sequence_text(state["prompt"], state["tokens"])]
+    if state["tokens"]:
+        last = state["tokens"][-1]
+        ref = "" if last["ref_logprob"] is None else f"  log π_ref {last['ref_logprob']:.3f}"
+        lines.append(Text(f"last: {last['text']!r} ({last['source']})  log π_θ {last['logprob']:.3f}{ref}  "
+                          f"KL_t {last['kl']:.3f}", style="dim"))
+    if not state["done"]:
+        lines.extend(candidate_table(state))
+    return lines
+
+
+def result_lines(result: dict[str, Any]) -> list[Any]:
+    """The end screen: your completion and the policy's, each with r_φ, KL and the return R = r_φ − β·KL."""
+    from rich.text import Text
+
+    beta, policy = result["kl_coef"], result["policy"]
+    why = "EOS" if result["terminated"] else "max_new_tokens reached"
+    lines = [Text(f"══ episode over ({why}, {result['num_tokens']} tokens)", style="bold blue")]
+    for who, completion, score, kl, ret, style in (
+        ("you   ", result["completion"], result["rm_score"], result["kl"], result["return"], "bold green"),
+        ("policy", policy["completion"], policy["rm_score"], policy["kl"], policy["return"], "bold cyan"),
+    ):
+        line = Text(f"{who}: ", style=style)
+        line.append(visible(result["prompt"]), style="dim")
+        line.append(" |", style="dim")
+        line.append(visible(completion))
+        lines.append(line)
+        lines.append(Text(f"        reward r_φ {score:.3f}   KL {kl:.3f} nats   return R = r_φ − β·KL = {score:.3f} − "
+                          f"{beta:g} × {kl:.3f} = {ret:.3f}"))
+    winner = "you" if result["return"] > policy["return"] else "the policy" if result["return"] < policy[
+        "return"] else "nobody"
+    lines.append(Text(f"higher return: {winner}   (the env itself, which measures π_θ whoever acts, paid your "
+                      f"tokens KL {result['env_kl']:.3f}, R {result['env_return']:.3f})", style="dim"))
+    return lines
+
+
+class Screen:
+    """Where the game is drawn: a rich console on ``out`` (colour only when it is a terminal, no line wrapping)."""
+
+    def __init__(self, out: TextIO) -> None:
+        from rich.console import Console
+
+        self.console = Console(file=out, highlight=False, soft_wrap=True, emoji=False)
+
+    def show(self, lines: list[Any] | str) -> None:
+        """Print renderables (or a plain string, which is not parsed as markup)."""
+        for line in [lines] if isinstance(lines, str) else lines:
+            self.console.print(line, markup=False) if isinstance(line, str) else self.console.print(line)
+
+
+class LineReader:
+    """Commands one line at a time: ``input()`` with its line editing on a terminal; on a pipe or file each line is
+    read and echoed after the prompt, so a scripted run's transcript shows its commands."""
+
+    def __init__(self, stream: TextIO, screen: Screen) -> None:
+        self.stream = stream
+        self.screen = screen
+        try:
+            self.interactive = stream.isatty()
+        except (AttributeError, ValueError):
+            self.interactive = False
+
+    def read(self, prompt: str) -> str | None:
+        """The next line without its newline, or ``None`` at the end of input (Ctrl-D)."""
+        if self.interactive and self.stream is sys.stdin:
+            try:
+                return input(prompt)
+            except EOFError:
+                return None
+        line = self.stream.readline()
+        if not line:
+            return None
+        line = line.rstrip("\r\n")
+        self.screen.show(f"{prompt}{line}")
+        return line
+
+
+# ---------------------------------------------------------------------------------------------- the game loop
+def parse_move(line: str) -> tuple[str, Any]:
+    """A command line of the game as ``(action, argument)``: ``("sample", None)`` (empty line), ``("rank", N)``,
+    ``("id", ID)``, ``("type", TEXT)``, ``("undo" | "end" | "help" | "quit", None)``."""
+    if line == "":
+        return "sample", None
+    if line.strip() in ("u", "e", "q", "?", "h", "help"):
+        return {"u": "undo", "e": "end", "q": "quit"}.get(line.strip(), "help"), None
+    if line.strip().isdigit():
+        return "rank", int(line.strip())
+    if line.startswith("#") and line[1:].strip().isdigit():
+        return "id", int(line[1:].strip())
+    if line.startswith('"'):
+        text = line[1:]
+        return "type", text[:-1] if len(text) > 1 and text.endswith('"') else text
+    if line.startswith("t "):
+        return "type", line[2:]
+    return "type", line
+
+
+def apply_move(session: PlaySession, action: str, argument: Any) -> None:
+    """Make the move ``(action, argument)`` of :func:`parse_move` on ``session`` (not help or quit)."""
+    moves: dict[str, Callable[[], Any]] = {
+        "sample": session.sample, "rank": lambda: session.choose_rank(argument),
+        "id": lambda: session.choose(argument), "type": lambda: session.type_text(argument),
+        "undo": session.undo, "end": session.end,
+    }
+    moves[action]()
+
+
+@dataclass
+class EpisodeEnd:
+    """How an episode left the screen: ``saved`` (finished and accepted), the player's ``prefer`` (``"player"``,
+    ``"policy"`` or ``None``) and whether they ``quit``."""
+
+    saved: bool
+    prefer: str | None = None
+    quit: bool = False
+
+
+def play_episode(session: PlaySession, reader: LineReader, screen: Screen, ask_preference: bool) -> EpisodeEnd:
+    """Play the session's episode with the commands of ``reader`` until the player accepts the finished episode
+    (:class:`EpisodeEnd` ``saved``) or quits; a bad move prints one line and the game goes on."""
+    screen.show(state_lines(session.state()))
+    while True:
+        if session.done:
+            end = end_of_episode(session, reader, screen, ask_preference)
+            if end is not None:
+                return end
+            screen.show(state_lines(session.state()))  # undone: back into the episode
+            continue
+        line = reader.read("move> ")
+        if line is None:
+            return EpisodeEnd(saved=False, quit=True)
+        action, argument = parse_move(line)
+        if action == "quit":
+            screen.show("quit (this unfinished episode is not saved)")
+            return EpisodeEnd(saved=False, quit=True)
+        if action == "help":
+            screen.show(HELP)
+            continue
+        try:
+            apply_move(session, action, argument)
+        except InputError as err:
+            screen.show(f"{err} (? for help)")
+            continue
+        screen.show(state_lines(session.state()))
+
+
+def end_of_episode(session: PlaySession, reader: LineReader, screen: Screen,
+                   ask_preference: bool) -> EpisodeEnd | None:
+    """The end screen: the result, then the player's answer. ``None`` when they undid a token (play goes on)."""
+    result = session.result()
+    screen.show(result_lines(result))
+    comparable = result["completion"] != result["policy"]["completion"]
+    if ask_preference and not comparable:
+        screen.show("your completion is the policy's: nothing to prefer")
+    asking = ask_preference and comparable
+    prompt = "prefer 1 yours / 2 the policy's / s neither · u undo · q quit> " if asking else \
+        "Enter next · u undo · q quit> "
+    while True:
+        line = reader.read(prompt)
+        answer = "s" if line is None or line.strip() == "" else line.strip()
+        if answer == "u":
+            session.undo()
+            return None
+        if answer in ("?", "h", "help"):
+            screen.show(END_HELP)
+        elif answer == "q" or line is None:
+            return EpisodeEnd(saved=True, quit=True)
+        elif answer == "s":
+            return EpisodeEnd(saved=True)
+        elif asking and answer in ("1", "2"):
+            return EpisodeEnd(saved=True, prefer="player" if answer == "1" else "policy")
+        else:
+            screen.show(f"{answer!r} does nothing here: " + ("1, 2, s, " if asking else "Enter, ") + "u or q (? help)")
+
+
+def save_episode(session: PlaySession, end: EpisodeEnd, output: Path | None, preferences: Path | None,
+                 screen: Screen) -> None:
+    """Append the accepted episode to ``output`` and the player's preference (if any) to ``preferences``."""
+    if output is not None:
+        append_jsonl(output, session.record())
+        screen.show(f"saved episode {session.episode} to {output}")
+    if preferences is not None and end.prefer is not None:
+        row = session.preference(end.prefer)
+        if row is not None:
+            append_jsonl(preferences, row.to_json())
+            screen.show(f"saved your preference ({end.prefer}'s completion) to {preferences}")
+
+
+def play_games(session: PlaySession, reader: LineReader, screen: Screen, episodes: int, prompt: str | None,
+               output: Path | None, preferences: Path | None) -> int:
+    """Play up to ``episodes`` episodes (a new prompt each time unless ``prompt``); returns how many were saved."""
+    saved = 0
+    for number in range(episodes):
+        if number:
+            session.restart(prompt)
+        end = play_episode(session, reader, screen, ask_preference=preferences is not None)
+        if end.saved:
+            save_episode(session, end, output, preferences, screen)
+            saved += 1
+        if end.quit:
+            break
+    return saved
+
+
+# ---------------------------------------------------------------------------------------------- command line
+TOP_K = ArgumentType(int, lambda name, value: _check_top_k(value), f"an integer from 1 to {MAX_TOP_K}")
+
+
+def _check_top_k(value: Any) -> None:
+    check_int("top_k", value, minimum=1)
+    if value > MAX_TOP_K:
+        raise InputError(f"top_k={value} > {MAX_TOP_K}")
+
+
+def add_arguments(parser: argparse.ArgumentParser) -> None:
+    """Options of ``textenv play``."""
+    parser.description = ("Be the policy: at each step pick one of the policy's top-k next tokens by number, type "
+                          "text, press Enter to let the policy sample, u to undo; at the end compare your reward, "
+                          "KL and return with the policy's own completion. Reads one command per line (also from "
+                          "a pipe). ? shows the commands; docs/play.md explains the numbers.")
+    parser.add_argument("--model", help="policy model name or directory (default: the embedded tiny GPT-2)")
+    parser.add_argument("--checkpoint", help="play against a trained policy: RUN/checkpoint (or the run directory "
+                                             "RUN); its reward model, base model, β and max_new_tokens are the "
+                                             "defaults")
+    parser.add_argument("--reference", help="with --checkpoint: the base model for KL (default: the checkpoint's)")
+    parser.add_argument("--reward-model", dest="reward_model",
+                        help="reward model spec (default: vader, or the checkpoint's)")
+    parser.add_argument("--prompt", help="the prompt of every episode (default: a held-out built-in prompt each "
+                                         "episode)")
+    parser.add_argument("--top-k", dest="top_k", type=TOP_K, default=10,
+                        help="candidates shown at each step (default: %(default)s)")
+    parser.add_argument("--max-new-tokens", dest="max_new_tokens", type=COUNT,
+                        help="completion length limit in tokens (default: 16, or the checkpoint's)")
+    parser.add_argument("--kl-coef", dest="kl_coef", type=NON_NEGATIVE,
+                        help="β of R = r_φ − β·KL (default: 0.05, or the checkpoint's)")
+    parser.add_argument("--episodes", type=COUNT, default=1, help="episodes to play (default: %(default)s)")
+    parser.add_argument("--seed", type=SEED, default=0,
+                        help="seeds the prompt draw and the policy's samples (default: %(default)s)")
+    parser.add_argument("--output", help="JSONL file to append one object per finished episode to")
+    parser.add_argument("--preferences", help="preference JSONL (the format train-rm reads) to append which "
+                                              "completion you prefer, yours or the policy's, to")
+    parser.add_argument("--device", default="auto", help="auto, cpu, cuda... (default: %(default)s)")
+
+
+def check_play_arguments(args: argparse.Namespace) -> tuple[Path | None, Path | None]:
+    """Every check that needs no model: the flags that exclude each other and the two output files (returned as
+    paths, ``None`` when not given)."""
+    if args.checkpoint is not None and args.model is not None:
+        raise InputError("give --model (a base model) or --checkpoint (a trained policy), not both")
+    if args.reference is not None and args.checkpoint is None:
+        raise InputError("--reference applies to --checkpoint (the base model of a trained policy); with --model "
+                         "the reference is a frozen copy of the model")
+    if args.prompt is not None and not args.prompt.strip():
+        raise InputError("--prompt is empty; give the text the completion continues, e.g. --prompt 'the film was'")
+    output = None if args.output is None else check_jsonl_target(args.output, "--output")
+    preferences = None if args.preferences is None else check_jsonl_target(
+        args.preferences, "--preferences", _check_preference_file)
+    if output is not None and preferences is not None and output.resolve() == preferences.resolve():
+        raise InputError("--output and --preferences are the same file; give two files (episodes and preference "
+                         "pairs have different formats)")
+    return output, preferences
+
+
+def _check_preference_file(path: Path) -> None:
+    """An existing ``--preferences`` file must already be in the preference format (``train-rm`` reads it)."""
+    try:
+        load_preferences(path)
+    except InputError as err:
+        raise InputError(f"--preferences: {err}") from None
+
+
+def build_play_env(args: argparse.Namespace) -> TextGenVectorEnv:
+    """The one-row env of the game: ``--model`` (or ``--checkpoint``'s policy with its base model as the
+    reference and its training settings as defaults), ``--reward-model``, ``--prompt`` or the built-in held-out
+    prompts, ``--max-new-tokens``, ``--kl-coef``, ``--device``."""
+    from textenv.apps.evaluation import load_reward_model
+    from textenv.models.loading import DEFAULT_MODEL, resolve_device
+
+    device = resolve_device(args.device)
+    models: dict[str, Any] = {"model": args.model or DEFAULT_MODEL}
+    reward, max_new_tokens, kl_coef = args.reward_model or "vader", args.max_new_tokens or 16, args.kl_coef
+    if args.checkpoint is not None:
+        models, settings = _checkpoint_models(args, device)
+        reward, max_new_tokens = settings["gold"], settings["max_new_tokens"]
+        kl_coef = kl_coef if kl_coef is not None else settings["kl_coef"]
+    kl_coef = 0.05 if kl_coef is None else kl_coef
+    if kl_coef == 0:
+        models.pop("reference", None)
+    prompts = [args.prompt] if args.prompt is not None else "builtin"
+    return TextGenVectorEnv(num_envs=1, **models, reward_model=load_reward_model(reward, device), prompts=prompts,
+                            prompt_split="eval", max_new_tokens=max_new_tokens, kl_coef=kl_coef,
+                            autoreset_mode="disabled", device=device)
+
+
+def _checkpoint_models(args: argparse.Namespace, device: torch.device) -> tuple[dict[str, Any], dict[str, Any]]:
+    """The policy, tokenizer and reference of ``--checkpoint`` (as ``textenv eval`` finds them: its agent.json,
+    flags override) and those settings."""
+    from textenv.agents.base import CHECKPOINT_KIND
+    from textenv.apps.eval_checkpoint import eval_settings
+    from textenv.apps.run_directory import resolve_checkpoint
+    from textenv.checkpoint import verify_directory
+    from textenv.models.loading import load_causal_lm, load_tokenizer
+
+    checkpoint = resolve_checkpoint(args.checkpoint, "--checkpoint")
+    verify_directory(checkpoint, CHECKPOINT_KIND)
+    settings = eval_settings(args, checkpoint)
+    reference = load_causal_lm(settings["reference"], device).eval()
+    reference.requires_grad_(False)
+    models = {"model": load_causal_lm(checkpoint / "policy", device), "tokenizer": load_tokenizer(
+        checkpoint / "policy"), "reference": reference}
+    return models, settings
+
+
+def run(args: argparse.Namespace, stdin: TextIO | None = None, stdout: TextIO | None = None) -> int:
+    """``textenv play``: check the flags and files, build the env, play ``--episodes`` episodes."""
+    output, preferences = check_play_arguments(args)
+    screen = Screen(stdout or sys.stdout)
+    env = build_play_env(args)
+    session = PlaySession(env, prompt=args.prompt, top_k=args.top_k, seed=args.seed)
+    reader = LineReader(stdin or sys.stdin, screen)
+    if reader.interactive:
+        screen.show("you are the policy: a number picks a candidate, text is forced, Enter lets the policy sample, "
+                    "u undoes, ? helps, q quits")
+    saved = play_games(session, reader, screen, args.episodes, args.prompt, output, preferences)
+    screen.show(f"{saved} episode(s) finished" + (f", appended to {output}" if output and saved else ""))
+    return 0
+
+
+def main(argv: list[str] | None = None) -> int:
+    """``python -m textenv.apps.play`` is ``textenv play``."""
+    from textenv.apps.cli import main as cli_main
+
+    return cli_main(["play", *(sys.argv[1:] if argv is None else argv)])
+
+
+if __name__ == "__main__":
+    sys.exit(main())
