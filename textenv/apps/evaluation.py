@@ -74,7 +74,8 @@ def evaluate_policy(
 
     Args:
         policy: a ``PreTrainedModel``, a ``save_pretrained`` directory / model name, or a textenv agent
-            checkpoint directory (``Agent.save``: its ``policy/`` is loaded).
+            checkpoint directory (``Agent.save``: its ``policy/`` is loaded; an ILQL checkpoint samples with its
+            Q-weighted policy, ``ILQL.sampling_policy``).
         prompts: any prompt source of :func:`textenv.prompts.load_prompts`; default the built-in held-out
             ``"eval"`` split.
         gold: the reward model we care about: a registered name, a :class:`RewardModel`, a callable, or the
@@ -264,11 +265,20 @@ def _load_policy(
     if not isinstance(policy, (str, os.PathLike)):
         raise TypeError(f"policy must be a PreTrainedModel, a model directory or a checkpoint, got {type(policy)}")
     path = Path(resolve_model_path(policy))
-    base = None
     if (path / "agent.json").is_file() and (path / "policy").is_dir():  # an Agent.save checkpoint
-        base = _recorded_base_model(path / "agent.json")
-        path = path / "policy"
-    return load_causal_lm(path, device).eval(), load_tokenizer(path), base
+        model = load_causal_lm(path / "policy", device).eval()
+        return _sampling_policy(path, model), load_tokenizer(path / "policy"), _recorded_base_model(path / "agent.json")
+    return load_causal_lm(path, device).eval(), load_tokenizer(path), None
+
+
+def _sampling_policy(checkpoint: Path, model: PreTrainedModel) -> torch.nn.Module:
+    """What the checkpoint's agent samples with: its LM ``model``, or the module its class builds around it when the
+    class has a ``sampling_policy(checkpoint, model)`` (ILQL's Q-weighted decoding)."""
+    from textenv.agents import AGENTS
+
+    name = _read_agent_json(checkpoint / "agent.json").get("agent")
+    build = getattr(AGENTS[name], "sampling_policy", None) if isinstance(name, str) and name in AGENTS else None
+    return model if build is None else build(checkpoint, model).to(model.device)
 
 
 def _recorded_base_model(file: Path) -> str | None:
