@@ -15,6 +15,7 @@ from textenv.agents.config import AgentConfig
 from textenv.agents.dpo import DPO, LRML, DPOConfig, LRMLConfig
 from textenv.agents.gradient_step import TrainingDivergedError
 from textenv.agents.grpo import GRPO, GRPOConfig
+from textenv.agents.ilql import ILQL, ILQLConfig
 from textenv.agents.ppo import PPO, PPOConfig
 from textenv.agents.reinforce import Reinforce, ReinforceConfig
 from textenv.agents.remax import ReMax, ReMaxConfig
@@ -75,7 +76,7 @@ def make_agent(name: str, env: Any, **hyperparameters: Any) -> Agent:
     return agent_class(name)(env, **hyperparameters)
 
 
-for _cls in (Reinforce, PPO, RLOO, GRPO, ReMax, SFT, DPO, LRML):
+for _cls in (Reinforce, PPO, RLOO, GRPO, ReMax, SFT, DPO, LRML, ILQL):
     register_agent(_cls)
 #: The SB3 agents, imported with stable-baselines3 when first used.
 _SB3_AGENTS = {"sb3-ppo": "SB3PPO", "sb3-a2c": "SB3A2C", "maskable-ppo": "MaskablePPOAgent"}
@@ -92,6 +93,6 @@ def __getattr__(name: str) -> Any:
 
 
 __all__ = ["AGENTS", "DPO", "GRPO", "LRML", "PPO", "RLOO", "ReMax", "ReMaxConfig", "SB3A2C", "SB3PPO", "SCALARS",
-           "SFT", "Agent", "AgentConfig",
+           "SFT", "Agent", "AgentConfig", "ILQL", "ILQLConfig",
            "DPOConfig", "GRPOConfig", "LRMLConfig", "MaskablePPOAgent", "PPOConfig", "RLOOConfig", "Reinforce",
            "ReinforceConfig", "SFTConfig", "TrainingDivergedError", "agent_class", "make_agent", "register_agent"]

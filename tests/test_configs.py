@@ -24,7 +24,8 @@ from textenv.vector_env import TextGenVectorEnv
 
 PREFERENCES = [{"prompt": "the film was", "chosen": " good", "rejected": " bad"}]
 #: Constructor arguments an agent needs besides its defaults (its data).
-NEEDS = {"dpo": {"preferences": PREFERENCES}, "lrml": {"preferences": PREFERENCES}, "sft": {"num_demonstrations": 4}}
+NEEDS = {"dpo": {"preferences": PREFERENCES}, "lrml": {"preferences": PREFERENCES}, "sft": {"num_demonstrations": 4},
+         "ilql": {"data": [{"prompt": "the film was", "completion": " good", "reward": 1.0}]}}
 
 
 def tiny_env(model_dir: Path, group_size: int = 1) -> TextGenVectorEnv:
