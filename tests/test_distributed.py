@@ -150,6 +150,35 @@ def test_textenv_train_under_torchrun(tmp_path, tiny_model_dir):
     assert "SB3 trains in one process only; this run has 2" in refused.stderr + refused.stdout
 
 
+@pytest.mark.slow
+def test_textenv_train_with_fsdp_under_torchrun(tmp_path, tiny_model_dir, capsys):
+    """`textenv train --sharding fsdp --dtype float32` under torchrun finishes (held-out evaluation before and
+    after on both ranks, checkpoints gathered from the shards), rank 0 writes one checkpoint and one events file,
+    and --resume continues it under FSDP; resuming it with --sharding ddp is refused."""
+    config = tmp_path / "run.yaml"
+    config.write_text(json.dumps({"env": {"model": str(tiny_model_dir), "num_envs": 4, "max_new_tokens": 4,
+                                          "prompts": PROMPTS}, "eval_prompts": 2, "checkpoint_every": 1}))
+    output = tmp_path / "run"
+    common = ["-m", "textenv", "train", "--config", str(config), "--no-progress"]
+    result = torchrun(*common, "--agent", "ppo", "--sharding", "fsdp", "--dtype", "float32", "--total-timesteps",
+                      "40", "--output", str(output), timeout=120)
+    assert result.stdout.count("held-out after:") == 1 and "world_size=2" in result.stdout
+    summary = json.loads((output / "summary.json").read_text())
+    meta = json.loads((output / "checkpoint" / "agent.json").read_text())
+    assert summary["world_size"] == meta["world_size"] == 2 and meta["hyperparameters"]["sharding"] == "fsdp"
+    assert meta["env"]["dtype"] == "float32" and meta["num_timesteps"] == summary["num_timesteps"] >= 40
+    assert sorted(p.name for p in output.iterdir()) == ["checkpoint", "summary.json", "tensorboard"]
+    assert len(list((output / "tensorboard").iterdir())) == 1
+
+    resumed = torchrun(*common, "--resume", str(output / "checkpoint"), "--total-timesteps", "80", timeout=120)
+    assert f"resumed from {output / 'checkpoint'} at step {meta['num_timesteps']}" in resumed.stdout
+    assert json.loads((output / "checkpoint" / "agent.json").read_text())["num_timesteps"] >= 80
+    from textenv.apps.cli import main
+
+    assert main(["train", "--config", str(config), "--resume", str(output / "checkpoint"), "--sharding", "ddp"]) == 2
+    assert "trained with sharding='fsdp', and this run asks for sharding='ddp'" in capsys.readouterr().err
+
+
 def test_sb3_agents_refuse_more_than_one_process(monkeypatch):
     pytest.importorskip("stable_baselines3")
     from textenv import distributed

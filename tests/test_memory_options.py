@@ -230,6 +230,28 @@ def test_autocast_dtype_is_bfloat16_or_none(value):
         NativeConfig(autocast_dtype=value)
 
 
+# ---------------------------------------------------------------------- textenv train flags
+def test_train_flags_set_the_env_dtype_and_the_memory_options(tmp_path):
+    """--dtype sets env.dtype; --sharding, --micro-batch-size, --gradient-checkpointing and --autocast-dtype set
+    agent_kwargs (beating the config file); flags not given leave the file's values."""
+    from textenv.apps.cli import build_parser
+    from textenv.apps.train import resolve_train_options
+
+    config = tmp_path / "c.yaml"
+    config.write_text("agent: ppo\nenv:\n  dtype: bfloat16\nagent_kwargs:\n  micro_batch_size: 2\n"
+                      "  gradient_checkpointing: true\n")
+    parse = build_parser().parse_args
+    options = resolve_train_options(parse(["train", "--config", str(config)]))
+    assert options["env"]["dtype"] == "bfloat16"
+    assert options["agent_kwargs"] == {"micro_batch_size": 2, "gradient_checkpointing": True}
+    args = parse(["train", "--config", str(config), "--dtype", "float32", "--sharding", "fsdp", "--micro-batch-size",
+                  "4", "--no-gradient-checkpointing", "--autocast-dtype", "bfloat16"])
+    options = resolve_train_options(args)
+    assert options["env"]["dtype"] == "float32"
+    assert options["agent_kwargs"] == {"micro_batch_size": 4, "gradient_checkpointing": False, "sharding": "fsdp",
+                                       "autocast_dtype": "bfloat16"}
+
+
 # ---------------------------------------------------------------------- FSDP2 (2 processes, gloo)
 FSDP_AGENTS = ("reinforce", "ppo", "rloo")
 FSDP_ITERATIONS = 2  # learn() iterations per run; the FSDP run also saves a checkpoint after the first

@@ -95,7 +95,8 @@ def add_config_arguments(parser: argparse.ArgumentParser, config_class: type[Con
         described = item.help.replace("%", "%%")
         if isinstance(item.metadata.get("check"), Flag):
             switch = target.add_mutually_exclusive_group()
-            switch.add_argument(flag, dest=item.name, action="store_true", default=item.default, help=described)
+            switch.add_argument(flag, dest=item.name, action="store_true",
+                                default=None if given_only else item.default, help=described)
             off = item.metadata.get("off_flag", f"--no-{flag[2:]}")
             switch.add_argument(off, dest=item.name, action="store_false",
                                 help=f"the opposite of {flag}" + ("" if item.default else " (the default)"))
@@ -107,7 +108,7 @@ def add_config_arguments(parser: argparse.ArgumentParser, config_class: type[Con
         kwargs: dict[str, Any] = {"dest": item.name, "default": default, "help": described}
         check = item.metadata.get("check")
         if isinstance(check, Choice):
-            kwargs["choices"] = check.choices
+            kwargs["choices"] = [choice for choice in check.choices if choice is not None]  # None: not given
         elif hasattr(check, "parse"):
             kwargs["type"] = argument_type(check)
         target.add_argument(flag, **kwargs)

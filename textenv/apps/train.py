@@ -31,6 +31,10 @@ from textenv.apps.run_directory import prepare_run_dir, read_agent_json, resolve
 from textenv.config import Check, Config, Integer, Number, Seed, option
 from textenv.validation import InputError, decode_utf8
 
+#: The native agents' memory and sharding options (:class:`~textenv.agents.config.NativeConfig`) that are also
+#: flags of ``textenv train``: a flag sets ``agent_kwargs.NAME`` (and beats the config file).
+AGENT_FLAGS = ("sharding", "micro_batch_size", "gradient_checkpointing", "autocast_dtype")
+
 #: Arguments the CLI itself passes to every agent: not accepted in ``agent_kwargs:``.
 CLI_AGENT_ARGUMENTS = {"env": "", "seed": "set `seed:` at the top level or --seed",
                        "tensorboard_log": "the run writes its events to OUTPUT/tensorboard"}
@@ -41,8 +45,17 @@ def add_arguments(parser: argparse.ArgumentParser, agent: str | None = None) -> 
     hyper-parameters of ``agent`` (:func:`agent_help`)."""
     parser.epilog = agent_help(agent)
     parser.formatter_class = argparse.RawDescriptionHelpFormatter
+    from textenv.agents.config import NativeConfig
+    from textenv.models.setup import DTYPES
+
     add_config_arguments(parser, TrainConfig, TrainConfig.flags(), given_only=True)
     parser.add_argument("--config", help="YAML file with options, `env:` and `agent_kwargs:`")
+    scale = parser.add_argument_group("precision, memory and sharding", "--dtype sets `env: dtype:`; the others "
+                                      "set `agent_kwargs:` of the native agents (not SB3's); a flag beats the file")
+    scale.add_argument("--dtype", choices=sorted(DTYPES), help="the models' weight dtype (default: the model's, "
+                       "float32 for a model loaded by name): float32 master weights train best; bfloat16/float16 "
+                       "halve the weights' memory (pair float32 with --autocast-dtype bfloat16 instead on a GPU)")
+    add_config_arguments(scale, NativeConfig, AGENT_FLAGS, given_only=True)
     parser.add_argument("--resume", help="continue exactly from a checkpoint: RUN/checkpoint or the run directory RUN")
     parser.add_argument("--overwrite", action="store_true",
                         help="start again in an --output that holds an earlier run (removes only that run's "
@@ -297,7 +310,15 @@ def resolve_train_options(args: argparse.Namespace) -> dict[str, Any]:
     options["env"] = _env_options(config, recorded)
     hyper = recorded.get("hyperparameters") if isinstance(recorded.get("hyperparameters"), dict) else {}
     recorded_kwargs = {k: v for k, v in hyper.items() if k in cls.config_class.names() and k not in CLI_AGENT_ARGUMENTS}
-    options["agent_kwargs"] = {**recorded_kwargs, **config.get("agent_kwargs", {})}
+    options["agent_kwargs"] = {**recorded_kwargs, **config.get("agent_kwargs", {}), **_agent_flags(args, cls)}
+    if getattr(args, "dtype", None) is not None:
+        options["env"]["dtype"] = args.dtype
+    saved_sharding = hyper.get("sharding", "ddp")
+    if resume is not None and options["agent_kwargs"].get("sharding", "ddp") != saved_sharding:
+        raise InputError(f"--resume {resume} was trained with sharding={saved_sharding!r}, and this run asks for "
+                         f"sharding={options['agent_kwargs'].get('sharding', 'ddp')!r}; the optimizer state is stored "
+                         f"differently. Resume with --sharding {saved_sharding} (or drop the flag), or start a new run "
+                         f"from its weights with `model: {resume / 'policy'}`")
     if args.seed is None and "seed" not in config and isinstance(hyper.get("seed"), int):
         options["seed"] = hyper["seed"]
     _check_train_options(where, options, cls)
@@ -323,6 +344,17 @@ def _resumed_agent(args: argparse.Namespace, config: Mapping[str, Any], agent: s
     return agent
 
 
+def _agent_flags(args: argparse.Namespace, cls: type) -> dict[str, Any]:
+    """The :data:`AGENT_FLAGS` given on the command line, as ``agent_kwargs``; an agent that does not take one
+    (SB3's) is an :class:`InputError` naming the flag."""
+    given = {name: getattr(args, name) for name in AGENT_FLAGS if getattr(args, name, None) is not None}
+    for name in given:
+        if name not in cls.config_class.names():
+            raise InputError(f"--{name.replace('_', '-')}: agent {cls.name!r} does not take it (it is an option of "
+                             "the native agents' update); drop the flag or pick a native agent")
+    return given
+
+
 def _env_options(config: Mapping[str, Any], recorded: Mapping[str, Any]) -> dict[str, Any]:
     """``env:`` settings: :class:`TrainConfig`'s defaults ← the resumed checkpoint's ← the config file's."""
     from textenv.vector_env import TextGenVectorEnv
@@ -343,10 +375,26 @@ def _check_train_options(where: str, options: Mapping[str, Any], cls: type) -> N
         if key in options["env"]:
             _in_file(where, check, f"env.{key}", options["env"][key])
     check_agent_kwargs(where, options["agent_kwargs"], cls)
+    if options["agent_kwargs"].get("sharding") == "fsdp":
+        _check_fsdp_options(options)
     _in_file(where, Seed(), "seed", options["seed"])
     held_out = len(builtin_prompts("eval"))
     if options["eval_prompts"] > held_out:
         raise InputError(f"eval_prompts={options['eval_prompts']} exceeds the {held_out} built-in held-out prompts")
+
+
+def _check_fsdp_options(options: Mapping[str, Any]) -> None:
+    """``sharding: fsdp`` needs torchrun's processes and no LoRA (the agent refuses both too, but after the model
+    loads)."""
+    from textenv import distributed
+
+    if distributed.world_size() == 1:
+        raise InputError("sharding='fsdp' shards the model over torchrun's processes: launch with `torchrun "
+                         "--nproc-per-node N -m textenv train ...` (N >= 2), or use --sharding ddp")
+    if options["env"].get("lora"):
+        raise InputError("sharding='fsdp' with env.lora is not supported (a LoRA checkpoint merges the adapters into "
+                         "a copy of the whole model, which textenv does not build from FSDP2's shards); use "
+                         "--sharding ddp with LoRA")
 
 
 def checked_agent_class(name: str) -> type:
