@@ -3,6 +3,11 @@
 The batched env is the implementation (and the fast path); this class unbatches it so that
 ``gym.make("TextGen-v0")``, ``check_env`` and any single-env algorithm work unchanged. It uses only the vector
 env's public API (``reset``, ``step``, ``render``, ``next_token_logits`` and its spaces and attributes).
+
+``gym.make`` returns this env inside Gymnasium's wrappers (``OrderEnforcing``, ``PassiveEnvChecker``), and Gymnasium
+1.x wrappers do not forward attributes: ``env.policy`` on what ``gym.make`` returns is an ``AttributeError``. Reach
+the env's own attributes and methods with ``env.unwrapped`` (``env.unwrapped.policy``,
+``env.unwrapped.next_token_logits()``) or Gymnasium's ``env.get_wrapper_attr("policy")``.
 """
 
 from __future__ import annotations
@@ -29,9 +34,17 @@ class TextGenEnv(gym.Env):
     ``step()`` before ``reset()``, or after the episode ended (terminated or truncated), raises
     :class:`~textenv.validation.InputError` saying to call ``reset()``; so does an action that is not one int
     token id in ``[0, vocab_size)``.
+
+    For a policy of your own (the models are reached through ``env.unwrapped`` when ``gym.make`` made the env):
+    :attr:`policy` π_θ, :attr:`reference` π_ref, :attr:`tokenizer`, :meth:`next_token_logits`, and
+    :func:`textenv.logprobs.observation_logprobs` (log π(a|s) of observations, left padding handled, with
+    gradients). The KL penalty is computed with :attr:`policy`: an actor that is another network should be made the
+    env's policy with :meth:`set_policy` (see docs/rl-framing.md, "Whose KL?").
+
+    ``render_mode="ansi"`` / ``"human"`` and ``render_top_k``: see :meth:`render`.
     """
 
-    metadata = {"render_modes": ["ansi"], "render_fps": 4}
+    metadata = {"render_modes": ["ansi", "human"], "render_fps": 4}
 
     def __init__(self, render_mode: str | None = None, **kwargs: Any) -> None:
         if kwargs.get("group_size", 1) != 1:
@@ -51,9 +64,19 @@ class TextGenEnv(gym.Env):
         return self.vector_env.policy
 
     @property
+    def reference(self) -> torch.nn.Module | None:
+        """The frozen reference model π_ref of the KL penalty (``None`` when ``kl_coef=0``)."""
+        return self.vector_env.reference
+
+    @property
     def tokenizer(self) -> PreTrainedTokenizerBase:
         """The policy's tokenizer (decodes actions: token ids)."""
         return self.vector_env.tokenizer
+
+    def set_policy(self, model: torch.nn.Module) -> None:
+        """Make ``model`` the env's policy π_θ: the env then computes ``info["logprob"]``, the next-token logits and
+        the KL penalty with it (see :meth:`TextGenVectorEnv.set_policy`)."""
+        self.vector_env.set_policy(model)
 
     def reset(
         self, *, seed: int | None = None, options: dict[str, Any] | None = None
@@ -92,11 +115,16 @@ class TextGenEnv(gym.Env):
         return _row(obs), float(rewards[0]), bool(terminated[0]), bool(truncated[0]), row_info
 
     def render(self) -> str | None:
-        """``"ansi"``: the prompt, ``|``, then the text generated so far."""
+        """The state as text (:mod:`textenv.render`): the prompt, the tokens so far with visible boundaries, the last
+        action with log π_θ and log π_ref, Σ KL so far, π_θ's top ``render_top_k`` next tokens with their π_θ and
+        π_ref probabilities, and on the last step the completion, r_φ, Σ KL, β and R = r_φ − β·Σ KL.
+        ``"ansi"`` returns the string; ``"human"`` prints it (also at every ``reset`` and ``step``) and returns
+        ``None``."""
         return self.vector_env.render()
 
     def next_token_logits(self) -> torch.Tensor:
-        """π_θ's next-token logits for the current state, shape ``(V,)``, no grad."""
+        """π_θ's next-token logits for the current state, shape ``(V,)`` float32, no grad (already computed by the
+        env's cached forward: sample from ``softmax`` of them instead of running the policy again)."""
         return self.vector_env.next_token_logits()[0]
 
 

@@ -27,16 +27,18 @@ from transformers import PreTrainedModel, PreTrainedTokenizerBase
 from textenv.engine.generation import GenerationEngine
 from textenv.fast import resolve_fast, set_model_fast
 from textenv.kl import KL_ESTIMATORS, kl_per_token, make_kl_controller
+from textenv.logprobs import OffPolicyActionMonitor
 from textenv.models.loading import DEFAULT_MODEL, resolve_device
 from textenv.models.lora import check_lora
 from textenv.models.setup import check_model_sources, disable_dropout, episode_end_ids, load_models, resolve_dtype
 from textenv.prompts import PROMPT_SPLITS, PromptSource, is_chat, load_prompts, render_chat
+from textenv.render import Outcome, format_rows, print_rows, row_states
 from textenv.reward_models import RewardModel, checked_scores, make_reward_model
 from textenv.validation import InputError, check_choice, check_int, check_number
 
 KL_PENALTIES = ("terminal", "dense")
 AUTORESET_MODES = {"next_step": AutoresetMode.NEXT_STEP, "disabled": AutoresetMode.DISABLED}
-RENDER_MODES = (None, "ansi")
+RENDER_MODES = (None, "ansi", "human")
 RESET_OPTIONS = ("prompts", "reset_mask")
 
 _IMPORT_PID = os.getpid()
@@ -91,7 +93,12 @@ class TextGenVectorEnv(VectorEnv):
             ``None`` (default): a model loaded by name loads in float32, also a checkpoint saved in bfloat16 (the
             optimizer needs float32 master weights: in pure bfloat16 most Adam updates round away); a loaded model
             keeps its dtype. Logits and log-probs are float32 whatever the weights.
-        render_mode: ``None`` or ``"ansi"``.
+        render_mode: ``None`` (nothing is computed for rendering), ``"ansi"`` (:meth:`render` returns the screen as
+            a string) or ``"human"`` (the screen is printed after every ``reset`` and ``step``, in colour when stdout
+            is a terminal; :meth:`render` prints it and returns ``None``). The screen shows, per row, the state and
+            what the policy makes of it: see :mod:`textenv.render`.
+        render_top_k: how many of π_θ's most likely next tokens the render lists (with their π_θ and π_ref
+            probabilities); an integer >= 1.
         fast: textenv's CPU speed-ups (``True``) or the plain transformers path (``False``), for this env's
             forwards, log-probs and models, and the agents' update forward on them; ``None`` follows
             ``TEXTENV_FAST`` (on by default). Same numbers to float32 rounding; see :mod:`textenv.fast`.
@@ -113,7 +120,7 @@ class TextGenVectorEnv(VectorEnv):
     finish), so there is no per-step ``"kl"``; :meth:`token_kl` gives the per-token KL of the episodes.
     """
 
-    metadata = {"render_modes": ["ansi"], "render_fps": 4, "autoreset_mode": AutoresetMode.NEXT_STEP}
+    metadata = {"render_modes": ["ansi", "human"], "render_fps": 4, "autoreset_mode": AutoresetMode.NEXT_STEP}
 
     def __init__(
         self,
@@ -138,6 +145,7 @@ class TextGenVectorEnv(VectorEnv):
         render_mode: str | None = None,
         fast: bool | None = None,
         dtype: str | torch.dtype | None = None,
+        render_top_k: int = 5,
     ) -> None:
         single_thread_after_fork()
         autoreset_mode = _autoreset_name(autoreset_mode)
@@ -146,6 +154,7 @@ class TextGenVectorEnv(VectorEnv):
             max_new_tokens=max_new_tokens, max_prompt_tokens=max_prompt_tokens, kl_coef=kl_coef, target_kl=target_kl,
             kl_horizon=kl_horizon, kl_estimator=kl_estimator, kl_penalty=kl_penalty, group_size=group_size,
             autoreset_mode=autoreset_mode, reference=reference, lora=lora, render_mode=render_mode,
+            render_top_k=render_top_k,
         )
         dtype = resolve_dtype(dtype)
         #: JSON-serialisable constructor arguments, saved with checkpoints so runs can be rebuilt.
@@ -178,6 +187,7 @@ class TextGenVectorEnv(VectorEnv):
         self.kl_estimator = kl_estimator
         self.kl_penalty = kl_penalty
         self.render_mode = render_mode
+        self.render_top_k = render_top_k
         self.autoreset_mode = autoreset_mode
         self.metadata = {**self.metadata, "autoreset_mode": AUTORESET_MODES[autoreset_mode]}
         # With the terminal penalty only each episode's total KL is needed, so the reference is fed lazily: one
@@ -186,13 +196,19 @@ class TextGenVectorEnv(VectorEnv):
                                        lazy_reference=kl_penalty == "terminal", fast=self.fast,
                                        eos_token_ids=episode_end_ids(self.policy, self.tokenizer))
         self._make_spaces()
+        self._init_bookkeeping()
 
-        self._row_prompts: list[str] = [""] * num_envs
-        self._needs_restart = np.zeros(num_envs, dtype=bool)
+    def _init_bookkeeping(self) -> None:
+        """The state kept beside the engine: rows' prompts, pending restarts, β's window, the render's episode ends,
+        the check of where the actions come from."""
+        self._row_prompts: list[str] = [""] * self.num_envs
+        self._needs_restart = np.zeros(self.num_envs, dtype=bool)
         self._kl_window: list[float] = []  # per-episode KL of finished episodes since the last β update
         self._kl_window_steps = 0
         self._kl_controller_paused = False  # see pause_kl_controller()
         self._started = False
+        self._render_outcomes: list[Outcome | None] = [None] * self.num_envs  # each row's last episode end (render)
+        self._off_policy_monitor = OffPolicyActionMonitor(self.single_action_space.n)
 
     def _make_spaces(self) -> None:
         """The Gymnasium spaces: one token id per row; observations of ``max_prompt_tokens + max_new_tokens``
@@ -225,8 +241,11 @@ class TextGenVectorEnv(VectorEnv):
                                  f"{mask.dtype} {mask.shape}")
             self._restart(mask.astype(bool), options.get("prompts"))
         else:
+            mask = None
             self._start_all(options.get("prompts"))
         self._started = True
+        if self.render_mode is not None:
+            self._note_render_outcomes(np.ones(self.num_envs, dtype=bool) if mask is None else mask.astype(bool))
         return self.observation(), {"prompt": np.array(self._row_prompts, dtype=object)}
 
     def step(
@@ -242,6 +261,7 @@ class TextGenVectorEnv(VectorEnv):
 
         rewards = np.zeros(self.num_envs, dtype=np.float64)
         info: dict[str, Any] = {"logprob": out.logprob.cpu().numpy()}
+        self._off_policy_monitor.observe(info["logprob"], out.active.cpu().numpy())
         if self.kl_penalty == "dense":  # r_t = −β·KL_t every step, and the RM score at the end
             kl_t = torch.zeros_like(out.logprob)
             if out.ref_logprob is not None:
@@ -261,18 +281,42 @@ class TextGenVectorEnv(VectorEnv):
                 rewards[restarting] = 0.0
                 terminated[restarting] = truncated[restarting] = False
             self._needs_restart = terminated | truncated
+        if self.render_mode is not None:
+            self._note_render_outcomes(restarting, info, terminated)
         return self.observation(), rewards, terminated, truncated, info
 
     def render(self) -> str | None:
-        """``"ansi"``: one line per row, the prompt then ``|`` then the generated text."""
-        if self.render_mode != "ansi":
+        """The state of every row as text (:mod:`textenv.render`): the prompt, the tokens so far (boundaries
+        ``·``, whitespace visible), the last action with log π_θ and log π_ref, Σ KL so far, π_θ's top
+        ``render_top_k`` next tokens with their π_θ and π_ref probabilities, and on an episode's last step the
+        completion, r_φ, Σ KL, β and R = r_φ − β·Σ KL. ``"ansi"`` returns it; ``"human"`` prints it (also after
+        every ``reset`` and ``step``) and returns ``None``; ``None`` renders nothing."""
+        if self.render_mode is None:
             return None
-        lines = []
-        for row in range(self.num_envs):
-            text = self.engine.completions([row])[0] if self._started else ""
-            status = " [done]" if self._started and bool(self.engine.finished[row]) else ""
-            lines.append(f"[{row}] {self._row_prompts[row]} | {text}{status}")
-        return "\n".join(lines) + "\n"
+        if not self._started:
+            screen = "(no episode yet: call reset())\n"
+            return screen if self.render_mode == "ansi" else print(screen, end="")
+        states = row_states(self, self.render_top_k, self._render_outcomes)
+        if self.render_mode == "human":
+            print_rows(states)
+            return None
+        return format_rows(states)
+
+    def _note_render_outcomes(self, restarted: np.ndarray, info: dict[str, Any] | None = None,
+                              terminated: np.ndarray | None = None) -> None:
+        """Keep the end of each row's episode for the render (rows that restarted forget theirs), then print the
+        screen in ``"human"`` mode. Runs only when a render mode is set."""
+        for row in np.flatnonzero(restarted):
+            self._render_outcomes[row] = None
+        if info is not None and "rm_score" in info:
+            for row in np.flatnonzero(info["_rm_score"]):
+                self._render_outcomes[row] = Outcome(
+                    text=str(info["text"][row]), rm_score=float(info["rm_score"][row]),
+                    episode_kl=float(info["episode_kl"][row]), kl_coef=float(info["kl_coef"][row]),
+                    terminated=bool(terminated[row]),
+                )
+        if self.render_mode == "human":
+            self.render()
 
     def close(self, **kwargs: Any) -> None:
         """Nothing to release: the models are ordinary torch modules."""
@@ -383,6 +427,20 @@ class TextGenVectorEnv(VectorEnv):
         engine.sync_reference(next_logits=False, rows=rows)
         kl = kl_per_token(engine.logprobs[index], engine.ref_logprobs[index], self.kl_estimator)
         return kl * engine.generated[index]
+
+    def episode_logprobs(self) -> tuple[torch.Tensor, torch.Tensor | None, torch.Tensor]:
+        """The log-probabilities the env recorded for the episodes so far, aligned with the columns of
+        :meth:`episode_tokens` (copies on :attr:`device`): ``(logprob, ref_logprob, actions)``, where ``logprob``
+        ``(B, S)`` float32 is log π_θ(a_t|s_t) of each action when it was taken (``info["logprob"]``),
+        ``ref_logprob`` ``(B, S)`` log π_ref of it (``None`` without a reference; a lazy reference first scores the
+        tokens it has not seen) and ``actions`` ``(B, S)`` bool marks the columns that hold an action (0 in the
+        two others elsewhere)."""
+        engine = self.engine
+        ref_logprob = None
+        if self.reference is not None:
+            engine.sync_reference(next_logits=False)
+            ref_logprob = engine.ref_logprobs.clone()
+        return engine.logprobs.clone(), ref_logprob, engine.generated.clone()
 
     # ------------------------------------------------------------------ the KL controller
     @property
@@ -610,7 +668,7 @@ def _autoreset_name(mode: Any) -> str:
 def _check_arguments(
     *, num_envs: Any, model: Any, tokenizer: Any, prompt_split: Any, max_new_tokens: Any, max_prompt_tokens: Any,
     kl_coef: Any, target_kl: Any, kl_horizon: Any, kl_estimator: Any, kl_penalty: Any, group_size: Any,
-    autoreset_mode: Any, reference: Any, lora: Any, render_mode: Any,
+    autoreset_mode: Any, reference: Any, lora: Any, render_mode: Any, render_top_k: Any,
 ) -> None:
     """Every constructor argument that can be checked without loading a model (:class:`InputError`)."""
     check_int("num_envs", num_envs, minimum=1)
@@ -636,7 +694,9 @@ def _check_arguments(
     check_choice("autoreset_mode", autoreset_mode, tuple(AUTORESET_MODES))
     if render_mode not in RENDER_MODES:
         raise RenderModeError(f"render_mode={render_mode!r} is not supported: TextGen-v0 renders text only; use "
-                              "render_mode='ansi' (print(env.render())) or None")
+                              "render_mode='ansi' (print(env.render())), 'human' (printed at every reset and step) "
+                              "or None")
+    check_int("render_top_k", render_top_k, minimum=1)
     if num_envs % group_size:
         raise InputError(f"num_envs={num_envs} must be a multiple of group_size={group_size}")
     if group_size > 1 and autoreset_mode != "disabled":
