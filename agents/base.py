@@ -258,7 +258,8 @@ class Agent(ABC):
         """One :meth:`train_iteration` with its bookkeeping: counters, metrics, TensorBoard, progress bar.
 
         Under torchrun the token count is summed over ranks (``num_timesteps`` is global), the metrics and β are
-        averaged over ranks (all ranks agree), and tokens/s is the global count over the slowest rank's time."""
+        averaged over ranks, a reward model's running statistics merged (all ranks agree), and tokens/s is the
+        global count over the slowest rank's time."""
         start = time.perf_counter()
         metrics = self.train_iteration()
         seconds = time.perf_counter() - start
@@ -268,6 +269,9 @@ class Agent(ABC):
             seconds = distributed.max_float(seconds)
             metrics = distributed.mean_metrics(metrics)
             distributed.synchronise_kl_controller(self.env)
+            synchronise = getattr(self.env.reward_model, "synchronise_statistics", None)
+            if synchronise is not None:  # a running reward normaliser (ensemble): the same statistics on all ranks
+                synchronise()
         self.num_timesteps += tokens
         self.iterations += 1
         metrics["time/tokens_per_s"] = tokens / max(seconds, 1e-9)

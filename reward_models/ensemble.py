@@ -6,6 +6,12 @@ different scales (VADER in [−1, 1], a preference RM's logits, a classifier's p
 weights say. μ_m and σ_m are fixed by :meth:`EnsembleReward.calibrate` on reference data when it is called;
 otherwise they are running statistics over every score seen so far (the current batch included), which
 makes the reward slowly non-stationary early in training.
+
+Under torchrun (data-parallel training, :mod:`textenv.distributed`) each rank scores its own batches; the agent
+calls :meth:`EnsembleReward.synchronise_statistics` after every iteration on every rank, which all-gathers the
+batch statistics each rank saw since the last call and merges them (rank order) into the statistics of the last
+call, so every rank holds the same μ_m, σ_m: those of all ranks' scores. Within an iteration a rank's own batch is
+folded in at once, as in one process.
 """
 
 from __future__ import annotations
@@ -15,6 +21,7 @@ from typing import Any
 
 import numpy as np
 
+from textenv import distributed
 from textenv.reward_models.base import RewardModel, checked_scores
 from textenv.validation import InputError, check_number
 
@@ -62,6 +69,10 @@ class EnsembleReward(RewardModel):
         self._mean = np.zeros(M)
         self._m2 = np.zeros(M)
         self.calibrated = False
+        # Under torchrun: the statistics all ranks agreed on at the last synchronise_statistics, and this rank's
+        # batches since then as (count, mean, M2) rows.
+        self._agreed = (self._count.copy(), self._mean.copy(), self._m2.copy())
+        self._pending: list[np.ndarray] = []
 
     def member_scores(self, prompts: Sequence[str], completions: Sequence[str]) -> np.ndarray:
         """Raw scores of every member, ``(N, M)`` float64."""
@@ -81,17 +92,30 @@ class EnsembleReward(RewardModel):
         return self.stats
 
     def _update(self, scores: np.ndarray) -> None:
-        """Chan et al.'s parallel Welford update with a batch ``(N, M)``."""
+        """Fold a batch ``(N, M)`` into the running statistics (and, under torchrun, keep its statistics for
+        :meth:`synchronise_statistics`)."""
         n = scores.shape[0]
         if n == 0:
             return
         batch_mean = scores.mean(axis=0)
         batch_m2 = ((scores - batch_mean) ** 2).sum(axis=0)
-        total = self._count + n
-        delta = batch_mean - self._mean
-        self._mean = self._mean + delta * n / total
-        self._m2 = self._m2 + batch_m2 + delta**2 * self._count * n / total
-        self._count = total
+        self._count, self._mean, self._m2 = _merge((self._count, self._mean, self._m2), n, batch_mean, batch_m2)
+        if distributed.world_size() > 1 and not self.calibrated:
+            self._pending.append(np.stack([np.full_like(batch_mean, n), batch_mean, batch_m2]))
+
+    def synchronise_statistics(self) -> None:
+        """Make the running statistics the same on every rank: the statistics of the last call merged with every
+        rank's batches since then (all-gathered, in rank order). Every rank must call it (a collective); the agent
+        does after each iteration. No-op in one process and once :meth:`calibrate` fixed the statistics."""
+        if distributed.world_size() == 1 or self.calibrated:
+            return
+        statistics = self._agreed
+        for batches in distributed.gather_state(self._pending):
+            for n, batch_mean, batch_m2 in batches:
+                statistics = _merge(statistics, n, batch_mean, batch_m2)
+        self._count, self._mean, self._m2 = (a.copy() for a in statistics)
+        self._agreed = statistics
+        self._pending = []
 
     def score(self, prompts: Sequence[str], completions: Sequence[str]) -> np.ndarray:
         scores = self.member_scores(prompts, completions)
@@ -101,3 +125,13 @@ class EnsembleReward(RewardModel):
             mean, std = self.stats
             scores = (scores - mean) / (std + self.eps)
         return scores @ self.weights
+
+
+def _merge(statistics: tuple[np.ndarray, np.ndarray, np.ndarray], n: float | np.ndarray, batch_mean: np.ndarray,
+           batch_m2: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """Chan et al.'s parallel Welford update (1979): running (count, mean, M2), each ``(M,)``, merged with a batch
+    of ``n`` scores with mean ``batch_mean`` and sum of squared deviations ``batch_m2``."""
+    count, mean, m2 = statistics
+    total = count + n
+    delta = batch_mean - mean
+    return total, mean + delta * n / total, m2 + batch_m2 + delta**2 * count * n / total

@@ -110,6 +110,17 @@ def test_resume_under_two_processes_is_exact(two_process_runs):
 
 
 @pytest.mark.slow
+def test_the_ensemble_reward_normaliser_agrees_on_both_ranks(two_process_runs):
+    """A normalising ensemble's running statistics (count, mean, M2 per member) are identical on both ranks after
+    training and cover both ranks' episodes (each rank alone scored half of them)."""
+    first, second = (r["ensemble"] for r in read_ranks(two_process_runs["straight"] / "results"))
+    assert first["statistics"] == second["statistics"]
+    count = first["statistics"][0]
+    assert count == [float(first["episodes"] + second["episodes"])] * 2
+    assert first["local_rewards"] != second["local_rewards"]  # different batches, normalised alike
+
+
+@pytest.mark.slow
 def test_a_two_process_checkpoint_is_refused_in_one_process(two_process_runs, tiny_model_dir):
     from textenv.agents.base import Agent
     from textenv.validation import InputError
@@ -262,6 +273,30 @@ def train_one(name: str, model_dir: Path, out: Path, resume_from: Path | None) -
                 k: v for k, v in agent.last_metrics.items() if k != "time/tokens_per_s"}}
 
 
+def train_ensemble(model_dir: Path) -> dict[str, Any]:
+    """REINFORCE for 2 iterations on a normalising ensemble (the test reward and the completion length); this
+    rank's normaliser statistics, its number of scored episodes and its rewards."""
+    from textenv.agents import make_agent
+    from textenv.reward_models import EnsembleReward
+
+    env = make_env(model_dir, 1)
+    env.reward_model = EnsembleReward([reward, lambda p, c: [float(len(x)) for x in c]], normalize=True)
+    agent = make_agent("reinforce", env, seed=0)
+    rewards, iteration = [], agent.train_iteration
+
+    def recorded_iteration() -> dict[str, float]:
+        metrics = iteration()
+        rewards.append(metrics["rollout/reward"])  # this rank's, before the mean over ranks
+        return metrics
+
+    agent.train_iteration = recorded_iteration
+    while agent.iterations < 2:
+        agent.learn(agent.num_timesteps + 1, progress_bar=False)
+    normaliser = env.reward_model
+    return {"statistics": [normaliser._count.tolist(), normaliser._mean.tolist(), normaliser._m2.tolist()],
+            "episodes": 2 * env.num_envs, "local_rewards": rewards}
+
+
 def worker(argv: list[str]) -> None:
     """``python tests/test_distributed.py worker MODEL_DIR OUT [--resume STRAIGHT_OUT]`` under torchrun."""
     import torch
@@ -273,6 +308,8 @@ def worker(argv: list[str]) -> None:
     resume_from = Path(argv[3]) if len(argv) > 3 and argv[2] == "--resume" else None
     distributed.init_from_environment()
     results = {name: train_one(name, model_dir, out, resume_from) for name in AGENTS}
+    if resume_from is None:
+        results["ensemble"] = train_ensemble(model_dir)
     results["pid"] = os.getpid()
     (out / "results").mkdir(parents=True, exist_ok=True)
     (out / "results" / f"rank{distributed.rank()}.json").write_text(json.dumps(results))
