@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import os
+import re
 import math
 from pathlib import Path
 
@@ -434,3 +435,47 @@ def test_bad_flags_are_one_line_before_any_model_loads(name, tmp_path, capsys, n
     for text in expected:
         assert text in err, err
     assert {path: path.read_bytes() for path in tmp_path.rglob("*") if path.is_file()} == before
+
+
+def test_play_against_a_trained_checkpoint_with_its_base_model_as_reference(tiny_model_dir, tmp_path) -> None:
+    import io
+
+    from textenv.agents.sft import SFT
+    from textenv.apps.cli import build_parser
+    from textenv.apps.play import run
+
+    train_env = TextGenVectorEnv(num_envs=2, model=str(tiny_model_dir), prompts=PROMPTS, max_new_tokens=3,
+                                 autoreset_mode="disabled", kl_coef=0.0, reward_model=LENGTH, device="cpu")
+    agent = SFT(train_env, demonstrations=["the film was good"], batch_size=1, learning_rate=1e-2)
+    agent.learn(total_timesteps=10, progress_bar=False)
+    agent.save(tmp_path / "ckpt")
+    out = tmp_path / "episodes.jsonl"
+    args = build_parser().parse_args(["play", "--checkpoint", str(tmp_path / "ckpt"), "--prompt", "the film was",
+                                      "--kl-coef", "0.1", "--device", "cpu", "--output", str(out)])
+    screen = io.StringIO()
+    assert run(args, stdin=io.StringIO("\n\n\n\n"), stdout=screen) == 0  # the policy samples every token
+    [row] = read_jsonl(out)
+    assert row["num_tokens"] <= 3 and row["kl_coef"] == 0.1  # the checkpoint's max_new_tokens, β from the flag
+    assert row["rm_score"] == pytest.approx(len(row["completion"]) / 10)  # the checkpoint's reward model
+    # π_θ (trained) differs from π_ref (the base model): the env measured a KL, and so did the player (who let
+    # the policy sample every token: the same per-token log-ratios)
+    assert abs(row["env_kl"]) > 1e-3 and row["kl"] == pytest.approx(row["env_kl"], abs=1e-4)
+    assert "π_ref" in screen.getvalue()
+
+
+def test_colour_only_on_a_terminal() -> None:
+    import io
+
+    from textenv.apps.play import Screen, sequence_text
+
+    class Terminal(io.StringIO):
+        def isatty(self) -> bool:
+            return True
+
+    tokens = [{"text": " fun", "source": "typed"}]
+    terminal, pipe = Terminal(), io.StringIO()
+    for stream in (terminal, pipe):
+        Screen(stream).show([sequence_text("the film was", tokens)])
+    assert pipe.getvalue() == "the film was | fun|\n"
+    assert re.sub(r"\x1b\[[0-9;]*m", "", terminal.getvalue()) == pipe.getvalue()
+    assert "\x1b[2mthe film was" in terminal.getvalue() and "\x1b[1;33m fun" in terminal.getvalue()  # dim, yellow

@@ -479,13 +479,19 @@ def visible(text: str) -> str:
     return "".join(repr(char)[1:-1] if char.isprintable() is False and char != " " else char for char in text)
 
 
+def number(value: float, digits: int = 3) -> str:
+    """``value`` with ``digits`` decimals, and no ``-0.000`` for a rounding error below zero."""
+    return f"{round(value, digits) + 0.0:.{digits}f}"
+
+
 def sequence_text(prompt: str, tokens: list[dict[str, Any]], width: int = 60) -> Any:
     """The prompt (its last ``width`` characters), ``|``, then each token with its boundary ``|`` visible,
     coloured by who chose it (green chosen, yellow typed, cyan sampled)."""
     from rich.text import Text
 
     shown = visible(prompt)
-    line = Text("…" + shown[-width:] if len(shown) > width else shown, style="dim")
+    line = Text()
+    line.append("…" + shown[-width:] if len(shown) > width else shown, style="dim")
     line.append(" |", style="dim")
     for token in tokens:
         line.append(visible(token["text"]), style=SOURCE_STYLES.get(token["source"], ""))
@@ -516,13 +522,13 @@ def state_lines(state: dict[str, Any]) -> list[Any]:
     from rich.text import Text
 
     header = Text(f"── episode {state['episode']} · step {state['step']}/{state['max_new_tokens']} · β "
-                  f"{state['kl_coef']:g} · your Σ KL {state['kl']:.3f} nats", style="bold blue")
+                  f"{state['kl_coef']:g} · your Σ KL {number(state['kl'])} nats", style="bold blue")
     lines = [header, sequence_text(state["prompt"], state["tokens"])]
     if state["tokens"]:
         last = state["tokens"][-1]
-        ref = "" if last["ref_logprob"] is None else f"  log π_ref {last['ref_logprob']:.3f}"
-        lines.append(Text(f"last: {last['text']!r} ({last['source']})  log π_θ {last['logprob']:.3f}{ref}  "
-                          f"KL_t {last['kl']:.3f}", style="dim"))
+        ref = "" if last["ref_logprob"] is None else f"  log π_ref {number(last['ref_logprob'])}"
+        lines.append(Text(f"last: {visible(repr(last['text']))} ({last['source']})  log π_θ "
+                          f"{number(last['logprob'])}{ref}  KL_t {number(last['kl'])}", style="dim"))
     if not state["done"]:
         lines.extend(candidate_table(state))
     return lines
@@ -544,12 +550,12 @@ def result_lines(result: dict[str, Any]) -> list[Any]:
         line.append(" |", style="dim")
         line.append(visible(completion))
         lines.append(line)
-        lines.append(Text(f"        reward r_φ {score:.3f}   KL {kl:.3f} nats   return R = r_φ − β·KL = {score:.3f} − "
-                          f"{beta:g} × {kl:.3f} = {ret:.3f}"))
+        lines.append(Text(f"        reward r_φ {number(score)}   KL {number(kl)} nats   return R = r_φ − β·KL = "
+                          f"{number(score)} − {beta:g} × {number(kl)} = {number(ret)}"))
     winner = "you" if result["return"] > policy["return"] else "the policy" if result["return"] < policy[
         "return"] else "nobody"
     lines.append(Text(f"higher return: {winner}   (the env itself, which measures π_θ whoever acts, paid your "
-                      f"tokens KL {result['env_kl']:.3f}, R {result['env_return']:.3f})", style="dim"))
+                      f"tokens KL {number(result['env_kl'])}, R {number(result['env_return'])})", style="dim"))
     return lines
 
 
