@@ -116,7 +116,7 @@ def episode_lenses(
     episodes = []
     for position, row in enumerate(rows):
         taken = mask[row] > 0
-        summary = {"score": rollout.rm_score[row], "kl": rollout.episode_kl[row], "length": float(taken.sum())}
+        summary = {"score": rollout.rm_score[row], "KL": rollout.episode_kl[row], "length": float(taken.sum())}
         if with_return:
             summary["return"] = rollout.returns[row]
         summary.update({name: value[row] for name, value in extras.items() if value.ndim == 1})
@@ -214,7 +214,7 @@ _PAGE_STYLE = """
 body { font-family: system-ui, sans-serif; margin: 2em auto; max-width: 70em; padding: 0 1em; color: #222; }
 table { border-collapse: collapse; margin: 0.5em 0; }
 td, th { border: 1px solid #ddd; padding: 0.15em 0.5em; text-align: right; font-variant-numeric: tabular-nums; }
-td.token, th.token, .summary th { text-align: left; }
+td.token, th.token, .summary th, .summary td { text-align: left; }
 .text { font-family: ui-monospace, monospace; white-space: pre-wrap; line-height: 1.9; }
 .prompt { color: #777; }
 .tok { border-right: 1px solid #bbb; padding: 0.1em 0; }

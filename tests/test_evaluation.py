@@ -6,6 +6,7 @@ import errno
 import json
 import math
 import os
+import re
 
 import numpy as np
 import pytest
@@ -167,3 +168,132 @@ def test_plots_write_png_files(tmp_path):
         plot_proxy_vs_gold([result(0.0, 0.0)], tmp_path / "bad.png")
     with pytest.raises(ValueError, match="empty"):
         plot_reward_kl_frontier({}, tmp_path / "bad.png")
+
+
+# ---------------------------------------------------------------------------------------------- the lens page
+HOSTILE_PROMPT = "the <script>alert(1)</script> film & \"it\" was"
+
+
+def test_evaluation_keeps_the_first_episodes_token_by_token(tiny_model_dir, tiny_prompts):
+    policy = load_causal_lm(str(tiny_model_dir), "cpu")
+    perturb(policy)
+    kwargs = {"prompts": tiny_prompts, "reference": str(tiny_model_dir), "num_samples": 2, "max_new_tokens": 5,
+              "batch_size": 3, "device": "cpu", "seed": 2}
+    result = evaluate_policy(policy, lens_episodes=4, **kwargs)
+    lens = result["lens"]
+    assert [e["index"] for e in lens] == [0, 1, 2, 3]  # across the batches of 3
+    for episode, sample in zip(lens, result["samples"]):
+        assert episode["prompt"] == sample["prompt"] and episode["completion"] == sample["completion"]
+        assert episode["summary"]["gold"] == sample["gold"] and episode["summary"]["KL"] == pytest.approx(sample["kl"])
+        kl, logprobs, ref = (np.array(episode[k]) for k in ("kl", "logprobs", "ref_logprobs"))
+        assert len(episode["tokens"]) == len(kl) == episode["summary"]["length"] > 0
+        np.testing.assert_allclose(logprobs - ref, kl, atol=1e-5)  # k1
+        assert sum(kl) == pytest.approx(sample["kl"], abs=1e-4)
+    json.dumps(result)  # still JSON-serialisable
+    assert "lens" not in evaluate_policy(policy, **kwargs)
+
+
+@pytest.fixture
+def checkpoint(tmp_path, tiny_model_dir, length_reward):
+    """A saved (untrained) reinforce checkpoint on the tiny model whose gold reward model is registered by name."""
+    from textenv.agents import make_agent
+    from textenv.vector_env import TextGenVectorEnv
+
+    env = TextGenVectorEnv(num_envs=2, model=str(tiny_model_dir), prompts=["the film was"], max_new_tokens=5,
+                           reward_model=length_reward, kl_coef=0.1, autoreset_mode="disabled", device="cpu")
+    make_agent("reinforce", env).save(tmp_path / "ckpt")
+    (tmp_path / "prompts.txt").write_text(f"{HOSTILE_PROMPT}\nthe book\nthis blender\n")
+    return tmp_path / "ckpt"
+
+
+def eval_html(checkpoint, *extra: str) -> int:
+    from textenv.apps.cli import main
+
+    where = checkpoint.parent
+    return main(["eval", str(checkpoint), "--prompts", str(where / "prompts.txt"), "--num-prompts", "3",
+                 "--num-samples", "2", "--output", str(where / "e.json"), *extra])
+
+
+def test_eval_html_page_shows_escaped_tokens_coloured_by_kl(checkpoint, capsys):
+    page = checkpoint.parent / "page.html"
+    assert eval_html(checkpoint, "--html", str(page), "--html-episodes", "5") == 0
+    result = json.loads((checkpoint.parent / "e.json").read_text())
+    assert "lens" not in result  # the per-token numbers go to the page, not the results file
+    text = page.read_text(encoding="utf-8")
+    assert "<script>" not in text and "</script>" not in text  # the prompt's markup is shown, not run
+    assert "&lt;script&gt;alert(1)&lt;/script&gt; film &amp; &quot;it&quot; was" in text
+    sections = text.split("<section>")[1:]
+    assert len(sections) == 5
+    for section in sections:  # one coloured span per completion token
+        assert section.count('class="tok"') == int(re.search(r"length (\d+)", section).group(1)) > 0
+    assert f"{result['gold_reward']:.4g} ±" in text and f"{result['kl']:.4g} ±" in text  # the summary on top
+    titles = re.findall(r'title="[^"]*?: log π = (-?[\d.]+), log π_ref = (-?[\d.]+), KL_t = (-?[\d.]+)"', text)
+    assert len(titles) == text.count('class="tok"')
+    for logprob, ref_logprob, kl in (map(float, t) for t in titles):
+        assert logprob - ref_logprob == pytest.approx(kl, abs=2.5e-3)
+    assert "legend-bar" in text and "background:rgba(" in text
+    assert [p.name for p in page.parent.iterdir() if p.name.startswith(".page")] == []  # no temporary file left
+
+    capsys.readouterr()
+    before = page.read_bytes()
+    assert eval_html(checkpoint, "--html", str(page), "--output", str(page.parent / "f.json")) == 2
+    assert "--overwrite" in capsys.readouterr().err and page.read_bytes() == before
+    assert eval_html(checkpoint, "--html", str(page), "--overwrite", "--seed", "1") == 0  # ours: replaced
+    assert page.read_bytes() != before
+
+
+def test_save_lens_page_escapes_completions(tmp_path):
+    from textenv.agents.lens import EpisodeLens
+    from textenv.apps.evaluation import lens_page_writer, save_lens_page
+
+    episode = EpisodeLens(index=0, prompt="p", completion=" <script>x</script>", tokens=[" <script>", "x", "</script>"],
+                          logprobs=[-1.0, -1.0, -1.0], kl=[0.1, 0.2, 0.3], ref_logprobs=[-1.1, -1.2, -1.3],
+                          summary={"gold": 1.0})
+    result = {"gold_reward": 1.0, "gold_reward_std": 0.0, "kl": 0.6, "kl_std": 0.0, "perplexity": 3.0,
+              "distinct_1": 1.0, "distinct_2": 1.0, "length": 3.0, "num_samples": 1, "settings": {},
+              "lens": [episode.to_dict()]}
+    page = save_lens_page(tmp_path / "p.html", result)
+    text = page.read_text(encoding="utf-8")
+    assert "<script>" not in text and "</script>" not in text and "&lt;/script&gt;" in text
+    assert lens_page_writer(page) == "textenv eval" and lens_page_writer(tmp_path / "missing.html") is None
+    (tmp_path / "mine.html").write_text("<html>my page</html>")
+    assert lens_page_writer(tmp_path / "mine.html") is None
+
+
+@pytest.mark.bad_input
+@pytest.mark.parametrize(("argv", "files", "message"), [
+    (["--html", "{tmp}/mine.html", "--overwrite"], {"mine.html": "<html>mine</html>"},
+     r"--html .*mine\.html exists and was not written by textenv"),
+    (["--html", "{tmp}/ours.html"], {"ours.html": '<meta name="generator" content="textenv lens">'},
+     r"--html .*ours\.html holds results of `textenv eval`; pass --overwrite"),
+    (["--html", "{tmp}/pages"], {"pages/a.html": "x"}, r"--html .*pages is a directory; .*eval\.html"),
+    (["--html", "{tmp}/e.json"], {}, r"--html .*e\.json is also the results file"),
+    (["--html-episodes", "3"], {}, r"--html-episodes .*add --html FILE"),
+])
+def test_bad_html_arguments_are_refused_before_evaluating(checkpoint, capsys, monkeypatch, argv, files, message):
+    import textenv.apps.evaluation
+
+    monkeypatch.setattr(textenv.apps.evaluation, "evaluate_policy", lambda *a, **k: pytest.fail("evaluated"))
+    tmp = checkpoint.parent
+    for name, content in files.items():
+        (tmp / name).parent.mkdir(parents=True, exist_ok=True)
+        (tmp / name).write_text(content)
+    capsys.readouterr()
+    assert eval_html(checkpoint, *(a.replace("{tmp}", str(tmp)) for a in argv)) == 2
+    error = capsys.readouterr().err
+    assert re.search(message, error), error
+    for name, content in files.items():
+        assert (tmp / name).read_text() == content  # untouched
+
+
+@pytest.mark.bad_input
+@pytest.mark.parametrize("value", ["0", "-1", "x"])
+def test_html_episodes_must_be_a_positive_count(checkpoint, capsys, value):
+    assert eval_html(checkpoint, "--html", str(checkpoint.parent / "p.html"), "--html-episodes", value) == 2
+    assert "--html-episodes" in capsys.readouterr().err and not (checkpoint.parent / "p.html").exists()
+
+
+@pytest.mark.bad_input
+def test_lens_episodes_must_be_a_count(tiny_model_dir, tiny_prompts):
+    with pytest.raises(InputError, match="lens_episodes"):
+        evaluate_policy(str(tiny_model_dir), prompts=tiny_prompts, lens_episodes=-1)

@@ -1,6 +1,7 @@
 """``textenv eval``: evaluate a checkpoint with the settings it was trained with (its ``agent.json``: reward model,
 base model, max_new_tokens); flags override. The evaluation itself is
-:func:`~textenv.apps.evaluation.evaluate_policy`."""
+:func:`~textenv.apps.evaluation.evaluate_policy`; ``--html FILE`` also writes the page of held-out episodes token by
+token (:func:`~textenv.apps.evaluation.save_lens_page`, docs/lens.md)."""
 
 from __future__ import annotations
 
@@ -14,9 +15,12 @@ from textenv.apps.arguments import COUNT, POSITIVE, SEED
 from textenv.apps.run_directory import read_agent_json, resolve_checkpoint
 from textenv.validation import InputError
 
+#: Episodes on the ``--html`` page unless ``--html-episodes`` says otherwise.
+HTML_EPISODES = 32
+
 DESCRIPTION = (
     "Sample from a checkpoint's policy on held-out prompts and report the gold reward, the KL to the base model, "
-    "perplexity and distinct-n. By default it uses what the checkpoint was trained with (agent.json: reward model, "
+    "perplexity and distinct-n (--html: also a page of episodes with tokens coloured by their KL). By default it uses what the checkpoint was trained with (agent.json: reward model, "
     "base model, max_new_tokens); flags override."
 )
 
@@ -28,7 +32,14 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--output", help="results JSON to write (default: eval.json beside the checkpoint, i.e. "
                                          "RUN/eval.json); an existing file is replaced only with --overwrite, "
                                          "and only if textenv wrote it")
-    parser.add_argument("--overwrite", action="store_true", help="replace an existing results file of textenv")
+    parser.add_argument("--overwrite", action="store_true",
+                        help="replace an existing results file (or --html page) of textenv")
+    parser.add_argument("--html", metavar="FILE",
+                        help="also write one self-contained HTML page of held-out episodes, tokens coloured by their "
+                             "per-token KL to the reference (hover or the tables give token, log π, log π_ref, KL_t); "
+                             "an existing file is replaced only with --overwrite, and only if textenv wrote it")
+    parser.add_argument("--html-episodes", dest="html_episodes", type=COUNT,
+                        help=f"episodes shown on the --html page (default: {HTML_EPISODES})")
     parser.add_argument("--reward-model", dest="reward_model",
                         help="gold reward model spec (default: the one the checkpoint was trained with)")
     parser.add_argument("--reference", help="base model for KL and perplexity (default: the checkpoint's base model)")
@@ -75,7 +86,7 @@ def eval_settings(args: argparse.Namespace, checkpoint: Path) -> dict[str, Any]:
 def run(args: argparse.Namespace) -> int:
     """``textenv eval``: evaluate a checkpoint with the settings it was trained with (flags override)."""
     from textenv.agents.base import CHECKPOINT_KIND
-    from textenv.apps.evaluation import check_results_path
+    from textenv.apps.evaluation import check_results_path, lens_page_writer
     from textenv.checkpoint import verify_directory
 
     checkpoint = resolve_checkpoint(args.checkpoint, "CHECKPOINT")
@@ -83,29 +94,52 @@ def run(args: argparse.Namespace) -> int:
     settings = eval_settings(args, checkpoint)
     output = Path(args.output) if args.output is not None else checkpoint.parent / "eval.json"
     check_results_path(output, overwrite=args.overwrite)
+    page = _html_path(args, output)
+    if page is not None:
+        check_results_path(page, overwrite=args.overwrite, flag="--html", writer_of=lens_page_writer,
+                           example="eval.html")
     prompts = args.prompts if args.prompts is not None else "builtin"
     if args.prompts is None and settings["trained_prompts"] != "builtin":
         print(f"textenv eval: the checkpoint trained on prompts={settings['trained_prompts']!r}; evaluating on the "
               f"built-in held-out prompts (pass --prompts to choose)", file=sys.stderr)
 
-    from textenv.apps.evaluation import evaluate_policy, save_eval_json
+    from textenv.apps.evaluation import evaluate_policy, save_eval_json, save_lens_page
     from textenv.prompts import load_prompts
 
     result = evaluate_policy(
         checkpoint, prompts=load_prompts(prompts, args.prompt_split)[: args.num_prompts], gold=settings["gold"],
         reference=settings["reference"], num_samples=args.num_samples, max_new_tokens=settings["max_new_tokens"],
         temperature=args.temperature, seed=args.seed, batch_size=args.batch_size, max_table_rows=5,
-        device=args.device,
+        device=args.device, lens_episodes=0 if page is None else args.html_episodes or HTML_EPISODES,
     )
     beta = settings["kl_coef"]  # the run's β: objective = gold − β·KL, the quantity its training maximised
     objective = None if beta is None else result["gold_reward"] - beta * result["kl"]
     result["settings"].update({"prompts": str(prompts), "prompt_split": args.prompt_split, "kl_coef": beta})
     result = {"command": "textenv eval", "checkpoint": str(checkpoint), "agent": settings["agent"],
               "num_timesteps": settings["num_timesteps"], "objective": objective, **result}
+    lens = result.pop("lens", None)
     save_eval_json(output, result)
     print(json.dumps({k: v for k, v in result.items() if k != "settings"}, indent=2, default=str))
     print(f"textenv eval: wrote {output}", file=sys.stderr)
+    if page is not None:
+        save_lens_page(page, {**result, "lens": lens}, title=f"textenv eval: {checkpoint}")
+        print(f"textenv eval: wrote {page}", file=sys.stderr)
     return 0
+
+
+def _html_path(args: argparse.Namespace, output: Path) -> Path | None:
+    """The ``--html`` page to write (``None``: none); refuses ``--html-episodes`` without ``--html`` and a page at
+    the results file's path."""
+    if args.html is None:
+        if args.html_episodes is not None:
+            raise InputError("--html-episodes sets how many episodes the --html page shows: add --html FILE "
+                             "(e.g. --html eval.html) or drop --html-episodes")
+        return None
+    page = Path(args.html)
+    if page.absolute() == output.absolute():
+        raise InputError(f"--html {page} is also the results file (--output); give the page its own name, "
+                         f"e.g. --html {output.with_suffix('.html')}")
+    return page
 
 
 def _flag_or_recorded(flag: str | None, recorded: Any, unrecorded: InputError) -> str:

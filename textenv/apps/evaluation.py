@@ -13,7 +13,9 @@ one forward per model per token) and reports, over all samples:
   (per token, over all samples; the EOS token counts when it was sampled);
 * ``distinct_1`` / ``distinct_2``: unique word n-grams / total word n-grams over all samples (Li et al. 2016);
   collapse to a few repeated phrases shows as low distinct-n;
-* ``samples``: the table of (prompt, completion, gold, proxy, kl) rows.
+* ``samples``: the table of (prompt, completion, gold, proxy, kl) rows;
+* ``lens`` (with ``lens_episodes``): the first episodes token by token (:class:`textenv.agents.lens.EpisodeLens`
+  as dicts: token, log π_θ, log π_ref, KL_t), which :func:`save_lens_page` draws as an HTML page.
 
 Reward over-optimisation (Gao et al. 2022; docs/rl-framing.md#what-can-go-wrong) shows as the proxy rising while
 the gold reward stalls or falls as KL grows: :func:`plot_proxy_vs_gold` draws that over checkpoints, and
@@ -29,7 +31,7 @@ import math
 import os
 import tempfile
 import time
-from collections.abc import Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -38,10 +40,11 @@ import numpy as np
 import torch
 from transformers import PreTrainedModel, PreTrainedTokenizerBase
 
+from textenv.agents.lens import HTML_GENERATOR, EpisodeLens, episode_lenses, html_page
 from textenv.models.loading import DEFAULT_MODEL, load_causal_lm, load_tokenizer, resolve_device, resolve_model_path
 from textenv.prompts import PromptSource, load_prompts
 from textenv.reward_models import RewardModel, checked_scores, make_reward_model
-from textenv.rollout import collect_rollout
+from textenv.rollout import Rollout, collect_rollout
 from textenv.validation import InputError, check_int, check_positive
 from textenv.vector_env import TextGenVectorEnv
 
@@ -69,6 +72,7 @@ def evaluate_policy(
     prompt_split: str = "eval",
     max_table_rows: int | None = None,
     device: str | torch.device = "auto",
+    lens_episodes: int = 0,
 ) -> dict[str, Any]:
     """Sample from ``policy`` on ``prompts`` and measure it (see the module docstring for the metrics).
 
@@ -92,16 +96,19 @@ def evaluate_policy(
         prompt_split: split of the built-in prompts.
         max_table_rows: keep only this many rows in ``samples`` (``None``: all).
         device: ``"auto"``, ``"cpu"``, ``"cuda"``...
+        lens_episodes: keep the first this many samples token by token under ``lens`` (0: no ``lens`` key).
 
     Returns:
         A JSON-serialisable dict with the :data:`METRICS`, ``samples`` (list of dicts with ``prompt``,
-        ``completion``, ``gold``, ``proxy``, ``kl``), counts, ``seconds`` and the settings used.
+        ``completion``, ``gold``, ``proxy``, ``kl``), counts, ``seconds``, the settings used and, with
+        ``lens_episodes``, ``lens`` (list of :meth:`EpisodeLens.to_dict <textenv.agents.lens.EpisodeLens.to_dict>`).
 
     Note: a passed-in ``PreTrainedModel`` is used in place (moved to ``device``, dropout disabled by the env).
     The evaluation builds its own env, so no training env's β moves.
     """
     _check_evaluation_arguments(policy, reference, num_samples, max_new_tokens, temperature, seed, batch_size,
                                 max_table_rows)
+    check_int("lens_episodes", lens_episodes, minimum=0)
     start = time.perf_counter()
     prompt_list = load_prompts(prompts, prompt_split)  # a bad prompt file or reward-model name fails before any model
     device = resolve_device(device)
@@ -118,7 +125,7 @@ def evaluate_policy(
         prompts=prompt_list, max_new_tokens=max_new_tokens, kl_coef=1.0, kl_estimator="k1", autoreset_mode="disabled",
         reference=reference_model, device=device,
     )  # β only makes the env compute π_ref's log-probs; the env's reward is not used here
-    sampled = _sample(env, rows, seed, temperature)
+    sampled = _sample(env, rows, seed, temperature, lens_episodes)
     proxy_scores = None if proxy_model is None else checked_scores(proxy_model, rows, sampled.texts)
     table = sampled.table(rows, proxy_scores)
     return {
@@ -132,6 +139,7 @@ def evaluate_policy(
                      "samples_per_prompt": num_samples, "max_new_tokens": max_new_tokens, "temperature": temperature,
                      "seed": seed},
         "samples": table if max_table_rows is None else table[:max_table_rows],
+        **({"lens": [episode.to_dict() for episode in sampled.lens]} if lens_episodes else {}),
     }
 
 
@@ -158,7 +166,7 @@ def _check_evaluation_arguments(policy: Any, reference: Any, num_samples: Any, m
 @dataclass
 class _Samples:
     """Completions of every row with their gold score, KL (nats per sequence), length (tokens) and the summed
-    log-probs of their tokens under π_ref and π_θ."""
+    log-probs of their tokens under π_ref and π_θ; ``lens``: the first episodes token by token."""
 
     texts: list[str] = field(default_factory=list)
     gold: np.ndarray = field(default_factory=lambda: np.zeros(0))
@@ -166,6 +174,7 @@ class _Samples:
     lengths: np.ndarray = field(default_factory=lambda: np.zeros(0))
     ref_logprob_sum: float = 0.0
     policy_logprob_sum: float = 0.0
+    lens: list[EpisodeLens] = field(default_factory=list)
 
     @property
     def num_tokens(self) -> float:
@@ -197,9 +206,9 @@ class _Samples:
         }
 
 
-def _sample(env: TextGenVectorEnv, rows: list[str], seed: int, temperature: float) -> _Samples:
+def _sample(env: TextGenVectorEnv, rows: list[str], seed: int, temperature: float, lens_episodes: int = 0) -> _Samples:
     """One completion per entry of ``rows`` (prompts), ``env.num_envs`` at a time; the last batch is topped up with
-    copies of its last prompt, whose rows are dropped."""
+    copies of its last prompt, whose rows are dropped. The first ``lens_episodes`` are also kept token by token."""
     generator = torch.Generator(device=env.device).manual_seed(seed)
     sampled = _Samples()
     gold, kls, lengths = [], [], []
@@ -212,12 +221,25 @@ def _sample(env: TextGenVectorEnv, rows: list[str], seed: int, temperature: floa
         # k1: KL_t = log π_θ(y_t|s_t) − log π_ref(y_t|s_t), so log π_ref = logprob − KL_t.
         sampled.ref_logprob_sum += float(((rollout.logprobs[:n] - rollout.kl[:n]) * mask).sum())
         sampled.policy_logprob_sum += float((rollout.logprobs[:n] * mask).sum())
+        keep = min(n, lens_episodes - len(sampled.lens))
+        if keep > 0:
+            sampled.lens += _lens_of(env, rollout, keep, first)
         sampled.texts += rollout.texts[:n]
         gold.append(rollout.rm_score[:n])
         kls.append(rollout.episode_kl[:n])
         lengths.append(mask.sum(dim=1).cpu().numpy())
     sampled.gold, sampled.kl, sampled.lengths = np.concatenate(gold), np.concatenate(kls), np.concatenate(lengths)
     return sampled
+
+
+def _lens_of(env: TextGenVectorEnv, rollout: Rollout, n: int, first: int) -> list[EpisodeLens]:
+    """The rollout's first ``n`` episodes token by token, numbered from ``first``; log π_ref = log π_θ − KL_t (the
+    evaluation env's k1 estimator); the score is the gold reward model's."""
+    episodes = episode_lenses(rollout, env.tokenizer, range(n), (rollout.logprobs - rollout.kl)[:n], with_return=False)
+    for episode in episodes:
+        episode.index += first
+        episode.summary = {"gold": episode.summary.pop("score"), **episode.summary}
+    return episodes
 
 
 def evaluate_checkpoints(checkpoints: Sequence[str | os.PathLike], **kwargs: Any) -> list[dict[str, Any]]:
@@ -357,12 +379,26 @@ def results_writer(path: str | os.PathLike) -> str | None:
     return None
 
 
-def check_results_path(path: str | os.PathLike, overwrite: bool = False, flag: str = "--output") -> None:
+def lens_page_writer(path: str | os.PathLike) -> str | None:
+    """``"textenv eval"`` when ``path`` is an HTML page :func:`save_lens_page` wrote (its ``<meta name="generator">``
+    in the first kilobytes), else ``None``."""
+    try:
+        with open(path, "rb") as handle:
+            head = handle.read(4096)
+    except OSError:
+        return None
+    return "textenv eval" if f'<meta name="generator" content="{HTML_GENERATOR}">'.encode() in head else None
+
+
+def check_results_path(path: str | os.PathLike, overwrite: bool = False, flag: str = "--output",
+                       writer_of: Callable[[Path], str | None] = results_writer, example: str = "eval.json") -> None:
     """Refuse (:class:`InputError`, naming ``flag``) to write results to ``path`` when it is a directory, lies under
-    a file, is a file textenv did not write (never replaced), or holds textenv results and ``overwrite`` is off."""
+    a file, is a file textenv did not write (never replaced), or holds textenv results and ``overwrite`` is off.
+    ``writer_of``: which textenv command wrote an existing file (``None``: not textenv); default: a results JSON
+    (:func:`lens_page_writer` for an HTML page); ``example``: the file name suggested for a directory."""
     path = Path(path)
     if path.is_dir():
-        raise InputError(f"{flag} {path} is a directory; give a file name such as {path / 'eval.json'}")
+        raise InputError(f"{flag} {path} is a directory; give a file name such as {path / example}")
     for parent in path.parents:
         if parent.exists():
             if not parent.is_dir():
@@ -370,13 +406,38 @@ def check_results_path(path: str | os.PathLike, overwrite: bool = False, flag: s
             break
     if not path.exists():
         return
-    writer = results_writer(path)
+    writer = writer_of(path)
     if writer is None:
         raise InputError(f"{flag} {path} exists and was not written by textenv; textenv never replaces your files: "
                          f"choose another {flag}")
     if not overwrite:
         raise InputError(f"{flag} {path} holds results of `{writer}`; pass --overwrite to replace them or choose "
                          f"another {flag}")
+
+
+def save_lens_page(path: str | os.PathLike, result: Mapping[str, Any], title: str = "textenv eval") -> Path:
+    """Write the HTML page of an :func:`evaluate_policy` result run with ``lens_episodes`` (its ``lens``): a summary
+    (mean gold reward, KL, perplexity...) on top, then each episode with its tokens coloured by KL_t
+    (:func:`textenv.agents.lens.html_page`). Self-contained, written atomically like :func:`save_eval_json`."""
+    episodes = [EpisodeLens(**episode) for episode in result.get("lens", [])]
+    settings = result.get("settings", {})
+    summary = {name: result[key] for name, key in (("checkpoint", "checkpoint"), ("agent", "agent"),
+                                                   ("trained tokens", "num_timesteps")) if result.get(key) is not None}
+    summary.update({
+        "policy": settings.get("policy"), "reference (π_ref)": settings.get("reference"),
+        "gold reward model": settings.get("gold"),
+        "mean gold reward": f"{result['gold_reward']:.4g} ± {result['gold_reward_std']:.3g} (std)",
+        "mean KL(π_θ‖π_ref)": f"{result['kl']:.4g} ± {result['kl_std']:.3g} nats per sequence (k1)",
+    })
+    if result.get("objective") is not None:
+        summary["gold − β·KL (the run's objective)"] = result["objective"]
+    if result.get("proxy_reward") is not None:
+        summary["mean proxy reward"] = result["proxy_reward"]
+    summary.update({"perplexity under π_ref": result["perplexity"], "distinct-1 / distinct-2":
+                    f"{result['distinct_1']:.3g} / {result['distinct_2']:.3g}", "mean length (tokens)": result["length"],
+                    "samples": f"{result['num_samples']} ({len(episodes)} shown)",
+                    "temperature, seed": f"{settings.get('temperature')}, {settings.get('seed')}"})
+    return _atomic_write(Path(path), html_page(episodes, summary, title).encode("utf-8"))
 
 
 def load_eval_json(path: str | os.PathLike) -> dict[str, Any]:
