@@ -70,7 +70,11 @@ CONSTRUCTOR = [
     ("group_size not a divisor", {"num_envs": 4, "group_size": 3}, r"num_envs=4 must be a multiple of group_size=3"),
     ("group_size with next_step", {"group_size": 2, "autoreset_mode": "next_step"}, r"group_size > 1.*'disabled'"),
     ("autoreset_mode unknown", {"autoreset_mode": "same_step"}, r"autoreset_mode='same_step' is not one of"),
-    ("render_mode unknown", {"render_mode": "human"}, r"render_mode='human' is not supported.*'ansi'"),
+    ("render_mode unknown", {"render_mode": "rgb_array"}, r"render_mode='rgb_array' is not supported.*'ansi'.*'human'"),
+    ("render_top_k zero", {"render_top_k": 0}, r"render_top_k=0 must be an integer >= 1"),
+    ("render_top_k float", {"render_top_k": 2.5}, r"render_top_k=2.5 must be an integer"),
+    ("render_top_k bool", {"render_top_k": True}, r"render_top_k=True must be an integer"),
+    ("render_top_k string", {"render_top_k": "5"}, r"render_top_k='5' must be an integer"),
     ("prompts wrong type", {"prompts": 42}, r"prompts must be 'builtin', a list of str.*got int"),
     ("prompts empty list", {"prompts": []}, r"prompts is empty"),
     ("prompts empty string", {"prompts": ["ok", "  "]}, r"prompts\[1\]='  ' is not a non-empty string"),
@@ -217,6 +221,31 @@ def test_reset_mask_of_the_wrong_shape(vec) -> None:
     vec.reset(seed=0)
     with pytest.raises(InputError, match=r"options\['reset_mask'\] must be a bool array of shape \(2,\)"):
         vec.reset(options={"reset_mask": [True, False, True]})
+
+
+OBSERVATION_LOGPROBS = [
+    ("observation not a dict", lambda obs: ([1, 2], [0, 0]), r"observation must be the dict reset\(\)/step\(\) return"),
+    ("observation without mask", lambda obs: ({"input_ids": obs["input_ids"]}, [0, 0]), r"'input_ids' and 'attention_mask'"),
+    ("observation shapes differ", lambda obs: ({**obs, "attention_mask": obs["attention_mask"][:, 1:]}, [0, 0]),
+     r"must both be \(W,\) or \(B, W\)"),
+    ("observation float ids", lambda obs: ({**obs, "input_ids": obs["input_ids"] * 1.0}, [0, 0]), r"integer token ids"),
+    ("observation left-aligned", lambda obs: ({**obs, "attention_mask": obs["attention_mask"][:, ::-1].copy()}, [0, 0]),
+     r"right-aligned \(last column 1\)"),
+    ("actions float", lambda obs: (obs, [0.5, 1.0]), r"actions must be integer token ids"),
+    ("actions wrong count", lambda obs: (obs, [0, 1, 2]), r"one token id per observation, shape \(2,\)"),
+    ("actions out of vocabulary", lambda obs: (obs, [0, 10**6]), r"token ids in \[0, \d+\)"),
+]
+
+
+@pytest.mark.parametrize(("make_inputs", "match"), [(f, m) for _, f, m in OBSERVATION_LOGPROBS],
+                         ids=[c[0] for c in OBSERVATION_LOGPROBS])
+def test_observation_logprobs_bad_inputs(vec, make_inputs, match) -> None:
+    from textenv.logprobs import observation_logprobs
+
+    obs, _ = vec.reset(seed=0)
+    observation, actions = make_inputs(obs)
+    with pytest.raises(InputError, match=match):
+        observation_logprobs(vec.policy, observation, actions)
 
 
 # ---------------------------------------------------------------------------------------------- reward functions

@@ -317,6 +317,42 @@ def test_passes_gymnasium_and_sb3_env_checkers(tiny_model_dir, tiny_prompts):
     sb3_check_env(env.unwrapped, warn=True)
 
 
+def test_models_are_reachable_through_the_wrappers_of_gym_make(tiny_model_dir, tiny_prompts):
+    """What the docs say: Gymnasium 1.x wrappers do not forward attributes, env.unwrapped and get_wrapper_attr do;
+    set_policy through them makes the env compute log π (and the KL) with the new model."""
+    from textenv.logprobs import observation_logprobs
+
+    env = gym.make("TextGen-v0", model=str(tiny_model_dir), prompts=tiny_prompts, reward_model=length_reward,
+                   max_new_tokens=3)
+    with pytest.raises(AttributeError):
+        env.policy  # noqa: B018
+    inner = env.unwrapped
+    assert env.get_wrapper_attr("policy") is inner.policy is inner.vector_env.policy
+    assert env.get_wrapper_attr("tokenizer") is inner.tokenizer is inner.vector_env.tokenizer
+    assert env.get_wrapper_attr("reference") is inner.reference is not None
+    obs, _ = env.reset(seed=0)
+    logits = env.get_wrapper_attr("next_token_logits")()
+    assert logits.shape == (env.action_space.n,) and torch.equal(logits, inner.next_token_logits())
+
+    actor = load_causal_lm(str(tiny_model_dir))
+    perturb(actor)
+    env.get_wrapper_attr("set_policy")(actor)
+    inner.vector_env.refresh_cache()
+    assert inner.policy is actor
+    expected = observation_logprobs(actor, obs, 4).item()
+    _, _, _, _, info = env.step(4)
+    assert info["logprob"] == pytest.approx(expected, abs=1e-5)
+
+
+def test_gymnasium_render_check_passes(tiny_model_dir, tiny_prompts):
+    from gymnasium.utils.env_checker import check_env
+
+    for mode in ("ansi", "human"):
+        env = gym.make("TextGen-v0", model=str(tiny_model_dir), prompts=tiny_prompts, reward_model=length_reward,
+                       max_new_tokens=3, render_mode=mode)
+        check_env(env.unwrapped)
+
+
 # ---------------------------------------------------------------- bad input
 def test_bad_actions_are_rejected(vec):
     vec.reset(seed=0)
