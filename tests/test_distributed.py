@@ -190,6 +190,50 @@ def test_textenv_train_with_fsdp_under_torchrun(tmp_path, tiny_model_dir, capsys
     assert "trained with sharding='fsdp', and this run asks for sharding='ddp'" in capsys.readouterr().err
 
 
+@pytest.mark.slow
+def test_ctrl_c_under_torchrun_saves_and_exits(tmp_path, tiny_model_dir):
+    """SIGINT to torchrun's process group (Ctrl-C in its terminal) while training: torchrun passes it to the
+    workers, the ranks agree to stop after the iteration in progress, rank 0 saves, and everything exits within
+    seconds; the checkpoint is complete (its manifest verifies) and summary.json says how far it got."""
+    import signal
+    import time
+
+    from textenv.agents.base import CHECKPOINT_KIND, read_checkpoint_meta
+    from textenv.checkpoint import verify_directory
+
+    config = tmp_path / "run.yaml"
+    config.write_text(json.dumps({"env": {"model": str(tiny_model_dir), "num_envs": 4, "max_new_tokens": 4,
+                                          "prompts": PROMPTS}, "eval_prompts": 2, "checkpoint_every": 1}))
+    output = tmp_path / "run"
+    command = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc-per-node", "2", "-m",
+               "textenv", "train", "--config", str(config), "--total-timesteps", "10000000", "--output", str(output),
+               "--no-progress"]
+    process = subprocess.Popen(command, cwd=ROOT, env={**os.environ, "OMP_NUM_THREADS": "1"},
+                               start_new_session=True, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    try:
+        deadline = time.monotonic() + 120
+        while not (output / "checkpoint" / "agent.json").exists():
+            assert process.poll() is None and time.monotonic() < deadline, "no checkpoint was written"
+            time.sleep(0.2)
+        saved_before = read_checkpoint_meta(output / "checkpoint")["num_timesteps"]
+        os.killpg(process.pid, signal.SIGINT)
+        stopped = time.monotonic()
+        _, stderr = process.communicate(timeout=60)
+    finally:
+        if process.poll() is None:
+            os.killpg(process.pid, signal.SIGKILL)
+            process.communicate()
+    assert time.monotonic() - stopped < 60
+    assert process.returncode != 0  # torchrun reports the signal
+    assert "interrupted at" in stderr and "--resume" in stderr
+    verify_directory(output / "checkpoint", CHECKPOINT_KIND)
+    meta = read_checkpoint_meta(output / "checkpoint")
+    summary = json.loads((output / "summary.json").read_text())
+    assert summary["interrupted"] is True and summary["world_size"] == meta["world_size"] == 2
+    assert summary["checkpoint_num_timesteps"] == meta["num_timesteps"] >= saved_before
+    assert not [p for p in output.iterdir() if p.name not in ("checkpoint", "summary.json", "tensorboard")]
+
+
 def test_sb3_agents_refuse_more_than_one_process(monkeypatch):
     pytest.importorskip("stable_baselines3")
     from textenv import distributed
