@@ -6,6 +6,10 @@
 ==============================================  ==============================================================
 ``"vader"``                                     VADER sentiment of the completion (any name registered with
                                                 :func:`register_reward_model`)
+``"vader-negative"``, ``"topic-sound"``         the task suite's gold scorers (:mod:`.tasks`, ``textenv.TASKS``)
+``"target-length:<N>"``                         1 − |words − N| / N, clipped at 0 (peaks at exactly N words)
+``"keywords:<w1>,<w2>,..."``                    distinct keywords mentioned ÷ 2, capped at 1
+``"avoid-word:<word>"``                         a varied completion without ``<word>``: fluency − 0.5 · occurrences
 ``"preference:<dir>"``                          a :class:`PreferenceRewardModel` saved with ``model.save(dir)``
 ``"<dir>"``                                     the same, when ``<dir>`` holds a saved preference RM
 ``"classifier:<name_or_path>"``                 a sequence classifier; score = probability of the last class
@@ -41,11 +45,25 @@ from textenv.reward_models.preference import (
     pair_accuracy,
     train_preference_model,
 )
+from textenv.reward_models.tasks import (
+    AvoidWordReward,
+    KeywordReward,
+    NegativeSentimentReward,
+    TargetLengthReward,
+    avoid_word,
+    keywords,
+    target_length,
+)
 from textenv.reward_models.vader import VaderSentimentReward
 from textenv.validation import InputError
 
 #: Plain names: ``REWARD_MODELS[name](**kwargs)``.
-REWARD_MODELS: dict[str, Callable[..., RewardModel]] = {"vader": VaderSentimentReward}
+REWARD_MODELS: dict[str, Callable[..., RewardModel]] = {
+    "vader": VaderSentimentReward,
+    # the task suite's gold scorers (reward_models/tasks.py, textenv.TASKS)
+    "vader-negative": NegativeSentimentReward,
+    "topic-sound": KeywordReward,
+}
 
 #: Parameterised families ``"<prefix>:<argument>"``: prefix → (``factory(argument, **kwargs)``, usage).
 REWARD_MODEL_FAMILIES: dict[str, tuple[Callable[..., RewardModel], str]] = {}
@@ -184,15 +202,22 @@ register_reward_family(
     "ensemble-normalized", lambda argument, **kw: _ensemble(argument, normalize=True, **kw),
     "ensemble-normalized:<w>*<spec>+<w>*<spec>",
 )
+register_reward_family("target-length", target_length, "target-length:<words>")
+register_reward_family("keywords", keywords, "keywords:<word>,<word>,...")
+register_reward_family("avoid-word", avoid_word, "avoid-word:<word>")
 
 __all__ = [
     "REWARD_MODELS",
     "REWARD_MODEL_FAMILIES",
+    "AvoidWordReward",
     "CallableReward",
     "ClassifierReward",
     "EnsembleReward",
+    "KeywordReward",
+    "NegativeSentimentReward",
     "PreferenceRewardModel",
     "RewardModel",
+    "TargetLengthReward",
     "VaderSentimentReward",
     "bradley_terry_loss",
     "as_scores",
