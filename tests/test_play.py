@@ -3,9 +3,9 @@
 from __future__ import annotations
 
 import json
+import math
 import os
 import re
-import math
 from pathlib import Path
 
 import gymnasium as gym
@@ -30,8 +30,8 @@ def letter_count(prompts: list[str], completions: list[str]) -> list[float]:
 
 
 def play_env(model_dir: Path, **kwargs) -> TextGenVectorEnv:
-    options = dict(num_envs=1, model=str(model_dir), prompts=PROMPTS, max_new_tokens=5, kl_coef=0.1,
-                   reward_model=letter_count, autoreset_mode="disabled", device="cpu")
+    options = {"num_envs": 1, "model": str(model_dir), "prompts": PROMPTS, "max_new_tokens": 5, "kl_coef": 0.1,
+               "reward_model": letter_count, "autoreset_mode": "disabled", "device": "cpu"}
     return TextGenVectorEnv(**{**options, **kwargs})
 
 
@@ -96,7 +96,7 @@ def test_each_move_is_one_env_step_and_the_kl_is_the_players(env) -> None:
     assert state["kl"] == pytest.approx(sum(t["kl"] for t in state["tokens"]))
     assert state["completion"] == env.tokenizer.decode([t["id"] for t in state["tokens"]])
     # the env holds exactly these tokens
-    input_ids, mask = env.episode_tokens()
+    input_ids, _ = env.episode_tokens()
     assert input_ids[0, -len(state["tokens"]):].tolist() == [t["id"] for t in state["tokens"]]
 
 
@@ -363,7 +363,7 @@ def test_the_real_command_with_piped_stdin_writes_jsonl_train_rm_reads(tiny_mode
         [sys.executable, "-m", "textenv", "play", "--model", str(tiny_model_dir), "--prompt", "the film was",
          "--max-new-tokens", "3", "--top-k", "3", "--episodes", "2", "--device", "cpu", "--output", str(out),
          "--preferences", str(prefs), "--reward-model", "vader"],
-        input="1\n good\n2\ne\n1\n", capture_output=True, text=True, timeout=240, cwd=tmp_path,
+        check=False, input="1\n good\n2\ne\n1\n", capture_output=True, text=True, timeout=240, cwd=tmp_path,
         env={**os.environ, "OMP_NUM_THREADS": "1"},
     )
     assert done.returncode == 0, done.stderr
@@ -479,3 +479,19 @@ def test_colour_only_on_a_terminal() -> None:
     assert pipe.getvalue() == "the film was | fun|\n"
     assert re.sub(r"\x1b\[[0-9;]*m", "", terminal.getvalue()) == pipe.getvalue()
     assert "\x1b[2mthe film was" in terminal.getvalue() and "\x1b[1;33m fun" in terminal.getvalue()  # dim, yellow
+
+
+def test_a_token_the_reference_rules_out_is_refused_not_an_infinite_kl(env, monkeypatch) -> None:
+    session = PlaySession(env, prompt="the book")
+    real = env.reference_next_token_logits
+
+    def without_token_7():
+        logits = real().clone()
+        logits[:, 7] = -math.inf
+        return logits
+
+    monkeypatch.setattr(env, "reference_next_token_logits", without_token_7)
+    with pytest.raises(InputError, match="token 7 .* probability 0 .* choose another token"):
+        session.choose(7)
+    assert session.state()["step"] == 0  # nothing was played
+    assert session.choose(8)["step"] == 1

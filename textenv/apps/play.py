@@ -33,7 +33,7 @@ import os
 import sys
 import uuid
 import weakref
-from collections.abc import Callable, Iterator
+from collections.abc import Callable
 from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any, TextIO
@@ -201,7 +201,7 @@ class PlaySession:
             {"rank": rank, "id": int(token), "text": self._decode([int(token)], keep_special=True),
              "prob": float(prob), "ref_prob": None if ref_probs is None else float(ref_probs[token]),
              "eos": int(token) in eos}
-            for rank, (prob, token) in enumerate(zip(top.values.tolist(), top.indices.tolist()), start=1)
+            for rank, (prob, token) in enumerate(zip(top.values.tolist(), top.indices.tolist(), strict=True), start=1)
         ]
 
     # ------------------------------------------------------------------ moves
@@ -233,8 +233,9 @@ class PlaySession:
         return [int(i) for i in ids]
 
     def type_text(self, text: str) -> dict[str, Any]:
-        """Tokenise ``text`` (:meth:`encode`) and force its tokens, one env step per token; tokens past the end of
-        the episode (``max_new_tokens``, or an EOS in the text) are dropped. Returns the new :meth:`state`.
+        """Tokenise ``text`` on its own (:meth:`encode`; not re-tokenised together with the tokens before it) and
+        force its tokens, one env step per token; tokens past the end of the episode (``max_new_tokens``, or an EOS
+        in the text) are dropped. Returns the new :meth:`state`.
         Note that most tokenizers mark a word boundary with a leading space: type ``" fun"``, not ``"fun"``."""
         self._check_playing()
         for token in self.encode(text):
@@ -341,6 +342,9 @@ class PlaySession:
         logprob = float(torch.log_softmax(self.env.next_token_logits()[0].float(), dim=-1)[token])
         ref_logits = self.env.reference_next_token_logits()
         ref_logprob = None if ref_logits is None else float(torch.log_softmax(ref_logits[0].float(), dim=-1)[token])
+        if not math.isfinite(logprob) or (ref_logprob is not None and not math.isfinite(ref_logprob)):
+            raise InputError(f"token {token} ({self._decode([token], keep_special=True)!r}) has probability 0 under "
+                             "the policy or the reference: its KL would be infinite; choose another token")
         with self.env.pause_kl_controller():
             _, reward, terminated, truncated, info = self.env.step(np.array([token]))
         measured = logprob if ref_logprob is None else ref_logprob  # π_θ stands in for π_ref when there is none
