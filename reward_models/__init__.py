@@ -8,7 +8,7 @@
                                                 :func:`register_reward_model`)
 ``"vader-negative"``, ``"topic-sound"``         the task suite's gold scorers (:mod:`.tasks`, ``textenv.TASKS``)
 ``"target-length:<N>"``                         1 − |words − N| / N, clipped at 0 (peaks at exactly N words)
-``"keywords:<w1>,<w2>,..."``                    distinct keywords mentioned ÷ 2, capped at 1
+``"mentions:<w1>,<w2>,..."``                    distinct keywords mentioned ÷ 2, capped at 1
 ``"avoid-word:<word>"``                         a varied completion without ``<word>``: fluency − 0.5 · occurrences
 ``"preference:<dir>"``                          a :class:`PreferenceRewardModel` saved with ``model.save(dir)``
 ``"<dir>"``                                     the same, when ``<dir>`` holds a saved preference RM
@@ -51,7 +51,7 @@ from textenv.reward_models.tasks import (
     NegativeSentimentReward,
     TargetLengthReward,
     avoid_word,
-    keywords,
+    mentions,
     target_length,
 )
 from textenv.reward_models.vader import VaderSentimentReward
@@ -203,7 +203,7 @@ register_reward_family(
     "ensemble-normalized:<w>*<spec>+<w>*<spec>",
 )
 register_reward_family("target-length", target_length, "target-length:<words>")
-register_reward_family("keywords", keywords, "keywords:<word>,<word>,...")
+register_reward_family("mentions", mentions, "mentions:<word>,<word>,...")
 register_reward_family("avoid-word", avoid_word, "avoid-word:<word>")
 
 __all__ = [

@@ -7,7 +7,7 @@ registered as                          score                                    
 =====================================  ===============================================================  ========
 ``"vader-negative"``                   −(VADER compound): negative sentiment                             [−1, 1]
 ``"target-length:<N>"``                1 − |words − N| / N, clipped at 0: peaks at exactly N words       [0, 1]
-``"keywords:<w1>,<w2>,..."``           distinct keywords mentioned ÷ ``saturation`` (2), capped at 1     [0, 1]
+``"mentions:<w1>,<w2>,..."``           distinct keywords mentioned ÷ ``saturation`` (2), capped at 1     [0, 1]
 ``"topic-sound"``                      the same with :data:`SOUND_KEYWORDS` (sound and music)           [0, 1]
 ``"avoid-word:<word>"``                fluency − 0.5 · occurrences of the word, clipped at −1, where      [−1, 1]
                                        fluency = min(1, words / 10) · distinct words / words
@@ -86,11 +86,11 @@ class KeywordReward(RewardModel):
     def __init__(self, keywords: Iterable[str] = SOUND_KEYWORDS, saturation: int = 2) -> None:
         cleaned = [word.strip().lower() for word in keywords if word.strip()]
         if not cleaned:
-            raise InputError("keywords is empty; give at least one word, e.g. 'keywords:battery,screen'")
+            raise InputError("keywords is empty; give at least one word, e.g. 'mentions:battery,screen'")
         bad = [word for word in cleaned if words_of(word) != [word]]
         if bad:
             raise InputError(f"keywords {bad} are not single words (letters, digits, apostrophes); give one word "
-                             "per keyword, e.g. 'keywords:battery,screen'")
+                             "per keyword, e.g. 'mentions:battery,screen'")
         check_int("saturation", saturation, minimum=1)
         self.keywords = frozenset(cleaned)
         self.saturation = saturation
@@ -145,8 +145,8 @@ def target_length(argument: str, **kwargs: object) -> RewardModel:
     return TargetLengthReward(int(argument), **kwargs)
 
 
-def keywords(argument: str, **kwargs: object) -> RewardModel:
-    """``"keywords:<w1>,<w2>,..."`` → :class:`KeywordReward`."""
+def mentions(argument: str, **kwargs: object) -> RewardModel:
+    """``"mentions:<w1>,<w2>,..."`` → :class:`KeywordReward`."""
     return KeywordReward(argument.split(","), **kwargs)
 
 

@@ -99,6 +99,7 @@ def test_gym_make_builds_the_task_env_and_check_env_passes(name: str, tiny: dict
         _, reward, terminated, truncated, info = env.step(5)
         done = terminated or truncated
     assert info["rm_score"] == pytest.approx(gold(name, info["text"])[0])
+    assert reward == pytest.approx(info["rm_score"] - info["kl_coef"] * info["episode_kl"])
 
 
 @pytest.mark.parametrize("name", TASK_NAMES)
@@ -183,8 +184,8 @@ def test_get_task_takes_a_name_or_an_id() -> None:
     ("target-length:0", "target length '0' must be a whole number of words >= 1"),
     ("target-length:ten", "target length 'ten' must be a whole number"),
     ("target-length:", "missing its argument"),
-    ("keywords:,", "keywords is empty"),
-    ("keywords:sound quality", "not single words"),
+    ("mentions:,", "keywords is empty"),
+    ("mentions:sound quality", "not single words"),
     ("avoid-word:the end", "must be one word"),
 ])
 def test_bad_task_reward_specs_say_how_to_fix_them(spec: str, match: str) -> None:
