@@ -635,3 +635,34 @@ def test_a_host_other_than_loopback_always_gets_a_token():
     assert check_network(Namespace(host="0.0.0.0", port=8000, token=None)) != generated
     given = "my-class-token-2026"
     assert check_network(Namespace(host="127.0.0.1", port=8000, token=given)) == given
+
+
+# ---------------------------------------------------------------------------------------------- a real server under load
+def serve_load():
+    """benchmarks/serve_load.py as a module (the same code the benchmark runs)."""
+    import importlib.util
+
+    spec = importlib.util.spec_from_file_location("serve_load", Path(__file__).resolve().parents[1] / "benchmarks"
+                                                  / "serve_load.py")
+    module = importlib.util.module_from_spec(spec)
+    sys.modules[spec.name] = module  # its dataclasses look their module up
+    spec.loader.exec_module(module)
+    return module
+
+
+@pytest.mark.slow
+def test_twenty_labellers_for_five_seconds_lose_and_duplicate_nothing(tmp_path):
+    figures = serve_load().run_load(seconds=5, labellers=20, workdir=tmp_path)
+    assert figures["acknowledged"] > 20 and figures["lines_in_file"] == figures["acknowledged"]
+    assert figures["lost"] == figures["duplicated"] == figures["broken_lines"] == figures["errors"] == 0
+
+
+@pytest.mark.slow
+def test_a_server_killed_mid_load_loses_no_acknowledged_label_and_leaves_no_half_line(tmp_path):
+    """SIGKILL a real server while 20 labellers save: every acknowledged label is in the file, every line is whole,
+    and the restarted server resumes after exactly the labels in the file (run_load asserts all of it)."""
+    figures = serve_load().run_load(seconds=6, labellers=20, kill_after=3, workdir=tmp_path)
+    assert figures["killed"] and figures["acknowledged"] > 0
+    assert figures["acknowledged"] <= figures["lines_in_file"] <= figures["acknowledged"] + 20
+    assert figures["broken_lines"] == 0 and figures["file_ends_with_newline"]
+    assert figures["resumed_already_labelled"] == figures["lines_in_file"]

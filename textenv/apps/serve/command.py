@@ -16,6 +16,7 @@ import argparse
 import ipaddress
 import re
 import secrets
+import signal
 import socket
 import sys
 from pathlib import Path
@@ -206,8 +207,11 @@ def bind(host: str, port: int) -> socket.socket:
         family = socket.getaddrinfo(host, port, type=socket.SOCK_STREAM)[0][0]
     except socket.gaierror:
         raise InputError(f"--host {host}: not an address of this machine; give 127.0.0.1 or 0.0.0.0") from None
-    sock = socket.socket(family, socket.SOCK_STREAM)
+    # proto=IPPROTO_TCP: asyncio sets TCP_NODELAY only on TCP sockets that say so; without it a keep-alive answer
+    # written in two parts waits for the client's delayed ACK (~40 ms per request)
+    sock = socket.socket(family, socket.SOCK_STREAM, socket.IPPROTO_TCP)
     sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+    sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
     try:
         sock.bind((host, port))
     except OSError as err:
@@ -238,7 +242,8 @@ def run(args: argparse.Namespace) -> int:
 
 
 def serve(args: argparse.Namespace, sock: socket.socket, token: str | None, labelling: Any) -> int:
-    """Build the parts, print where they are, and run uvicorn on ``sock`` until Ctrl-C or SIGTERM."""
+    """Build the parts, print where they are, and run uvicorn on ``sock`` until Ctrl-C or SIGTERM (both a normal
+    end: exit code 0, after the requests in flight finish)."""
     import uvicorn
 
     from textenv.apps.serve.app import ServeOptions, build_app
@@ -261,9 +266,13 @@ def serve(args: argparse.Namespace, sock: socket.socket, token: str | None, labe
     app = build_app(desk, games, worker, options)
     _say_where(args, port, token, desk)
     config = uvicorn.Config(app, log_level="warning", access_log=False, lifespan="off", timeout_graceful_shutdown=5)
+    previous = signal.signal(signal.SIGTERM, _interrupt)  # SIGTERM stops it as Ctrl-C does
     try:
-        uvicorn.Server(config).run(sockets=[sock])
+        uvicorn.Server(config).run(sockets=[sock])  # re-raises the signal that stopped it, after a clean shutdown
+    except KeyboardInterrupt:
+        pass  # Ctrl-C is how a server is stopped: a normal end
     finally:
+        signal.signal(signal.SIGTERM, previous)
         sock.close()
         if worker is not None:
             worker.close(timeout=1.0)
@@ -271,6 +280,10 @@ def serve(args: argparse.Namespace, sock: socket.socket, token: str | None, labe
             desk.close()
     print("textenv serve: stopped" + (f"; every saved ranking is in {desk.output}" if desk else ""), flush=True)
     return 0
+
+
+def _interrupt(signum: int, frame: Any) -> None:
+    raise KeyboardInterrupt
 
 
 def _say_where(args: argparse.Namespace, port: int, token: str | None, desk: Any) -> None:

@@ -178,7 +178,9 @@ class LabelDesk:
         self._leases: dict[str, dict[str, float]] = {}  # item id -> {session id: expiry}
         self._sessions: dict[str, Labeller] = {}
         self._appender = LineAppender(self.output)
-        self.already_done = sum(1 for key in self.order if self._counts[key] >= labels_per_item)
+        self._done = sum(1 for key in self.order if self._counts[key] >= labels_per_item)
+        self._first_open = 0  # every item before this index has all its labels (where the search starts)
+        self.already_done = self._done
 
     # ------------------------------------------------------------------------------------------ sessions
     def open_session(self, name: str) -> Labeller:
@@ -231,7 +233,7 @@ class LabelDesk:
             if session.current is not None and self._wanted_by(session.current, session, now):
                 self._lease(session.current, session, now)
                 return self._view(session, session.current, "todo")
-            session.current = next((key for key in self.order if self._wanted_by(key, session, now)), None)
+            session.current = self._first_wanted(session, now)
             if session.current is None:
                 return {"item": None, "progress": self._progress(session)}
             self._lease(session.current, session, now)
@@ -248,6 +250,17 @@ class LabelDesk:
                 self._lease(key, session, now)
                 return {"leased": True, "seconds": self.lease_seconds}
             return {"leased": False, "seconds": 0}
+
+    def _first_wanted(self, session: Labeller, now: float) -> str | None:
+        """The first item in file order that ``session`` may take (the search starts after the items that have
+        all their labels, so it costs about the number of items on screens or skipped, not the file's length)."""
+        while (self._first_open < len(self.order)
+               and self._counts[self.order[self._first_open]] >= self.labels_per_item):
+            self._first_open += 1
+        for index in range(self._first_open, len(self.order)):
+            if self._wanted_by(self.order[index], session, now):
+                return self.order[index]
+        return None
 
     def _item(self, key: str) -> LabelItem:
         item = self.items.get(key)
@@ -274,6 +287,7 @@ class LabelDesk:
                                     {"labeller": session.name, "item": key})
             self._appender.append(row.to_json())
             self._counts[key] += 1
+            self._done += self._counts[key] == self.labels_per_item
             self._by_whom.add((key, session.name))
             self._leases.get(key, {}).pop(session.id, None)
             session.skipped.discard(key)
@@ -316,8 +330,7 @@ class LabelDesk:
 
     # ------------------------------------------------------------------------------------------ views
     def _progress(self, session: Labeller) -> dict[str, int]:
-        done = sum(1 for key in self.order if self._counts[key] >= self.labels_per_item)
-        return {"done": done, "total": len(self.order), "mine": session.saved, "history": len(session.history)}
+        return {"done": self._done, "total": len(self.order), "mine": session.saved, "history": len(session.history)}
 
     def _view(self, session: Labeller, key: str, status: str,
               ranking: tuple[int, ...] | None = None) -> dict[str, Any]:
@@ -331,8 +344,7 @@ class LabelDesk:
     def summary(self) -> dict[str, int]:
         """Counts for the info endpoint: items, done, sessions open."""
         with self._lock:
-            done = sum(1 for key in self.order if self._counts[key] >= self.labels_per_item)
-            return {"items": len(self.order), "done": done, "sessions": len(self._sessions),
+            return {"items": len(self.order), "done": self._done, "sessions": len(self._sessions),
                     "labels_per_item": self.labels_per_item}
 
     def close(self) -> None:

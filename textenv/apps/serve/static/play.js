@@ -42,6 +42,7 @@ function render(view) {
   $("kl").textContent = fixed(s.kl, 3);
   $("beta").textContent = fixed(s.kl_coef, 3);
   $("ref-legend").classList.toggle("hidden", !s.has_reference);
+  $("ref-head").classList.toggle("hidden", !s.has_reference);
   renderEpisode(s);
   renderCandidates(s);
   $("moves").classList.toggle("hidden", s.done);
