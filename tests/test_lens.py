@@ -175,6 +175,16 @@ def test_markdown_escapes_html_and_table_syntax_and_shows_token_boundaries():
     assert markdown_text("a_b") == "a\\_b"
 
 
+@pytest.mark.filterwarnings("ignore::DeprecationWarning")  # TensorBoard's vendored bleach
+def test_tensorboard_renders_the_table_as_a_table_with_the_model_text_inert():
+    from tensorboard.plugin_util import markdown_to_safe_html
+
+    rendered = markdown_to_safe_html(markdown_episode(hostile_episode()))
+    assert rendered.count("<tr>") == 6 and rendered.count("<td>") == 5 * 6  # header + 5 tokens, 6 columns
+    assert "<td>␣&lt;script&gt;</td>" in rendered and "<td>*x*|</td>" in rendered
+    assert "<script" not in rendered and "<b>" not in rendered
+
+
 def test_episode_without_reference_shows_a_dash_and_survives_json():
     episode = EpisodeLens(**{**hostile_episode().to_dict(), "ref_logprobs": None})
     assert table_rows(markdown_episode(episode))[0][3] == "–"
