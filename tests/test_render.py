@@ -201,18 +201,20 @@ def test_render_mode_errors_stay_type_errors(tiny_model_dir, tiny_prompts):
     assert isinstance(error.value, TypeError)  # SB3's make_vec_env retries without render_mode on a TypeError
 
 
-@pytest.mark.parametrize("kl_penalty", ["terminal", "dense"])
-def test_rendering_every_step_changes_no_number(tiny_model_dir, tiny_prompts, kl_penalty):
-    """The render asks the lazy reference for its logits each step; rewards, KL and log-probs stay the same."""
+@pytest.mark.parametrize(("kl_penalty", "autoreset_mode"),
+                         [("terminal", "disabled"), ("dense", "disabled"), ("terminal", "next_step")])
+def test_rendering_every_step_changes_no_number(tiny_model_dir, tiny_prompts, kl_penalty, autoreset_mode):
+    """The render asks the lazy reference for its logits each step; rewards, KL and log-probs stay the same (also
+    across the in-place restarts of next-step autoreset)."""
     results = []
     for render_mode in (None, "ansi"):
         env = make_env(tiny_model_dir, tiny_prompts, render_mode=render_mode, kl_penalty=kl_penalty, num_envs=3,
-                       max_new_tokens=5)
+                       max_new_tokens=5, autoreset_mode=autoreset_mode)
         perturb(env.policy)
         env.reset(seed=3)
         generator = torch.Generator().manual_seed(0)
         steps = []
-        while not env.finished.all():
+        for _ in range(5 if autoreset_mode == "disabled" else 14):
             env.render()
             actions = torch.multinomial(env.next_token_logits().softmax(-1), 1, generator=generator).squeeze(1)
             _, rewards, _, _, info = env.step(actions.numpy())
