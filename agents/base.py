@@ -145,8 +145,10 @@ class Agent(ABC):
             self.generator.manual_seed(seed)
             env.reset(seed=seed)
         if self.sharded:  # after the env's forwards above: the subclass builds its optimizer on the shards
-            _check_fsdp(env)
+            _check_fsdp(env, self.config)
             distributed.fully_shard_model(self.policy)
+        #: float16 autocast's loss scaler (used by the guarded step, saved with the checkpoint); else None
+        self.grad_scaler = _loss_scaler(env, self.config)
         self._writer = None
         self.last_metrics: dict[str, float] = {}
 
@@ -460,6 +462,8 @@ class Agent(ABC):
         window, window_steps = state["kl_window"]
         self.env.load_kl_controller_state({"kl_coef": state["kl_coef"], "window": window, "window_steps": window_steps})
         self._load_extra_state(state.get("extra", {}))
+        if self.grad_scaler is not None and isinstance(state.get("grad_scaler"), dict):
+            self.grad_scaler.load_state_dict(state["grad_scaler"])  # the loss scale goes on where it was
 
     def _check_sharding(self, meta: dict[str, Any], path: Path) -> None:
         """Refuse to resume an FSDP2 checkpoint unsharded or the reverse: the optimizer state is keyed by
@@ -568,6 +572,7 @@ class Agent(ABC):
             "kl_coef": kl_controller["kl_coef"],
             "kl_window": (kl_controller["window"], kl_controller["window_steps"]),
             "extra": self._extra_state(),
+            **({} if self.grad_scaler is None else {"grad_scaler": self.grad_scaler.state_dict()}),
         }
 
     def _optimizer_states(self) -> dict[str, Any]:
@@ -797,8 +802,22 @@ def _load_optimizer_state(optimizer: torch.optim.Optimizer, state: dict[str, Any
         group.update(kept)
 
 
-def _check_fsdp(env: TextGenVectorEnv) -> None:
-    """``sharding="fsdp"`` needs torchrun's processes and a fully trained policy (not LoRA adapters)."""
+def _loss_scaler(env: TextGenVectorEnv, config: AgentConfig) -> torch.amp.GradScaler | None:
+    """A ``torch.amp.GradScaler`` on the env's device for ``autocast_dtype="float16"`` (float32 weights only:
+    the scaler divides float32 gradients); ``None`` otherwise."""
+    if getattr(config, "autocast_dtype", None) != "float16":
+        return None
+    dtypes = sorted({str(p.dtype).removeprefix("torch.") for p in env.policy.parameters() if p.requires_grad})
+    if dtypes != ["float32"]:
+        raise InputError(f"autocast_dtype='float16' trains float32 master weights, but the policy's weights are "
+                         f"{', '.join(dtypes)}: build the env with dtype='float32' (the default), or train in the "
+                         "weights' dtype without autocast_dtype")
+    return torch.amp.GradScaler(torch.device(env.device).type)
+
+
+def _check_fsdp(env: TextGenVectorEnv, config: AgentConfig) -> None:
+    """``sharding="fsdp"`` needs torchrun's processes, a fully trained policy (not LoRA adapters) and no float16
+    loss scaler."""
     if distributed.world_size() == 1:
         raise InputError("sharding='fsdp' shards the model over torchrun's processes: launch with torchrun "
                          "--nproc-per-node N (N >= 2), or use sharding='ddp'")
@@ -807,6 +826,10 @@ def _check_fsdp(env: TextGenVectorEnv) -> None:
                          "adapters into a copy of the whole model, which textenv does not build from FSDP2's "
                          "shards. Use sharding='ddp' with LoRA (only the adapters are trained and the reference "
                          "is the same model with its adapters off, so it costs no second copy)")
+    if getattr(config, "autocast_dtype", None) == "float16":
+        raise InputError("sharding='fsdp' with autocast_dtype='float16' is not supported: its loss scaler would have "
+                         "to find overflows across every rank's gradient shards; use autocast_dtype='bfloat16' (no "
+                         "loss scaler needed) or sharding='ddp'")
 
 
 def set_global_seeds(seed: int) -> None:

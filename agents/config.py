@@ -30,9 +30,9 @@ from textenv.validation import InputError
 #: step overflows inside torch (a raw RuntimeError). Large values that diverge are caught by the guarded update.
 LEARNING_RATE = Number(low=0, low_open=True, high=1e30)
 
-#: Autocast dtypes of the update's forward. float16 would need a loss scaler (its gradients underflow) inside the
-#: guarded step: not offered.
-AUTOCAST_DTYPES = ("bfloat16",)
+#: Autocast dtypes of the update's forward. float16 comes with a loss scaler (torch.amp.GradScaler in the guarded
+#: step), since its small gradients underflow; bfloat16 has float32's range and needs none.
+AUTOCAST_DTYPES = ("bfloat16", "float16")
 
 #: How the policy is spread over torchrun's ranks.
 SHARDINGS = ("ddp", "fsdp")
@@ -67,8 +67,9 @@ class NativeConfig(AgentConfig):
                "(less memory, ~30% more update compute; same result); rollouts (eval mode, KV cache) are unaffected",
         Flag())
     autocast_dtype: str | None = option(
-        None, "run the update's forward under torch.autocast in this dtype ('bfloat16'), the weights, gradients and "
-              "Adam state staying in their dtype (float32 master weights: the env's default); None: no autocast",
+        None, "run the update's forward under torch.autocast in this dtype ('bfloat16', or 'float16' with a loss "
+              "scaler; bfloat16 where the GPU has it), the weights, gradients and Adam state staying in their dtype "
+              "(float32 master weights: the env's default); None: no autocast",
         Choice((*AUTOCAST_DTYPES, None)))
     sharding: str = option(
         "ddp", "under torchrun: 'ddp' (every rank holds the whole model; gradients averaged) or 'fsdp' (FSDP2: the "

@@ -15,6 +15,12 @@ through, so data parallelism lives here rather than in per-agent ``DistributedDa
 and the agents call the policy through several forwards: the cached rollout forward, the scoring forward, the
 reference with LoRA adapters off).
 
+With ``autocast_dtype="float16"`` the agent holds a loss scaler (``trainer.grad_scaler``, a
+``torch.amp.GradScaler``; Micikevicius et al. 2018, "Mixed Precision Training", §3.2): each loss part's backward
+runs on the loss times the scale S, so small float16 gradients do not underflow; the gradients are divided by S
+before they are checked and clipped; a step whose gradient overflowed is skipped and S halved (instead of a
+:class:`TrainingDivergedError`: an overflow is how the scaler finds S), and S doubles after 2000 clean steps.
+
 A failed check raises :class:`TrainingDivergedError`. Checks 1 and 2 fire before the optimizer steps, so the
 weights in memory are exactly those from before the step; all three fire inside ``train_iteration``, before
 ``Agent.learn`` writes a checkpoint, so the last checkpoint on disk stays as it was.
@@ -156,7 +162,8 @@ def accumulate_gradients(
         if not bool(torch.isfinite(loss.detach()).all()):
             raise diverged(trainer, f"the loss is {loss.detach().float().item()}", max_grad_norm=max_grad_norm,
                            rewards=rewards)
-        loss.backward()
+        scaler = getattr(trainer, "grad_scaler", None)
+        (loss if scaler is None else scaler.scale(loss)).backward()
         total = loss.detach() if total is None else total + loss.detach()
     return total
 
@@ -175,18 +182,29 @@ def apply_gradients(
         return
     parameters = [p for module in modules.values() for p in module.parameters()]
     average_gradients(parameters)  # data-parallel (torchrun): the mean over ranks; no-op in one process
+    scaler = getattr(trainer, "grad_scaler", None)
+    if scaler is not None:
+        scaler.unscale_(optimizer)  # the gradients / S (the same on every rank: they were averaged)
     grads = [p.grad for p in parameters if p.grad is not None]
     # clip_grad_norm_ is exactly get_total_norm + clip_grads_with_norm_; split so a NaN is seen before the
     # clipping multiplies every gradient by it.
     total_norm = torch.nn.utils.get_total_norm(grads) if max_grad_norm is not None else None
     if not (all_finite(grads) if total_norm is None else bool(torch.isfinite(total_norm))):
+        if scaler is not None:  # a float16 overflow: skip this step and halve the scale
+            scaler.step(optimizer)
+            scaler.update()
+            return
         where = first_nonfinite(modules, gradients=True)
         problem = (f"the gradient is non-finite (first at {where})" if where
                    else "the gradient norm overflows float32 (gradients above ~1e19)")
         raise diverged(trainer, problem, max_grad_norm=max_grad_norm, rewards=rewards)
     if total_norm is not None:
         torch.nn.utils.clip_grads_with_norm_(parameters, max_grad_norm, total_norm)
-    optimizer.step()
+    if scaler is None:
+        optimizer.step()
+    else:
+        scaler.step(optimizer)
+        scaler.update()
     if not all_finite(parameters):
         where = first_nonfinite(modules, gradients=False)
         raise diverged(trainer, f"the update made the weights non-finite (first: {where})", WEIGHTS_DAMAGED,

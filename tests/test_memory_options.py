@@ -63,8 +63,9 @@ def tiny_llama_dir(tiny_model_dir, tmp_path_factory):
     return directory
 
 
-def trained(model_dir, name: str, **config) -> tuple[nn.Module, dict[str, float]]:
-    """The policy after one iteration of agent ``name`` (seed 0) on 8 episodes, and the iteration's metrics."""
+def trained(model_dir, name: str, loss_scale: float | None = None, **config) -> tuple[nn.Module, dict[str, float]]:
+    """The policy after one iteration of agent ``name`` (seed 0) on 8 episodes, and the iteration's metrics
+    (``loss_scale``: float16's initial loss scale instead of torch's 65536)."""
     group_size, hparams = AGENTS[name]
     env = TextGenVectorEnv(num_envs=8, model=str(model_dir), kl_coef=0.05, group_size=group_size,
                            reward_model=reward, prompts=PROMPTS, max_new_tokens=8, autoreset_mode="disabled",
@@ -72,6 +73,8 @@ def trained(model_dir, name: str, **config) -> tuple[nn.Module, dict[str, float]
     # A small step and no clipping: Adam's first step is ~lr·sign(g), so weights within 1e-6 need lr ~1e-5; the
     # gradients left in .grad (the last minibatch's) are compared too, since Adam would hide a mis-scaled loss.
     agent = make_agent(name, env, seed=0, learning_rate=1e-5, max_grad_norm=None, **hparams, **config)
+    if loss_scale is not None:
+        agent.grad_scaler = torch.amp.GradScaler("cpu", init_scale=loss_scale)
     metrics = agent.train_iteration()
     return agent.policy, metrics
 
@@ -223,11 +226,67 @@ def test_bfloat16_autocast_update_keeps_float32_master_weights(tiny_model_dir, n
     assert max_difference(exact, mixed) < 1e-4  # lr 1e-5: a step is at most ~1e-5 either way
 
 
+@pytest.mark.parametrize("name", ["reinforce", "ppo"])
+def test_float16_autocast_update_with_loss_scaler(tiny_model_dir, name):
+    """float16 autocast: the backward runs on the loss times the scale S, the gradients are divided by S before
+    the step: float32 master weights and gradients, close to float32's update. (S = 256: torch's initial 65536
+    overflows this model's float16 backward, and the first steps would be skipped while S halves.)"""
+    exact, exact_metrics = trained(tiny_model_dir, name)
+    mixed, metrics = trained(tiny_model_dir, name, loss_scale=256.0, autocast_dtype="float16")
+    assert all(p.dtype == torch.float32 for p in mixed.parameters())
+    assert metrics["train/loss"] == pytest.approx(exact_metrics["train/loss"], rel=0.05, abs=0.02)
+    exact_grad = torch.cat([p.grad.flatten() for p in exact.parameters() if p.grad is not None])
+    mixed_grad = torch.cat([p.grad.flatten() for p in mixed.parameters() if p.grad is not None])
+    assert not torch.equal(exact_grad, mixed_grad)  # the forward did run in float16
+    assert float(torch.nn.functional.cosine_similarity(exact_grad, mixed_grad, dim=0)) > 0.999
+    assert float(mixed_grad.norm() / exact_grad.norm()) == pytest.approx(1.0, abs=0.01)  # unscaled: not × S
+    assert 0 < max_difference(exact, mixed) < 1e-4
+
+
+def float16_agent(model_dir, **config):
+    env = TextGenVectorEnv(num_envs=4, model=str(model_dir), kl_coef=0.05, reward_model=reward, prompts=PROMPTS,
+                           max_new_tokens=6, autoreset_mode="disabled", device="cpu")
+    return make_agent("reinforce", env, seed=0, autocast_dtype="float16", **config)
+
+
+def test_float16_overflow_skips_the_step_and_halves_the_scale(tiny_model_dir):
+    """A scale so large that the float16 backward overflows: the step is skipped (weights unchanged, no
+    TrainingDivergedError) and S halved, as GradScaler finds its scale."""
+    agent = float16_agent(tiny_model_dir)
+    agent.grad_scaler = torch.amp.GradScaler("cpu", init_scale=2.0**100)
+    before = [p.detach().clone() for p in agent.policy.parameters()]
+    agent.train_iteration()
+    assert all(torch.equal(p, q) for p, q in zip(before, agent.policy.parameters()))
+    assert agent.grad_scaler.get_scale() == 2.0**99
+    agent.grad_scaler = torch.amp.GradScaler("cpu", init_scale=256.0)  # a scale that fits: the step is taken
+    agent.train_iteration()
+    assert not all(torch.equal(p, q) for p, q in zip(before, agent.policy.parameters()))
+
+
+def test_the_loss_scale_is_saved_and_resumed(tiny_model_dir, tmp_path):
+    from textenv.agents.base import Agent
+
+    agent = float16_agent(tiny_model_dir)
+    agent.grad_scaler = torch.amp.GradScaler("cpu", init_scale=2.0**100)
+    agent.train_iteration()  # overflow: the scale halves to 2**99
+    agent.save(tmp_path / "checkpoint")
+    resumed = Agent.load(tmp_path / "checkpoint", agent.env)
+    assert resumed.grad_scaler.state_dict() == agent.grad_scaler.state_dict()
+
+
 @pytest.mark.bad_input
-@pytest.mark.parametrize("value", ["float16", "bf16", "float32", 16])
-def test_autocast_dtype_is_bfloat16_or_none(value):
+@pytest.mark.parametrize("value", ["half", "bf16", "float32", 16])
+def test_autocast_dtype_is_bfloat16_float16_or_none(value):
     with pytest.raises(InputError, match="autocast_dtype"):
         NativeConfig(autocast_dtype=value)
+
+
+@pytest.mark.bad_input
+def test_float16_autocast_needs_float32_weights(tiny_model_dir):
+    env = TextGenVectorEnv(num_envs=2, model=str(tiny_model_dir), reward_model=reward, prompts=PROMPTS,
+                           max_new_tokens=4, autoreset_mode="disabled", device="cpu", dtype="bfloat16")
+    with pytest.raises(InputError, match="autocast_dtype='float16'.*bfloat16.*dtype='float32'"):
+        make_agent("reinforce", env, autocast_dtype="float16")
 
 
 # ---------------------------------------------------------------------- textenv train flags
@@ -244,11 +303,11 @@ def test_train_flags_set_the_env_dtype_and_the_memory_options(tmp_path):
     options = resolve_train_options(parse(["train", "--config", str(config)]))
     assert options["env"]["dtype"] == "bfloat16"
     assert options["agent_kwargs"] == {"micro_batch_size": 2, "gradient_checkpointing": True}
-    args = parse(["train", "--config", str(config), "--dtype", "float32", "--sharding", "fsdp", "--micro-batch-size",
+    args = parse(["train", "--config", str(config), "--dtype", "float32", "--sharding", "ddp", "--micro-batch-size",
                   "4", "--no-gradient-checkpointing", "--autocast-dtype", "bfloat16"])
     options = resolve_train_options(args)
     assert options["env"]["dtype"] == "float32"
-    assert options["agent_kwargs"] == {"micro_batch_size": 4, "gradient_checkpointing": False, "sharding": "fsdp",
+    assert options["agent_kwargs"] == {"micro_batch_size": 4, "gradient_checkpointing": False, "sharding": "ddp",
                                        "autocast_dtype": "bfloat16"}
 
 
@@ -372,6 +431,23 @@ def test_fsdp_needs_torchrun(tiny_model_dir):
                            max_new_tokens=4, autoreset_mode="disabled", device="cpu")
     with pytest.raises(InputError, match="sharding='fsdp'.*torchrun"):
         make_agent("reinforce", env, sharding="fsdp")
+
+
+@pytest.mark.bad_input
+@pytest.mark.parametrize("env_kwargs, config, message", [
+    ({"lora": True}, {}, "sharding='fsdp' with LoRA.*merges the adapters.*sharding='ddp'"),
+    ({}, {"autocast_dtype": "float16"}, "sharding='fsdp' with autocast_dtype='float16'.*bfloat16"),
+])
+def test_fsdp_refuses_lora_and_float16(tiny_model_dir, monkeypatch, env_kwargs, config, message):
+    """Refused before the model is sharded (world size faked: the refusals come before any collective)."""
+    from textenv import distributed
+
+    env = TextGenVectorEnv(num_envs=2, model=str(tiny_model_dir), reward_model=reward, prompts=PROMPTS,
+                           max_new_tokens=4, autoreset_mode="disabled", device="cpu", **env_kwargs)
+    monkeypatch.setattr(distributed, "world_size", lambda: 2)
+    monkeypatch.setattr(distributed, "fully_shard_model", lambda model: pytest.fail("sharded"))
+    with pytest.raises(InputError, match=message):
+        make_agent("reinforce", env, sharding="fsdp", **config)
 
 
 @pytest.mark.bad_input

@@ -395,6 +395,9 @@ def _check_fsdp_options(options: Mapping[str, Any]) -> None:
         raise InputError("sharding='fsdp' with env.lora is not supported (a LoRA checkpoint merges the adapters into "
                          "a copy of the whole model, which textenv does not build from FSDP2's shards); use "
                          "--sharding ddp with LoRA")
+    if options["agent_kwargs"].get("autocast_dtype") == "float16":
+        raise InputError("sharding='fsdp' with autocast_dtype='float16' is not supported (its loss scaler would have "
+                         "to find overflows across every rank's gradient shards); use --autocast-dtype bfloat16")
 
 
 def checked_agent_class(name: str) -> type:
