@@ -100,15 +100,14 @@ def evaluate_policy(
 
     Returns:
         A JSON-serialisable dict with the :data:`METRICS`, ``samples`` (list of dicts with ``prompt``,
-        ``completion``, ``gold``, ``proxy``, ``kl``), counts, ``seconds``, the settings used and, with
-        ``lens_episodes``, ``lens`` (list of :meth:`EpisodeLens.to_dict <textenv.agents.lens.EpisodeLens.to_dict>`).
+        ``completion``, ``gold``, ``proxy``, ``kl``), counts, ``seconds``, the settings used and ``lens``
+        (with ``lens_episodes``: :meth:`textenv.agents.lens.EpisodeLens.to_dict` of each).
 
     Note: a passed-in ``PreTrainedModel`` is used in place (moved to ``device``, dropout disabled by the env).
     The evaluation builds its own env, so no training env's β moves.
     """
     _check_evaluation_arguments(policy, reference, num_samples, max_new_tokens, temperature, seed, batch_size,
-                                max_table_rows)
-    check_int("lens_episodes", lens_episodes, minimum=0)
+                                max_table_rows, lens_episodes)
     start = time.perf_counter()
     prompt_list = load_prompts(prompts, prompt_split)  # a bad prompt file or reward-model name fails before any model
     device = resolve_device(device)
@@ -117,7 +116,6 @@ def evaluate_policy(
     policy_model, policy_tokenizer, base_model = _load_policy(policy, device)
     reference = reference if reference is not None else base_model or DEFAULT_MODEL
     reference_model = _load_reference(reference, device, vocabulary_of=policy_model)
-
     rows = [p for p in prompt_list for _ in range(num_samples)]
     env = TextGenVectorEnv(
         num_envs=min(batch_size, len(rows)), model=policy_model,
@@ -130,10 +128,8 @@ def evaluate_policy(
     table = sampled.table(rows, proxy_scores)
     return {
         **sampled.metrics(proxy_scores),
-        "num_prompts": len(prompt_list),
-        "num_samples": len(rows),
-        "num_tokens": int(sampled.num_tokens),
-        "seconds": time.perf_counter() - start,
+        "num_prompts": len(prompt_list), "num_samples": len(rows),
+        "num_tokens": int(sampled.num_tokens), "seconds": time.perf_counter() - start,
         "settings": {"policy": _describe(policy), "reference": _describe(reference), "gold": _describe(gold),
                      "proxy": None if proxy is None else _describe(proxy), "prompt_split": prompt_split,
                      "samples_per_prompt": num_samples, "max_new_tokens": max_new_tokens, "temperature": temperature,
@@ -144,12 +140,13 @@ def evaluate_policy(
 
 
 def _check_evaluation_arguments(policy: Any, reference: Any, num_samples: Any, max_new_tokens: Any, temperature: Any,
-                                seed: Any, batch_size: Any, max_table_rows: Any) -> None:
+                                seed: Any, batch_size: Any, max_table_rows: Any, lens_episodes: Any = 0) -> None:
     """:class:`InputError` for a bad number, or a checkpoint that names no base model when ``reference`` is not
     given, before anything loads."""
     for name, value in (("num_samples", num_samples), ("max_new_tokens", max_new_tokens), ("batch_size", batch_size)):
         check_int(name, value, minimum=1)
     check_int("seed", seed, minimum=0)
+    check_int("lens_episodes", lens_episodes, minimum=0)
     if max_table_rows is not None:
         check_int("max_table_rows", max_table_rows, minimum=0)
     try:
