@@ -1,4 +1,5 @@
-"""`textenv play`: the game core (PlaySession) on the tiny model, and the terminal front end driven by piped commands."""
+"""`textenv play`: the game core (PlaySession) on the tiny model, and the terminal front end driven by piped
+commands."""
 
 from __future__ import annotations
 

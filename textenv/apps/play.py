@@ -549,7 +549,8 @@ def result_lines(result: dict[str, Any]) -> list[Any]:
         ("you   ", result["completion"], result["rm_score"], result["kl"], result["return"], "bold green"),
         ("policy", policy["completion"], policy["rm_score"], policy["kl"], policy["return"], "bold cyan"),
     ):
-        line = Text(f"{who}: ", style=style)
+        line = Text()
+        line.append(f"{who}: ", style=style)
         line.append(visible(result["prompt"]), style="dim")
         line.append(" |", style="dim")
         line.append(visible(completion))
@@ -747,27 +748,31 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
                           "text, press Enter to let the policy sample, u to undo; at the end compare your reward, "
                           "KL and return with the policy's own completion. Reads one command per line (also from "
                           "a pipe). ? shows the commands; docs/play.md explains the numbers.")
-    parser.add_argument("--model", help="policy model name or directory (default: the embedded tiny GPT-2)")
-    parser.add_argument("--checkpoint", help="play against a trained policy: RUN/checkpoint (or the run directory "
-                                             "RUN); its reward model, base model, β and max_new_tokens are the "
-                                             "defaults")
-    parser.add_argument("--reference", help="with --checkpoint: the base model for KL (default: the checkpoint's)")
-    parser.add_argument("--reward-model", dest="reward_model",
+    parser.add_argument("--model", metavar="MODEL",
+                        help="policy model name or directory (default: the embedded tiny GPT-2)")
+    parser.add_argument("--checkpoint", metavar="RUN",
+                        help="play against a trained policy: RUN/checkpoint (or the run directory RUN); its reward "
+                             "model, base model, β and max_new_tokens are the defaults")
+    parser.add_argument("--reference", metavar="MODEL",
+                        help="with --checkpoint: the base model for KL (default: the checkpoint's)")
+    parser.add_argument("--reward-model", dest="reward_model", metavar="SPEC",
                         help="reward model spec (default: vader, or the checkpoint's)")
-    parser.add_argument("--prompt", help="the prompt of every episode (default: a held-out built-in prompt each "
-                                         "episode)")
-    parser.add_argument("--top-k", dest="top_k", type=TOP_K, default=10,
+    parser.add_argument("--prompt", metavar="TEXT",
+                        help="the prompt of every episode (default: a held-out built-in prompt each episode)")
+    parser.add_argument("--top-k", dest="top_k", type=TOP_K, default=10, metavar="K",
                         help="candidates shown at each step (default: %(default)s)")
-    parser.add_argument("--max-new-tokens", dest="max_new_tokens", type=COUNT,
+    parser.add_argument("--max-new-tokens", dest="max_new_tokens", type=COUNT, metavar="N",
                         help="completion length limit in tokens (default: 16, or the checkpoint's)")
-    parser.add_argument("--kl-coef", dest="kl_coef", type=NON_NEGATIVE,
+    parser.add_argument("--kl-coef", dest="kl_coef", type=NON_NEGATIVE, metavar="BETA",
                         help="β of R = r_φ − β·KL (default: 0.05, or the checkpoint's)")
-    parser.add_argument("--episodes", type=COUNT, default=1, help="episodes to play (default: %(default)s)")
+    parser.add_argument("--episodes", type=COUNT, default=1, metavar="N",
+                        help="episodes to play (default: %(default)s)")
     parser.add_argument("--seed", type=SEED, default=0,
                         help="seeds the prompt draw and the policy's samples (default: %(default)s)")
-    parser.add_argument("--output", help="JSONL file to append one object per finished episode to")
-    parser.add_argument("--preferences", help="preference JSONL (the format train-rm reads) to append which "
-                                              "completion you prefer, yours or the policy's, to")
+    parser.add_argument("--output", metavar="FILE", help="JSONL file to append one object per finished episode to")
+    parser.add_argument("--preferences", metavar="FILE",
+                        help="preference JSONL (the format train-rm reads) to append which completion you prefer, "
+                             "yours or the policy's, to")
     parser.add_argument("--device", default="auto", help="auto, cpu, cuda... (default: %(default)s)")
 
 
