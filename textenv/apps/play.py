@@ -48,7 +48,7 @@ from textenv.validation import InputError, check_int, check_seed
 from textenv.vector_env import TextGenVectorEnv
 
 #: Where a token of the player's completion came from.
-SOURCES = ("chosen", "typed", "sampled", "forced")
+SOURCES = ("chosen", "typed", "sampled")
 #: Largest ``top_k`` shown (the numbers a player types).
 MAX_TOP_K = 50
 
@@ -110,7 +110,8 @@ class PlaySession:
     while the episode is over, and bad arguments, raise :class:`InputError` with a one-line message for the
     player. The session holds its whole episode (prompt and tokens), so several sessions may share one env (one
     copy of the models): each call first makes the env hold this session's episode, replaying its tokens when
-    another session moved the env. Calls are not thread-safe: serialise them (one lock per env). Finished
+    another session moved the env (do not step the env yourself while a session plays on it: the session would not
+    notice). Calls are not thread-safe: serialise them (one lock per env). Finished
     episodes do not move the env's adaptive β (:meth:`TextGenVectorEnv.pause_kl_controller`).
     """
 
@@ -474,7 +475,7 @@ the episode is over:
   u          undo your last token and keep playing
   q          save and quit
 """
-SOURCE_STYLES = {"chosen": "bold green", "typed": "bold yellow", "sampled": "bold cyan", "forced": "bold yellow"}
+SOURCE_STYLES = {"chosen": "bold green", "typed": "bold yellow", "sampled": "bold cyan"}
 
 
 def visible(text: str) -> str:
