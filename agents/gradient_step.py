@@ -112,6 +112,11 @@ def check_finite(
                        f"{array[bad].flat[0]})", max_grad_norm=max_grad_norm, rewards=rewards)
 
 
+#: The float16 loss scale below which a non-finite gradient is a divergence, not an overflow: at S < 1 the gradients
+#: themselves exceed float16's range (65504) or are NaN; halving further would skip every step silently.
+MIN_LOSS_SCALE = 1.0
+
+
 #: One micro-batch's share of a loss: a closure running its forward and returning its part of the scalar loss,
 #: already scaled so the parts sum to the full batch's loss (``None``: skip the step, see
 #: :func:`accumulate_gradients`).
@@ -193,7 +198,10 @@ def apply_gradients(
         if scaler is not None:  # a float16 overflow: skip this step and halve the scale
             scaler.step(optimizer)
             scaler.update()
-            return
+            if scaler.get_scale() >= MIN_LOSS_SCALE:
+                return
+            problem = f"the gradient stays non-finite with the float16 loss scale down to {scaler.get_scale():g}"
+            raise diverged(trainer, problem, max_grad_norm=max_grad_norm, rewards=rewards)
         where = first_nonfinite(modules, gradients=True)
         problem = (f"the gradient is non-finite (first at {where})" if where
                    else "the gradient norm overflows float32 (gradients above ~1e19)")

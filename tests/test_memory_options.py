@@ -263,6 +263,19 @@ def test_float16_overflow_skips_the_step_and_halves_the_scale(tiny_model_dir):
     assert not all(torch.equal(p, q) for p, q in zip(before, agent.policy.parameters()))
 
 
+def test_a_nan_gradient_under_float16_diverges_once_the_scale_is_spent(tiny_model_dir):
+    """A NaN gradient is not an overflow: once halving took S below 1 the guarded step raises, not skips."""
+    from textenv.agents.gradient_step import TrainingDivergedError
+
+    agent = float16_agent(tiny_model_dir)
+    agent.grad_scaler = torch.amp.GradScaler("cpu", init_scale=4.0)
+    next(agent.policy.parameters()).register_hook(lambda grad: grad * float("nan"))
+    agent.train_iteration()  # skipped: S = 2
+    agent.train_iteration()  # skipped: S = 1
+    with pytest.raises(TrainingDivergedError, match="non-finite with the float16 loss scale down to 0.5"):
+        agent.train_iteration()
+
+
 def test_the_loss_scale_is_saved_and_resumed(tiny_model_dir, tmp_path):
     from textenv.agents.base import Agent
 
