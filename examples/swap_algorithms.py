@@ -1,170 +1,267 @@
-"""Swap the algorithm by changing one name.
+"""Compare algorithms the honest way: several tasks, several seeds, IQM with 95 % confidence intervals.
 
 Every textenv agent trains the same object, the env's causal-LM policy, through the same three lines:
 
-    env = build_env({"num_envs": 32, "max_new_tokens": 24, "kl_coef": 0.05}, group_size=cls.default_group_size)
-    agent = make_agent(NAME, env, seed=0, tensorboard_log="runs/.../tensorboard")
+    env = build_env({**task.env_kwargs(), "num_envs": 32}, group_size=agent_class(NAME).default_group_size)
+    agent = make_agent(NAME, env, seed=SEED, tensorboard_log=".../tensorboard")
     agent.learn(total_timesteps=20_000)
 
-This script runs them for several names on one task (the embedded 2.66M-parameter GPT-2 that writes product
-reviews, rewarded by VADER sentiment, with the KL penalty R = r_φ − β·Σ_t KL_t of InstructGPT eq. 2), with the
-same env settings and the same token budget, and then writes
+This script runs that for every (agent, task, seed), with the same env settings and token budget per run, and
+scores each run by its task's gold scorer on the task's held-out prompts. One seed on one task cannot tell two
+algorithms apart, so it reports what Agarwal et al. 2021 ("Deep RL at the edge of the statistical precipice")
+recommend (:mod:`textenv.comparison`):
 
-1. ONE table: held-out VADER before → after, KL(π_θ‖π_ref) in nats per completion, training tokens/s and wall
-   seconds (``comparison.md`` and ``comparison.json``);
-2. ONE plot, ``curves.png``: the training batches' VADER score and KL against tokens generated. The curves are
-   read back from the TensorBoard scalars every agent already writes under the same names
-   (``rollout/rm_score``, ``rollout/kl``, step = tokens), so nothing agent-specific is needed.
+1. each task's score normalised to 0 = the untrained policy, 1 = the best run of any agent on that task (if no
+   run beat the untrained policy, −1 = the worst run);
+2. per agent, the interquartile mean (IQM) of its normalised (seed, task) scores with a 95 % stratified
+   bootstrap confidence interval (seeds resampled within each task), and its mean KL(π_θ‖π_ref) in nats;
+3. ``comparison.json`` (per agent: ``iqm``, ``ci_low``, ``ci_high``, ``kl``, ``tasks``: per-task mean raw and
+   normalised scores), ``comparison.md`` (the table, also printed) and ``comparison.png`` (IQM with its CI per
+   agent, and the performance profiles: the fraction of runs above each normalised score τ).
 
-    python examples/swap_algorithms.py                        # reinforce ppo rloo grpo sb3-ppo, 20k tokens each
-    python examples/swap_algorithms.py --agents ppo rloo --total-timesteps 50000 --output runs/swap
-    tensorboard --logdir runs/swap_algorithms                 # the same curves, interactively
+Every finished run leaves ``OUTPUT/runs/TASK/AGENT/seedS/result.json``; running the same command again skips
+it (resume after a crash or add seeds), so only the missing runs train. ``--jobs N`` trains N runs at once in
+separate processes (one torch thread each), never threads.
 
-Budget (measured with one torch thread): about 25 s per native agent at the default 20k tokens, 90 s for
-sb3-ppo (SB3's own rollout buffer and 4-epoch update), 3.5 min for all five. A 20k-token run shows the trend
-(+0.73 to +0.84 held-out VADER); the full gain of ~+0.85 takes ~2 CPU-minutes per agent
-(``benchmarks/learning.py``).
+    python examples/swap_algorithms.py                                  # 5 agents × all tasks × 3 seeds
+    python examples/swap_algorithms.py --agents ppo rloo --tasks TextGen-v0 --seeds 5 --jobs 2 --output runs/swap
+    tensorboard --logdir runs/swap_algorithms/runs                      # every run's curves
+
+Budget: a native agent takes ~20–30 s per run at 20k tokens with one torch thread, sb3-ppo ~90 s.
 """
 
 from __future__ import annotations
 
 import argparse
 import json
-import shutil
+import os
 import time
+from collections.abc import Sequence
+from concurrent.futures import ProcessPoolExecutor
+from multiprocessing import get_context
 from pathlib import Path
 from typing import Any
 
+import numpy as np
+
 from textenv.agents import agent_class, make_agent
-from textenv.apps.cli import build_env, held_out_eval
+from textenv.apps.evaluation import evaluate_policy, save_eval_json
+from textenv.apps.train import build_env
+from textenv.comparison import iqm, normalise, performance_profile, stratified_bootstrap_ci
 from textenv.models.loading import DEFAULT_MODEL
+from textenv.tasks import TASKS, get_task
 
 DEFAULT_AGENTS = ["reinforce", "ppo", "rloo", "grpo", "sb3-ppo"]
-#: TensorBoard tags drawn in the two panels (every agent logs them each iteration, step = tokens so far).
-CURVES = {"rollout/rm_score": "VADER score of the training samples", "rollout/kl": "KL(π_θ‖π_ref), nats / completion"}
 
 
-# ---------------------------------------------------------------------------------------------- 1. train one agent
-def train_one(name: str, args: argparse.Namespace) -> dict[str, Any]:
-    """Build a fresh env (fresh policy weights), evaluate, train ``name`` for the token budget, evaluate again.
+# ---------------------------------------------------------------------------------------------- 1. one run
+def evaluate(policy: Any, task_name: str, args: argparse.Namespace, env: Any) -> dict[str, Any]:
+    """The task's gold score (mean over held-out prompts, one sample each) and KL to the reference (nats per
+    completion), with a fixed sampler seed so every run and the untrained policy see the same prompts."""
+    task = get_task(task_name)
+    result = evaluate_policy(policy, prompts=task.held_out_prompts()[:args.eval_prompts], gold=task.gold,
+                             reference=env.reference if env.reference is not None else args.model,
+                             tokenizer=env.tokenizer, max_new_tokens=env.max_new_tokens, seed=10_000,
+                             batch_size=64, max_table_rows=3, device=env.device)
+    return {"score": result["gold_reward"], "kl": result["kl"], "samples": result["samples"][:3]}
 
-    Returns one row of the comparison table: held-out VADER before/after (mean score in [−1, 1]), held-out KL
-    (nats per completion), tokens trained, training wall seconds and tokens/s.
-    """
-    cls = agent_class(name)
-    # The same env settings for every agent. Group-based agents (rloo, grpo) ask the env for K completions of
-    # each prompt in K consecutive rows (default_group_size); num_envs, lengths, β and the reward are unchanged.
-    env = build_env(
-        {"num_envs": args.num_envs, "max_new_tokens": args.max_new_tokens, "kl_coef": args.kl_coef,
-         "model": args.model, "reward_model": "vader"},
-        group_size=cls.default_group_size,
-    )
-    logdir = args.output / name / "tensorboard"
-    shutil.rmtree(logdir, ignore_errors=True)  # a rerun replaces this agent's curves instead of appending to them
-    agent = make_agent(name, env, seed=args.seed, tensorboard_log=str(logdir))  # <- the one name that changes
 
-    eval_seed = args.seed + 10_000  # the same held-out prompts and sampler seed before and after
-    before = held_out_eval(env, args.eval_prompts, eval_seed)
+def make_env(task_name: str, args: argparse.Namespace, group_size: int = 1) -> Any:
+    """The task's env with this comparison's shared settings (rows per rollout, β, the policy model)."""
+    settings = {**get_task(task_name).env_kwargs(), "num_envs": args.num_envs, "kl_coef": args.kl_coef,
+                "model": args.model}
+    if args.max_new_tokens is not None:
+        settings["max_new_tokens"] = args.max_new_tokens
+    return build_env(settings, group_size=group_size)
+
+
+def train_one(agent_name: str, task_name: str, seed: int, args: argparse.Namespace) -> dict[str, Any]:
+    """Train ``agent_name`` on ``task_name`` with ``seed`` from a fresh policy and score it on held-out prompts."""
+    import torch
+
+    torch.set_num_threads(args.threads)
+    env = make_env(task_name, args, group_size=agent_class(agent_name).default_group_size)
+    run_dir = run_path(args.output, task_name, agent_name, seed)
+    run_dir.mkdir(parents=True, exist_ok=True)
+    agent = make_agent(agent_name, env, seed=seed, tensorboard_log=str(run_dir / "tensorboard"))  # the one name
     start = time.perf_counter()
-    agent.learn(args.total_timesteps, progress_bar=not args.no_progress)
+    agent.learn(args.total_timesteps, progress_bar=False)
     wall = time.perf_counter() - start
-    after = held_out_eval(env, args.eval_prompts, eval_seed)
-    return {
-        "agent": name,
-        "vader_before": before["gold_reward"],
-        "vader_after": after["gold_reward"],
-        "kl_nats": after["kl"],
-        "tokens": agent.num_timesteps,
-        "tokens_per_s": agent.num_timesteps / wall,
-        "wall_s": wall,
-        "sample": after["samples"][0]["prompt"] + " | " + after["samples"][0]["completion"],
-    }
+    result = {"agent": agent_name, "task": task_name, "seed": seed, "tokens": agent.num_timesteps, "wall_s": wall,
+              **evaluate(env.policy, task_name, args, env)}
+    save_eval_json(run_dir / "result.json", result)  # atomic: a killed run leaves no result, so it reruns
+    return result
 
 
-# ---------------------------------------------------------------------------------------------- 2. the curves
-def read_curves(logdir: Path) -> dict[str, tuple[list[int], list[float]]]:
-    """``{tag: (tokens, values)}`` for the :data:`CURVES` tags of one agent's TensorBoard directory."""
-    from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
+def untrained_score(task_name: str, args: argparse.Namespace) -> dict[str, Any]:
+    """The untrained policy's held-out score on ``task_name`` (the 0 of the normalised scale); cached on disk."""
+    path = args.output / "untrained" / f"{task_name}.json"
+    if path.exists():
+        return json.loads(path.read_text())
+    env = make_env(task_name, args)
+    result = {"task": task_name, **evaluate(env.policy, task_name, args, env)}
+    path.parent.mkdir(parents=True, exist_ok=True)
+    save_eval_json(path, result)
+    return result
 
-    events = EventAccumulator(str(logdir), size_guidance={"scalars": 0})  # 0: keep every point
-    events.Reload()
-    available = set(events.Tags()["scalars"])
-    return {tag: ([e.step for e in events.Scalars(tag)], [e.value for e in events.Scalars(tag)])
-            for tag in CURVES if tag in available}
+
+def run_path(output: Path, task: str, agent: str, seed: int) -> Path:
+    return output / "runs" / task / agent / f"seed{seed}"
 
 
-def plot_curves(curves: dict[str, dict[str, tuple[list[int], list[float]]]], path: Path) -> None:
-    """Two panels, one line per agent: VADER score and KL of the training batches against tokens generated."""
+def _train_in_worker(job: tuple[str, str, int, argparse.Namespace]) -> dict[str, Any]:
+    return train_one(*job)
+
+
+def run_all(args: argparse.Namespace) -> list[dict[str, Any]]:
+    """Every (agent, task, seed) result: finished runs are read back, the others train (``--jobs`` processes)."""
+    jobs, results = [], []
+    for task in args.tasks:
+        for agent in args.agents:
+            for seed in range(args.seed, args.seed + args.seeds):
+                done = run_path(args.output, task, agent, seed) / "result.json"
+                if done.exists():
+                    results.append(json.loads(done.read_text()))
+                else:
+                    jobs.append((agent, task, seed, args))
+    print(f"{len(results)} runs already finished, {len(jobs)} to train")
+    if args.jobs == 1:
+        for number, job in enumerate(jobs, 1):
+            print(f"[{number}/{len(jobs)}] {job[0]} on {job[1]}, seed {job[2]}", flush=True)
+            results.append(train_one(*job))
+    else:
+        with ProcessPoolExecutor(args.jobs, mp_context=get_context("spawn")) as pool:
+            for result in pool.map(_train_in_worker, jobs):
+                print(f"done: {result['agent']} on {result['task']}, seed {result['seed']}", flush=True)
+                results.append(result)
+    return results
+
+
+# ---------------------------------------------------------------------------------------------- 2. the statistics
+def summarise(results: list[dict[str, Any]], untrained: dict[str, float], args: argparse.Namespace) -> dict[str, Any]:
+    """Per agent: IQM of the normalised scores over (seed, task) with its 95 % stratified bootstrap CI, mean KL,
+    and per-task means (raw and normalised)."""
+    seeds = list(range(args.seed, args.seed + args.seeds))
+    scale = {task: task_scale([r["score"] for r in results if r["task"] == task], untrained[task])
+             for task in args.tasks}
+    summary: dict[str, Any] = {}
+    for agent in args.agents:
+        raw = np.array([[_score(results, agent, task, seed) for task in args.tasks] for seed in seeds])
+        scores = np.stack([normalise(raw[:, j], *scale[task]) for j, task in enumerate(args.tasks)],
+                          axis=1)  # (seeds, tasks)
+        low, high = stratified_bootstrap_ci(scores, iqm, repetitions=args.bootstrap, seed=0)
+        kls = [r["kl"] for r in results if r["agent"] == agent]
+        summary[agent] = {
+            "iqm": iqm(scores), "ci_low": low, "ci_high": high, "kl": float(np.mean(kls)),
+            "normalised": scores.tolist(),
+            "tasks": {task: {"score": float(raw[:, j].mean()), "normalised": float(scores[:, j].mean())}
+                      for j, task in enumerate(args.tasks)},
+        }
+    return summary
+
+
+def task_scale(scores: Sequence[float], untrained: float) -> tuple[float, float]:
+    """``(low, high)`` of a task's normalised scale: 0 = the untrained policy, 1 = the best run. When no run beat
+    the untrained policy the best is the untrained policy itself, so the scale is its distance to the worst run
+    (every run scores in [−1, 0]); when every run scored exactly the untrained score, every run scores 0."""
+    best = max(scores)
+    if best > untrained:
+        return untrained, best
+    worst = min(scores)
+    print(f"note: no run beat the untrained policy's score {untrained:.4f} on a task (best run {best:.4f})")
+    return (untrained, untrained + (untrained - worst)) if worst < untrained else (untrained, untrained + 1.0)
+
+
+def _score(results: list[dict[str, Any]], agent: str, task: str, seed: int) -> float:
+    return next(r["score"] for r in results if (r["agent"], r["task"], r["seed"]) == (agent, task, seed))
+
+
+def markdown_table(summary: dict[str, Any], tasks: Sequence[str]) -> str:
+    """IQM [95 % CI] and mean KL per agent, then each task's mean normalised score."""
+    lines = ["| agent | IQM (normalised) | 95 % CI | KL (nats) | " + " | ".join(tasks) + " |",
+             "|---|---|---|---|" + "---|" * len(tasks)]
+    for agent, row in summary.items():
+        per_task = " | ".join(f"{row['tasks'][t]['normalised']:.2f}" for t in tasks)
+        lines.append(f"| {agent} | {row['iqm']:.3f} | [{row['ci_low']:.3f}, {row['ci_high']:.3f}] "
+                     f"| {row['kl']:.2f} | {per_task} |")
+    return "\n".join(lines)
+
+
+def plot(summary: dict[str, Any], path: Path) -> None:
+    """Left: IQM with its 95 % CI per agent. Right: performance profiles (fraction of runs with score > τ)."""
     import matplotlib
 
     matplotlib.use("Agg")  # files only, no display needed
     import matplotlib.pyplot as plt
 
-    fig, axes = plt.subplots(1, 2, figsize=(11, 4))
-    for ax, (tag, label) in zip(axes, CURVES.items()):
-        for agent, series in curves.items():
-            if tag in series:
-                ax.plot(*series[tag], label=agent, marker=".", markersize=3, linewidth=1.2)
-        ax.set_xlabel("tokens generated in training")
-        ax.set_ylabel(label)
-        ax.grid(alpha=0.3)
-    axes[0].legend()
-    fig.suptitle("Same env, same token budget, different algorithm")
+    fig, (left, right) = plt.subplots(1, 2, figsize=(11, 4))
+    agents = list(summary)
+    for y, agent in enumerate(agents):
+        row = summary[agent]
+        left.errorbar(row["iqm"], y, xerr=[[row["iqm"] - row["ci_low"]], [row["ci_high"] - row["iqm"]]],
+                      fmt="o", capsize=4)
+    left.set_yticks(range(len(agents)), agents)
+    left.set_xlabel("IQM of normalised score (0 = untrained, 1 = best run)")
+    left.grid(alpha=0.3)
+    taus = np.linspace(-0.25, 1.0, 101)
+    for agent in agents:
+        right.plot(taus, performance_profile(np.array(summary[agent]["normalised"]), taus), label=agent)
+    right.set_xlabel("normalised score τ")
+    right.set_ylabel("fraction of runs with score > τ")
+    right.legend()
+    right.grid(alpha=0.3)
+    fig.suptitle("Same tasks, same token budget, different algorithm (95 % stratified bootstrap CIs)")
     fig.tight_layout()
     fig.savefig(path, dpi=120)
     plt.close(fig)
-
-
-# ---------------------------------------------------------------------------------------------- 3. the table
-def markdown_table(rows: list[dict[str, Any]]) -> str:
-    """The comparison as a markdown table (VADER in [−1, 1]; KL in nats per completion)."""
-    lines = ["| agent | held-out VADER before → after | change | KL (nats) | tokens | tokens/s | wall s |",
-             "|---|---|---|---|---|---|---|"]
-    for r in rows:
-        lines.append(
-            f"| {r['agent']} | {r['vader_before']:+.3f} → {r['vader_after']:+.3f} "
-            f"| {r['vader_after'] - r['vader_before']:+.3f} | {r['kl_nats']:.2f} | {r['tokens']} "
-            f"| {r['tokens_per_s']:.0f} | {r['wall_s']:.1f} |"
-        )
-    return "\n".join(lines)
 
 
 # ---------------------------------------------------------------------------------------------- main
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--agents", nargs="+", default=DEFAULT_AGENTS, help="registered agent names")
-    parser.add_argument("--total-timesteps", type=int, default=20_000, help="tokens generated per agent")
+    parser.add_argument("--tasks", nargs="+", default=list(TASKS), help="task ids (textenv.TASKS)")
+    parser.add_argument("--seeds", type=int, default=3, help="seeds per (agent, task): SEED, SEED+1, ...")
+    parser.add_argument("--seed", type=int, default=0, help="the first seed")
+    parser.add_argument("--jobs", type=int, default=1, help="runs trained at once, each in its own process")
+    parser.add_argument("--threads", type=int, default=1, help="torch threads per run")
+    parser.add_argument("--total-timesteps", type=int, default=20_000, help="tokens generated per run")
     parser.add_argument("--output", type=Path, default=Path("runs/swap_algorithms"))
-    parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--model", default=DEFAULT_MODEL, help="policy (and reference) model: name or directory")
     parser.add_argument("--num-envs", type=int, default=32, help="episodes per rollout (a multiple of 4)")
-    parser.add_argument("--max-new-tokens", type=int, default=24)
+    parser.add_argument("--max-new-tokens", type=int, default=None, help="default: each task's own")
     parser.add_argument("--kl-coef", type=float, default=0.05, help="β of the KL penalty")
-    parser.add_argument("--eval-prompts", type=int, default=64, help="held-out prompts (one sample each)")
-    parser.add_argument("--no-progress", action="store_true", help="no progress bars")
+    parser.add_argument("--eval-prompts", type=int, default=64, help="held-out prompts per task (one sample each)")
+    parser.add_argument("--bootstrap", type=int, default=2000, help="bootstrap repetitions of the CIs")
     args = parser.parse_args(argv)
     for name in args.agents:
-        agent_class(name)  # an unknown name fails now, not after the first agent has trained
+        agent_class(name)  # an unknown name fails now, not after the first run has trained
+    for name in args.tasks:
+        get_task(name)
+    for flag in ("seeds", "jobs", "threads", "bootstrap"):
+        if getattr(args, flag) < 1:
+            parser.error(f"--{flag} must be at least 1")
     return args
 
 
 def main(argv: list[str] | None = None) -> int:
     args = parse_args(argv)
     args.output.mkdir(parents=True, exist_ok=True)
-    rows = []
-    for name in args.agents:
-        print(f"== {name}: {args.total_timesteps} tokens")
-        rows.append(train_one(name, args))
+    start = time.perf_counter()
+    results = run_all(args)
+    untrained = {task: untrained_score(task, args)["score"] for task in args.tasks}
+    summary = summarise(results, untrained, args)
 
-    table = markdown_table(rows)
+    table = markdown_table(summary, args.tasks)
     print("\n" + table)
     (args.output / "comparison.md").write_text(table + "\n")
     settings = {k: str(v) if isinstance(v, Path) else v for k, v in vars(args).items()}
-    (args.output / "comparison.json").write_text(json.dumps({"settings": settings, "rows": rows}, indent=2))
-
-    curves = {name: read_curves(args.output / name / "tensorboard") for name in args.agents}
-    plot_curves(curves, args.output / "curves.png")
-    print(f"\nwrote {args.output / 'comparison.md'}, comparison.json and curves.png")
+    save_eval_json(args.output / "comparison.json",
+                      {"settings": settings, "untrained": untrained, "agents": summary, "runs": results,
+                       "wall_s": time.perf_counter() - start})
+    plot(summary, args.output / "comparison.png")
+    print(f"\nwrote {args.output / 'comparison.md'}, comparison.json and comparison.png "
+          f"({os.cpu_count()} CPUs, {time.perf_counter() - start:.0f} s)")
     return 0
 
 
