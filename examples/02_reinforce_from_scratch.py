@@ -69,7 +69,7 @@ def train(env, iterations, batch_size, learning_rate, seed):
         history.append({"iteration": iteration, "return": returns.mean().item(),  # R, r_φ (VADER) and KL (nats)
                         "rm_score": sum(i["rm_score"] for *_, i in episodes) / batch_size,
                         "kl": sum(i["episode_kl"] for *_, i in episodes) / batch_size})
-        print("  ".join(f"{key} {value:+.3f}" for key, value in history[-1].items()))
+        print(f"iteration {iteration:3d}  " + "  ".join(f"{k} {v:+.3f}" for k, v in list(history[-1].items())[1:]))
     return history
 
 

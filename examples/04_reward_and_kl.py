@@ -54,10 +54,16 @@ def train_and_measure(beta: float, args: argparse.Namespace) -> dict:
     # π_ref (the starting model) with evaluate_policy instead.
     agent = make_agent("reinforce", env, learning_rate=args.learning_rate, seed=0)
     agent.learn(total_timesteps=args.total_timesteps, progress_bar=False)
-    held_out = evaluate_policy(env.policy, prompts=builtin_prompts("eval")[: args.eval_prompts], gold=enthusiasm,
+    return {"beta": beta, **measure(env.policy, args)}
+
+
+def measure(policy, args: argparse.Namespace) -> dict:
+    """Our reward, the KL to π_ref (the starting model; nats per completion), distinct-n and samples, on held-out
+    prompts (one sample each, the same seed for every policy)."""
+    held_out = evaluate_policy(policy, prompts=builtin_prompts("eval")[: args.eval_prompts], gold=enthusiasm,
                                reference=args.model, max_new_tokens=args.max_new_tokens, seed=1, device="cpu")
-    return {"beta": beta, "reward": held_out["gold_reward"], "kl": held_out["kl"],
-            "distinct_1": held_out["distinct_1"], "distinct_2": held_out["distinct_2"],
+    return {"reward": held_out["gold_reward"], "kl": held_out["kl"], "distinct_1": held_out["distinct_1"],
+            "distinct_2": held_out["distinct_2"],
             "samples": [s["prompt"] + " |" + s["completion"] for s in held_out["samples"][:3]]}
 
 
@@ -66,17 +72,18 @@ def main(argv=None) -> int:
     parser.add_argument("--quick", action="store_true", help="a few seconds: tiny budget (what the tests run)")
     parser.add_argument("--output", type=Path, default=Path("runs/lessons/04_reward_and_kl"))
     parser.add_argument("--model", default="textenv/default", help="default: the embedded 2.7M-parameter GPT-2")
-    parser.add_argument("--beta", type=float, default=0.1, help="β of the penalised run (the other has β = 0)")
+    parser.add_argument("--beta", type=float, default=0.02, help="β of the penalised run (the other has β = 0)")
     args = parser.parse_args(argv)
     args.num_envs, args.max_new_tokens, args.learning_rate = 32, 16, 3e-4
     args.total_timesteps, args.eval_prompts = (2_048, 16) if args.quick else (24_576, 64)
     torch.manual_seed(0)
 
+    start = measure(args.model, args)  # the starting model π_ref itself (KL 0)
     runs = [train_and_measure(beta, args) for beta in (0.0, args.beta)]
-    print(f"\n{'':24}" + "".join(f"{'β = ' + format(r['beta'], 'g'):>14}" for r in runs))
+    print(f"\n{'':24}{'start':>14}" + "".join(f"{'β = ' + format(r['beta'], 'g'):>14}" for r in runs))
     for key, label in (("reward", "enthusiasm r_φ"), ("kl", "KL to π_ref (nats)"), ("distinct_1", "distinct-1"),
                        ("distinct_2", "distinct-2")):
-        print(f"{label:24}" + "".join(f"{r[key]:14.3f}" for r in runs))
+        print(f"{label:24}" + "".join(f"{r[key]:14.3f}" for r in [start, *runs]))
     for run in runs:
         print(f"\nsamples at β = {run['beta']:g}:")
         for text in run["samples"]:
@@ -85,7 +92,7 @@ def main(argv=None) -> int:
     print("\nβ = 0 drifted further from π_ref" + (" and repeats itself more: the reward was hacked." if hacked
                                                   else "." if runs[0]["kl"] > runs[1]["kl"] else "? (tiny budget)"))
     args.output.mkdir(parents=True, exist_ok=True)
-    (args.output / "comparison.json").write_text(json.dumps({"runs": runs}, indent=2, default=float))
+    (args.output / "comparison.json").write_text(json.dumps({"start": start, "runs": runs}, indent=2, default=float))
     return 0
 
 
