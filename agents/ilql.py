@@ -177,14 +177,18 @@ class ILQLHeads(nn.Module):
     """The Q heads, their Polyak-averaged targets and the V head on hidden states ``(..., H)``.
 
     ``q_heads`` / ``target_q_heads``: ``num_q`` heads ``(..., H) -> (..., V)``; ``v_head``: ``(..., H) -> (..., 1)``.
-    The targets start as copies of the Q heads and never get gradients.
+    Every head's output layer starts at zero (Q = V = 0: the untrained Q-weighted policy is the LM's exactly; trlX's
+    start random), the targets as copies of the Q heads; the targets never get gradients.
     """
 
     def __init__(self, hidden_size: int, vocab_size: int, num_q: int = 2) -> None:
         super().__init__()
         self.q_heads = nn.ModuleList(mlp_head(hidden_size, vocab_size) for _ in range(num_q))
-        self.target_q_heads = copy.deepcopy(self.q_heads).requires_grad_(False)
         self.v_head = mlp_head(hidden_size, 1)
+        for head in (*self.q_heads, self.v_head):
+            nn.init.zeros_(head[-1].weight)
+            nn.init.zeros_(head[-1].bias)
+        self.target_q_heads = copy.deepcopy(self.q_heads).requires_grad_(False)
 
     def values(self, hidden: torch.Tensor) -> torch.Tensor:
         """V(s), ``(..., H) -> (...)``."""

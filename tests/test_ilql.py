@@ -163,11 +163,14 @@ def test_training_raises_the_probability_of_the_high_reward_token(tiny_model_dir
 
 # ---------------------------------------------------------------------------------------------- decoding
 def test_q_weighted_decoding_with_beta_zero_is_the_lm_exactly(tiny_model_dir):
+    untrained = ILQL(make_env(tiny_model_dir), data=ROWS, beta=1.0)  # heads start at Q = V = 0
+    ids = torch.tensor([untrained.env.tokenizer("the film was")["input_ids"]])
+    with torch.no_grad():
+        assert torch.equal(last_logits(untrained.sampling_module, ids), last_logits(untrained.policy, ids))
     env = make_env(tiny_model_dir)
     agent = ILQL(env, data=ROWS, beta=0.0)
     set_heads(agent, [1.0, 2.0], 0.5)
     assert env.policy is agent.sampling_module and isinstance(env.policy, ILQLPolicy)
-    ids = torch.tensor([env.tokenizer("the film was")["input_ids"]])
     with torch.no_grad():
         assert torch.equal(last_logits(agent.sampling_module, ids), last_logits(agent.policy, ids))
         assert torch.equal(agent.sampling_module.get_output_embeddings()(torch.ones(3, 32)),
@@ -219,7 +222,8 @@ def test_checkpoint_round_trip_is_exact_and_eval_samples_with_the_ilql_policy(ti
         assert torch.allclose(a, b, atol=1e-6)
 
     # evaluation of the checkpoint directory samples with the Q-weighted policy, not with policy/ alone
-    settings = dict(prompts=["the film was", "the book"], gold="vader", max_new_tokens=4, seed=3, device="cpu")
+    settings = {"prompts": ["the film was", "the book"], "gold": "vader", "max_new_tokens": 4, "seed": 3,
+                "device": "cpu"}
     restored = ILQL.load(tmp_path / "ckpt", make_env(tiny_model_dir, kl_coef=0.1))
     from_checkpoint = evaluate_policy(tmp_path / "ckpt", **settings)
     from_module = evaluate_policy(restored.sampling_module, reference=str(tiny_model_dir), **settings)
