@@ -22,7 +22,7 @@ from pathlib import Path
 
 import pytest
 
-from textenv.preferences import PreferenceRanking, load_preferences
+from textenv.preferences import PreferencePair, PreferenceRanking, load_preferences
 
 ROOT = Path(__file__).resolve().parents[1]
 expect = None  # playwright.sync_api.expect once the test imported Playwright (its waits run despite the page's CSP)
@@ -147,6 +147,8 @@ def play_one_episode(page, base: str, shots: Path) -> dict:
     expect(page.locator("#episode .tok.sampled")).to_have_count(1)
     page.click("#end")
     expect(page.locator("#result")).to_be_visible()
+    page.click("#prefer-policy")  # which completion is better: saved as a preference pair
+    expect(page.locator("#status")).to_have_text(re.compile("saved|same text"))
     page.screenshot(path=str(shots / "play.png"), full_page=True)
     cells = page.locator("#figures tbody tr")
     figures = {cells.nth(i).locator("td").nth(0).text_content(): (cells.nth(i).locator("td.mine").text_content(),
@@ -188,9 +190,13 @@ def test_play_one_episode_and_label_two_items_in_chromium(tmp_path, tmp_path_fac
     assert not errors, errors
     assert server.returncode == 0, (tmp_path / "server.log").read_text()
     saved = load_preferences(output)
-    assert [(row.prompt, list(row.ranked)) for row in saved] == labelled
-    assert all(isinstance(row, PreferenceRanking) and row.meta["labeller"] == "Ada" for row in saved)
+    rankings = [row for row in saved if isinstance(row, PreferenceRanking)]
+    assert [(row.prompt, list(row.ranked)) for row in rankings] == labelled
+    assert all(row.meta["labeller"] == "Ada" for row in saved)
     assert played["mine"] and played["theirs"]
+    pairs = [row for row in saved if isinstance(row, PreferencePair)]  # the Play page's answer
+    assert len(saved) == 3 and len(pairs) == 1 and pairs[0].prompt == "The pasta at this restaurant"
+    assert (pairs[0].chosen, pairs[0].rejected) == (played["theirs"], played["mine"])
     mine_reward, _ = played["figures"]["reward r_φ"]
     mine_kl, _ = played["figures"]["KL (nats)"]
     mine_beta, _ = played["figures"]["β"]

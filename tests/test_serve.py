@@ -666,3 +666,86 @@ def test_a_server_killed_mid_load_loses_no_acknowledged_label_and_leaves_no_half
     assert figures["acknowledged"] <= figures["lines_in_file"] <= figures["acknowledged"] + 20
     assert figures["broken_lines"] == 0 and figures["file_ends_with_newline"]
     assert figures["resumed_already_labelled"] == figures["lines_in_file"]
+
+
+# ---------------------------------------------------------------------------------------------- the game's env from the flags
+def serve_args(**flags):
+    from textenv.apps.cli import build_parser
+
+    argv = ["serve", "--device", "cpu"]
+    for flag, value in flags.items():
+        argv += [f"--{flag.replace('_', '-')}", str(value)]
+    return build_parser().parse_args(argv)
+
+
+def test_the_game_env_takes_typed_prompts_and_the_flags(tiny_model_dir):
+    from textenv.apps.play import PlaySession
+    from textenv.apps.serve.command import MAX_PROMPT_TOKENS, play_env_factory
+
+    env = play_env_factory(serve_args(model=tiny_model_dir, max_new_tokens=3, kl_coef=0.2))()
+    assert env.max_new_tokens == 3 and env.kl_coef == pytest.approx(0.2) and env.reference is not None
+    long_prompt = " ".join(["the film was good"] * 7)  # 56 tokens: longer than every built-in prompt
+    assert len(env.tokenizer(long_prompt)["input_ids"]) > 48
+    session = PlaySession(env, prompt=long_prompt, top_k=3)
+    assert session.prompt == long_prompt and MAX_PROMPT_TOKENS == 64
+    assert play_env_factory(serve_args(model=tiny_model_dir, kl_coef=0))().reference is None
+
+
+def test_the_game_plays_a_trained_checkpoint_against_its_base_model(tiny_model_dir, tmp_path, length_reward):
+    from textenv.agents.sft import SFT
+    from textenv.apps.serve.command import check_play, play_env_factory
+    from textenv.vector_env import TextGenVectorEnv
+
+    train_env = TextGenVectorEnv(num_envs=2, model=str(tiny_model_dir), prompts=["the film was", "the book"],
+                                 max_new_tokens=3, autoreset_mode="disabled", kl_coef=0.0,
+                                 reward_model=length_reward, device="cpu")
+    agent = SFT(train_env, demonstrations=["the film was good"], batch_size=1, learning_rate=1e-2)
+    agent.learn(total_timesteps=10, progress_bar=False)
+    agent.save(tmp_path / "ckpt")
+    args = serve_args(checkpoint=tmp_path / "ckpt", kl_coef=0.1)
+    check_play(args)
+    table = GameTable(play_env_factory(args), top_k=3)
+    view = table.new("the film was")
+    while not view["state"]["done"]:
+        view = table.move(view["game"], "sample")
+    result = view["result"]
+    assert result["num_tokens"] <= 3 and result["kl_coef"] == pytest.approx(0.1)  # its length, β from the flag
+    assert result["rm_score"] == pytest.approx(len(result["completion"]))  # its reward model
+    assert abs(result["env_kl"]) > 1e-3  # π_θ (trained) is not π_ref (the base model)
+
+
+def test_a_model_that_cannot_load_is_a_clear_503(tmp_path):
+    from textenv.apps.serve.command import play_env_factory
+
+    worker = ModelWorker()
+    games = GameTable(play_env_factory(serve_args(model=tmp_path / "no-such-model")))
+    client = client_for(None, games, worker)
+    status, answer = post(client, "/api/play/new", {})
+    assert status == 503 and "could not be loaded" in answer["error"] and "no-such-model" in answer["error"]
+    worker.close()
+
+
+def test_the_player_prefers_one_completion_and_it_is_saved_as_a_pair(tmp_path, game_table):
+    desk = make_desk(tmp_path, count=1)
+    worker = ModelWorker()
+    client = client_for(desk, game_table, worker)
+    assert client.get("/api/info").json()["preferences"] is True
+    view = post(client, "/api/play/new", {"prompt": "the film was"})[1]
+    game = view["game"]
+    status, refused = post(client, "/api/play/prefer", {"game": game, "prefer": "player"})
+    assert status == 409 and "not over" in refused["error"]
+    while not view["state"]["done"]:
+        view = post(client, "/api/play/move", {"game": game, "move": "choose",
+                                               "token": view["state"]["candidates"][-1]["id"]})[1]
+    mine, theirs = view["result"]["completion"], view["result"]["policy"]["completion"]
+    assert post(client, "/api/play/prefer", {"game": game, "prefer": "nobody"})[0] == 400
+    status, answer = post(client, "/api/play/prefer", {"game": game, "prefer": "policy", "name": "Ada"})
+    assert status == 200, answer
+    assert mine != theirs and answer["saved"] is True  # seeded: the player's least likely tokens differ
+    [row] = load_preferences(tmp_path / "prefs.jsonl")
+    assert (row.prompt, row.chosen, row.rejected) == ("the film was", theirs, mine)
+    assert row.meta["labeller"] == "Ada" and row.meta["chosen_by"] == "policy"
+    assert post(client, "/api/play/prefer", {"game": game, "prefer": "player"})[0] == 409  # once per episode
+    assert post(client_for(None, game_table, worker), "/api/play/prefer",
+                {"game": game, "prefer": "player"})[0] == 404  # no --output: nothing is saved
+    worker.close()

@@ -15,6 +15,7 @@ field in :mod:`textenv.apps.serve.requests`):
 ``POST /api/label/renew``      ``{session, item}``: keep the lease while the item is on screen
 ``POST /api/play/new``         ``{prompt?}`` → a new game and its state
 ``POST /api/play/move``        ``{game, move, token?, text?}`` → the game's new state (and result at the end)
+``POST /api/play/prefer``      ``{game, prefer, name?}``: which completion is better, appended to ``--output``
 =============================  =========================================================================
 
 Every request passes the guard first (:class:`Guard`): the access token when one is set (cookie, ``Authorization:
@@ -44,7 +45,7 @@ from starlette.routing import Route
 from starlette.types import ASGIApp, Receive, Scope, Send
 
 from textenv.apps.serve import requests as fields
-from textenv.apps.serve.games import MOVES, GameTable
+from textenv.apps.serve.games import MOVES, PREFERENCES, GameTable
 from textenv.apps.serve.labelling import LabelDesk
 from textenv.apps.serve.model_worker import ModelBusy, ModelWorker
 from textenv.apps.serve.requests import MAX_BODY_BYTES, MAX_NAME_CHARS, MAX_TEXT_CHARS, Refused
@@ -242,9 +243,12 @@ def label_routes(desk: LabelDesk | None) -> list[Route]:
 
 
 # ---------------------------------------------------------------------------------------------- play
-def play_routes(games: GameTable | None, worker: ModelWorker | None, timeout: float) -> list[Route]:
-    """``/api/play/new`` and ``/api/play/move``: each call is one job of the model worker; a full queue is 503 at
-    once, a job that waits longer than ``timeout`` seconds is 504 (and dropped if it has not started)."""
+def play_routes(games: GameTable | None, worker: ModelWorker | None, timeout: float,
+                desk: LabelDesk | None = None) -> list[Route]:
+    """``/api/play/new``, ``/api/play/move`` and ``/api/play/prefer`` (the player's choice between the two
+    completions, appended to ``desk``'s output as a preference pair): each game call is one job of the model
+    worker; a full queue is 503 at once, a job that waits longer than ``timeout`` seconds is 504 (and dropped if
+    it has not started)."""
 
     def the_games() -> GameTable:
         if games is None or worker is None:
@@ -278,7 +282,26 @@ def play_routes(games: GameTable | None, worker: ModelWorker | None, timeout: fl
         text = fields.text(body, "text", MAX_TEXT_CHARS, allow_empty=False) if kind == "type" else None
         return await on_worker(table.move, game, kind, token, text)
 
-    return [Route("/api/play/new", api(new), methods=["POST"]), Route("/api/play/move", api(move), methods=["POST"])]
+    async def prefer(request: Request) -> Any:
+        table = the_games()
+        body = await read_json(request)
+        fields.check_keys(body, {"game", "prefer"}, {"name"})
+        if desk is None:
+            raise Refused(404, "preferences are not saved on this server: start textenv serve with --output FILE")
+        game, prefer = fields.token_id(body, "game"), fields.choice(body, "prefer", PREFERENCES)
+        name = fields.labeller_name(body) if body.get("name") not in (None, "") else None
+        row = await on_worker(table.preference, game, prefer, name)
+        if row is None:
+            return {"saved": False, "reason": "both completions are the same text: nothing to compare"}
+        try:
+            await run_in_threadpool(desk.append_row, row)
+        except BaseException:
+            worker.submit(table.forget_preference, game)  # type: ignore[union-attr]
+            raise
+        return {"saved": True, "row": row}
+
+    return [Route("/api/play/new", api(new), methods=["POST"]), Route("/api/play/move", api(move), methods=["POST"]),
+            Route("/api/play/prefer", api(prefer), methods=["POST"])]
 
 
 # ---------------------------------------------------------------------------------------------- the app
@@ -306,7 +329,7 @@ def build_app(desk: LabelDesk | None, games: GameTable | None, worker: ModelWork
     """The app: pages, static files, the label API on ``desk`` and the play API on ``games`` through ``worker``
     (either may be ``None``: that page is off), all behind the :class:`Guard`."""
     info = dict(options.info or {})
-    info.update(label=desk is not None, play=games is not None)
+    info.update(label=desk is not None, play=games is not None, preferences=desk is not None and games is not None)
 
     async def labelling_summary(request: Request) -> Response:
         summary = await run_in_threadpool(desk.summary) if desk is not None else None
@@ -314,6 +337,6 @@ def build_app(desk: LabelDesk | None, games: GameTable | None, worker: ModelWork
                              "labelling": summary})
 
     routes = [*page_and_static_routes(), Route("/api/info", labelling_summary, methods=["GET"]), *label_routes(desk),
-               *play_routes(games, worker, options.model_timeout)]
+               *play_routes(games, worker, options.model_timeout, desk)]
     app = Starlette(routes=routes)
     return Guard(app, options)  # type: ignore[return-value]

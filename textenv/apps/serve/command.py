@@ -56,8 +56,8 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
                            "%(default)s)")
     data.add_argument("--no-shuffle", dest="no_shuffle", action="store_true", help="show completions in file order")
     game = parser.add_argument_group("the game (the Play page)")
-    game.add_argument("--model", help="policy model name or directory (default: the embedded model, or the base "
-                                      "model of --checkpoint as the reference)")
+    game.add_argument("--model", help="policy model name or directory (default: the embedded model); with "
+                                      "--checkpoint: the reference π_ref (default: the checkpoint's base model)")
     game.add_argument("--checkpoint", help="play against a trained policy: RUN/checkpoint (or RUN)")
     game.add_argument("--reward-model", dest="reward_model",
                       help="reward model spec (default: vader, or the one the checkpoint trained with)")
@@ -143,10 +143,16 @@ def check_play(args: argparse.Namespace) -> None:
 
     if args.top_k > MAX_TOP_K:
         raise InputError(f"--top-k {args.top_k}: give 1 to {MAX_TOP_K} (more candidates than a player can read)")
-    if args.checkpoint is not None and not args.no_play:
+    if args.checkpoint is not None and not args.no_play:  # everything but loading the weights, before the start
+        from textenv.agents.base import CHECKPOINT_KIND
+        from textenv.apps.eval_checkpoint import eval_settings
         from textenv.apps.run_directory import resolve_checkpoint
+        from textenv.checkpoint import verify_directory
 
-        resolve_checkpoint(args.checkpoint, "--checkpoint")
+        checkpoint = resolve_checkpoint(args.checkpoint, "--checkpoint")
+        verify_directory(checkpoint, CHECKPOINT_KIND)
+        eval_settings(argparse.Namespace(reward_model=args.reward_model, reference=args.model,
+                                         max_new_tokens=args.max_new_tokens), checkpoint)
 
 
 def import_web_framework() -> None:
@@ -161,43 +167,50 @@ def import_web_framework() -> None:
 
 # ---------------------------------------------------------------------------------------------- the game's env
 def play_env_factory(args: argparse.Namespace) -> Any:
-    """A function building the one-row env of the games from the flags: the policy (``--model``, or the policy of
-    ``--checkpoint`` with its base model as the reference), the reward model and β (flags, else what the
-    checkpoint trained with, else vader and 0.05), ``--max-new-tokens`` (else the checkpoint's, else 24)."""
+    """A function building the one-row env of the games from the flags, as ``textenv play`` does: the policy
+    (``--model``, or ``--checkpoint``'s policy with its base model as π_ref), the reward model, β and the length
+    (flags, else what the checkpoint trained with, else vader, 0.05 and 24 tokens), the held-out built-in prompts
+    for a game without a typed prompt, and prompts up to :data:`MAX_PROMPT_TOKENS` tokens."""
 
     def make_env() -> Any:
-        from textenv.models.loading import DEFAULT_MODEL
+        from textenv.apps.evaluation import load_reward_model
+        from textenv.models.loading import DEFAULT_MODEL, resolve_device
         from textenv.vector_env import TextGenVectorEnv
 
-        settings: dict[str, Any] = {"model": args.model or DEFAULT_MODEL, "reward_model": "vader", "kl_coef": 0.05,
-                                    "max_new_tokens": 24, "reference": None}
+        device = resolve_device(args.device)
+        models: dict[str, Any] = {"model": args.model or DEFAULT_MODEL}
+        reward, max_new_tokens, kl_coef = args.reward_model or "vader", args.max_new_tokens or 24, args.kl_coef
         if args.checkpoint is not None:
-            settings.update(checkpoint_settings(args))
-        for flag in ("reward_model", "kl_coef", "max_new_tokens"):
-            if getattr(args, flag) is not None:
-                settings[flag] = getattr(args, flag)
-        return TextGenVectorEnv(num_envs=1, autoreset_mode="disabled", device=args.device,
-                                max_prompt_tokens=MAX_PROMPT_TOKENS, **settings)
+            models, settings = checkpoint_models(args, device)
+            reward, max_new_tokens = settings["gold"], settings["max_new_tokens"]
+            kl_coef = kl_coef if kl_coef is not None else settings["kl_coef"]
+        kl_coef = 0.05 if kl_coef is None else kl_coef
+        if kl_coef == 0:
+            models.pop("reference", None)  # β = 0: no reference model (π_θ stands in for π_ref in the game)
+        return TextGenVectorEnv(num_envs=1, **models, reward_model=load_reward_model(reward, device),
+                                prompt_split="eval", max_new_tokens=max_new_tokens, kl_coef=kl_coef,
+                                max_prompt_tokens=MAX_PROMPT_TOKENS, autoreset_mode="disabled", device=device)
 
     return make_env
 
 
-def checkpoint_settings(args: argparse.Namespace) -> dict[str, Any]:
-    """Env settings from ``--checkpoint``: its policy, its base model loaded as the reference (``--model``
-    overrides it), and the reward model, β and length it trained with."""
-    from textenv.apps.run_directory import read_agent_json, resolve_checkpoint
-    from textenv.models.loading import DEFAULT_MODEL, load_causal_lm
+def checkpoint_models(args: argparse.Namespace, device: Any) -> tuple[dict[str, Any], dict[str, Any]]:
+    """The policy, tokenizer and reference of ``--checkpoint`` (checked against its manifest; the reference is
+    ``--model`` or the base model its ``agent.json`` names) and the settings ``textenv eval`` reads from it."""
+    from textenv.agents.base import CHECKPOINT_KIND
+    from textenv.apps.eval_checkpoint import eval_settings
+    from textenv.apps.run_directory import resolve_checkpoint
+    from textenv.checkpoint import verify_directory
+    from textenv.models.loading import load_causal_lm, load_tokenizer
 
     checkpoint = resolve_checkpoint(args.checkpoint, "--checkpoint")
-    recorded = read_agent_json(checkpoint).get("env")
-    recorded = recorded if isinstance(recorded, dict) else {}
-    settings: dict[str, Any] = {"model": str(checkpoint / "policy")}
-    base = args.model or (recorded["model"] if isinstance(recorded.get("model"), str) else DEFAULT_MODEL)
-    settings["reference"] = load_causal_lm(base, device=args.device).eval().requires_grad_(False)
-    for key in ("reward_model", "kl_coef", "max_new_tokens"):
-        if isinstance(recorded.get(key), (str, int, float)) and not isinstance(recorded.get(key), bool):
-            settings[key] = recorded[key]
-    return settings
+    verify_directory(checkpoint, CHECKPOINT_KIND)
+    flags = argparse.Namespace(reward_model=args.reward_model, reference=args.model, max_new_tokens=args.max_new_tokens)
+    settings = eval_settings(flags, checkpoint)
+    reference = load_causal_lm(settings["reference"], device).eval().requires_grad_(False)
+    models = {"model": load_causal_lm(checkpoint / "policy", device), "tokenizer": load_tokenizer(checkpoint / "policy"),
+              "reference": reference}
+    return models, settings
 
 
 # ---------------------------------------------------------------------------------------------- running
@@ -259,7 +272,8 @@ def serve(args: argparse.Namespace, sock: socket.socket, token: str | None, labe
     if not args.no_play:
         worker = ModelWorker(max_waiting=args.queue_size)
         games = GameTable(play_env_factory(args), top_k=args.top_k, seed=args.seed)
-        worker.submit(lambda: games.env)  # load the models now, in the background
+        loading = worker.submit(lambda: games.env)  # load the models now, in the background
+        loading.add_done_callback(_report_loading)
     port = sock.getsockname()[1]
     options = ServeOptions(token=token, check_host=is_loopback(args.host),
                            info={"top_k": args.top_k, "labels_per_item": args.labels_per_item})
@@ -280,6 +294,13 @@ def serve(args: argparse.Namespace, sock: socket.socket, token: str | None, labe
             desk.close()
     print("textenv serve: stopped" + (f"; every saved ranking is in {desk.output}" if desk else ""), flush=True)
     return 0
+
+
+def _report_loading(loading: Any) -> None:
+    """Say on the terminal when the Play page's models could not load (each game request then says why)."""
+    error = loading.exception()
+    print(f"textenv serve: Play is off: {error}" if error else "textenv serve: Play: the model is ready",
+          file=sys.stderr if error else sys.stdout, flush=True)
 
 
 def _interrupt(signum: int, frame: Any) -> None:

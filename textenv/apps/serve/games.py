@@ -22,6 +22,8 @@ from textenv.validation import InputError
 MAX_GAMES = 256
 #: The moves of the Play page and the :class:`PlaySession` method each one calls.
 MOVES = ("choose", "type", "sample", "undo", "end", "state")
+#: Who the player may prefer at the end of an episode.
+PREFERENCES = ("player", "policy")
 
 
 class GameTable:
@@ -41,6 +43,7 @@ class GameTable:
         self._env: Any = None
         self._games: OrderedDict[str, Any] = OrderedDict()
         self._started = 0
+        self._preferred: set[tuple[str, int]] = set()  # (game, episode) whose preference is saved
         self.load_seconds: float | None = None
 
     @property
@@ -48,7 +51,10 @@ class GameTable:
         """The shared env, built on first use."""
         if self._env is None:
             start = time.perf_counter()
-            self._env = self.make_env()
+            try:
+                self._env = self.make_env()
+            except (InputError, OSError) as err:  # a model or reward model that cannot load: said on every request
+                raise Refused(503, f"the Play page's model could not be loaded: {' '.join(str(err).split())}") from None
             self.load_seconds = time.perf_counter() - start
         return self._env
 
@@ -91,6 +97,33 @@ class GameTable:
         except InputError as err:
             raise Refused(409, str(err)) from None
         return self._view(game, session)
+
+    def preference(self, game: str, prefer: str, labeller: str | None) -> dict[str, Any] | None:
+        """The player's choice between their completion and the policy's (``prefer``: ``"player"`` or ``"policy"``)
+        as a preference row (``PlaySession.preference``, the pair format ``train-rm`` reads; ``meta`` gains the
+        player's name), or ``None`` when both completions are the same text. Once per episode (409 after)."""
+        session = self._games.get(game)
+        if session is None:
+            raise Refused(404, "unknown game (the server restarted or forgot it): start a new game")
+        if (game, session.episode) in self._preferred:
+            raise Refused(409, "this episode's preference is saved already")
+        try:
+            row = session.preference(prefer)
+        except InputError as err:
+            raise Refused(409, str(err)) from None
+        self._preferred.add((game, session.episode))
+        if row is None:
+            return None
+        saved = row.to_json()
+        if labeller:
+            saved["meta"] = {**saved.get("meta", {}), "labeller": labeller}
+        return saved
+
+    def forget_preference(self, game: str) -> None:
+        """Allow the preference of ``game``'s episode again (its row could not be written)."""
+        session = self._games.get(game)
+        if session is not None:
+            self._preferred.discard((game, session.episode))
 
     def _view(self, game: str, session: Any) -> dict[str, Any]:
         view = {"game": game, "state": session.state()}

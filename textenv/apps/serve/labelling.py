@@ -328,6 +328,14 @@ class LabelDesk:
             self._lease(key, session, now)
             return self._view(session, key, "todo")
 
+    def append_row(self, row: dict[str, Any]) -> None:
+        """Append another preference row (the Play page's pair) through the same lock and writer, validated first."""
+        from textenv.preferences import parse_preference
+
+        parse_preference(row, where="the Play page's preference")
+        with self._lock:
+            self._appender.append(row)
+
     # ------------------------------------------------------------------------------------------ views
     def _progress(self, session: Labeller) -> dict[str, int]:
         return {"done": self._done, "total": len(self.order), "mine": session.saved, "history": len(session.history)}

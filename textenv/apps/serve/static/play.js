@@ -1,7 +1,7 @@
 // The Play page: one episode of TextGen-v0 in which you choose the actions.
 "use strict";
 
-const game = {id: null, view: null, busy: false};
+const game = {id: null, view: null, busy: false, preferences: false, preferred: null};
 const $ = (id) => document.getElementById(id);
 
 /** A token's text as shown: spaces and line breaks made visible. */
@@ -10,7 +10,10 @@ function visible(text) {
 }
 
 function percent(p) { return p === null || p === undefined ? "–" : (100 * p).toFixed(p < 0.001 ? 3 : 1) + "%"; }
-function fixed(x, digits) { return x === null || x === undefined ? "–" : Number(x).toFixed(digits); }
+function fixed(x, digits) {
+  if (x === null || x === undefined) return "–";
+  return Number(x).toFixed(digits).replace(/^-(0(\.0*)?)$/, "$1");   // no "-0.000"
+}
 
 async function call(path, body) {
   if (game.busy) return;
@@ -28,7 +31,10 @@ async function call(path, body) {
 
 function setDisabled(disabled) {
   for (const button of document.querySelectorAll("#game button, #new-game")) button.disabled = disabled;
-  if (!disabled && game.view) $("undo").disabled = game.view.state.tokens.length === 0;
+  if (!disabled && game.view) {
+    $("undo").disabled = game.view.state.tokens.length === 0;
+    if (game.view.result) renderPreference(game.view.state);
+  }
 }
 
 function move(kind, extra) { return call("/api/play/move", {game: game.id, move: kind, ...extra}); }
@@ -47,7 +53,7 @@ function render(view) {
   renderCandidates(s);
   $("moves").classList.toggle("hidden", s.done);
   $("result").classList.toggle("hidden", !s.done);
-  if (view.result) renderResult(view.result);
+  if (view.result) { renderResult(view.result); renderPreference(s); }
 }
 
 function renderEpisode(s) {
@@ -82,6 +88,25 @@ function renderCandidates(s) {
       el("span", {class: "num-right muted", text: c.ref_prob === null ? "" : percent(c.ref_prob)}),
     ]));
   }
+}
+
+function renderPreference(s) {
+  const key = game.id + "/" + s.episode;
+  const open = game.preferences && game.preferred !== key;
+  $("prefer-box").classList.toggle("hidden", !game.preferences);
+  $("prefer-player").disabled = !open;
+  $("prefer-policy").disabled = !open;
+}
+
+async function prefer(who) {
+  const episode = game.view.state.episode;
+  try {
+    const answer = await api("/api/play/prefer", {game: game.id, prefer: who, name: savedName()});
+    game.preferred = game.id + "/" + episode;
+    renderPreference(game.view.state);
+    say(answer.saved ? "saved: " + (who === "player" ? "your completion" : "the policy's completion") +
+        " is the better one" : answer.reason, "ok");
+  } catch (err) { say(err.message, "error"); }
 }
 
 function renderResult(r) {
@@ -121,6 +146,9 @@ function start() {
   $("end").addEventListener("click", () => move("end"));
   $("undo").addEventListener("click", () => move("undo"));
   $("undo-end").addEventListener("click", () => move("undo"));
+  $("prefer-player").addEventListener("click", () => prefer("player"));
+  $("prefer-policy").addEventListener("click", () => prefer("policy"));
+  api("/api/info").then((info) => { game.preferences = Boolean(info.preferences); }).catch(() => {});
   $("type").addEventListener("click", () => {
     const text = $("type-input").value;
     if (!text) { say("type some text first", "error"); return; }
