@@ -194,11 +194,12 @@ class OffPolicyActionMonitor:
         self.warned = False
         self._actions = self._surprising = 0
 
-    def observe(self, logprob: np.ndarray, active: np.ndarray) -> None:
+    def observe(self, logprob: np.ndarray, active: np.ndarray | torch.Tensor) -> None:
         """Count one step: ``logprob`` ``(B,)`` log π_θ(a_t|s_t) as the env recorded it, ``active`` ``(B,)`` bool the
-        rows that took an action. Costs nothing once it has warned."""
+        rows that took an action (a tensor is read only while needed). Costs nothing once it has warned."""
         if self.warned:
             return
+        active = active.cpu().numpy() if isinstance(active, torch.Tensor) else np.asarray(active, dtype=bool)
         self._actions += int(active.sum())
         self._surprising += int((logprob[active] < self.log_threshold).sum())
         if self._actions < self.block:

@@ -261,7 +261,7 @@ class TextGenVectorEnv(VectorEnv):
 
         rewards = np.zeros(self.num_envs, dtype=np.float64)
         info: dict[str, Any] = {"logprob": out.logprob.cpu().numpy()}
-        self._off_policy_monitor.observe(info["logprob"], out.active.cpu().numpy())
+        self._off_policy_monitor.observe(info["logprob"], out.active)
         if self.kl_penalty == "dense":  # r_t = −β·KL_t every step, and the RM score at the end
             kl_t = torch.zeros_like(out.logprob)
             if out.ref_logprob is not None:
