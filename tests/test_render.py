@@ -28,9 +28,9 @@ def length_reward(prompts, completions):
 
 
 def make_env(tiny_model_dir, tiny_prompts, **kwargs) -> TextGenVectorEnv:
-    settings = dict(num_envs=2, model=str(tiny_model_dir), prompts=tiny_prompts, reward_model=length_reward,
-                    max_new_tokens=4, autoreset_mode="disabled", kl_coef=0.1, device="cpu", render_mode="ansi",
-                    render_top_k=3)
+    settings = {"num_envs": 2, "model": str(tiny_model_dir), "prompts": tiny_prompts, "reward_model": length_reward,
+                "max_new_tokens": 4, "autoreset_mode": "disabled", "kl_coef": 0.1, "device": "cpu",
+                "render_mode": "ansi", "render_top_k": 3}
     return TextGenVectorEnv(**{**settings, **kwargs})
 
 
@@ -135,7 +135,7 @@ def test_mid_episode_render_reads_the_env(tiny_model_dir, tiny_prompts):
         assert number(block, "log π_θ") == pytest.approx(info["logprob"][row], abs=1e-3)
         assert number(block, "log π_ref") == pytest.approx(float(ref_last[row]), abs=1e-3)
         assert number(block, "Σ KL") == pytest.approx(float(env.token_kl()[row].sum()), abs=1e-4)
-        table = re.findall(r"^ +\d+ (.+?) +([0-9.]+) +([0-9.]+)$", block, flags=re.M)
+        table = re.findall(r"^ +\d+ (.+?) +([0-9.]+) +([0-9.]+)$", block, flags=re.MULTILINE)
         assert [float(p) for _, p, _ in table] == pytest.approx(top.values.tolist(), abs=1e-4)
         assert [float(q) for _, _, q in table] == pytest.approx(ref_probs[row, top.indices].tolist(), abs=1e-4)
         assert [t.strip() for t, _, _ in table] == [visible(env.tokenizer.decode([i])) for i in top.indices]

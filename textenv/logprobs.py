@@ -220,7 +220,7 @@ class OffPolicyActionMonitor:
 def _outside_stacklevel() -> int:
     """The ``stacklevel`` (for a ``warnings.warn`` in the caller) of the first frame outside textenv and Gymnasium:
     the line of the user's code that stepped the env, whatever wrappers lie between."""
-    import gymnasium  # noqa: PLC0415  (only when warning)
+    import gymnasium  # only when warning
 
     inside = tuple(os.path.dirname(os.path.abspath(module.__file__)) + os.sep for module in (gymnasium,)) + (
         os.path.dirname(os.path.abspath(__file__)) + os.sep,)
