@@ -123,6 +123,11 @@ def label_two_items(page, base: str, shots: Path) -> list[tuple[str, list[str]]]
     expect(page.locator("#counts")).to_have_text(re.compile("^2 of"))
     saved.append((prompt, ranking))
     assert page.evaluate("window.__pwned") is None
+    page.keyboard.press("b")  # back: the item just saved, read-only
+    expect(page.locator("#where")).to_have_text(re.compile("1 back · saved"))
+    expect(page.locator("#completions .completion.ranked")).to_have_count(len(ranking))
+    page.keyboard.press("n")  # forward: the next item to rank again
+    expect(page.locator("#where")).to_be_hidden()
     return saved
 
 

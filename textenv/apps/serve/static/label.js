@@ -180,6 +180,16 @@ function start() {
   for (const [id, action] of Object.entries(buttons)) {
     $(id).addEventListener("click", () => action().catch((err) => say(err.message, "error")));
   }
+  $("change-name").addEventListener("click", () => {
+    clearInterval(state.renewTimer);
+    sessionStorage.removeItem("textenv.session");   // the next name gets a session of its own
+    state.session = null;
+    state.view = null;
+    $("desk").classList.add("hidden");
+    $("name").value = "";
+    $("login").classList.remove("hidden");
+    $("name").focus();
+  });
   document.addEventListener("keydown", onKey);
   if (!savedName()) { $("login").classList.remove("hidden"); $("name").focus(); return; }
   begin().catch((err) => say(err.message, "error"));
