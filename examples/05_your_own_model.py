@@ -93,7 +93,8 @@ def main(argv=None) -> int:
     checkpoint = args.output / "checkpoint"
     print(f"checkpoint: {sorted(str(p.relative_to(checkpoint)) for p in checkpoint.rglob('*') if p.is_file())}")
     print(f"rollout sentiment of the last iteration: {agent.last_metrics['rollout/rm_score']:+.3f}")
-    # checkpoint/policy is itself a save_pretrained directory: it is "your own model" for the next env.
+    # checkpoint/policy is itself a save_pretrained directory: it is "your own model" for the next env (whose π_ref
+    # is then this trained model, so the KL starts from 0 again: R = r_φ on the first episode).
     one_episode(checkpoint / "policy")
 
     print("\n== 4. a pickle-only directory is refused, with the way to convert it")

@@ -102,7 +102,8 @@ def test_02_is_at_most_60_lines_of_code_and_uses_no_textenv_agent():
 
 
 def test_02_scores_the_sampled_completion_exactly_as_the_env_does(tiny_model_dir):
-    """The hand-written log π_θ(y|x) (padding stripped) equals the env's per-step log-probs; a padded row does not."""
+    """The hand-written Σ_t log π_θ(a_t|s_t) (positions of the left-padded observation from textenv.logprobs) equals
+    the env's per-step log-probs; the same forward without those positions does not."""
     import gymnasium as gym
 
     lesson = load_lesson("02_reinforce_from_scratch")
@@ -111,21 +112,20 @@ def test_02_scores_the_sampled_completion_exactly_as_the_env_does(tiny_model_dir
     generator = torch.Generator().manual_seed(0)
     for prompt in ("the film was", "the book"):
         obs, _ = env.reset(options={"prompt": prompt})
-        prompt_len, done, env_logprob = int(obs["attention_mask"].sum()), False, 0.0
+        done, env_logprob = False, 0.0
         while not done:
             probs = torch.softmax(env.unwrapped.next_token_logits(), -1)
             action = int(torch.multinomial(probs, 1, generator=generator))
             obs, _, terminated, truncated, info = env.step(action)
             env_logprob += float(info["logprob"])
             done = terminated or truncated
-        ids = lesson.strip_padding(obs)
-        policy = env.unwrapped.policy
-        assert ids.shape[1] == prompt_len + info["num_tokens"]
+        policy, n = env.unwrapped.policy, int(info["num_tokens"])
         with torch.no_grad():
-            assert lesson.completion_logprob(policy, ids, prompt_len).item() == pytest.approx(env_logprob, abs=1e-3)
-            padded = torch.as_tensor(obs["input_ids"])[None]
-            naive = lesson.completion_logprob(policy, padded, padded.shape[1] - info["num_tokens"]).item()
-        assert abs(naive - env_logprob) > 1e-2  # left padding shifts the positions: why the lesson strips it
+            assert lesson.completion_logprob(policy, obs, n).item() == pytest.approx(env_logprob, abs=1e-3)
+            ids, mask = torch.as_tensor(obs["input_ids"])[None], torch.as_tensor(obs["attention_mask"])[None]
+            logits = policy(input_ids=ids, attention_mask=mask).logits[0, -n - 1 : -1]  # default positions
+            naive = torch.log_softmax(logits, -1).gather(1, ids[0, -n:, None]).sum().item()
+        assert abs(naive - env_logprob) > 1e-2  # left padding shifts the positions: why the lesson passes them
 
 
 def test_02_trains_the_env_policy_in_place_and_prints_before_and_after(tmp_path, capsys):
