@@ -37,6 +37,7 @@ from typing import Any
 from textenv.reward_models.base import RewardModel, as_scores, checked_scores
 from textenv.reward_models.classifier import ClassifierReward
 from textenv.reward_models.ensemble import EnsembleReward
+from textenv.reward_models.fluent_sentiment import FluentSentimentReward
 from textenv.reward_models.function import CallableReward
 from textenv.reward_models.preference import (
     META_FILE,
@@ -63,6 +64,7 @@ REWARD_MODELS: dict[str, Callable[..., RewardModel]] = {
     # the task suite's gold scorers (reward_models/tasks.py, textenv.TASKS)
     "vader-negative": NegativeSentimentReward,
     "topic-sound": KeywordReward,
+    "fluent-sentiment": FluentSentimentReward,  # textenv pipeline's gold: VADER − repetition (.fluent_sentiment)
 }
 
 #: Parameterised families ``"<prefix>:<argument>"``: prefix → (``factory(argument, **kwargs)``, usage).

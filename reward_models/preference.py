@@ -9,6 +9,20 @@ keeping all pairs of one prompt in the same batch (each completion is scored onc
 is formed from those scores; InstructGPT weighs each prompt's C(K, 2) pairs by 1 / C(K, 2), so every prompt
 counts once). After training a bias is added so that the mean reward over the training completions is 0.
 
+Normalisation (on by default, ``normalize=True``): the BT loss fixes neither the level nor the scale of r, and
+the scale is what the KL coefficient β of PPO is traded against (R = r − β·KL, InstructGPT eq. 2): an RM whose
+scores spread over ±10 makes β = 0.05 mean far less than one spread over ±1. So the reward is also divided by
+its standard deviation over the same completions (the training prompts' reference completions, i.e. the
+starting policy's samples):
+
+    r_norm(x, y) = (r_φ(x, y) − μ) / σ,   μ, σ = mean, std of r_φ over the training completions
+
+so on the reference policy's own text r_norm has mean 0 and standard deviation 1 whatever the RM, and β means
+the same for every normalised RM (docs/overoptimisation.md). μ and σ are stored in ``reward_model.json``
+(``"normalization"``) and applied on load; :meth:`PreferenceRewardModel.normalize` recomputes them on any
+other reference completions. A directory saved before normalisation existed has neither: it loads with scale 1
+and scores exactly as before (mean 0, spread unnormalised).
+
 Optional reward centring (``center_coef`` = η > 0), in the spirit of Eisenstein et al. 2023 ("Helping or
 Herding? Reward Model Ensembles Mitigate but do not Eliminate Reward Hacking"): the BT loss only sees reward
 *differences*, so the level of r per prompt drifts freely; we add η · mean_x( mean_{y∈x} r(x, y) )², the
@@ -42,7 +56,7 @@ from transformers import AutoModel, PreTrainedModel, PreTrainedTokenizerBase
 from transformers.utils import logging as hf_logging
 
 from textenv.checkpoint import atomic_directory, read_tensors, recover_directory, verify_directory
-from textenv.config import Choice, Config, Integer, Number, Seed, option
+from textenv.config import Choice, Config, Flag, Integer, Number, Seed, option
 from textenv.models.loading import DEFAULT_MODEL, load_pretrained, load_tokenizer, resolve_device
 from textenv.preferences import ComparisonGroup, PreferenceRow, as_preference_rows, expand_pairs
 from textenv.reward_models.base import RewardModel
@@ -142,13 +156,15 @@ class PreferenceRewardModel(RewardModel):
         network: the :class:`RewardNetwork` (backbone + scalar head).
         tokenizer: the backbone's tokenizer (a right-padded copy is used internally).
         bias: added to every raw score (set by training so that the mean training reward is 0).
+        scale: multiplies ``raw + bias`` (set by training to 1 / std of the training rewards; 1: unnormalised).
+        normalization: how ``bias``/``scale`` were computed (``mean``, ``std``, ``num_texts``, ``texts``), or None.
         device: ``"auto"``, ``"cpu"``, ``"cuda"``...
         batch_size: texts per forward in :meth:`score`.
         max_length: longest text in tokens (longer texts keep their *last* tokens); default: the
             backbone's context length.
         metadata: free-form information saved with the model (training metrics, data source...).
 
-    ``score(prompts, completions)`` → ``(N,)`` float64 rewards, batched, no grad.
+    ``score(prompts, completions)`` → ``(N,)`` float64 rewards ``scale · (raw + bias)``, batched, no grad.
     """
 
     def __init__(
@@ -160,12 +176,17 @@ class PreferenceRewardModel(RewardModel):
         batch_size: int = 64,
         max_length: int | None = None,
         metadata: dict[str, Any] | None = None,
+        scale: float = 1.0,
+        normalization: dict[str, Any] | None = None,
     ) -> None:
         check_int("batch_size", batch_size, 1)
+        check_number("scale", scale, low=0.0, low_open=True)
         self.device = resolve_device(device)
         self.network = network.to(self.device).eval()
         self.tokenizer = tokenizer
         self.bias = float(bias)
+        self.scale = float(scale)
+        self.normalization = None if normalization is None else dict(normalization)
         self.batch_size = int(batch_size)
         config = network.backbone.config
         context = getattr(config, "max_position_embeddings", None) or getattr(config, "n_positions", None)
@@ -238,15 +259,40 @@ class PreferenceRewardModel(RewardModel):
         return scores
 
     def score(self, prompts: Sequence[str], completions: Sequence[str]) -> np.ndarray:
-        """r_φ(x, y) + bias for each pair, ``(N,)`` float64."""
+        """scale · (r_φ(x, y) + bias) for each pair, ``(N,)`` float64."""
         if len(completions) == 0:
             return np.zeros(0)
-        return self.raw_scores(self.encode(list(prompts), list(completions))) + self.bias
+        return (self.raw_scores(self.encode(list(prompts), list(completions))) + self.bias) * self.scale
+
+    def normalize(self, prompts: Sequence[str], completions: Sequence[str],
+                  texts: str = "reference completions") -> dict[str, Any]:
+        """Set ``bias`` = −μ and ``scale`` = 1/σ from the raw scores of ``(prompts, completions)``, the reference
+        policy's completions of the training prompts, so that they score mean 0 and standard deviation 1; returns
+        (and keeps in :attr:`normalization`, saved with the model) ``{"mean", "std", "num_texts", "texts"}``.
+
+        Fewer than two texts, or texts that all score the same, cannot set a spread: :class:`InputError`."""
+        if len(prompts) != len(completions):
+            raise InputError(f"normalize got {len(prompts)} prompts for {len(completions)} completions; give one "
+                             "prompt per completion")
+        raw = self.raw_scores(self.encode(list(prompts), list(completions))) if len(completions) else np.zeros(0)
+        return self._set_normalization(raw, texts)
+
+    def _set_normalization(self, raw: np.ndarray, texts: str) -> dict[str, Any]:
+        """μ, σ of the raw scores ``(N,)`` → ``bias``, ``scale``, :attr:`normalization`."""
+        std = float(raw.std()) if raw.size >= 2 else 0.0
+        if not (math.isfinite(std) and std > 0):
+            raise InputError(f"cannot normalise the reward model on {raw.size} {texts}: their scores have no spread "
+                             f"(std {std:g}); give at least two completions that the model scores differently")
+        mean = float(raw.mean())
+        self.bias, self.scale = -mean, 1.0 / std
+        self.normalization = {"mean": mean, "std": std, "num_texts": int(raw.size), "texts": texts}
+        return dict(self.normalization)
 
     # ------------------------------------------------------------------ persistence
     def save(self, path: str | os.PathLike) -> Path:
         """Write ``path/`` atomically: ``backbone/`` (save_pretrained, safetensors, + tokenizer),
-        ``head.safetensors`` and ``reward_model.json`` (pooling, bias, max_length, metadata)."""
+        ``head.safetensors`` and ``reward_model.json`` (pooling, bias, scale, normalization, max_length,
+        metadata)."""
         hf_logging.disable_progress_bar()  # no "Writing model shards" bar
         with atomic_directory(path, kind=DIRECTORY_KIND) as tmp:
             self.network.backbone.save_pretrained(tmp / BACKBONE_DIR, safe_serialization=True)
@@ -255,9 +301,11 @@ class PreferenceRewardModel(RewardModel):
             save_file(head, str(tmp / HEAD_FILE))
             meta = {
                 "format": FORMAT,
-                "version": 1,
+                "version": 2,
                 "pooling": self.network.pooling,
                 "bias": self.bias,
+                "scale": self.scale,
+                "normalization": self.normalization,
                 "max_length": self.max_length,
                 "metadata": self.metadata,
             }
@@ -268,7 +316,8 @@ class PreferenceRewardModel(RewardModel):
     def load(
         cls, path: str | os.PathLike, device: str | torch.device = "auto", batch_size: int = 64
     ) -> PreferenceRewardModel:
-        """Rebuild a model written by :meth:`save`."""
+        """Rebuild a model written by :meth:`save`. A version-1 directory (saved before normalisation existed)
+        has no ``scale``: it loads unnormalised (scale 1, ``normalization`` None) and scores as it always did."""
         path = Path(path)
         recover_directory(path)  # a save killed between its two renames
         meta_file = path / META_FILE
@@ -291,8 +340,13 @@ class PreferenceRewardModel(RewardModel):
         tokenizer = load_tokenizer(path / BACKBONE_DIR)
         network = RewardNetwork(trunk, meta["pooling"])
         network.head.load_state_dict(head)
+        scale = meta.get("scale", 1.0)
+        if isinstance(scale, bool) or not isinstance(scale, (int, float)) or not math.isfinite(scale) or scale <= 0:
+            raise InputError(f"{meta_file} has scale {scale!r}, expected a finite number > 0; the reward model is "
+                             "damaged (retrain it with `textenv train-rm`)")
         return cls(network, tokenizer, bias=meta["bias"], device=device, batch_size=batch_size,
-                   max_length=meta["max_length"], metadata=meta.get("metadata", {}))
+                   max_length=meta["max_length"], metadata=meta.get("metadata", {}), scale=float(scale),
+                   normalization=meta.get("normalization"))
 
 
 def _json_default(value: Any) -> Any:
@@ -363,6 +417,8 @@ class PreferenceTrainingConfig(Config):
                                   Number(low=0.0, high=1.0, high_open=True))
     center_coef: float = option(0.0, "η of the reward-centring term η · mean_x(mean_y r)²; 0: off",
                                 Number(low=0.0))
+    normalize: bool = option(True, "after training, scale rewards to standard deviation 1 over the training "
+                                   "completions (mean 0 always), so PPO's β means the same for every RM", Flag())
     max_grad_norm: float | None = option(1.0, "gradient-norm clip per step; 0 or None: no clipping",
                                          Number(low=0.0, none_ok=True))
     pooling: str = option("last", "'last' (the EOS token's hidden state) or 'mean' (masked mean over tokens)",
@@ -395,7 +451,8 @@ def train_preference_model(
             (``lr=1e-4``); every value is checked before any data or model loads.
 
     Returns metrics with ``eval/pair_accuracy`` (held-out pairs), ``eval/loss``, ``train/pair_accuracy``,
-    ``train/loss`` (last epoch's mean step loss), ``bias``, counts, ``seconds`` and a per-epoch ``history``.
+    ``train/loss`` (last epoch's mean step loss), ``bias``, ``scale`` and ``normalization`` (module docstring),
+    counts, ``seconds`` and a per-epoch ``history``.
     """
     config = PreferenceTrainingConfig.build(config, hyperparameters, "train_preference_model")
     start = time.perf_counter()
@@ -482,8 +539,10 @@ def _batch_loss(rewards: torch.Tensor, groups: Sequence[ComparisonGroup], center
 def _center_rewards(model: PreferenceRewardModel, train_groups: Sequence[ComparisonGroup], train_ids: list[Any],
                     eval_groups: Sequence[ComparisonGroup], history: list[dict[str, Any]],
                     config: PreferenceTrainingConfig) -> dict[str, Any]:
-    """Set the bias that makes the mean reward over the training completions 0 (each distinct completion once);
-    returns the training metrics. Non-finite rewards stop with :class:`RewardModelDivergedError`."""
+    """Set the bias that makes the mean reward over the training completions 0 (each distinct completion once)
+    and, with ``config.normalize``, the scale that makes their standard deviation 1 (a model that scores them
+    all alike keeps scale 1); returns the training metrics. Non-finite rewards stop with
+    :class:`RewardModelDivergedError`."""
     train_raw = model.raw_scores([seq for group_ids in train_ids for seq in group_ids])
     if not np.isfinite(train_raw).all():
         raise RewardModelDivergedError(
@@ -492,6 +551,8 @@ def _center_rewards(model: PreferenceRewardModel, train_groups: Sequence[Compari
             f"{PreferenceTrainingConfig.lr:g}); nothing was saved"
         )
     model.bias = -float(train_raw.mean())
+    if config.normalize and train_raw.size >= 2 and train_raw.std() > 0:
+        model._set_normalization(train_raw, "reference completions of the training prompts")
     metrics: dict[str, Any] = {
         "train/loss": history[-1]["train/loss"],
         "train/pair_accuracy": _accuracy(train_groups, train_raw),
@@ -500,6 +561,8 @@ def _center_rewards(model: PreferenceRewardModel, train_groups: Sequence[Compari
         "num_eval_prompts": len(eval_groups),
         "num_eval_pairs": sum(len(g.pairs) for g in eval_groups),
         "bias": model.bias,
+        "scale": model.scale,
+        "normalization": model.normalization,
     }
     if eval_groups:
         metrics.update({k: v for k, v in history[-1].items() if k.startswith("eval/")})

@@ -390,3 +390,142 @@ def test_train_rm_command(tiny_model_dir: Path, tmp_path: Path, capsys) -> None:
     bad.write_text('{"prompt": "p", "ranked": ["a"]}\n', encoding="utf-8")
     assert main(["--data", str(bad), "--output", str(tmp_path / "rm2"), "--backbone", str(tiny_model_dir)]) == 2
     assert f"{bad}:1:" in capsys.readouterr().err
+
+
+# ---------------------------------------------------------------------------------------------- normalisation
+def _training_texts(rows: list[PreferenceRanking]) -> tuple[list[str], list[str]]:
+    """(prompts, completions) of the training prompts of ``trained`` (eval_fraction 0.25, seed 0), each once."""
+    train_groups, _ = split_groups(expand_pairs(rows), 0.25, seed=0)
+    return [g.prompt for g in train_groups for _ in g.completions], [c for g in train_groups for c in g.completions]
+
+
+def test_trained_rm_is_normalised_on_its_reference_completions(trained) -> None:
+    """Mean 0 and standard deviation 1 on the training prompts' completions; the statistics are kept."""
+    rows, model, metrics = trained
+    scores = model.score(*_training_texts(rows))
+    assert abs(scores.mean()) < 1e-5 and scores.std() == pytest.approx(1.0, abs=1e-5)
+    stats = model.normalization
+    assert stats["num_texts"] == len(scores) and stats["std"] > 0 and stats["texts"].startswith("reference")
+    assert model.scale == pytest.approx(1 / stats["std"]) and model.bias == pytest.approx(-stats["mean"])
+    assert metrics["normalization"] == stats and metrics["scale"] == model.scale
+
+
+def test_unnormalised_training_keeps_the_raw_spread(tiny_model_dir: Path) -> None:
+    rows = good_bad_rankings(24)
+    model, metrics = train_preference_model(rows, backbone=str(tiny_model_dir), epochs=2, lr=3e-3, eval_fraction=0.25,
+                                            seed=0, normalize=False, device="cpu")
+    assert model.scale == 1.0 and model.normalization is None and metrics["normalization"] is None
+    scores = model.score(*_training_texts(rows))
+    assert abs(scores.mean()) < 1e-5 and abs(scores.std() - 1.0) > 1e-3
+
+
+def test_normalisation_is_saved_and_loaded(trained, tmp_path: Path) -> None:
+    import json
+
+    rows, model, _ = trained
+    model.save(tmp_path / "rm")
+    meta = json.loads((tmp_path / "rm" / "reward_model.json").read_text())
+    assert meta["version"] == 2 and meta["normalization"] == model.normalization and meta["scale"] == model.scale
+    loaded = PreferenceRewardModel.load(tmp_path / "rm", device="cpu")
+    assert loaded.normalization == model.normalization and loaded.scale == model.scale
+    scores = loaded.score(*_training_texts(rows))
+    assert abs(scores.mean()) < 1e-5 and scores.std() == pytest.approx(1.0, abs=1e-5)
+
+
+def test_normalize_recomputes_on_other_reference_completions(trained) -> None:
+    import copy
+
+    rows, model, _ = trained
+    model = copy.copy(model)  # the module fixture keeps its statistics
+    prompts, completions = ["the film was"] * 4, [" good and clean", " bad and loud", " the room", " it works"]
+    stats = model.normalize(prompts, completions, texts="my samples")
+    scores = model.score(prompts, completions)
+    assert abs(scores.mean()) < 1e-5 and scores.std() == pytest.approx(1.0, abs=1e-5)
+    assert stats == model.normalization and stats["num_texts"] == 4 and stats["texts"] == "my samples"
+
+
+def test_a_version_1_directory_loads_unnormalised_and_scores_as_before(trained, tmp_path: Path) -> None:
+    """An RM saved before normalisation existed (no scale, no normalization): scale 1, r + bias, as it scored."""
+    import json
+
+    rows, model, _ = trained
+    target = tmp_path / "old"
+    model.save(target)
+    meta_file = target / "reward_model.json"
+    meta = json.loads(meta_file.read_text())
+    for key in ("scale", "normalization"):
+        del meta[key]
+    meta["version"] = 1
+    meta_file.write_text(json.dumps(meta))  # the manifest checks the weights only
+    old = PreferenceRewardModel.load(target, device="cpu")
+    assert old.scale == 1.0 and old.normalization is None
+    prompts, completions = _training_texts(rows)
+    np.testing.assert_allclose(old.score(prompts, completions), model.score(prompts, completions) / model.scale,
+                               atol=1e-5)
+
+
+@pytest.mark.bad_input
+@pytest.mark.parametrize(("prompts", "completions", "match"), [
+    (["p"], [" good"], "no spread"),  # one text: no standard deviation
+    (["p", "p"], [" good", " good"], "no spread"),  # all alike
+    (["p"], [" good", " bad"], "1 prompts for 2 completions"),
+])
+def test_normalize_refuses_texts_without_spread(trained, prompts, completions, match) -> None:
+    import copy
+
+    model = copy.copy(trained[1])
+    with pytest.raises(InputError, match=match):
+        model.normalize(prompts, completions)
+    assert model.normalization == trained[1].normalization  # unchanged
+
+
+@pytest.mark.bad_input
+@pytest.mark.parametrize("scale", [0, -1.0, "2", None, float("nan")])
+def test_a_damaged_scale_in_reward_model_json_is_refused(trained, tmp_path: Path, scale) -> None:
+    import json
+
+    target = tmp_path / "rm"
+    trained[1].save(target)
+    meta = json.loads((target / "reward_model.json").read_text())
+    meta["scale"] = scale
+    (target / "reward_model.json").write_text(json.dumps(meta))
+    with pytest.raises(InputError, match="scale"):
+        PreferenceRewardModel.load(target, device="cpu")
+
+
+# ---------------------------------------------------------------------------------------------- fluent sentiment
+def test_fluent_sentiment_ranks_varied_praise_above_loops_and_complaints() -> None:
+    gold = make_reward_model("fluent-sentiment")
+    texts = {
+        "fluent positive": " a wonderful film with a moving story and great acting, I recommend it to everyone.",
+        "looped positive": " I loved it. I loved it. I loved it. I loved it. I loved it. I loved it.",
+        "one word looped": " great great great great great great great great",
+        "fluent negative": " the plot dragged, the acting was poor and the ending was a terrible mess.",
+    }
+    scores = dict(zip(texts, gold(["The film"] * len(texts), list(texts.values()))))
+    vader = dict(zip(texts, VaderSentimentReward().score([""] * len(texts), list(texts.values()))))
+    assert vader["looped positive"] >= vader["fluent positive"] * 0.95  # VADER alone cannot tell them apart
+    assert scores["fluent positive"] > 0.7
+    assert scores["fluent positive"] > scores["looped positive"] + 0.5 > scores["one word looped"] + 0.5
+    assert scores["fluent negative"] < 0
+    # No repetition: exactly VADER; a 2-word text and the empty text have nothing repeated.
+    assert scores["fluent positive"] == pytest.approx(vader["fluent positive"])
+    assert gold(["p", "p"], ["", " good"]).tolist() == pytest.approx(VaderSentimentReward().score(["p"] * 2, ["", " good"]))
+
+
+def test_fluent_sentiment_repetition_weight_and_distinct_bigrams() -> None:
+    from textenv.reward_models.fluent_sentiment import FluentSentimentReward, distinct_bigram_fraction
+
+    assert distinct_bigram_fraction("Good, good. Good!") == 0.5  # words ignore case and punctuation
+    assert distinct_bigram_fraction("one") == 1.0 and distinct_bigram_fraction("a b c a b c") == pytest.approx(3 / 5)
+    text = [" it is nice it is nice it is nice"]
+    vader = VaderSentimentReward().score(["p"], text)[0]
+    assert FluentSentimentReward(0.0).score(["p"], text)[0] == pytest.approx(vader)
+    assert FluentSentimentReward(2.0).score(["p"], text)[0] == pytest.approx(vader - 2.0 * (1 - 3 / 8))
+
+
+@pytest.mark.bad_input
+@pytest.mark.parametrize("weight", [-0.5, float("inf"), "1", True])
+def test_fluent_sentiment_refuses_a_bad_repetition_weight(weight) -> None:
+    with pytest.raises(InputError, match="repetition_weight"):
+        make_reward_model("fluent-sentiment", repetition_weight=weight)
