@@ -56,18 +56,17 @@ class LabellerLog:
 def write_sets(path: Path, count: int, k: int = 4) -> None:
     """``count`` completion sets of ``k`` completions (distinct prompts)."""
     with open(path, "w", encoding="utf-8") as out:
-        for i in range(count):
-            out.write(json.dumps({"prompt": f"review {i}: the product", "completions": [
-                f" is great ({i}).", f" is fine ({i}).", f" broke at once ({i}).", f" is loud ({i})."][:k]}) + "\n")
+        out.writelines(json.dumps({"prompt": f"review {i}: the product", "completions": [
+                f" is great ({i}).", f" is fine ({i}).", f" broke at once ({i}).", f" is loud ({i})."][:k]}) + "\n" for i in range(count))
 
 
 def start_server(data: Path, output: Path, log: Path) -> tuple[subprocess.Popen, int]:
     """``textenv serve --no-play`` on 127.0.0.1 with a free port; returns the process and its port."""
-    handle = open(log, "a", encoding="utf-8")
-    process = subprocess.Popen(
-        [sys.executable, "-m", "textenv", "serve", "--no-play", "--host", HOST, "--port", "0", "--data", str(data),
-         "--output", str(output)], cwd=ROOT, stdout=handle, stderr=subprocess.STDOUT,
-        env={**os.environ, "OMP_NUM_THREADS": "1"})
+    with open(log, "a", encoding="utf-8") as handle:  # the child keeps its own copy of the descriptor
+        process = subprocess.Popen(
+            [sys.executable, "-m", "textenv", "serve", "--no-play", "--host", HOST, "--port", "0", "--data",
+             str(data), "--output", str(output)], cwd=ROOT, stdout=handle, stderr=subprocess.STDOUT,
+            env={**os.environ, "OMP_NUM_THREADS": "1"})
     deadline = time.monotonic() + 120
     while time.monotonic() < deadline and process.poll() is None:
         found = re.findall(r"listening on http://127\.0\.0\.1:(\d+)/", log.read_text(encoding="utf-8"))

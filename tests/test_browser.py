@@ -59,9 +59,9 @@ def screenshot_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
 
 def start_server(argv: list[str], log: Path) -> tuple[subprocess.Popen, str]:
     """``textenv serve ARGV --port 0`` in a subprocess; returns it and its base URL once it listens."""
-    out = open(log, "w", encoding="utf-8")
-    process = subprocess.Popen([sys.executable, "-m", "textenv", "serve", *argv, "--port", "0"], cwd=ROOT,
-                               stdout=out, stderr=subprocess.STDOUT, env={**os.environ, "OMP_NUM_THREADS": "1"})
+    with open(log, "w", encoding="utf-8") as out:  # the child keeps its own copy of the descriptor
+        process = subprocess.Popen([sys.executable, "-m", "textenv", "serve", *argv, "--port", "0"], cwd=ROOT,
+                                   stdout=out, stderr=subprocess.STDOUT, env={**os.environ, "OMP_NUM_THREADS": "1"})
     deadline = time.monotonic() + 120
     while time.monotonic() < deadline:
         match = re.search(r"listening on (http://127\.0\.0\.1:\d+/)", log.read_text(encoding="utf-8"))
@@ -162,6 +162,7 @@ def play_one_episode(page, base: str, shots: Path) -> dict:
     return {"mine": page.text_content("#mine"), "theirs": page.text_content("#theirs"), "figures": figures}
 
 
+@pytest.mark.slow
 def test_play_one_episode_and_label_two_items_in_chromium(tmp_path, tmp_path_factory, capsys):
     executable = chromium_executable()
     playwright = sync_playwright()

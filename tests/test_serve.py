@@ -18,14 +18,14 @@ from pathlib import Path
 import pytest
 
 pytest.importorskip("starlette", reason="textenv serve needs the serve extra: pip install textenv[serve]")
-from starlette.testclient import TestClient  # noqa: E402
+from starlette.testclient import TestClient
 
-from textenv.apps.cli import main  # noqa: E402
-from textenv.apps.serve.app import STATIC, ServeOptions, build_app  # noqa: E402
-from textenv.apps.serve.games import GameTable  # noqa: E402
-from textenv.apps.serve.labelling import LabelDesk, LineAppender, item_id, prepare_items  # noqa: E402
-from textenv.apps.serve.model_worker import ModelBusy, ModelWorker  # noqa: E402
-from textenv.preferences import (  # noqa: E402
+from textenv.apps.cli import main
+from textenv.apps.serve.app import STATIC, ServeOptions, build_app
+from textenv.apps.serve.games import GameTable
+from textenv.apps.serve.labelling import LabelDesk, LineAppender, item_id, prepare_items
+from textenv.apps.serve.model_worker import ModelBusy, ModelWorker
+from textenv.preferences import (
     PreferenceRanking,
     as_preference_rows,
     expand_pairs,
