@@ -45,6 +45,11 @@ def test_pipeline_writes_every_stage_and_reuses_them(tiny_model_dir, tmp_path, l
     rm = PreferenceRewardModel.load(out / "reward_model", device="cpu")
     assert rm.score(["the film"], [" was good"]).shape == (1,)
     assert rm.metadata["training"]["backbone"].endswith("sft/policy")  # InstructGPT: RM initialised from SFT
+    # Normalised on the reference completions of the training prompts (what it was trained on): mean 0, std 1.
+    texts = [(r.prompt, c) for r in rows for c in dict.fromkeys(r.ranked)]
+    scores = rm.score([p for p, _ in texts], [c for _, c in texts])
+    assert abs(scores.mean()) < 1e-4 and scores.std() == pytest.approx(1.0, abs=1e-4)
+    assert rm.normalization["num_texts"] == len(texts)
     main_meta = json.loads((out / "ppo" / "step-00000032" / "agent.json").read_text())
     assert main_meta["agent"] == "ppo" and main_meta["num_timesteps"] >= 32
     assert main_meta["env"]["kl_coef"] == 0.1 and main_meta["env"]["reward_model"].startswith("preference:")
@@ -72,6 +77,11 @@ def test_pipeline_writes_every_stage_and_reuses_them(tiny_model_dir, tmp_path, l
     frontier = {p["beta"]: p["checkpoint"] for p in summary["frontier"]}
     assert frontier == {0.1: "ppo/step-00000016", 0.5: "sweep/beta-0.5/step-00000016"}
     assert {s["status"] for s in summary["stages"].values()} == {"ran"}
+    verdict = summary["overoptimisation"]
+    assert set(verdict) == {"peak", "beyond_peak", "gold_falls_while_proxy_rises", "gold_drop", "run_peak",
+                            "run_gold_falls_while_proxy_rises"}
+    assert verdict["peak"]["gold_reward"] == max([summary["gold_before"], *(c["gold_reward"] for c in
+                                                  summary["checkpoints"] + summary["frontier"])])
 
     # Run again: every stage is reused (nothing retrained or re-evaluated), same numbers.
     weights = out / "ppo" / "step-00000032" / "policy" / "model.safetensors"
@@ -108,6 +118,26 @@ def test_library_call_without_sft_or_sweep(tiny_model_dir, tmp_path, length_rewa
     assert summary["stages"]["sweep"]["status"] == "off" and not (tmp_path / "run" / "sweep").exists()
     assert [p["beta"] for p in summary["frontier"]] == [0.1]
     assert summary["settings"]["betas"] == [0.1]
+
+
+def test_overoptimisation_finds_the_gold_peak_and_what_lies_beyond():
+    """Gao et al. 2022's shape: gold rises then falls with KL while the proxy keeps rising."""
+    from textenv.apps.pipeline import PipelineConfig, overoptimisation
+
+    def point(kl, gold, proxy, tokens=0):
+        return {"kl": kl, "gold_reward": gold, "proxy_reward": proxy, "num_timesteps": tokens, "checkpoint": str(kl)}
+
+    rising = [point(0.0, 0.0, 0.0), point(2.0, 0.4, 1.0, 100), point(5.0, 0.6, 2.0, 200)]
+    sweep = [point(20.0, 0.1, 4.0), point(1.0, 0.2, 0.5)]
+    verdict = overoptimisation(rising, sweep)
+    assert verdict["peak"]["kl"] == 5.0 and [p["kl"] for p in verdict["beyond_peak"]] == [20.0]
+    assert verdict["gold_falls_while_proxy_rises"] and verdict["gold_drop"] == pytest.approx(0.5)
+    assert verdict["run_peak"]["kl"] == 5.0 and not verdict["run_gold_falls_while_proxy_rises"]
+    assert not overoptimisation(rising, [])["gold_falls_while_proxy_rises"]
+    # Gold falling with the proxy falling too is not over-optimisation of the proxy.
+    assert not overoptimisation(rising, [point(20.0, 0.1, 1.5)])["gold_falls_while_proxy_rises"]
+    # The default gold labeller values variety as well as sentiment.
+    assert PipelineConfig().gold == "fluent-sentiment"
 
 
 def test_betas_and_budgets_are_checked(tmp_path, capsys):

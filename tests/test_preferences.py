@@ -196,3 +196,16 @@ def test_collect_cli_unranked_and_refuses_to_overwrite(tiny_model_dir: Path, tmp
     assert main(argv + ["--append"]) == 0
     assert len(load_completion_sets(out)) > len(sets)
     assert main(argv[:-2] + ["--k", "1", "--output", str(tmp_path / "x.jsonl")]) == 2
+
+
+def test_fluent_sentiment_gold_ranks_varied_praise_first() -> None:
+    """The pipeline's default labeller: a loop of praise ranks below varied praise, above a varied complaint."""
+    from textenv.apps.collect import rank_completions
+    from textenv.reward_models import make_reward_model
+
+    texts = [" I loved it. I loved it. I loved it. I loved it.", " the plot was dull and the acting was awful.",
+             " a lovely, warm story with great acting; I enjoyed every minute."]
+    scores = make_reward_model("fluent-sentiment")(["The film"] * 3, texts)
+    ranked, _ = rank_completions(texts, scores)
+    assert ranked == [texts[2], texts[0], texts[1]]
+

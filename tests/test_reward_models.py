@@ -529,3 +529,19 @@ def test_fluent_sentiment_repetition_weight_and_distinct_bigrams() -> None:
 def test_fluent_sentiment_refuses_a_bad_repetition_weight(weight) -> None:
     with pytest.raises(InputError, match="repetition_weight"):
         make_reward_model("fluent-sentiment", repetition_weight=weight)
+
+
+def test_train_rm_command_normalises_unless_told_not_to(tiny_model_dir: Path, tmp_path: Path, capsys) -> None:
+    from textenv.apps.train_rm import main
+    from textenv.preferences import write_preferences
+
+    data = tmp_path / "prefs.jsonl"
+    write_preferences(data, good_bad_rankings(12))
+    common = ["--data", str(data), "--backbone", str(tiny_model_dir), "--epochs", "1", "--device", "cpu"]
+    assert main([*common, "--output", str(tmp_path / "normalised")]) == 0
+    assert "normalised to mean 0, std 1 on the 33 training completions" in capsys.readouterr().err
+    assert PreferenceRewardModel.load(tmp_path / "normalised", device="cpu").normalization["num_texts"] == 33  # 11 of 12 prompts (eval_fraction 0.1) × 3
+    assert main([*common, "--output", str(tmp_path / "raw"), "--no-normalize"]) == 0
+    assert "normalised" not in capsys.readouterr().err
+    raw = PreferenceRewardModel.load(tmp_path / "raw", device="cpu")
+    assert raw.scale == 1.0 and raw.normalization is None

@@ -1,5 +1,8 @@
 """``textenv train-rm``: train a Bradley–Terry preference reward model from a preference JSONL and save it.
 
+The saved model's scores are normalised to mean 0 and standard deviation 1 on the training completions
+(``--no-normalize``: mean 0 only, the raw spread; see :mod:`textenv.reward_models.preference`).
+
 The flags of the hyper-parameters are the fields of
 :class:`~textenv.reward_models.preference.PreferenceTrainingConfig` (same names, defaults, help and checks as
 :func:`~textenv.reward_models.preference.train_preference_model`).
@@ -63,6 +66,11 @@ def run(args: argparse.Namespace) -> int:
     model.save(output)
     summary = {k: v for k, v in metrics.items() if k != "history"}
     print(json.dumps(summary, indent=2, default=str))
+    stats = model.normalization
+    if stats:
+        print(f"scores normalised to mean 0, std 1 on the {stats['num_texts']} training completions (raw mean "
+              f"{stats['mean']:+.4g}, std {stats['std']:.4g}), so a KL coefficient β means the same for every "
+              "normalised reward model", file=sys.stderr)
     print(f"saved to {output}; use it as reward_model='preference:{output}'", file=sys.stderr)
     return 0
 
