@@ -52,8 +52,10 @@ def one_episode_by_hand(env) -> None:
         obs, reward, terminated, truncated, info = env.step(action)
         print(f"t={t:2d} top-3 [{candidates}] → a_t={tokenizer.decode([action])!r:12} "
               f"log π_θ(a_t|s_t)={info['logprob']:+.2f}  reward={reward:+.3f}")
+        if t == 2:  # the env's own view of the state mid-episode (render_mode="ansi" returns it as text)
+            print(env.render())
         done, t = terminated or truncated, t + 1
-    print(env.render())
+    print(env.render())  # the last step adds r_φ, Σ KL, β and the return R
     print(f"episode ended: terminated={terminated} (EOS) truncated={truncated} (length limit)")
     # The last reward is R = r_φ − β·KL; info says what it is made of.
     print(f"r_φ (VADER) = {info['rm_score']:+.3f}, Σ_t KL_t = {info['episode_kl']:.3f} nats, β = {info['kl_coef']}"
