@@ -464,6 +464,9 @@ class Agent(ABC):
         self._load_extra_state(state.get("extra", {}))
         if self.grad_scaler is not None and isinstance(state.get("grad_scaler"), dict):
             self.grad_scaler.load_state_dict(state["grad_scaler"])  # the loss scale goes on where it was
+        load_running_state = getattr(self.env.reward_model, "load_running_state", None)
+        if load_running_state is not None and isinstance(state.get("reward_model"), dict):
+            load_running_state(state["reward_model"])
 
     def _check_sharding(self, meta: dict[str, Any], path: Path) -> None:
         """Refuse to resume an FSDP2 checkpoint unsharded or the reverse: the optimizer state is keyed by
@@ -573,7 +576,14 @@ class Agent(ABC):
             "kl_window": (kl_controller["window"], kl_controller["window_steps"]),
             "extra": self._extra_state(),
             **({} if self.grad_scaler is None else {"grad_scaler": self.grad_scaler.state_dict()}),
+            **self._reward_model_state(),
         }
+
+    def _reward_model_state(self) -> dict[str, Any]:
+        """``{"reward_model": ...}``: the running state of a reward model that keeps one (an ensemble's normaliser:
+        ``running_state()``; the same on every rank after each iteration), else ``{}``."""
+        running_state = getattr(self.env.reward_model, "running_state", None)
+        return {} if running_state is None else {"reward_model": running_state()}
 
     def _optimizer_states(self) -> dict[str, Any]:
         """Each optimizer's ``state_dict()``; with FSDP2 the whole state gathered to rank 0, keyed by parameter

@@ -103,6 +103,23 @@ class EnsembleReward(RewardModel):
         if distributed.world_size() > 1 and not self.calibrated:
             self._pending.append(np.stack([np.full_like(batch_mean, n), batch_mean, batch_m2]))
 
+    def running_state(self) -> dict[str, Any]:
+        """The running normaliser's state (what a checkpoint saves for an exact resume): per-member count, mean
+        and M2 ``(M,)`` each, and whether :meth:`calibrate` fixed them."""
+        return {"count": self._count.copy(), "mean": self._mean.copy(), "m2": self._m2.copy(),
+                "calibrated": self.calibrated}
+
+    def load_running_state(self, state: dict[str, Any]) -> None:
+        """Inverse of :meth:`running_state`; :class:`InputError` when it does not fit this ensemble's members."""
+        arrays = [np.asarray(state.get(key), dtype=np.float64) for key in ("count", "mean", "m2")]
+        if any(a.shape != self._count.shape for a in arrays) or not isinstance(state.get("calibrated"), bool):
+            raise InputError(f"the saved ensemble normaliser does not fit this ensemble of {len(self.members)} "
+                             "members; resume with the reward model the run was trained with")
+        self._count, self._mean, self._m2 = arrays
+        self.calibrated = state["calibrated"]
+        self._agreed = (self._count.copy(), self._mean.copy(), self._m2.copy())
+        self._pending = []
+
     def synchronise_statistics(self) -> None:
         """Make the running statistics the same on every rank: the statistics of the last call merged with every
         rank's batches since then (all-gathered, in rank order). Every rank must call it (a collective); the agent

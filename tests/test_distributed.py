@@ -246,6 +246,32 @@ def test_sb3_agents_refuse_more_than_one_process(monkeypatch):
         refuse_data_parallel("sb3-ppo")
 
 
+def test_the_ensemble_normaliser_is_checkpointed_for_an_exact_resume(tiny_model_dir, tmp_path, length_reward):
+    """A normalising ensemble's running statistics are saved with the checkpoint: a run resumed from it on a
+    fresh env (a fresh ensemble) continues with the same statistics and the same weights as the run that went
+    on."""
+    import numpy as np
+
+    from textenv.agents import make_agent
+    from textenv.agents.base import Agent
+    from textenv.vector_env import TextGenVectorEnv
+
+    def env():
+        return TextGenVectorEnv(num_envs=4, model=str(tiny_model_dir), kl_coef=0.05, autoreset_mode="disabled",
+                                device="cpu", max_new_tokens=6, prompts=PROMPTS,
+                                reward_model=f"ensemble-normalized:1*vader+1*{length_reward}")
+
+    straight = make_agent("reinforce", env(), seed=0)
+    straight.learn(1, progress_bar=False, checkpoint_dir=tmp_path / "checkpoint")
+    straight.learn(straight.num_timesteps + 1, progress_bar=False)
+    resumed = Agent.load(tmp_path / "checkpoint", env())
+    resumed.learn(resumed.num_timesteps + 1, progress_bar=False)
+    for key, value in straight.env.reward_model.running_state().items():
+        assert np.array_equal(value, resumed.env.reward_model.running_state()[key]), key
+    assert straight.env.reward_model.running_state()["count"].tolist() == [8.0, 8.0]
+    assert weights_hash(straight) == weights_hash(resumed)
+
+
 def test_one_process_helpers_are_the_identity():
     """Without torchrun nothing is initialised and every collective helper returns its input unchanged."""
     from textenv import distributed
