@@ -5,6 +5,9 @@ task name is refused with the closest one."""
 from __future__ import annotations
 
 import json
+import os
+import subprocess
+import sys
 from pathlib import Path
 from typing import Any
 
@@ -26,6 +29,8 @@ from textenv.reward_models.tasks import SOUND_KEYWORDS, words_of
 from textenv.validation import InputError
 
 pytestmark = pytest.mark.usefixtures("one_torch_thread")
+
+ROOT = Path(__file__).resolve().parents[1]
 
 TASK_NAMES = list(TASKS)
 
@@ -206,3 +211,35 @@ def test_bad_task_reward_specs_say_how_to_fix_them(spec: str, match: str) -> Non
 def test_bad_task_reward_arguments_name_the_argument(make: Any, match: str) -> None:
     with pytest.raises(InputError, match=match):
         make()
+
+
+# ---------------------------------------------------------------------------------------------- the benchmark
+def run_benchmark(*arguments: str) -> subprocess.CompletedProcess:
+    command = [sys.executable, str(ROOT / "benchmarks" / "tasks.py"), *arguments]
+    return subprocess.run(command, check=False, capture_output=True, text=True, timeout=300,
+                          env={**os.environ, "OMP_NUM_THREADS": "1"})
+
+
+@pytest.mark.slow
+def test_the_benchmark_trains_and_writes_every_task_row(tiny_model_dir: Path, tmp_path: Path) -> None:
+    output = tmp_path / "tasks.json"
+    done = run_benchmark("--model", str(tiny_model_dir), "--tasks", "length", "TextGenAvoid-v0", "--cpu-minutes",
+                         "0.002", "--num-envs", "4", "--eval-prompts", "2", "--eval-samples", "1", "--output",
+                         str(output))
+    assert done.returncode == 0, done.stderr
+    result = json.loads(output.read_text())
+    assert result["benchmark"] == "benchmarks/tasks.py"
+    assert [row["task"] for row in result["rows"]] == ["length", "avoid"]
+    for row in result["rows"]:
+        assert row["iterations"] >= 1 and np.isfinite([row["untrained"], row["trained"], row["kl"]]).all()
+        assert row["change"] == pytest.approx(row["trained"] - row["untrained"])
+    assert "untrained → trained" in done.stdout and "length" in done.stdout
+    again = run_benchmark("--output", str(output))  # never replaced without --overwrite
+    assert again.returncode == 2 and "--overwrite" in again.stderr
+
+
+@pytest.mark.bad_input
+def test_the_benchmark_refuses_an_unknown_task(tmp_path: Path) -> None:
+    done = run_benchmark("--tasks", "lenght", "--output", str(tmp_path / "t.json"))
+    assert done.returncode == 2 and "did you mean 'length'" in done.stderr
+    assert not (tmp_path / "t.json").exists()
