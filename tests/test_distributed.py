@@ -23,7 +23,8 @@ import pytest
 ROOT = Path(__file__).resolve().parents[1]
 #: The agents the 2-process run trains (one launch), with their hyper-parameters and env group size.
 AGENTS: dict[str, tuple[dict[str, Any], int]] = {
-    "ppo": ({"target_kl": 0.05, "num_minibatches": 2}, 1),  # target_kl: early stopping must agree over ranks
+    "ppo": ({"target_kl": 0.05, "num_minibatches": 2, "autocast_dtype": "float16"}, 1),  # target_kl: early stopping
+    # must agree over ranks; float16: the loss-scaled update (GradScaler) keeps the ranks identical too
     "rloo": ({}, 2),  # groups of K = 2 inside each rank
     "reinforce": ({"baseline": "running"}, 1),
     "grpo": ({}, 2),
