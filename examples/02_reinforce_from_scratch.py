@@ -1,6 +1,6 @@
 """Lesson 02: REINFORCE from scratch, with nothing but ``gym.make``, the env's policy and ``next_token_logits()``.
 
-    python examples/02_reinforce_from_scratch.py  # ~1.5 CPU-minutes; --quick: seconds
+    python examples/02_reinforce_from_scratch.py  # ~2 CPU-minutes; --quick: seconds
 
 The RL framing (lesson 01): the state s_t is the prompt plus the tokens so far, the action a_t is the next token,
 the policy π_θ(a_t | s_t) is the language model's next-token softmax, and the episode's return is paid on the

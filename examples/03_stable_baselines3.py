@@ -1,6 +1,6 @@
 """Lesson 03: the same task with stable-baselines3's PPO, unmodified, in a few lines.
 
-    python examples/03_stable_baselines3.py      # ~2–3 CPU-minutes; --quick: seconds
+    python examples/03_stable_baselines3.py      # ~1 CPU-minute; --quick: seconds
 
 Lesson 02 wrote REINFORCE by hand. Here stable-baselines3 (SB3) does the RL: its PPO (Schulman et al. 2017)
 collects rollouts, estimates advantages with GAE(γ = 1, λ) from a learned value V(s_t), and maximises the

@@ -1,6 +1,6 @@
 """Lesson 04: your own reward function, and why the KL term matters.
 
-    python examples/04_reward_and_kl.py          # two short trainings, ~1–2 CPU-minutes; --quick: seconds
+    python examples/04_reward_and_kl.py          # two short trainings, < 1 CPU-minute; --quick: seconds
 
 A reward model r_φ(x, y) is anything that scores a completion y of a prompt x. In textenv a plain Python function
 ``fn(prompts, completions) -> one float per completion`` is one (``reward_models/function.py`` wraps it as a

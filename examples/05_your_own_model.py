@@ -1,6 +1,6 @@
 """Lesson 05: your own Hugging Face model, from a local directory.
 
-    python examples/05_your_own_model.py         # ~1 CPU-minute; --quick: seconds
+    python examples/05_your_own_model.py         # ~15 CPU-seconds; --quick: seconds
 
 The policy π_θ of TextGen-v0 can be any ``transformers`` causal LM (GPT-2, Llama, Qwen, Mistral, Gemma, Phi, ...):
 ``gym.make("TextGen-v0", model=DIR)`` loads ``DIR`` with ``AutoModelForCausalLM.from_pretrained`` and its

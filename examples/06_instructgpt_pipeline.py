@@ -1,6 +1,6 @@
 """Lesson 06: the InstructGPT pipeline, step by step, with textenv's library calls.
 
-    python examples/06_instructgpt_pipeline.py   # ~3 CPU-minutes; --quick: seconds
+    python examples/06_instructgpt_pipeline.py   # < 1 CPU-minute; --quick: seconds
 
 Lessons 02–04 trained against a reward we could write down. In RLHF nobody can: the reward model is *learned*
 from human comparisons (Ouyang et al. 2022, "InstructGPT"; Stiennon et al. 2020). The recipe:

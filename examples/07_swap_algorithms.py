@@ -1,6 +1,6 @@
 """Lesson 07: the same env, several algorithms, one name apart.
 
-    python examples/07_swap_algorithms.py        # 4 agents × 12k tokens, ~3 CPU-minutes; --quick: seconds
+    python examples/07_swap_algorithms.py        # 4 agents × 12k tokens, ~1 CPU-minute; --quick: seconds
 
 Every textenv agent optimises the same objective on the same MDP, the KL-penalised return of InstructGPT eq. 2,
 R = r_φ(x, y) − β·Σ_t KL_t, and trains the same object: the env's policy π_θ. They differ in how they estimate
