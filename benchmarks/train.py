@@ -5,8 +5,9 @@ One iteration = one ``agent.train_iteration()``: generate a batch of B completio
 R = r_φ − β·Σ_t KL_t to the frozen reference (β = 0.05), and update the policy. Every agent runs on the embedded
 model with the same B, T and β; the group agents (rloo, grpo) sample K completions of B/K prompts.
 
-TRL side: ``trl.RLOOTrainer`` on the same model directory, the same training prompts (``datasets.Dataset``
-built in memory), the same VADER scorer through TRL's ``reward_funcs`` callable interface, with
+TRL side (built by ``benchmarks/trl_setup.py``, which ``learning.py --vs-trl`` shares): ``trl.RLOOTrainer``
+on the same model directory, the same training prompts (``datasets.Dataset`` built in memory), the same
+VADER scorer through TRL's ``reward_funcs`` callable interface, with
 ``per_device_train_batch_size`` = B completions, ``num_generations`` = K, ``max_completion_length`` = T,
 β = 0.05, one generation batch per optimizer step, fp32, no gradient checkpointing, no logging/saving. One
 TRL optimizer step is one iteration; its wall time is measured between consecutive ``on_step_end``
@@ -52,22 +53,16 @@ from __future__ import annotations
 
 import argparse
 import itertools
-import multiprocessing
 import statistics
-import tempfile
 import time
-import warnings
-from collections.abc import Callable
-from concurrent.futures import ProcessPoolExecutor
 from typing import Any
 
 import torch
+from trl_setup import CountingVader, TRLSettings, import_trl, isolated, make_trl_trainer
 
 from textenv.agents import agent_class, make_agent
 from textenv.apps.cli import build_env
-from textenv.models.loading import DEFAULT_MODEL, load_tokenizer, resolve_model_path
-from textenv.prompts import load_prompts
-from textenv.reward_models import VaderSentimentReward, checked_scores
+from textenv.models.loading import DEFAULT_MODEL
 
 KL_COEF = 0.05
 #: Row name -> (agent, hyper-parameters). PPO last, right before TRL, so that their ratio sees the same load.
@@ -105,37 +100,14 @@ def time_agent(row: str, args: argparse.Namespace) -> dict[str, Any]:
 
 
 # ---------------------------------------------------------------------------------------------- TRL
-class CountingVader:
-    """VADER as a TRL reward function (``reward_funcs`` callable interface) that also counts the tokens TRL
-    generated: ``completion_ids`` are the completions as trained on (cut after the first EOS, EOS included)."""
-
-    __name__ = "vader"  # TRL names its reward metrics after the callable
-
-    def __init__(self) -> None:
-        self.scorer = VaderSentimentReward()
-        self.tokens = 0
-        self.completions = 0
-
-    def __call__(self, prompts: list[str], completions: list[str], completion_ids: list[list[int]],
-                 **_: Any) -> list[float]:
-        self.tokens += sum(len(ids) for ids in completion_ids)
-        self.completions += len(completion_ids)
-        return checked_scores(self.scorer, prompts, completions).tolist()
-
-
 def time_trl_rloo(args: argparse.Namespace) -> dict[str, Any] | None:
     """The same measurement for ``trl.RLOOTrainer``; ``None`` (with a message) when TRL is not installed."""
     torch.set_num_threads(args.threads)
-    try:
-        from datasets import Dataset
-        from transformers import PrinterCallback, TrainerCallback
-        from transformers.utils import logging as hf_logging
-        from trl import RLOOConfig, RLOOTrainer
-    except ImportError as err:
-        print(f"trl-rloo: skipped ({err}); install the benchmark extra: pip install -e '.[bench]'")
+    trl = import_trl()
+    if trl is None:
         return None
-    hf_logging.set_verbosity_error()
-    hf_logging.disable_progress_bar()
+    from transformers import TrainerCallback
+
     reward = CountingVader()
 
     class StepClock(TrainerCallback):
@@ -148,31 +120,9 @@ def time_trl_rloo(args: argparse.Namespace) -> dict[str, Any] | None:
             self.marks.append((time.perf_counter(), reward.tokens, torch.get_num_threads()))
 
     clock = StepClock()
-    # TRL still passes transformers' deprecated ``gradient_checkpointing`` names around: silence those warnings.
-    with tempfile.TemporaryDirectory() as output_dir, warnings.catch_warnings():
-        warnings.simplefilter("ignore", FutureWarning)
-        config = RLOOConfig(
-            output_dir=output_dir,  # TRL requires one; nothing is written (no saving, no reporting)
-            per_device_train_batch_size=args.batch,  # completions per optimizer step (= our B)
-            num_generations=args.group_size,  # K completions per prompt
-            max_completion_length=args.new_tokens,
-            steps_per_generation=1, num_iterations=1,  # one generation batch per step, one update per batch
-            max_steps=args.warmup + args.iterations,
-            learning_rate=1e-4, beta=KL_COEF, max_grad_norm=1.0, seed=0,
-            temperature=1.0, top_k=0, top_p=1.0,  # plain sampling from π_θ, as the env
-            use_cpu=True, bf16=False, gradient_checkpointing=False, disable_dropout=True,  # fp32, as ours
-            report_to="none", logging_strategy="no", save_strategy="no", disable_tqdm=True,
-            dataloader_num_workers=0,
-        )
-        trainer = RLOOTrainer(
-            model=str(resolve_model_path(args.model)),  # a local directory: no hub access
-            reward_funcs=reward,
-            args=config,
-            train_dataset=Dataset.from_dict({"prompt": load_prompts("builtin", "train")}),
-            processing_class=load_tokenizer(args.model),
-            callbacks=[clock],
-        )
-        trainer.remove_callback(PrinterCallback)  # no end-of-training metrics dump
+    settings = TRLSettings(model=args.model, batch=args.batch, group_size=args.group_size,
+                           new_tokens=args.new_tokens, beta=KL_COEF)
+    with make_trl_trainer(trl, "rloo", settings, reward, args.warmup + args.iterations, [clock]) as trainer:
         trainer.train()
     threads = {m[2] for m in clock.marks}
     if threads != {torch.get_num_threads()}:
@@ -184,12 +134,6 @@ def time_trl_rloo(args: argparse.Namespace) -> dict[str, Any] | None:
 
 
 # ---------------------------------------------------------------------------------------------- report
-def isolated(function: Callable[..., Any], *args: Any) -> Any:
-    """``function(*args)`` in a fresh (spawned) Python process: every measurement starts from the same state."""
-    with ProcessPoolExecutor(max_workers=1, mp_context=multiprocessing.get_context("spawn")) as pool:
-        return pool.submit(function, *args).result()
-
-
 def seconds_per_token(run: dict[str, Any]) -> float:
     """Median over timed iterations of wall seconds per generated token."""
     return statistics.median(s / t for s, t in zip(run["seconds"], run["tokens"]))
