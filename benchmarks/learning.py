@@ -42,8 +42,10 @@ trainers within the bound); target ≥ 1.2.
 from __future__ import annotations
 
 import argparse
+import copy
 import math
 import time
+from collections.abc import Callable, Sequence
 from typing import Any
 
 import torch
@@ -92,15 +94,68 @@ def held_out(policy: str | PreTrainedModel, reference: Any, tokenizer: Any, args
 
 
 def result_row(name: str, before: dict[str, Any], after: dict[str, Any], cpu_s: float, wall_s: float,
-               tokens: int, iterations: int) -> dict[str, Any]:
-    """One table row: held-out gold before / after, its change, KL after, and the training cost."""
+               tokens: int, iterations: int, curve: list[dict[str, float]]) -> dict[str, Any]:
+    """One table row: held-out gold before / after, its change, KL after, the training cost, and the
+    checkpoints' ``curve`` (each with its ``change`` from ``before``)."""
     row = {
         "agent": name, "before": before["gold_reward"], "after": after["gold_reward"],
         "change": after["gold_reward"] - before["gold_reward"], "kl": after["kl"],
         "cpu_min": cpu_s / 60, "wall_min": wall_s / 60, "tokens": tokens, "iterations": iterations,
+        "curve": [{**point, "change": point["gold"] - before["gold_reward"]} for point in curve],
     }
     row["met"] = row["change"] >= MIN_GAIN and row["kl"] <= MAX_KL
     return row
+
+
+class TrainingClock:
+    """Process CPU and wall seconds spent training, with held-out evaluations at checkpoints along the way.
+
+    ``budget_s``: CPU seconds of training; ``checkpoints_s``: CPU seconds (< budget) after which the next step end
+    evaluates the policy. Evaluation time is paused out of both clocks, so a checkpointed run trains as long as
+    one without. ``curve`` holds ``{"checkpoint_min", "cpu_min", "tokens", "gold", "kl"}`` per checkpoint
+    (``cpu_min``: the CPU minutes actually spent at that step end, ≥ ``checkpoint_min``).
+    """
+
+    def __init__(self, budget_s: float, checkpoints_s: Sequence[float] = ()) -> None:
+        self.budget_s = budget_s
+        self.pending = sorted(c for c in checkpoints_s if c < budget_s)
+        self.cpu_start = self.wall_start = self.paused_cpu = self.paused_wall = 0.0
+        self.curve: list[dict[str, float]] = []
+
+    def start(self) -> None:
+        self.cpu_start, self.wall_start = time.process_time(), time.perf_counter()
+
+    @property
+    def cpu_s(self) -> float:
+        return time.process_time() - self.cpu_start - self.paused_cpu
+
+    @property
+    def wall_s(self) -> float:
+        return time.perf_counter() - self.wall_start - self.paused_wall
+
+    def done(self) -> bool:
+        """Whether the budget is spent (checked at every step end: the last step may overshoot it)."""
+        return self.cpu_s >= self.budget_s
+
+    def after_step(self, evaluate: Callable[[], dict[str, Any]], tokens: int) -> None:
+        """At a step end: ``evaluate()`` the policy if a checkpoint has passed (and the budget has not)."""
+        cpu_s = self.cpu_s
+        if not self.pending or cpu_s < self.pending[0] or cpu_s >= self.budget_s:
+            return
+        while self.pending and cpu_s >= self.pending[0]:
+            checkpoint_s = self.pending.pop(0)  # the last checkpoint passed (one step may pass several)
+        pause_cpu, pause_wall = time.process_time(), time.perf_counter()
+        result = evaluate()
+        self.curve.append({"checkpoint_min": checkpoint_s / 60, "cpu_min": cpu_s / 60, "tokens": tokens,
+                           "gold": result["gold_reward"], "kl": result["kl"]})
+        self.paused_cpu += time.process_time() - pause_cpu
+        self.paused_wall += time.perf_counter() - pause_wall
+
+
+def training_clock(args: argparse.Namespace) -> TrainingClock:
+    """The clock of ``args.cpu_minutes`` with checkpoints at the fractions ``args.eval_at`` of it."""
+    budget_s = args.cpu_minutes * 60
+    return TrainingClock(budget_s, [f * budget_s for f in args.eval_at])
 
 
 def train_for_cpu_budget(name: str, args: argparse.Namespace) -> dict[str, Any]:
@@ -117,35 +172,38 @@ def train_for_cpu_budget(name: str, args: argparse.Namespace) -> dict[str, Any]:
     reference = env.reference if env.reference is not None else args.model  # β = 0: the start model
     before = held_out(env.policy, reference, env.tokenizer, args)
 
-    budget_s = args.cpu_minutes * 60
-    cpu_start, wall_start = time.process_time(), time.perf_counter()
-    while time.process_time() - cpu_start < budget_s:
+    clock = training_clock(args)
+    clock.start()
+    while not clock.done():
         # One iteration per call (any iteration generates >= 1 token), through the base loop's bookkeeping.
         agent.learn(agent.num_timesteps + 1, progress_bar=False)
-    cpu_s, wall_s = time.process_time() - cpu_start, time.perf_counter() - wall_start
+        clock.after_step(lambda: held_out(env.policy, reference, env.tokenizer, args), agent.num_timesteps)
+    cpu_s, wall_s = clock.cpu_s, clock.wall_s
 
     after = held_out(env.policy, reference, env.tokenizer, args)
-    return result_row(name, before, after, cpu_s, wall_s, agent.num_timesteps, agent.iterations)
+    return result_row(name, before, after, cpu_s, wall_s, agent.num_timesteps, agent.iterations, clock.curve)
 
 
 class CPUBudget(TrainerCallback):
-    """Stops a ``transformers.Trainer`` at the first step end after ``seconds`` of process CPU time counted from
-    ``on_train_begin`` (what our loop does per iteration); records the CPU and wall seconds and the steps."""
+    """Runs a :class:`TrainingClock` in a ``transformers.Trainer``: starts it at ``on_train_begin``, evaluates a
+    copy of the model at its checkpoints, and stops training at the first step end past the budget (what our
+    loop does per iteration); records the CPU and wall seconds and the steps."""
 
-    def __init__(self, seconds: float) -> None:
-        self.seconds = seconds
-        self.cpu_start = self.wall_start = 0.0
+    def __init__(self, clock: TrainingClock, evaluate: Callable[[Any], dict[str, Any]] | None = None,
+                 tokens: Callable[[], int] = lambda: 0) -> None:
+        self.clock, self.evaluate, self.tokens = clock, evaluate, tokens
         self.cpu_s = self.wall_s = 0.0
         self.steps = 0
 
     def on_train_begin(self, *_: Any, **__: Any) -> None:
-        self.cpu_start, self.wall_start = time.process_time(), time.perf_counter()
+        self.clock.start()
 
-    def on_step_end(self, _args: Any, _state: Any, control: Any, **__: Any) -> None:
+    def on_step_end(self, _args: Any, _state: Any, control: Any, model: Any = None, **__: Any) -> None:
         self.steps += 1
-        self.cpu_s = time.process_time() - self.cpu_start
-        self.wall_s = time.perf_counter() - self.wall_start
-        if self.cpu_s >= self.seconds:
+        if self.evaluate is not None:  # on a copy: evaluating in place would change the model TRL trains
+            self.clock.after_step(lambda: self.evaluate(copy.deepcopy(model)), self.tokens())
+        self.cpu_s, self.wall_s = self.clock.cpu_s, self.clock.wall_s
+        if self.clock.done():
             control.should_training_stop = True
 
 
@@ -158,7 +216,9 @@ def train_trl_for_cpu_budget(kind: str, args: argparse.Namespace) -> dict[str, A
         return None
     tokenizer = load_tokenizer(args.model)
     before = held_out(args.model, args.model, tokenizer, args)  # the start model, loaded as ours loads it
-    reward, budget = CountingVader(), CPUBudget(args.cpu_minutes * 60)
+    reward = CountingVader()
+    budget = CPUBudget(training_clock(args), lambda model: held_out(model, args.model, tokenizer, args),
+                       lambda: reward.tokens)
     settings = TRLSettings(
         model=args.model, batch=args.num_envs, group_size=agent_class(kind).default_group_size,
         new_tokens=args.max_new_tokens, beta=args.kl_coef,
@@ -171,7 +231,8 @@ def train_trl_for_cpu_budget(kind: str, args: argparse.Namespace) -> dict[str, A
     if torch.get_num_threads() != args.threads:
         print(f"warning: TRL ran with {torch.get_num_threads()} torch threads, ours with {args.threads}")
     after = held_out(model, args.model, tokenizer, args)
-    return result_row(f"trl-{kind}", before, after, budget.cpu_s, budget.wall_s, reward.tokens, budget.steps)
+    return result_row(f"trl-{kind}", before, after, budget.cpu_s, budget.wall_s, reward.tokens, budget.steps,
+                      budget.clock.curve)
 
 
 # ---------------------------------------------------------------------------------------------- report
@@ -186,6 +247,9 @@ def print_header(args: argparse.Namespace) -> None:
 def print_row(r: dict[str, Any]) -> None:
     print(f"{r['agent']:>10} | {r['before']:+.3f} → {r['after']:+.3f} | {r['change']:+7.3f} | {r['kl']:5.2f} | "
           f"{r['cpu_min']:7.2f} | {r['wall_min']:8.2f} | {r['tokens']:>7}", flush=True)
+    for point in r["curve"]:
+        print(f"{'':>10}   at {point['cpu_min']:.2f} CPU-min, {point['tokens']} tokens: {point['change']:+.3f} "
+              f"(KL {point['kl']:.2f})", flush=True)
 
 
 def vs_trl_schedule(args: argparse.Namespace) -> list[tuple[str, str]]:
@@ -227,6 +291,11 @@ def run_vs_trl(args: argparse.Namespace) -> None:
         print_row(row)
     print(f"wall time of the whole run: {(time.perf_counter() - start) / 60:.1f} min (with evaluation and "
           "process start-up)")
+    for checkpoint_min in sorted({p["checkpoint_min"] for r in rows["ours"] + rows["trl"] for p in r["curve"]}):
+        at = {side: [{**p, "agent": r["agent"]} for r in side_rows for p in r["curve"]
+                     if p["checkpoint_min"] == checkpoint_min] for side, side_rows in rows.items()}
+        ratio = learning_ratio(best_gain(at["ours"], args.max_kl), best_gain(at["trl"], args.max_kl))
+        print(f"learning_vs_trl after {checkpoint_min:.2f} CPU-min: {ratio:.2f}")
     ours, theirs = best_gain(rows["ours"], args.max_kl), best_gain(rows["trl"], args.max_kl)
     for side, best in (("ours", ours), ("TRL", theirs)):
         print(f"best of {side} within KL <= {args.max_kl:g} nats: "
@@ -254,6 +323,9 @@ def parse_arguments() -> argparse.Namespace:
     parser.add_argument("--trl-trainers", nargs="+", default=VS_TRL_TRAINERS, choices=sorted(TRL_TRAINERS))
     parser.add_argument("--max-kl", type=float, default=MAX_KL,
                         help="--vs-trl: only rows within this KL (nats / completion) count for the last line")
+    parser.add_argument("--eval-at", type=float, nargs="*", default=[],
+                        help="also evaluate at these fractions of the budget, e.g. 0.25 0.5 (evaluation time is "
+                             "not charged to the budget); --vs-trl prints the ratio at each")
     parser.add_argument("--quick", action="store_true",
                         help=f"smoke run: {', '.join(f'{k}={v}' for k, v in QUICK.items())}")
     args = parser.parse_args()
@@ -266,6 +338,8 @@ def parse_arguments() -> argparse.Namespace:
         args.cpu_minutes = 0.5 if args.vs_trl else 10.0
     if not args.cpu_minutes > 0:
         parser.error("--cpu-minutes must be > 0")
+    if not all(0 < f < 1 for f in args.eval_at):
+        parser.error("--eval-at fractions must be in (0, 1): the end of the budget is always evaluated")
     return args
 
 

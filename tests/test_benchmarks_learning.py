@@ -13,7 +13,10 @@ import os
 import re
 import subprocess
 import sys
+import time
+from argparse import Namespace
 from pathlib import Path
+from types import SimpleNamespace
 
 import pytest
 
@@ -53,25 +56,47 @@ def test_the_ratio_is_ours_over_theirs_and_says_when_it_cannot_be_a_number(learn
 
 
 def test_the_rows_alternate_sides(learning):
-    from argparse import Namespace
-
     schedule = learning.vs_trl_schedule(Namespace(agents=["rloo", "grpo", "ppo"], trl_trainers=["rloo", "grpo"]))
     assert schedule == [("ours", "rloo"), ("trl", "rloo"), ("trl", "grpo"), ("ours", "grpo"), ("ours", "ppo")]
 
 
-def test_the_trl_trainers_stop_at_the_first_step_end_past_the_cpu_budget(learning):
-    from types import SimpleNamespace
+def burn_cpu(seconds: float) -> None:
+    start = time.process_time()
+    while time.process_time() - start < seconds:
+        sum(i * i for i in range(10_000))
 
-    budget = learning.CPUBudget(seconds=0.05)
+
+def test_the_trl_trainers_stop_at_the_first_step_end_past_the_cpu_budget(learning):
+    budget = learning.CPUBudget(learning.TrainingClock(budget_s=0.05))
     budget.on_train_begin(None, None, None)
     control = SimpleNamespace(should_training_stop=False)
     budget.on_step_end(None, None, control)
     assert not control.should_training_stop and budget.steps == 1
-    start = budget.cpu_start
-    while budget.cpu_s < 0.05:  # burn CPU time
-        sum(i * i for i in range(10_000))
+    while not control.should_training_stop:
+        burn_cpu(0.01)
         budget.on_step_end(None, None, control)
-    assert control.should_training_stop and budget.cpu_s >= 0.05 and budget.cpu_start == start
+    assert 0.05 <= budget.cpu_s < 0.5 and budget.steps > 2
+
+
+def test_checkpoints_evaluate_once_each_and_their_time_is_not_charged_to_the_budget(learning):
+    clock = learning.TrainingClock(budget_s=0.2, checkpoints_s=[0.05, 0.1, 0.3])  # 0.3 is past the budget
+    evaluations = []
+
+    def evaluate():  # slow: 0.1 CPU-s, half the budget, each time
+        evaluations.append(clock.cpu_s)
+        burn_cpu(0.1)
+        return {"gold_reward": 0.5, "kl": 1.0}
+
+    clock.start()
+    steps = 0
+    while not clock.done():
+        burn_cpu(0.01)
+        steps += 1
+        clock.after_step(evaluate, tokens=steps)
+    assert len(evaluations) == 2 and [p["checkpoint_min"] * 60 for p in clock.curve] == pytest.approx([0.05, 0.1])
+    assert all(p["cpu_min"] * 60 >= p["checkpoint_min"] * 60 for p in clock.curve)
+    assert 0.2 <= clock.cpu_s < 0.3, "the 0.2 CPU-s of evaluation were paused out of the clock"
+    assert steps >= 15  # 0.2 CPU-s of 0.01-s steps, evaluation excluded
 
 
 @pytest.mark.slow
@@ -81,7 +106,7 @@ def test_quick_run_scores_every_trainer_and_ends_with_the_ratio():
     pytest.importorskip("trl")
     result = subprocess.run(
         [sys.executable, str(BENCHMARKS / "learning.py"), "--vs-trl", "--quick", "--agents", "rloo",
-         "--trl-trainers", "rloo", "grpo", "--cpu-minutes", "0.02", "--eval-prompts", "4"],
+         "--trl-trainers", "rloo", "grpo", "--cpu-minutes", "0.02", "--eval-prompts", "4", "--eval-at", "0.5"],
         check=False, capture_output=True, text=True, timeout=600, env={**os.environ, "OMP_NUM_THREADS": "1"},
     )
     assert result.returncode == 0, result.stderr[-3000:]
@@ -93,4 +118,8 @@ def test_quick_run_scores_every_trainer_and_ends_with_the_ratio():
         assert change == pytest.approx(after - before, abs=2e-3) and tokens > 0 and cpu_min >= 0.02 - 0.005, name
     befores = {before for before, *_ in rows.values()}
     assert len(befores) == 1 and befores != {0.0}, f"every row starts from the same model and evaluation seed: {rows}"
-    assert re.fullmatch(r"learning_vs_trl: (-?\d+\.\d\d|inf|nan)", lines[-1]), lines[-1]
+    point = re.compile(r" +at \d+\.\d\d CPU-min, \d+ tokens: [+-]\d\.\d{3} \(KL -?\d+\.\d\d\)")
+    assert sum(bool(point.fullmatch(line)) for line in lines) == 3, result.stdout  # --eval-at 0.5: one per row
+    ratio = r"(-?\d+\.\d\d|inf|nan)"
+    assert any(re.fullmatch(rf"learning_vs_trl after 0\.01 CPU-min: {ratio}", line) for line in lines), result.stdout
+    assert re.fullmatch(rf"learning_vs_trl: {ratio}", lines[-1]), lines[-1]
