@@ -199,12 +199,13 @@ def test_collect_cli_unranked_and_refuses_to_overwrite(tiny_model_dir: Path, tmp
 
 
 def test_fluent_sentiment_gold_ranks_varied_praise_first() -> None:
-    """The pipeline's default labeller: a loop of praise ranks below varied praise, above a varied complaint."""
+    """The pipeline's default labeller: a loop of praise ranks below varied praise, above a varied complaint
+    (texts in the embedded model's review style, which its reference LM finds fluent)."""
     from textenv.apps.collect import rank_completions
     from textenv.reward_models import make_reward_model
 
-    texts = [" I loved it. I loved it. I loved it. I loved it.", " the plot was dull and the acting was awful.",
-             " a lovely, warm story with great acting; I enjoyed every minute."]
+    texts = [" I loved it. I loved it. I loved it. I loved it.", " was dull, and I regret it. Everything about it felt "
+             "crappy. One star.", " was wonderful. Everything about it felt superb. Highly recommended."]
     scores = make_reward_model("fluent-sentiment")(["The film"] * 3, texts)
     ranked, _ = rank_completions(texts, scores)
     assert ranked == [texts[2], texts[0], texts[1]]

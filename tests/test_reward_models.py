@@ -494,41 +494,71 @@ def test_a_damaged_scale_in_reward_model_json_is_refused(trained, tmp_path: Path
 
 
 # ---------------------------------------------------------------------------------------------- fluent sentiment
-def test_fluent_sentiment_ranks_varied_praise_above_loops_and_complaints() -> None:
+def test_fluent_sentiment_ranks_varied_praise_above_loops_salad_and_complaints() -> None:
+    """Hand-written completions of "The film" in the embedded model's review style (what it finds likely)."""
     gold = make_reward_model("fluent-sentiment")
     texts = {
-        "fluent positive": " a wonderful film with a moving story and great acting, I recommend it to everyone.",
+        "fluent positive": " was wonderful. Everything about it felt superb. Highly recommended.",
         "looped positive": " I loved it. I loved it. I loved it. I loved it. I loved it. I loved it.",
+        "salad of praise": " enjoyed adored it superb fresh to love it enjoyed wonderful perfect lovely",
         "one word looped": " great great great great great great great great",
-        "fluent negative": " the plot dragged, the acting was poor and the ending was a terrible mess.",
+        "fluent negative": " was dull, and I regret it. Everything about it felt crappy. One star.",
     }
-    scores = dict(zip(texts, gold(["The film"] * len(texts), list(texts.values()))))
-    vader = dict(zip(texts, VaderSentimentReward().score([""] * len(texts), list(texts.values()))))
-    assert vader["looped positive"] >= vader["fluent positive"] * 0.95  # VADER alone cannot tell them apart
-    assert scores["fluent positive"] > 0.7
-    assert scores["fluent positive"] > scores["looped positive"] + 0.5 > scores["one word looped"] + 0.5
-    assert scores["fluent negative"] < 0
-    # No repetition: exactly VADER; a 2-word text and the empty text have nothing repeated.
-    assert scores["fluent positive"] == pytest.approx(vader["fluent positive"])
-    assert gold(["p", "p"], ["", " good"]).tolist() == pytest.approx(VaderSentimentReward().score(["p"] * 2, ["", " good"]))
+    prompts = ["The film"] * len(texts)
+    scores = dict(zip(texts, gold(prompts, list(texts.values()))))
+    vader = dict(zip(texts, VaderSentimentReward().score(prompts, list(texts.values()))))
+    nll = dict(zip(texts, gold.likelihood(prompts, list(texts.values()))))
+    assert min(vader["looped positive"], vader["salad of praise"]) > vader["fluent positive"] * 0.9  # VADER is fooled
+    assert nll["fluent positive"] < 2.0 < 6.0 < nll["salad of praise"]  # the reference LM is not
+    assert scores["fluent positive"] > 0.8
+    assert scores["fluent positive"] > scores["looped positive"] + 0.5
+    assert scores["fluent positive"] > scores["salad of praise"] + 2.0
+    assert scores["one word looped"] < scores["fluent negative"] < 0 < scores["looped positive"]
+    assert scores["fluent positive"] == pytest.approx(vader["fluent positive"])  # no repeats, NLL below τ: VADER
+    assert gold(["p"], [""]).tolist() == [0.0]  # nothing said: neutral, no repeats, no tokens to judge
 
 
-def test_fluent_sentiment_repetition_weight_and_distinct_bigrams() -> None:
+def test_fluent_sentiment_terms_and_weights() -> None:
     from textenv.reward_models.fluent_sentiment import FluentSentimentReward, distinct_bigram_fraction
 
     assert distinct_bigram_fraction("Good, good. Good!") == 0.5  # words ignore case and punctuation
     assert distinct_bigram_fraction("one") == 1.0 and distinct_bigram_fraction("a b c a b c") == pytest.approx(3 / 5)
     text = [" it is nice it is nice it is nice"]
     vader = VaderSentimentReward().score(["p"], text)[0]
-    assert FluentSentimentReward(0.0).score(["p"], text)[0] == pytest.approx(vader)
-    assert FluentSentimentReward(2.0).score(["p"], text)[0] == pytest.approx(vader - 2.0 * (1 - 3 / 8))
+    plain = FluentSentimentReward(repetition_weight=0.0, fluency_weight=0.0)
+    assert plain.likelihood is None and plain.score(["p"], text)[0] == pytest.approx(vader)
+    assert FluentSentimentReward(2.0, fluency_weight=0.0).score(["p"], text)[0] == pytest.approx(vader - 2.0 * (1 - 3 / 8))
+    judged = FluentSentimentReward(0.0, fluency_weight=1.0, max_nll=0.0)
+    nll = judged.likelihood(["p"], text)[0]
+    assert nll > 0 and judged.score(["p"], text)[0] == pytest.approx(vader - nll)
+
+
+def test_reference_likelihood_is_the_mean_completion_nll(tiny_model_dir: Path) -> None:
+    """Against a direct computation with the model: −mean log p(completion tokens | prompt)."""
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+
+    from textenv.reward_models.fluent_sentiment import ReferenceLikelihood
+
+    likelihood = ReferenceLikelihood(tiny_model_dir)
+    prompts, completions = ["the film", "a", ""], [" was good", " long text here and there", " ok"]
+    got = likelihood(prompts, completions)
+    model, tokenizer = AutoModelForCausalLM.from_pretrained(tiny_model_dir), AutoTokenizer.from_pretrained(tiny_model_dir)
+    for prompt, completion, value in zip(prompts, completions, got):
+        head = tokenizer(prompt)["input_ids"] or [tokenizer.bos_token_id or tokenizer.eos_token_id]
+        tail = tokenizer(completion)["input_ids"]
+        with torch.no_grad():
+            logits = model(torch.tensor([head + tail])).logits[0, len(head) - 1 : -1]
+        expected = -torch.log_softmax(logits.double(), -1).gather(1, torch.tensor(tail)[:, None]).mean().item()
+        assert value == pytest.approx(expected, abs=1e-4)
+    assert likelihood(["p"], [""]).tolist() == [0.0]
 
 
 @pytest.mark.bad_input
-@pytest.mark.parametrize("weight", [-0.5, float("inf"), "1", True])
-def test_fluent_sentiment_refuses_a_bad_repetition_weight(weight) -> None:
-    with pytest.raises(InputError, match="repetition_weight"):
-        make_reward_model("fluent-sentiment", repetition_weight=weight)
+@pytest.mark.parametrize("name", ["repetition_weight", "fluency_weight", "max_nll"])
+@pytest.mark.parametrize("value", [-0.5, float("inf"), "1", True])
+def test_fluent_sentiment_refuses_bad_weights(name, value) -> None:
+    with pytest.raises(InputError, match=name):
+        make_reward_model("fluent-sentiment", **{name: value})
 
 
 def test_train_rm_command_normalises_unless_told_not_to(tiny_model_dir: Path, tmp_path: Path, capsys) -> None:
