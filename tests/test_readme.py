@@ -94,7 +94,7 @@ COMMANDS = readme_commands()
 
 def test_the_readme_shows_commands_of_every_kind():
     shown = {argv[0] for _, argv in COMMANDS}
-    assert {"train", "eval", "collect", "label", "train-rm", "pipeline"} <= shown
+    assert {"train", "eval", "collect", "label", "train-rm", "pipeline", "play", "serve"} <= shown
 
 
 @pytest.mark.parametrize("where, argv", COMMANDS, ids=[f"{w} {' '.join(a)[:40]}" for w, a in COMMANDS])
