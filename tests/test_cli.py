@@ -290,3 +290,29 @@ def test_real_ctrl_c_of_textenv_train(config_file, tmp_path):
     summary = json.loads((out / "summary.json").read_text())
     assert summary["interrupted"] is True and summary["checkpoint_num_timesteps"] == summary["num_timesteps"] > 0
     assert json.loads((out / "checkpoint" / "agent.json").read_text())["num_timesteps"] == summary["num_timesteps"]
+
+
+def test_task_flag_trains_on_the_tasks_reward_and_scores_its_held_out_prompts(config_file, tmp_path, capsys):
+    out = tmp_path / "run"
+    assert train(config_file, out, "--task", "length") == 0
+    summary = json.loads((out / "summary.json").read_text())
+    assert summary["options"]["task"] == "length"
+    env = summary["options"]["env"]
+    assert env["reward_model"] == "target-length:10" and env["prompt_split"] == "train"
+    assert env["max_new_tokens"] == 4  # the config file's env: key beats the task's 32
+    # the evaluation scores with the task's gold on the task's held-out prompts
+    assert summary["before"]["settings"]["gold"] == "TargetLengthReward"
+    assert summary["before"]["settings"]["prompt_split"] == "eval" and summary["before"]["gold_reward"] > 0
+    # resuming it as another task is refused: the checkpoint's reward differs
+    capsys.readouterr()
+    assert main(["train", "--resume", str(out), "--task", "negative", "--total-timesteps", "32",
+                 "--no-progress"]) == 2
+    assert "reward_model" in capsys.readouterr().err
+
+
+@pytest.mark.bad_input
+def test_an_unknown_task_is_refused_before_any_model_loads(config_file, tmp_path, capsys):
+    assert train(config_file, tmp_path / "run", "--task", "lenght") == 2
+    err = capsys.readouterr().err
+    assert "task 'lenght'" in err and "length" in err
+    assert not (tmp_path / "run").exists()

@@ -136,6 +136,10 @@ class TrainConfig(Config):
                                       "runs/AGENT, or the run of --resume RUN/checkpoint); refused if it holds other "
                                       "files, or an earlier run without --resume/--overwrite",
                                 OfType(str, none_ok=True), flag=True)
+    task: str | None = option(None, "a task of the suite (textenv.TASKS, docs/tasks.md: positive, negative, length, "
+                                    "topic, avoid): its reward model, training prompts and max_new_tokens, and its "
+                                    "held-out prompts for the evaluation; `env:` keys still win",
+                              OfType(str, none_ok=True), flag=True)
     seed: int = option(0, "seeds everything", Seed(), flag=True)
     checkpoint_every: int = option(25, "iterations between checkpoints; 0: only at the end", Integer(0), flag=True)
     eval_prompts: int = option(128, "built-in held-out prompts evaluated before and after training, 1..150",
@@ -307,7 +311,7 @@ def resolve_train_options(args: argparse.Namespace) -> dict[str, Any]:
     options.update({key: getattr(args, key) for key in TrainConfig.flags() if getattr(args, key, None) is not None})
     options["agent"] = _resumed_agent(args, config, options["agent"], recorded, resume)
     cls = checked_agent_class(options["agent"])
-    options["env"] = _env_options(config, recorded)
+    options["env"] = _env_options(config, recorded, _task_env(options["task"]))
     hyper = recorded.get("hyperparameters") if isinstance(recorded.get("hyperparameters"), dict) else {}
     recorded_kwargs = {k: v for k, v in hyper.items() if k in cls.config_class.names() and k not in CLI_AGENT_ARGUMENTS}
     options["agent_kwargs"] = {**recorded_kwargs, **config.get("agent_kwargs", {}), **_agent_flags(args, cls)}
@@ -355,14 +359,24 @@ def _agent_flags(args: argparse.Namespace, cls: type) -> dict[str, Any]:
     return given
 
 
-def _env_options(config: Mapping[str, Any], recorded: Mapping[str, Any]) -> dict[str, Any]:
-    """``env:`` settings: :class:`TrainConfig`'s defaults ← the resumed checkpoint's ← the config file's."""
+def _env_options(config: Mapping[str, Any], recorded: Mapping[str, Any],
+                 task_env: Mapping[str, Any]) -> dict[str, Any]:
+    """``env:`` settings: :class:`TrainConfig`'s defaults ← the resumed checkpoint's ← the task's ← the config
+    file's (a resume asked to train another task is then refused by the checkpoint's env check)."""
     from textenv.vector_env import TextGenVectorEnv
 
     env_parameters = inspect.signature(TextGenVectorEnv.__init__).parameters
     recorded_env = recorded.get("env") if isinstance(recorded.get("env"), dict) else {}
-    return {**TrainConfig().env, **{k: v for k, v in recorded_env.items() if k in env_parameters},
+    return {**TrainConfig().env, **{k: v for k, v in recorded_env.items() if k in env_parameters}, **task_env,
             **config.get("env", {})}
+
+
+def _task_env(name: str | None) -> dict[str, Any]:
+    """The env arguments of task ``name`` (:meth:`textenv.tasks.Task.env_kwargs`), ``{}`` without a task; an
+    unknown name is an :class:`InputError` listing the tasks."""
+    from textenv.tasks import get_task
+
+    return {} if name is None else get_task(name).env_kwargs()
 
 
 def _check_train_options(where: str, options: Mapping[str, Any], cls: type) -> None:
@@ -417,14 +431,17 @@ def build_env(env_kwargs: dict[str, Any], group_size: int = 1):
     return TextGenVectorEnv(**kwargs)
 
 
-def held_out_eval(env, num_prompts: int, seed: int) -> dict[str, Any]:
-    """Gold reward (the env's reward model) and KL to the env's reference on held-out prompts."""
+def held_out_eval(env, num_prompts: int, seed: int, task: str | None = None) -> dict[str, Any]:
+    """Gold reward (the env's reward model) and KL to the env's reference on held-out prompts: the built-in ones,
+    or those of ``task`` (:meth:`textenv.tasks.Task.held_out_prompts`)."""
     from textenv.apps.evaluation import evaluate_policy
     from textenv.prompts import load_prompts
+    from textenv.tasks import get_task
 
+    held_out = load_prompts("builtin", "eval") if task is None else get_task(task).held_out_prompts()
     return evaluate_policy(
         env.policy,
-        prompts=load_prompts("builtin", "eval")[:num_prompts],
+        prompts=held_out[:num_prompts],
         gold=env.reward_model,
         reference=env.reference if env.reference is not None else env.spec_kwargs.get("model", "textenv/default"),
         tokenizer=env.tokenizer,
@@ -492,7 +509,7 @@ def _run(args: argparse.Namespace) -> int:
     eval_seed = options["seed"] + 10_000
     # FSDP2: the policy's forwards gather its shards (collectives), so every rank evaluates, alike; else rank 0.
     evaluates = main or agent.sharded
-    before = held_out_eval(env, options["eval_prompts"], eval_seed) if evaluates else {}
+    before = held_out_eval(env, options["eval_prompts"], eval_seed, options["task"]) if evaluates else {}
     say(f"held-out before: mean {env.reward_model.__class__.__name__} = {before.get('gold_reward', 0.0):+.3f}, "
         f"KL = {before.get('kl', 0.0):.3f} nats ({options['eval_prompts']} prompts)")
     start = time.perf_counter()
@@ -504,7 +521,7 @@ def _run(args: argparse.Namespace) -> int:
             checkpoint_every=options["checkpoint_every"],
         )
         minutes = (time.perf_counter() - start) / 60
-        after = held_out_eval(env, options["eval_prompts"], eval_seed) if evaluates else {}
+        after = held_out_eval(env, options["eval_prompts"], eval_seed, options["task"]) if evaluates else {}
         if not main:
             return 0
     except KeyboardInterrupt:  # Agent.learn saved a checkpoint on the first Ctrl-C (not on a second one)
