@@ -344,6 +344,9 @@ class ILQLConfig(OfflineConfig):
     data: str | Sequence[Any] | None = option(
         None, "a JSONL path (or a list of rows) of {'prompt','completion','reward'}, or the ranked lines of textenv "
               "collect with meta.scores")
+    heads_learning_rate: float | None = option(
+        1e-3, "Adam step size of the Q and V heads, which start from zero (None: learning_rate, as trlX)",
+        Number(low=0, low_open=True, high=1e30, none_ok=True))
     normalize_rewards: bool = option(True, "standardise the rewards over the dataset (mean 0, std 1) as trlX does",
                                      Flag())
     gamma: float = option(0.99, "discount γ of the Q target r + γ·V(s')", Number(low=0, high=1))
@@ -393,8 +396,11 @@ class ILQL(Agent):
         self.env.set_policy(self.sampling_module)
         self.env.refresh_cache()  # episodes already started continue with the Q-weighted policy
         self.sampler = MinibatchSampler(len(self.data), c.batch_size, self.generator)
-        trained = [*self.policy.parameters(), *self.heads.q_heads.parameters(), *self.heads.v_head.parameters()]
-        self.optimizer = torch.optim.Adam([p for p in trained if p.requires_grad], lr=self.learning_rate)
+        heads = [*self.heads.q_heads.parameters(), *self.heads.v_head.parameters()]
+        self.optimizer = torch.optim.Adam([
+            {"params": [p for p in self.policy.parameters() if p.requires_grad]},
+            {"params": heads, "lr": c.heads_learning_rate or self.learning_rate},
+        ], lr=self.learning_rate)
 
     def trainable_modules(self) -> dict[str, nn.Module]:
         return {HEADS: self.heads}

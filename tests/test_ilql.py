@@ -314,7 +314,8 @@ def test_bad_data_is_refused_before_the_env_is_touched(untouchable_env, tmp_path
     {"tau": 0.0}, {"tau": 1.0}, {"tau": math.nan}, {"gamma": 1.5}, {"gamma": -0.1}, {"beta": -1.0},
     {"beta": math.inf}, {"top_k": 0}, {"top_k": 2.5}, {"target_update_rate": 0.0}, {"target_update_rate": 1.5},
     {"target_update_every": 0}, {"cql_scale": -1.0}, {"awac_scale": math.nan}, {"awac_beta": -0.5},
-    {"two_qs": "yes"}, {"normalize_rewards": "yes"}, {"batch_size": 0},
+    {"two_qs": "yes"}, {"normalize_rewards": "yes"}, {"batch_size": 0}, {"heads_learning_rate": 0.0},
+    {"heads_learning_rate": math.nan},
 ], ids=lambda kwargs: "-".join(f"{k}={v!r}" for k, v in kwargs.items()))
 def test_bad_hyperparameters_are_refused(untouchable_env, kwargs):
     (argument,) = kwargs
