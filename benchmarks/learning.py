@@ -44,6 +44,7 @@ from __future__ import annotations
 import argparse
 import copy
 import math
+import statistics
 import time
 from collections.abc import Callable, Sequence
 from typing import Any
@@ -252,15 +253,28 @@ def print_row(r: dict[str, Any]) -> None:
               f"(KL {point['kl']:.2f})", flush=True)
 
 
-def vs_trl_schedule(args: argparse.Namespace) -> list[tuple[str, str]]:
+def vs_trl_schedule(args: argparse.Namespace, first: int = 0) -> list[tuple[str, str]]:
     """The rows in run order, ``("ours", agent)`` / ``("trl", kind)``, alternating sides: ours, TRL, TRL,
-    ours, ours, TRL, ... (each side goes first in every other pair) until both lists are used up."""
+    ours, ours, TRL, ... (each side goes first in every other pair; ``first`` odd: TRL goes first in the first
+    pair) until both lists are used up."""
     ours, theirs = [("ours", a) for a in args.agents], [("trl", k) for k in args.trl_trainers]
     schedule = []
     for i in range(max(len(ours), len(theirs))):
         pair = ours[i:i + 1] + theirs[i:i + 1]
-        schedule += pair if i % 2 == 0 else pair[::-1]
+        schedule += pair if (i + first) % 2 == 0 else pair[::-1]
     return schedule
+
+
+def mean_row(rows: list[dict[str, Any]]) -> dict[str, Any]:
+    """One trainer's rows over seeds as one row of means (``change_std``: the seeds' standard deviation of the
+    gain); the curve's points are averaged per checkpoint."""
+    numbers = ("before", "after", "change", "kl", "cpu_min", "wall_min", "tokens", "iterations")
+    mean = {key: statistics.fmean(r[key] for r in rows) for key in numbers}
+    checkpoints = sorted({p["checkpoint_min"] for r in rows for p in r["curve"]})
+    curve = [{key: statistics.fmean(p[key] for r in rows for p in r["curve"] if p["checkpoint_min"] == c)
+              for key in ("checkpoint_min", "cpu_min", "tokens", "gold", "kl", "change")} for c in checkpoints]
+    return {**mean, "agent": rows[0]["agent"], "tokens": round(mean["tokens"]), "curve": curve,
+            "change_std": statistics.stdev(r["change"] for r in rows) if len(rows) > 1 else 0.0}
 
 
 def best_gain(rows: list[dict[str, Any]], max_kl: float) -> dict[str, Any] | None:
@@ -280,17 +294,26 @@ def learning_ratio(ours: dict[str, Any] | None, theirs: dict[str, Any] | None) -
 
 
 def run_vs_trl(args: argparse.Namespace) -> None:
-    """``--vs-trl``: every row in a fresh process, alternating sides; prints the table and the last line."""
-    rows: dict[str, list[dict[str, Any]]] = {"ours": [], "trl": []}
+    """``--vs-trl``: every row in a fresh process, alternating sides, for each of ``args.seeds`` seeds; prints the
+    rows, their means over seeds, the ratio at each checkpoint and the last line."""
+    runs: dict[tuple[str, str], list[dict[str, Any]]] = {}
     start = time.perf_counter()
-    for side, name in vs_trl_schedule(args):
-        row = isolated(train_for_cpu_budget if side == "ours" else train_trl_for_cpu_budget, name, args)
-        if row is None:
-            return  # TRL is not installed: the message is printed
-        rows[side].append(row)
-        print_row(row)
+    for index, seed in enumerate(range(args.seed, args.seed + args.seeds)):
+        seed_args = argparse.Namespace(**{**vars(args), "seed": seed})
+        for side, name in vs_trl_schedule(args, first=index):
+            row = isolated(train_for_cpu_budget if side == "ours" else train_trl_for_cpu_budget, name, seed_args)
+            if row is None:
+                return  # TRL is not installed: the message is printed
+            runs.setdefault((side, name), []).append(row)
+            print_row({**row, "agent": row["agent"] if args.seeds == 1 else f"{row['agent']} s{seed}"})
     print(f"wall time of the whole run: {(time.perf_counter() - start) / 60:.1f} min (with evaluation and "
           "process start-up)")
+    rows = {side: [mean_row(r) for (s, _), r in runs.items() if s == side] for side in ("ours", "trl")}
+    if args.seeds > 1:
+        print(f"means over {args.seeds} seeds (change ± std over seeds):")
+        for row in rows["ours"] + rows["trl"]:
+            print_row(row)
+            print(f"{'':>10}   change {row['change']:+.3f} ± {row['change_std']:.3f}")
     for checkpoint_min in sorted({p["checkpoint_min"] for r in rows["ours"] + rows["trl"] for p in r["curve"]}):
         at = {side: [{**p, "agent": r["agent"]} for r in side_rows for p in r["curve"]
                      if p["checkpoint_min"] == checkpoint_min] for side, side_rows in rows.items()}
@@ -318,6 +341,9 @@ def parse_arguments() -> argparse.Namespace:
     parser.add_argument("--eval-prompts", type=int, default=64, help="held-out prompts")
     parser.add_argument("--eval-samples", type=int, default=2, help="samples per held-out prompt")
     parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument("--seeds", type=int, default=1,
+                        help="--vs-trl: run every row with seeds --seed .. --seed+N-1 (the side that goes first "
+                             "alternates between seeds); the ratios compare the means over seeds")
     parser.add_argument("--threads", type=int, default=1, help="torch intra-op threads (every row)")
     parser.add_argument("--vs-trl", action="store_true", help="also train TRL's trainers; last line learning_vs_trl")
     parser.add_argument("--trl-trainers", nargs="+", default=VS_TRL_TRAINERS, choices=sorted(TRL_TRAINERS))
@@ -338,6 +364,8 @@ def parse_arguments() -> argparse.Namespace:
         args.cpu_minutes = 0.5 if args.vs_trl else 10.0
     if not args.cpu_minutes > 0:
         parser.error("--cpu-minutes must be > 0")
+    if args.seeds < 1:
+        parser.error("--seeds must be >= 1")
     if not all(0 < f < 1 for f in args.eval_at):
         parser.error("--eval-at fractions must be in (0, 1): the end of the budget is always evaluated")
     return args

@@ -58,6 +58,21 @@ def test_the_ratio_is_ours_over_theirs_and_says_when_it_cannot_be_a_number(learn
 def test_the_rows_alternate_sides(learning):
     schedule = learning.vs_trl_schedule(Namespace(agents=["rloo", "grpo", "ppo"], trl_trainers=["rloo", "grpo"]))
     assert schedule == [("ours", "rloo"), ("trl", "rloo"), ("trl", "grpo"), ("ours", "grpo"), ("ours", "ppo")]
+    next_seed = learning.vs_trl_schedule(Namespace(agents=["rloo", "grpo"], trl_trainers=["rloo"]), first=1)
+    assert next_seed == [("trl", "rloo"), ("ours", "rloo"), ("ours", "grpo")]  # TRL first in the next seed
+
+
+def test_the_seeds_are_averaged_per_trainer_and_per_checkpoint(learning):
+    def seed_row(change, kl, point_change):
+        return {"agent": "ppo", "before": 0.0, "after": change, "change": change, "kl": kl, "cpu_min": 0.5,
+                "wall_min": 1.0, "tokens": 100, "iterations": 3,
+                "curve": [{"checkpoint_min": 0.25, "cpu_min": 0.26, "tokens": 50, "gold": point_change, "kl": 1.0,
+                           "change": point_change}]}
+
+    mean = learning.mean_row([seed_row(0.8, 2.0, 0.4), seed_row(0.6, 4.0, 0.2)])
+    assert mean["agent"] == "ppo" and mean["change"] == pytest.approx(0.7) and mean["kl"] == pytest.approx(3.0)
+    assert mean["change_std"] == pytest.approx(0.1414, abs=1e-4) and mean["tokens"] == 100
+    assert [p["change"] for p in mean["curve"]] == pytest.approx([0.3])
 
 
 def burn_cpu(seconds: float) -> None:
