@@ -31,11 +31,17 @@ reward-side penalty: it adds β·k3 per token to the loss (DeepSeekMath eq. 3-4;
 scaled by the group std, as our GRPO's advantage). KL is measured the same way for every row, on held-out
 samples (nats per completion); a row counts for the last line only if it ends within ``--max-kl`` nats (5).
 The last line is ``learning_vs_trl: X`` = (best gain of our agents within the bound) ÷ (best gain of TRL's
-trainers within the bound); target ≥ 1.2.
+trainers within the bound); target ≥ 1.2. ``--seeds N`` runs every row with N seeds (training and evaluation
+seed; the side that goes first alternates between seeds too) and compares the means over seeds. ``--eval-at
+0.5`` also scores every row halfway through its budget (evaluation time is paused out of the budget; TRL's
+model is evaluated on a copy) and prints the ratio there: the gains saturate (VADER's ceiling at this β is
+about +0.85), so the ratio at the end of a long budget understates a difference in speed that the halfway
+ratio shows.
 
     python benchmarks/learning.py                    # 4 agents × 10 CPU-min ≈ 45 min wall at 1 thread
     python benchmarks/learning.py --cpu-minutes 2 --agents ppo rloo
     python benchmarks/learning.py --vs-trl           # rloo, grpo, ppo vs TRL rloo, grpo; 0.5 CPU-min each
+    python benchmarks/learning.py --vs-trl --seeds 3 --eval-at 0.5   # the reported run, ≈ 20 min wall
     python benchmarks/learning.py --vs-trl --quick   # a smoke run of seconds per row
 """
 
