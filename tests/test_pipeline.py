@@ -24,7 +24,8 @@ GOLD = LENGTH_REWARD  # registered by the length_reward fixture (conftest.py)
 def tiny_args(model_dir, out, *extra):
     return ["pipeline", "--output", str(out), "--model", str(model_dir), "--gold", GOLD, "--num-prompts", "12",
             "--k", "3", "--max-new-tokens", "4", "--sft", "--sft-epochs", "1", "--rm-epochs", "1", "--beta", "0.1",
-            "--betas", "0.1,0.5", "--ppo-timesteps", "32", "--sweep-timesteps", "16", "--eval-every", "16",
+            "--betas", "0,0.1,0.5", "--ppo-timesteps", "32", "--sweep-timesteps", "16", "--eval-every", "16",
+            "--overoptimisation-timesteps", "32",
             "--num-envs", "4", "--eval-prompts", "4", "--device", "cpu", *extra]
 
 
@@ -74,14 +75,22 @@ def test_pipeline_writes_every_stage_and_reuses_them(tiny_model_dir, tmp_path, l
     assert summary["gold_after_best"] == max(c["gold_reward"] for c in summary["checkpoints"])
     assert summary["gold_gain_best"] == pytest.approx(summary["gold_after_best"] - summary["gold_before"])
     # One frontier point per β at the sweep budget; the main β's point is the main run's checkpoint there.
+    # β = 0's is the β = 0 run's checkpoint there (no separate sweep run).
     frontier = {p["beta"]: p["checkpoint"] for p in summary["frontier"]}
-    assert frontier == {0.1: "ppo/step-00000016", 0.5: "sweep/beta-0.5/step-00000016"}
+    assert frontier == {0.0: "overoptimisation/step-00000016", 0.1: "ppo/step-00000016",
+                        0.5: "sweep/beta-0.5/step-00000016"}
+    assert not (out / "sweep" / "beta-0").exists()
+    # The β = 0 run: checkpoints every eval_every tokens, evaluated.
+    free_meta = json.loads((out / "overoptimisation" / "step-00000032" / "agent.json").read_text())
+    assert free_meta["env"]["kl_coef"] == 0.0 and free_meta["num_timesteps"] >= 32
+    assert [p["checkpoint"] for p in summary["unpenalised"]] == ["overoptimisation/step-00000016",
+                                                                  "overoptimisation/step-00000032"]
     assert {s["status"] for s in summary["stages"].values()} == {"ran"}
     verdict = summary["overoptimisation"]
-    assert set(verdict) == {"peak", "beyond_peak", "gold_falls_while_proxy_rises", "gold_drop", "run_peak",
-                            "run_gold_falls_while_proxy_rises"}
+    assert set(verdict) == {"peak", "beyond_peak", "gold_falls_while_proxy_rises", "gold_drop", "runs"}
+    assert set(verdict["runs"]) == {"β = 0.1", "β = 0"}
     assert verdict["peak"]["gold_reward"] == max([summary["gold_before"], *(c["gold_reward"] for c in
-                                                  summary["checkpoints"] + summary["frontier"])])
+                                                  summary["checkpoints"] + summary["frontier"] + summary["unpenalised"])])
 
     # Run again: every stage is reused (nothing retrained or re-evaluated), same numbers.
     weights = out / "ppo" / "step-00000032" / "policy" / "model.safetensors"
@@ -112,8 +121,11 @@ def test_library_call_without_sft_or_sweep(tiny_model_dir, tmp_path, length_rewa
     summary = run_pipeline(
         tmp_path / "run", model=str(tiny_model_dir), gold=GOLD, num_prompts=8, k=2, max_new_tokens=4, rm_epochs=1,
         beta=0.1, betas="none", ppo_timesteps=16, sweep_timesteps=16, eval_every=16, num_envs=4, eval_prompts=4,
-        device="cpu", log=lambda line: None,
+        overoptimisation_timesteps=0, device="cpu", log=lambda line: None,
     )
+    assert summary["stages"]["overoptimise"]["status"] == "off" and summary["unpenalised"] == []
+    assert not (tmp_path / "run" / "overoptimisation").exists()
+    assert list(summary["overoptimisation"]["runs"]) == ["β = 0.1"]
     assert summary["gold_sft"] is None and summary["stages"]["sft"]["status"] == "off"
     assert summary["stages"]["sweep"]["status"] == "off" and not (tmp_path / "run" / "sweep").exists()
     assert [p["beta"] for p in summary["frontier"]] == [0.1]
@@ -124,19 +136,28 @@ def test_overoptimisation_finds_the_gold_peak_and_what_lies_beyond():
     """Gao et al. 2022's shape: gold rises then falls with KL while the proxy keeps rising."""
     from textenv.apps.pipeline import PipelineConfig, overoptimisation
 
-    def point(kl, gold, proxy, tokens=0):
-        return {"kl": kl, "gold_reward": gold, "proxy_reward": proxy, "num_timesteps": tokens, "checkpoint": str(kl)}
+    def point(kl, gold, proxy, tokens=0, std=None, n=None):
+        return {"kl": kl, "gold_reward": gold, "proxy_reward": proxy, "num_timesteps": tokens, "checkpoint": str(kl),
+                "gold_reward_std": std, "num_samples": n}
 
-    rising = [point(0.0, 0.0, 0.0), point(2.0, 0.4, 1.0, 100), point(5.0, 0.6, 2.0, 200)]
-    sweep = [point(20.0, 0.1, 4.0), point(1.0, 0.2, 0.5)]
-    verdict = overoptimisation(rising, sweep)
-    assert verdict["peak"]["kl"] == 5.0 and [p["kl"] for p in verdict["beyond_peak"]] == [20.0]
-    assert verdict["gold_falls_while_proxy_rises"] and verdict["gold_drop"] == pytest.approx(0.5)
-    assert verdict["run_peak"]["kl"] == 5.0 and not verdict["run_gold_falls_while_proxy_rises"]
-    assert not overoptimisation(rising, [])["gold_falls_while_proxy_rises"]
+    start = point(0.0, 0.0, 0.0)
+    penalised = [start, point(2.0, 0.4, 1.0, 100), point(5.0, 0.6, 2.0, 200)]
+    free = [start, point(3.0, 0.5, 1.5, 100), point(20.0, 0.1, 4.0, 200), point(40.0, -0.5, 4.5, 300)]
+    verdict = overoptimisation({"β = 0.1": penalised, "β = 0": free}, [point(1.0, 0.2, 0.5)])
+    assert verdict["peak"]["kl"] == 5.0 and [p["kl"] for p in verdict["beyond_peak"]] == [20.0, 40.0]
+    assert verdict["gold_falls_while_proxy_rises"] and verdict["gold_drop"] == pytest.approx(1.1)
+    assert not verdict["runs"]["β = 0.1"]["gold_falls_while_proxy_rises"]
+    assert verdict["runs"]["β = 0"]["gold_falls_while_proxy_rises"]
+    assert verdict["runs"]["β = 0"]["peak"]["kl"] == 3.0 and verdict["runs"]["β = 0"]["gold_drop"] == pytest.approx(1.0)
+    assert not overoptimisation({"run": penalised})["gold_falls_while_proxy_rises"]
     # Gold falling with the proxy falling too is not over-optimisation of the proxy.
-    assert not overoptimisation(rising, [point(20.0, 0.1, 1.5)])["gold_falls_while_proxy_rises"]
-    # The default gold labeller values variety as well as sentiment.
+    assert not overoptimisation({"run": penalised}, [point(20.0, 0.1, 1.5)])["gold_falls_while_proxy_rises"]
+    # A drop within sampling noise is not either: 0.6 → 0.55 with std 0.7 over 150 samples (2 SE ≈ 0.16).
+    noisy = [start, point(5.0, 0.6, 2.0, std=0.7, n=150), point(6.0, 0.55, 2.1, std=0.7, n=150)]
+    assert not overoptimisation({"run": noisy})["gold_falls_while_proxy_rises"]
+    noisy[2]["gold_reward"] = 0.3
+    assert overoptimisation({"run": noisy})["gold_falls_while_proxy_rises"]
+    # The default gold labeller values fluency and variety as well as sentiment.
     assert PipelineConfig().gold == "fluent-sentiment"
 
 

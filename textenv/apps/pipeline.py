@@ -13,7 +13,8 @@ stopped and a finished one is re-summarised in seconds. Layout of ``DIR``:
 ``eval_preferences.jsonl``      the same on the held-out **eval** prompts; used only to measure the reward
                                 model's pair accuracy (the RM never trains on it)
 ``sft/``                        stage *sft* (``--sft`` only): agent checkpoint, policy in ``sft/policy``
-``reward_model/``               stage *rm*: the Bradley–Terry reward model (``PreferenceRewardModel.save``)
+``reward_model/``               stage *rm*: the Bradley–Terry reward model (``PreferenceRewardModel.save``),
+                                normalised to mean 0, std 1 on the training completions (the base model's)
 ``ppo/step-N/``                 stage *ppo*: the main run at ``beta``; one checkpoint after ≥ N tokens for
                                 every N in ``eval_every, 2·eval_every, ..., ppo_timesteps`` (and at
                                 ``sweep_timesteps``); a longer ``ppo_timesteps`` resumes from the last one.
@@ -37,16 +38,29 @@ Choices:
   runs are seeded, so it is exactly what a separate sweep run at that β would produce. The frontier is gold
   reward against KL at one fixed token budget, one point per β (DiscoPOP Fig. 5 style), plus the initial
   policy at KL = 0.
+* **Normalised reward model, so β means something**: the RM's scores are divided by their standard deviation
+  over the reference completions of the training prompts (the collected ones; mean 0 as in InstructGPT), so
+  ``beta`` is in units of "one standard deviation of the reference policy's reward" for every RM. Before this,
+  the RM's raw spread (std ≈ 5) made β = 0.05 barely bind (KL ≈ 30 nats). An RM directory saved by an
+  earlier version has no statistics and is used unnormalised (the log says so).
+* **Gold labeller** ``fluent-sentiment`` (:mod:`textenv.reward_models.fluent_sentiment`): VADER minus a
+  repetition penalty minus a penalty for text the base model finds implausible (NLL above 2 nats/token), so
+  the degenerate text PPO finds at large KL scores low, as it would with a person: over-optimisation is
+  visible (docs/overoptimisation.md). ``--gold vader`` gives the earlier behaviour.
 * **Evaluation** always uses the built-in held-out ``eval`` prompts (first ``eval_prompts`` of them), one
-  sample each at temperature 1: ``gold`` is the gold scorer (VADER), ``proxy`` the learned RM, ``kl`` the
+  sample each at temperature 1: ``gold`` is the gold scorer, ``proxy`` the learned RM, ``kl`` the
   k1 estimate of KL(π‖π_ref) in nats per sequence, π_ref being PPO's reference (SFT model or base model).
+  ``proxy_vs_gold.png`` plots both against √KL (Gao et al. 2022, Fig. 1) over the main run's checkpoints and
+  the sweep's βs; ``overoptimisation`` in ``eval.json`` names the gold peak and the policies past it that the
+  proxy scores higher and the gold lower.
 
 ``eval.json`` keys: ``rm_pair_accuracy`` (held-out eval-prompt comparisons), ``rm_train_pair_accuracy``,
 ``gold_before`` / ``proxy_before`` (the base model), ``gold_sft`` / ``proxy_sft`` (``None`` without SFT),
 ``gold_after`` / ``proxy_after`` / ``kl`` (last checkpoint of the main run), ``best`` (the main-run checkpoint
 with the highest gold reward: ``gold_reward``, ``proxy_reward``, ``kl``, ``num_timesteps``, ``checkpoint``),
 ``gold_after_best``, ``gold_gain_best`` (= ``gold_after_best − gold_before``), ``checkpoints`` (the main run,
-per checkpoint), ``frontier`` (per β), ``stages`` (status ran/skipped, wall and CPU seconds), ``plots``,
+per checkpoint), ``frontier`` (per β), ``overoptimisation`` (:func:`overoptimisation`), ``stages`` (status
+ran/skipped, wall and CPU seconds), ``plots``,
 ``samples``, ``settings``, ``cpu_minutes`` / ``wall_minutes`` (of this invocation: a rerun that skips every
 stage reports only its own few seconds).
 
@@ -73,7 +87,7 @@ import os
 import re
 import sys
 import time
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any, Self
@@ -85,9 +99,9 @@ from textenv.prompts import builtin_prompts
 from textenv.validation import InputError
 
 SFT_SECTION = "sft (behaviour cloning of each prompt's best-ranked completion)"
-STAGES = ("collect", "sft", "rm", "ppo", "sweep", "evaluate")
+STAGES = ("collect", "sft", "rm", "ppo", "sweep", "overoptimise", "evaluate")
 #: Every name the pipeline writes directly in ``DIR`` (module docstring); nothing else is ever written there.
-OUTPUT_ENTRIES = ("preferences.jsonl", "eval_preferences.jsonl", "sft", "reward_model", "ppo", "sweep",
+OUTPUT_ENTRIES = ("preferences.jsonl", "eval_preferences.jsonl", "sft", "reward_model", "ppo", "sweep", "overoptimisation",
                   "evaluations.json", "eval.json", "reward_kl_frontier.png", "proxy_vs_gold.png")
 
 
@@ -173,12 +187,13 @@ class Betas:
 
 @dataclass(frozen=True)
 class PipelineConfig(Config):
-    """The settings of :func:`run_pipeline` and ``textenv pipeline`` (one flag each): the embedded model, VADER as
-    the gold labeller, ~5 CPU-minutes in all (measurements in the module docstring)."""
+    """The settings of :func:`run_pipeline` and ``textenv pipeline`` (one flag each): the embedded model,
+    ``fluent-sentiment`` as the gold labeller, ~5 CPU-minutes in all (measurements in the module docstring)."""
 
     model: str = option(DEFAULT_MODEL, "base policy name or save_pretrained path")
     gold: str = option("fluent-sentiment", "gold reward model: the synthetic labeller and the evaluation target "
-                                           "(default: VADER sentiment minus a repetition penalty)")
+                                           "(default: VADER sentiment minus repetition and implausible-text "
+                                           "penalties; 'vader': sentiment alone)")
     seed: int = option(0, "seeds every stage (collection, SFT, RM, PPO, evaluation sampling)", Seed())
     num_prompts: int = option(400, "training prompts to collect comparisons for", Integer(2), section="collect")
     k: int = option(4, "completions ranked per prompt, K >= 2", Integer(2), section="collect")
@@ -203,6 +218,10 @@ class PipelineConfig(Config):
     sweep_timesteps: int = option(12_288, "tokens of each sweep run, the frontier's budget (<= ppo_timesteps)",
                                   Integer(1), section="ppo")
     eval_every: int = option(4_096, "tokens between evaluated checkpoints of the main run", Integer(1), section="ppo")
+    overoptimisation_timesteps: int = option(
+        32_768, "tokens of an extra PPO run at β = 0 against the same RM, evaluated every eval_every tokens: where "
+                "the gold turns down while the proxy rises (Gao et al. 2022); 0: no such run", Integer(0),
+        section="ppo")
     num_envs: int = option(32, "episodes per PPO rollout", Integer(1), section="ppo")
     ppo_lr: float = option(1e-4, "PPO's Adam step size", Number(low=0, low_open=True), section="ppo")
     eval_prompts: int = option(150, "built-in held-out eval prompts to evaluate on, 1..150", Integer(1),
@@ -222,13 +241,20 @@ class PipelineConfig(Config):
             raise InputError(f"eval_prompts={self.eval_prompts} exceeds the {held_out} built-in held-out eval prompts")
 
     @property
+    def unpenalised_run(self) -> bool:
+        """Whether the pipeline makes the extra β = 0 run (on, unless 0 tokens or the main run is at β = 0)."""
+        return self.overoptimisation_timesteps > 0 and self.beta != 0
+
+    @property
     def sweep_betas(self) -> list[float]:
-        """The βs of the sweep runs (``betas`` without ``beta``)."""
-        return [b for b in parse_betas(self.betas) if b != self.beta]
+        """The βs of the sweep runs: ``betas`` without ``beta``, and without 0 when the β = 0 run reaches
+        ``sweep_timesteps`` (its checkpoint there is that frontier point, as the main run's is for ``beta``)."""
+        from_unpenalised = self.unpenalised_run and self.overoptimisation_timesteps >= self.sweep_timesteps
+        return [b for b in parse_betas(self.betas) if b != self.beta and not (b == 0 and from_unpenalised)]
 
     def settings(self) -> dict[str, Any]:
         """What ``eval.json`` records under ``"settings"``: every field, ``betas`` as the sorted βs of the frontier."""
-        return {**self.to_dict(), "model": str(self.model), "betas": sorted({self.beta, *self.sweep_betas}),
+        return {**self.to_dict(), "model": str(self.model), "betas": sorted({self.beta, *parse_betas(self.betas)}),
                 "device": str(self.device)}
 
 
@@ -256,6 +282,7 @@ def run_pipeline(
     run.train_reward_model()
     run.train_main_ppo()
     run.sweep_betas()
+    run.train_unpenalised()
     return run.evaluate_and_summarise()
 
 
@@ -373,6 +400,25 @@ class _PipelineRun:
         status = "off" if not betas else "skipped" if all(s == "skipped" for s in statuses) else "ran"
         self.stages["sweep"] = StageRecord(status, clock.seconds, clock.cpu_seconds, {"betas": betas})
 
+    @property
+    def unpenalised_targets(self) -> list[int]:
+        """Checkpoints of the β = 0 run (none when it is off, or when the main run is itself at β = 0)."""
+        c = self.config
+        if not c.unpenalised_run:
+            return []
+        return checkpoint_targets(c.overoptimisation_timesteps, c.eval_every, extra=[c.sweep_timesteps])
+
+    def train_unpenalised(self) -> None:
+        """6. overoptimise: PPO at β = 0 (nothing holds it near π_ref), checkpointed every eval_every tokens: the
+        run along which the gold rises then falls while the proxy keeps rising (Gao et al. 2022, Fig. 1)."""
+        targets = self.unpenalised_targets
+        if not targets:
+            return
+        with _Clock() as clock:
+            status = _train_ppo(self.out / "overoptimisation", 0.0, targets, self.ppo_settings, self.log)
+        self.stages["overoptimise"] = StageRecord(status, clock.seconds, clock.cpu_seconds,
+                                                  {"beta": 0.0, "targets": targets})
+
     def evaluate_and_summarise(self) -> dict[str, Any]:
         """6. evaluate every policy on the held-out prompts (cached), summarise and plot; writes ``eval.json``."""
         from textenv.apps.evaluation import save_eval_json
@@ -400,17 +446,24 @@ class _PipelineRun:
         start_policy = evaluator(policy, "sft", reference=policy) if c.sft else before
         history = [evaluator(self.main_dir / _step_name(t), f"ppo/{_step_name(t)}", reference=policy)
                    for t in self.main_targets]
+        unpenalised = [evaluator(out / "overoptimisation" / _step_name(t), f"overoptimisation/{_step_name(t)}",
+                                 reference=policy) for t in self.unpenalised_targets]
         frontier: dict[Any, dict[str, Any]] = {"initial policy": start_policy}
-        for b in sorted({c.beta, *c.sweep_betas}):
-            directory = self.main_dir if b == c.beta else _sweep_dir(out, b)
+        for b in sorted({c.beta, *parse_betas(c.betas)}):
+            directory = {c.beta: self.main_dir}.get(b, _sweep_dir(out, b) if b in c.sweep_betas else
+                                                    out / "overoptimisation")
             key = f"{directory.relative_to(out).as_posix()}/{_step_name(c.sweep_timesteps)}"
             frontier[b] = evaluator(directory / _step_name(c.sweep_timesteps), key, reference=policy)
         evaluator.save()
         summary = _summarise(before, start_policy if c.sft else None, history, frontier, self.rm_accuracy,
                              self.rm_train_accuracy, c.beta, c.settings())
-        summary["overoptimisation"] = overoptimisation([start_policy, *history],
-                                                       [r for b, r in frontier.items() if isinstance(b, float)])
-        summary["plots"] = _plot(out, start_policy, history, frontier, c.beta, c.sweep_timesteps)
+        runs = {f"β = {c.beta:g}": [start_policy, *history]}
+        if unpenalised:
+            runs["β = 0"] = [start_policy, *unpenalised]
+        summary["unpenalised"] = [_point(r) for r in unpenalised]
+        sweep = {b: r for b, r in frontier.items() if isinstance(b, float) and b != c.beta}
+        summary["overoptimisation"] = overoptimisation(runs, list(sweep.values()))
+        summary["plots"] = _plot(out, runs, frontier, sweep, c.sweep_timesteps)
         return evaluator, summary
 
 
@@ -633,81 +686,101 @@ def _summarise(before: dict[str, Any], sft: dict[str, Any] | None, history: list
     }
 
 
-def overoptimisation(run: Sequence[dict[str, Any]], sweep: Sequence[dict[str, Any]]) -> dict[str, Any]:
-    """Goodhart's law in numbers (Gao et al. 2022, Fig. 1): over every evaluated policy (the main ``run``'s
-    checkpoints from its start, and the ``sweep``'s other βs), the one with the highest gold reward (``peak``)
-    and those further from π_ref (``beyond_peak``: higher KL) that the proxy scores **higher** but the gold
-    **lower**. ``gold_falls_while_proxy_rises`` is whether there is one; ``gold_drop`` the largest gold lost
-    past the peak (0 when none). Same for the main run alone (``run_*`` keys)."""
-
-    def verdict(points: Sequence[dict[str, Any]]) -> tuple[dict[str, Any], list[dict[str, Any]]]:
-        peak = max(points, key=lambda r: r["gold_reward"])
-        beyond = [r for r in points if r["kl"] > peak["kl"] and r["proxy_reward"] > peak["proxy_reward"]
-                  and r["gold_reward"] < peak["gold_reward"]]
-        return peak, sorted(beyond, key=lambda r: r["kl"])
-
-    peak, beyond = verdict([*run, *sweep])
-    run_peak, run_beyond = verdict(run)
-    return {
+def overoptimisation(runs: Mapping[str, Sequence[dict[str, Any]]],
+                     sweep: Sequence[dict[str, Any]] = ()) -> dict[str, Any]:
+    """Goodhart's law in numbers (Gao et al. 2022, Fig. 1). Over every evaluated policy (each run's checkpoints
+    ``{name: [result, ...]}`` from its start, and the ``sweep``'s policies): the one with the highest gold
+    reward (``peak``), and those further from π_ref (``beyond_peak``: higher KL) that the proxy scores higher
+    but the gold lower, by more than twice the standard error of the difference of the two means (from each
+    result's ``gold_reward_std`` and ``num_samples``; 0 when absent), so sampling noise is not called
+    over-optimisation. ``gold_falls_while_proxy_rises`` is whether there is one, ``gold_drop`` the largest gold
+    lost past the peak (0 when none); ``runs`` gives the same for each run alone."""
+    everything = [point for points in runs.values() for point in points] + list(sweep)
+    peak, beyond = _beyond_peak(everything)
+    verdict = {
         "peak": _point(peak),
         "beyond_peak": [_point(r) for r in beyond],
         "gold_falls_while_proxy_rises": bool(beyond),
         "gold_drop": max((peak["gold_reward"] - r["gold_reward"] for r in beyond), default=0.0),
-        "run_peak": _point(run_peak),
-        "run_gold_falls_while_proxy_rises": bool(run_beyond),
+        "runs": {},
     }
+    for name, points in runs.items():
+        run_peak, run_beyond = _beyond_peak(points)
+        verdict["runs"][name] = {
+            "peak": _point(run_peak), "gold_falls_while_proxy_rises": bool(run_beyond),
+            "gold_drop": max((run_peak["gold_reward"] - r["gold_reward"] for r in run_beyond), default=0.0),
+        }
+    return verdict
 
 
-def plot_overoptimisation(run: Sequence[dict[str, Any]], sweep: dict[float, dict[str, Any]],
+def _beyond_peak(points: Sequence[dict[str, Any]]) -> tuple[dict[str, Any], list[dict[str, Any]]]:
+    """(the highest-gold point, the points with higher KL and proxy and a gold lower by > 2 standard errors)."""
+
+    def variance_of_mean(r: dict[str, Any]) -> float:
+        std, n = r.get("gold_reward_std"), r.get("num_samples")
+        return float(std) ** 2 / n if std is not None and n else 0.0
+
+    peak = max(points, key=lambda r: r["gold_reward"])
+    beyond = [r for r in points if r["kl"] > peak["kl"] and r["proxy_reward"] > peak["proxy_reward"]
+              and peak["gold_reward"] - r["gold_reward"] > 2 * math.sqrt(variance_of_mean(peak) + variance_of_mean(r))]
+    return peak, sorted(beyond, key=lambda r: r["kl"])
+
+
+#: (gold colour, proxy colour, marker) of each run of :func:`plot_overoptimisation`, in order.
+_RUN_STYLES = (("tab:blue", "tab:red", "o"), ("tab:cyan", "tab:orange", "^"), ("tab:purple", "tab:brown", "v"))
+
+
+def plot_overoptimisation(runs: Mapping[str, Sequence[dict[str, Any]]], sweep: Mapping[float, dict[str, Any]],
                           path: str | os.PathLike, title: str) -> Path:
-    """Gold (left axis) and proxy (right axis) against √KL(π‖π_ref), Gao et al. 2022's Fig. 1 axes: the main
-    ``run``'s checkpoints joined in order (labelled with their tokens) and the ``sweep``'s policies ``{β:
-    result}`` as open diamonds (labelled with β). Over-optimisation: the proxy keeps rising to the right while
-    the gold turns down. Writes a PNG (atomically) and returns its path."""
+    """Gold (left axis, solid) and proxy (right axis, dashed) against √KL(π‖π_ref), Gao et al. 2022's Fig. 1
+    axes: each run's checkpoints ``{name: [result, ...]}`` joined in order (labelled with their tokens) and the
+    ``sweep``'s policies ``{β: result}`` as open diamonds (labelled with β). Over-optimisation: the proxy keeps
+    rising to the right while the gold turns down. Writes a PNG (atomically) and returns its path."""
     from textenv.apps.evaluation import _figure, _save_figure
 
     figure = _figure()
     gold_axes = figure.subplots()
     proxy_axes = gold_axes.twinx()
-    root_kl = [math.sqrt(max(r["kl"], 0.0)) for r in run]
-    gold_axes.plot(root_kl, [r["gold_reward"] for r in run], marker="o", color="tab:blue", label="gold, main run")
-    proxy_axes.plot(root_kl, [r["proxy_reward"] for r in run], marker="s", linestyle="--", color="tab:red",
-                    label="proxy, main run")
-    for x, r in zip(root_kl, run):
-        gold_axes.annotate(str(r.get("num_timesteps") or 0), (x, r["gold_reward"]), textcoords="offset points",
-                           xytext=(3, 3), fontsize=7)
-    betas = sorted(sweep, key=lambda b: sweep[b]["kl"])
-    sweep_x = [math.sqrt(max(sweep[b]["kl"], 0.0)) for b in betas]
-    gold_axes.plot(sweep_x, [sweep[b]["gold_reward"] for b in betas], marker="D", linestyle=":", color="tab:blue",
-                   markerfacecolor="none", label="gold, β sweep")
-    proxy_axes.plot(sweep_x, [sweep[b]["proxy_reward"] for b in betas], marker="D", linestyle=":", color="tab:red",
-                    markerfacecolor="none", label="proxy, β sweep")
-    for x, b in zip(sweep_x, betas):
-        gold_axes.annotate(f"β={b:g}", (x, sweep[b]["gold_reward"]), textcoords="offset points", xytext=(3, -9),
-                           fontsize=7, color="tab:blue")
+    handles = []
+    for (name, points), (gold_colour, proxy_colour, marker) in zip(runs.items(), _RUN_STYLES):
+        x = [math.sqrt(max(r["kl"], 0.0)) for r in points]
+        handles += gold_axes.plot(x, [r["gold_reward"] for r in points], marker=marker, color=gold_colour,
+                                  label=f"gold, {name}")
+        handles += proxy_axes.plot(x, [r["proxy_reward"] for r in points], marker=marker, linestyle="--",
+                                   color=proxy_colour, label=f"proxy, {name}")
+        for xi, r in zip(x, points):
+            gold_axes.annotate(str(r.get("num_timesteps") or 0), (xi, r["gold_reward"]), textcoords="offset points",
+                               xytext=(3, 3), fontsize=6, color=gold_colour)
+    if sweep:
+        betas = sorted(sweep, key=lambda b: sweep[b]["kl"])
+        x = [math.sqrt(max(sweep[b]["kl"], 0.0)) for b in betas]
+        handles += gold_axes.plot(x, [sweep[b]["gold_reward"] for b in betas], marker="D", linestyle=":",
+                                  color="tab:green", markerfacecolor="none", label="gold, β sweep")
+        handles += proxy_axes.plot(x, [sweep[b]["proxy_reward"] for b in betas], marker="D", linestyle=":",
+                                   color="tab:pink", markerfacecolor="none", label="proxy, β sweep")
+        for xi, b in zip(x, betas):
+            gold_axes.annotate(f"β={b:g}", (xi, sweep[b]["gold_reward"]), textcoords="offset points", xytext=(3, -9),
+                               fontsize=7, color="tab:green")
     gold_axes.set_xlabel("√KL(π‖π_ref)  [√nats / sequence]")
-    gold_axes.set_ylabel("gold reward", color="tab:blue")
-    proxy_axes.set_ylabel("proxy reward (normalised RM)", color="tab:red")
+    gold_axes.set_ylabel("gold reward (solid)")
+    proxy_axes.set_ylabel("proxy reward, normalised RM (dashed)")
     gold_axes.set_title(title, fontsize=10)
     gold_axes.grid(alpha=0.3)
-    handles = gold_axes.get_lines()[:2] + proxy_axes.get_lines()[:2]
-    figure.legend(handles, [h.get_label() for h in handles], loc="outside lower center", ncols=4, fontsize=8)
+    figure.legend(handles, [h.get_label() for h in handles], loc="outside lower center", ncols=3, fontsize=7)
     return _save_figure(figure, path)
 
 
-def _plot(out: Path, start: dict[str, Any], history: list[dict[str, Any]], frontier: dict[Any, dict[str, Any]],
-          beta: float, sweep_timesteps: int) -> dict[str, str]:
+def _plot(out: Path, runs: dict[str, list[dict[str, Any]]], frontier: dict[Any, dict[str, Any]],
+          sweep: dict[float, dict[str, Any]], sweep_timesteps: int) -> dict[str, str]:
     from textenv.apps.evaluation import plot_reward_kl_frontier
 
     frontier_png = plot_reward_kl_frontier(
         frontier, out / "reward_kl_frontier.png",
         title=f"Gold reward–KL frontier: PPO on the learned RM, {sweep_timesteps} tokens per β",
     )
-    sweep = {b: r for b, r in frontier.items() if isinstance(b, float) and b != beta}
-    proxy_png = plot_overoptimisation(
-        [start, *history], sweep, out / "proxy_vs_gold.png",
-        title=f"Proxy vs gold: main run β = {beta:g} (tokens), sweep at {sweep_timesteps} tokens (β)",
-    )
+    what = " and ".join(f"run at {name}" for name in runs) + (f"; β sweep at {sweep_timesteps} tokens" if sweep else "")
+    proxy_png = plot_overoptimisation(runs, sweep, out / "proxy_vs_gold.png",
+                                      title=f"Proxy vs gold along PPO (labels: tokens): {what}")
     return {"frontier": frontier_png.name, "proxy_vs_gold": proxy_png.name}
 
 
