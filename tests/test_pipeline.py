@@ -143,7 +143,7 @@ def test_overoptimisation_finds_the_gold_peak_and_what_lies_beyond():
     start = point(0.0, 0.0, 0.0)
     penalised = [start, point(2.0, 0.4, 1.0, 100), point(5.0, 0.6, 2.0, 200)]
     free = [start, point(3.0, 0.5, 1.5, 100), point(20.0, 0.1, 4.0, 200), point(40.0, -0.5, 4.5, 300)]
-    verdict = overoptimisation({"β = 0.1": penalised, "β = 0": free}, [point(1.0, 0.2, 0.5)])
+    verdict = overoptimisation({"β = 0.1": penalised, "β = 0": free}, [point(1.0, 0.2, 0.5), free[2]])
     assert verdict["peak"]["kl"] == 5.0 and [p["kl"] for p in verdict["beyond_peak"]] == [20.0, 40.0]
     assert verdict["gold_falls_while_proxy_rises"] and verdict["gold_drop"] == pytest.approx(1.1)
     assert not verdict["runs"]["β = 0.1"]["gold_falls_while_proxy_rises"]

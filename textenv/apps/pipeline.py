@@ -558,8 +558,9 @@ def _train_ppo(run_dir: Path, beta: float, targets: Sequence[int], settings: dic
             discard_files(previous, TRAINER_STATE_FILES)
         previous = run_dir / _step_name(target)
         metrics = agent.last_metrics
+        kl = f"KL {metrics.get('rollout/kl', float('nan')):.2f}" if beta > 0 else "KL not computed at β = 0"
         log(f"ppo β={beta:g}: {agent.num_timesteps} tokens, rollout RM score {metrics.get('rollout/rm_score', float('nan')):+.3f}, "
-            f"KL {metrics.get('rollout/kl', float('nan')):.2f} → {run_dir / _step_name(target)}")
+            f"{kl} → {run_dir / _step_name(target)}")
     return status
 
 
@@ -695,7 +696,8 @@ def overoptimisation(runs: Mapping[str, Sequence[dict[str, Any]]],
     result's ``gold_reward_std`` and ``num_samples``; 0 when absent), so sampling noise is not called
     over-optimisation. ``gold_falls_while_proxy_rises`` is whether there is one, ``gold_drop`` the largest gold
     lost past the peak (0 when none); ``runs`` gives the same for each run alone."""
-    everything = [point for points in runs.values() for point in points] + list(sweep)
+    points = [point for run in runs.values() for point in run] + list(sweep)
+    everything = list({point.get("checkpoint") or id(point): point for point in points}.values())  # each policy once
     peak, beyond = _beyond_peak(everything)
     verdict = {
         "peak": _point(peak),
@@ -748,9 +750,12 @@ def plot_overoptimisation(runs: Mapping[str, Sequence[dict[str, Any]]], sweep: M
                                   label=f"gold, {name}")
         handles += proxy_axes.plot(x, [r["proxy_reward"] for r in points], marker=marker, linestyle="--",
                                    color=proxy_colour, label=f"proxy, {name}")
+        labelled = -math.inf
         for xi, r in zip(x, points):
-            gold_axes.annotate(str(r.get("num_timesteps") or 0), (xi, r["gold_reward"]), textcoords="offset points",
-                               xytext=(3, 3), fontsize=6, color=gold_colour)
+            if xi - labelled >= 0.5:  # tokens of points at least 0.5 √nats apart: crowded ones stay readable
+                gold_axes.annotate(str(r.get("num_timesteps") or 0), (xi, r["gold_reward"]),
+                                   textcoords="offset points", xytext=(3, 3), fontsize=6, color=gold_colour)
+                labelled = xi
     if sweep:
         betas = sorted(sweep, key=lambda b: sweep[b]["kl"])
         x = [math.sqrt(max(sweep[b]["kl"], 0.0)) for b in betas]
@@ -778,9 +783,9 @@ def _plot(out: Path, runs: dict[str, list[dict[str, Any]]], frontier: dict[Any, 
         frontier, out / "reward_kl_frontier.png",
         title=f"Gold reward–KL frontier: PPO on the learned RM, {sweep_timesteps} tokens per β",
     )
-    what = " and ".join(f"run at {name}" for name in runs) + (f"; β sweep at {sweep_timesteps} tokens" if sweep else "")
+    what = " and ".join(f"{name}" for name in runs) + (f"; β sweep at {sweep_timesteps} tokens" if sweep else "")
     proxy_png = plot_overoptimisation(runs, sweep, out / "proxy_vs_gold.png",
-                                      title=f"Proxy vs gold along PPO (labels: tokens): {what}")
+                                      title=f"Proxy vs gold reward along PPO runs (labels: tokens)\nruns at {what}")
     return {"frontier": frontier_png.name, "proxy_vs_gold": proxy_png.name}
 
 
