@@ -64,14 +64,17 @@ ran/skipped, wall and CPU seconds), ``plots``,
 ``samples``, ``settings``, ``cpu_minutes`` / ``wall_minutes`` (of this invocation: a rerun that skips every
 stage reports only its own few seconds).
 
-Measured (``OMP_NUM_THREADS=1 /usr/bin/time textenv pipeline --output DIR``, defaults, 2-core CPU): 4.6
-CPU-minutes (4.6 min wall); RM pair accuracy 0.911 on 874 held-out eval-prompt pairs; gold (VADER)
-−0.011 → +0.978 at the best checkpoint (+0.971 at the last, proxy +11.4, KL 31 nats). The frontier at 12,288
-tokens runs from β = 1 (gold +0.72, KL 3.7) to β = 0.02 (gold +0.94, KL 40); at β = 0.05 the gold reward
-saturates near VADER's ceiling while distinct-2 falls from 0.64 to 0.28 (repeated "I loved it."):
-over-optimisation the gold scorer does not see. With ``--sft`` (same comparisons; measured on an earlier
-version taking 9.5 CPU-minutes without SFT) SFT alone lifted gold to +0.58, but PPO's best checkpoint was no
-better (+0.976) and the RM slightly worse (0.900), for ~0.5 more CPU-minute: so SFT is off by default.
+Measured (``OMP_NUM_THREADS=1 textenv pipeline --output DIR``, defaults, seed 0, a 2-core CPU shared with other
+jobs): ≈ 4.1 CPU-minutes; RM pair accuracy 0.894 on 877 held-out eval-prompt pairs (raw RM std 4.9 on the
+training completions, normalised to 1); gold (fluent-sentiment) −0.035 → +0.854 at the best checkpoint (+0.847 at
+the last, proxy +1.43, KL 3.8 nats). The β = 0 run's gold peaks at +0.78 (8,417 tokens, KL 6) and falls to −1.14
+(KL 122) while its proxy rises from +1.39 to +1.92: over-optimisation. The frontier at 12,288 tokens runs from
+β = 1 (gold +0.23, KL 0.6) through β = 0.1 (+0.81, KL 3.9) to β = 0 (+0.67, KL 18.7). Before normalisation and
+this gold (VADER, raw RM, β = 0.05) the main run ended at KL ≈ 29–31 nats, gold (VADER) −0.011 → +0.978, and VADER
+never turned down although distinct-2 fell from 0.64 to 0.28. Per checkpoint: docs/overoptimisation.md. With
+``--sft`` (same comparisons; measured on an earlier version, VADER gold) SFT alone lifted gold to +0.58, but PPO's
+best checkpoint was no better (+0.976) and the RM slightly worse (0.900), for ~0.5 more CPU-minute: so SFT is off
+by default.
 
 To redo a stage delete its output and every later stage's output (a stage never checks that its inputs are
 newer than its output).
