@@ -177,3 +177,17 @@ def test_betas_and_budgets_are_checked(tmp_path, capsys):
     assert main(["pipeline", "--output", str(tmp_path / "x"), "--betas", "0.1,abc"]) == 2
     assert "betas='0.1,abc'" in capsys.readouterr().err
     assert not (tmp_path / "x").exists()  # arguments are checked before anything is written
+
+
+@pytest.mark.bad_input
+@pytest.mark.parametrize(("argv", "message"), [
+    (["--overoptimisation-timesteps", "-1"], "--overoptimisation-timesteps"),
+    (["--overoptimisation-timesteps", "many"], "--overoptimisation-timesteps"),
+    (["--gold", "fluent-sentiments"], "fluent-sentiments"),
+])
+def test_bad_overoptimisation_and_gold_arguments_are_refused_before_anything_is_written(tmp_path, capsys, argv,
+                                                                                         message):
+    out = tmp_path / "run"
+    assert main(["pipeline", "--output", str(out), *argv]) == 2
+    assert message in capsys.readouterr().err
+    assert not (out / "preferences.jsonl").exists()
