@@ -136,7 +136,8 @@ def test_centering_pulls_prompt_means_towards_zero(tiny_model_dir: Path) -> None
 
     def prompt_mean_spread(center_coef: float) -> float:
         model, _ = train_preference_model(rows, backbone=str(tiny_model_dir), epochs=2, lr=3e-3, batch_prompts=8,
-                                          eval_fraction=0.0, seed=0, center_coef=center_coef, device="cpu")
+                                          eval_fraction=0.0, seed=0, center_coef=center_coef, normalize=False,
+                                          device="cpu")  # in the units the centring term acts on
         means = [model.score([g.prompt] * len(g.completions), g.completions).mean() for g in groups]
         return float(np.mean(np.square(np.asarray(means) - np.mean(means))))
 
