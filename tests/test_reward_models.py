@@ -576,3 +576,10 @@ def test_train_rm_command_normalises_unless_told_not_to(tiny_model_dir: Path, tm
     assert "normalised" not in capsys.readouterr().err
     raw = PreferenceRewardModel.load(tmp_path / "raw", device="cpu")
     assert raw.scale == 1.0 and raw.normalization is None
+
+
+@pytest.mark.bad_input
+@pytest.mark.parametrize("value", ["yes", 1.5, None])
+def test_normalize_must_be_true_or_false(tiny_model_dir: Path, value) -> None:
+    with pytest.raises(InputError, match="normalize"):
+        train_preference_model(good_bad_rankings(4), backbone=str(tiny_model_dir), normalize=value, device="cpu")
