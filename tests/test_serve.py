@@ -487,12 +487,14 @@ def test_a_busy_model_answers_503_and_never_delays_labelling(tmp_path):
     """The worker is blocked by a slow job: game requests beyond the queue get 503 at once, labelling answers."""
     release = threading.Event()
     worker = ModelWorker(max_waiting=1)
-    worker.submit(release.wait, 30)  # the slow model call that holds the worker
+    slow = worker.submit(release.wait, 30)  # the slow model call that holds the worker
+    deadline = time.monotonic() + 10
+    while not slow.running() and time.monotonic() < deadline:  # the worker took it: the queue is empty again
+        time.sleep(0.01)
     games = GameTable(lambda: None)  # never reached while the worker is blocked
     client = client_for(make_desk(tmp_path, count=2), games, worker, model_timeout=30)
     waiting = threading.Thread(target=post, args=(client, "/api/play/new", {}))
     waiting.start()  # fills the one place in the queue
-    deadline = time.monotonic() + 10
     while worker.waiting() < 1 and time.monotonic() < deadline:
         time.sleep(0.01)
     start = time.perf_counter()

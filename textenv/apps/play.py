@@ -804,32 +804,39 @@ def _check_preference_file(path: Path) -> None:
         raise InputError(f"--preferences: {err}") from None
 
 
-def build_play_env(args: argparse.Namespace) -> TextGenVectorEnv:
-    """The one-row env of the game: ``--model`` (or ``--checkpoint``'s policy with its base model as the
-    reference and its training settings as defaults), ``--reward-model``, ``--prompt`` or the built-in held-out
-    prompts, ``--max-new-tokens``, ``--kl-coef``, ``--device``."""
+def build_play_env(args: argparse.Namespace, max_prompt_tokens: int | None = None,
+                   default_max_new_tokens: int = 16) -> TextGenVectorEnv:
+    """The one-row env of the game (``textenv play`` and ``textenv serve``'s Play page): ``--model`` (or
+    ``--checkpoint``'s policy with its base model, or ``--reference``, as π_ref and its training settings as
+    defaults), ``--reward-model``, ``--prompt`` or the built-in held-out prompts, ``--max-new-tokens`` (else
+    ``default_max_new_tokens``), ``--kl-coef`` (else 0.05; 0 loads no reference), ``--device``;
+    ``max_prompt_tokens`` bounds the prompts a player may type (None: the env's default)."""
     from textenv.apps.evaluation import load_reward_model
     from textenv.models.loading import DEFAULT_MODEL, resolve_device
 
     device = resolve_device(args.device)
     models: dict[str, Any] = {"model": args.model or DEFAULT_MODEL}
-    reward, max_new_tokens, kl_coef = args.reward_model or "vader", args.max_new_tokens or 16, args.kl_coef
+    reward, max_new_tokens = args.reward_model or "vader", args.max_new_tokens or default_max_new_tokens
+    kl_coef = args.kl_coef
     if args.checkpoint is not None:
-        models, settings = _checkpoint_models(args, device)
+        models, settings = checkpoint_models(args, device)
         reward, max_new_tokens = settings["gold"], settings["max_new_tokens"]
         kl_coef = kl_coef if kl_coef is not None else settings["kl_coef"]
     kl_coef = 0.05 if kl_coef is None else kl_coef
     if kl_coef == 0:
-        models.pop("reference", None)
-    prompts = [args.prompt] if args.prompt is not None else "builtin"
-    return TextGenVectorEnv(num_envs=1, **models, reward_model=load_reward_model(reward, device), prompts=prompts,
-                            prompt_split="eval", max_new_tokens=max_new_tokens, kl_coef=kl_coef,
-                            autoreset_mode="disabled", device=device)
+        models.pop("reference", None)  # β = 0: no reference model (π_θ stands in for π_ref in the game)
+    prompt = getattr(args, "prompt", None)
+    limit = {} if max_prompt_tokens is None else {"max_prompt_tokens": max_prompt_tokens}
+    return TextGenVectorEnv(num_envs=1, **models, reward_model=load_reward_model(reward, device),
+                            prompts=[prompt] if prompt is not None else "builtin", prompt_split="eval",
+                            max_new_tokens=max_new_tokens, kl_coef=kl_coef, autoreset_mode="disabled", device=device,
+                            **limit)
 
 
-def _checkpoint_models(args: argparse.Namespace, device: torch.device) -> tuple[dict[str, Any], dict[str, Any]]:
-    """The policy, tokenizer and reference of ``--checkpoint`` (as ``textenv eval`` finds them: its agent.json,
-    flags override) and those settings."""
+def checkpoint_models(args: argparse.Namespace, device: torch.device) -> tuple[dict[str, Any], dict[str, Any]]:
+    """The policy, tokenizer and reference of ``--checkpoint`` (checked against its manifest; the reference is
+    ``--reference`` or ``--model`` if given, else the base model its ``agent.json`` names) and the settings
+    ``textenv eval`` reads from it (flags override them)."""
     from textenv.agents.base import CHECKPOINT_KIND
     from textenv.apps.eval_checkpoint import eval_settings
     from textenv.apps.run_directory import resolve_checkpoint
@@ -838,11 +845,12 @@ def _checkpoint_models(args: argparse.Namespace, device: torch.device) -> tuple[
 
     checkpoint = resolve_checkpoint(args.checkpoint, "--checkpoint")
     verify_directory(checkpoint, CHECKPOINT_KIND)
-    settings = eval_settings(args, checkpoint)
-    reference = load_causal_lm(settings["reference"], device).eval()
-    reference.requires_grad_(False)
-    models = {"model": load_causal_lm(checkpoint / "policy", device), "tokenizer": load_tokenizer(
-        checkpoint / "policy"), "reference": reference}
+    flags = argparse.Namespace(reward_model=args.reward_model, max_new_tokens=args.max_new_tokens,
+                               reference=getattr(args, "reference", None) or args.model)
+    settings = eval_settings(flags, checkpoint)
+    reference = load_causal_lm(settings["reference"], device).eval().requires_grad_(False)
+    models = {"model": load_causal_lm(checkpoint / "policy", device),
+              "tokenizer": load_tokenizer(checkpoint / "policy"), "reference": reference}
     return models, settings
 
 

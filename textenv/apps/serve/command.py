@@ -13,6 +13,7 @@ no model is loaded at all.
 from __future__ import annotations
 
 import argparse
+import functools
 import ipaddress
 import re
 import secrets
@@ -167,50 +168,13 @@ def import_web_framework() -> None:
 
 # ---------------------------------------------------------------------------------------------- the game's env
 def play_env_factory(args: argparse.Namespace) -> Any:
-    """A function building the one-row env of the games from the flags, as ``textenv play`` does: the policy
-    (``--model``, or ``--checkpoint``'s policy with its base model as π_ref), the reward model, β and the length
-    (flags, else what the checkpoint trained with, else vader, 0.05 and 24 tokens), the held-out built-in prompts
-    for a game without a typed prompt, and prompts up to :data:`MAX_PROMPT_TOKENS` tokens."""
+    """A function building the one-row env of the games from the flags, as ``textenv play`` does
+    (:func:`textenv.apps.play.build_play_env`: the policy, or ``--checkpoint``'s with ``--model`` or its base
+    model as π_ref; the reward model, β and the length from the flags, else what the checkpoint trained with,
+    else vader, 0.05 and 24 tokens), with prompts up to :data:`MAX_PROMPT_TOKENS` tokens."""
+    from textenv.apps.play import build_play_env
 
-    def make_env() -> Any:
-        from textenv.apps.evaluation import load_reward_model
-        from textenv.models.loading import DEFAULT_MODEL, resolve_device
-        from textenv.vector_env import TextGenVectorEnv
-
-        device = resolve_device(args.device)
-        models: dict[str, Any] = {"model": args.model or DEFAULT_MODEL}
-        reward, max_new_tokens, kl_coef = args.reward_model or "vader", args.max_new_tokens or 24, args.kl_coef
-        if args.checkpoint is not None:
-            models, settings = checkpoint_models(args, device)
-            reward, max_new_tokens = settings["gold"], settings["max_new_tokens"]
-            kl_coef = kl_coef if kl_coef is not None else settings["kl_coef"]
-        kl_coef = 0.05 if kl_coef is None else kl_coef
-        if kl_coef == 0:
-            models.pop("reference", None)  # β = 0: no reference model (π_θ stands in for π_ref in the game)
-        return TextGenVectorEnv(num_envs=1, **models, reward_model=load_reward_model(reward, device),
-                                prompt_split="eval", max_new_tokens=max_new_tokens, kl_coef=kl_coef,
-                                max_prompt_tokens=MAX_PROMPT_TOKENS, autoreset_mode="disabled", device=device)
-
-    return make_env
-
-
-def checkpoint_models(args: argparse.Namespace, device: Any) -> tuple[dict[str, Any], dict[str, Any]]:
-    """The policy, tokenizer and reference of ``--checkpoint`` (checked against its manifest; the reference is
-    ``--model`` or the base model its ``agent.json`` names) and the settings ``textenv eval`` reads from it."""
-    from textenv.agents.base import CHECKPOINT_KIND
-    from textenv.apps.eval_checkpoint import eval_settings
-    from textenv.apps.run_directory import resolve_checkpoint
-    from textenv.checkpoint import verify_directory
-    from textenv.models.loading import load_causal_lm, load_tokenizer
-
-    checkpoint = resolve_checkpoint(args.checkpoint, "--checkpoint")
-    verify_directory(checkpoint, CHECKPOINT_KIND)
-    flags = argparse.Namespace(reward_model=args.reward_model, reference=args.model, max_new_tokens=args.max_new_tokens)
-    settings = eval_settings(flags, checkpoint)
-    reference = load_causal_lm(settings["reference"], device).eval().requires_grad_(False)
-    models = {"model": load_causal_lm(checkpoint / "policy", device), "tokenizer": load_tokenizer(checkpoint / "policy"),
-              "reference": reference}
-    return models, settings
+    return functools.partial(build_play_env, args, max_prompt_tokens=MAX_PROMPT_TOKENS, default_max_new_tokens=24)
 
 
 # ---------------------------------------------------------------------------------------------- running
