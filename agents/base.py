@@ -547,7 +547,8 @@ class Agent(ABC):
     def _note_changed_hyperparameters(self, meta: dict[str, Any], path: Path) -> None:
         """Warn about hyper-parameters that differ from the checkpoint's (they apply: the agent was built with
         them); keep the checkpoint's seed (its random streams continue)."""
-        saved = meta["hyperparameters"]
+        # an option newer than the checkpoint (absent from its agent.json) counts as saved at its default
+        saved = {**_as_json(self.config_class().to_dict()), **meta["hyperparameters"]}
         current = _as_json(self.hyperparameters())
         notes = [f"{key}: saved {saved.get(key, '<unset>')!r}, now {current.get(key, '<unset>')!r}"
                  for key in sorted(set(saved) | set(current))

@@ -402,6 +402,21 @@ def test_resume_refuses_a_missing_value_head(tiny_model_dir, tmp_path):
     assert agent.iterations > 0
 
 
+def test_an_option_newer_than_the_checkpoint_counts_as_its_default(tiny_model_dir, tmp_path):
+    """agent.json of an earlier version lacks an option added since (lens_every): resuming with its default is no
+    change, resuming with another value is."""
+    ckpt = tmp_path / "ckpt"
+    saved_agent(tiny_model_dir, ckpt)
+    meta = json.loads((ckpt / "agent.json").read_text())
+    del meta["hyperparameters"]["lens_every"]
+    (ckpt / "agent.json").write_text(json.dumps(meta))
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        Reinforce.load(ckpt, make_env(tiny_model_dir), learning_rate=1e-3)
+    with pytest.warns(UserWarning, match=r"lens_every: saved 10, now 3"):
+        Reinforce.load(ckpt, make_env(tiny_model_dir), learning_rate=1e-3, lens_every=3)
+
+
 def test_changed_hyperparameters_apply_with_a_warning_and_are_recorded(tiny_model_dir, tmp_path):
     ckpt = tmp_path / "ckpt"
     saved_agent(tiny_model_dir, ckpt)
