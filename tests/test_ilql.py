@@ -138,6 +138,17 @@ def test_one_learn_on_a_jsonl_file_gives_finite_losses(tiny_model_dir, data_file
     assert all(math.isfinite(value) for value in agent.evaluate_losses().values())
 
 
+def test_micro_batches_give_the_same_update(tiny_model_dir):
+    whole = ILQL(make_env(tiny_model_dir), data=ROWS, batch_size=4, learning_rate=1e-3)
+    micro = ILQL(make_env(tiny_model_dir), data=ROWS, batch_size=4, learning_rate=1e-3, micro_batch_size=1)
+    expected, got = whole.train_iteration(), micro.train_iteration()
+    assert got["num_tokens"] == expected["num_tokens"]
+    for key in ("train/loss", "train/loss_q", "train/loss_cql", "train/loss_lm"):
+        assert got[key] == pytest.approx(expected[key], rel=1e-4), key
+    for a, b in zip(whole.heads.parameters(), micro.heads.parameters()):
+        assert torch.allclose(a, b, atol=1e-6)
+
+
 def test_training_raises_the_probability_of_the_high_reward_token(tiny_model_dir):
     """Half the completions are " good" (reward 1), half " bad" (reward 0): the LM clones both alike, the Q-weighted
     policy prefers " good"."""
