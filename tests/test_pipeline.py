@@ -34,6 +34,7 @@ def test_pipeline_writes_every_stage_and_reuses_them(tiny_model_dir, tmp_path, l
     assert main(tiny_args(tiny_model_dir, out)) == 0
     headline = json.loads(capsys.readouterr().out)
     assert {"rm_pair_accuracy", "gold_before", "gold_after", "proxy_after", "kl", "best"} <= set(headline)
+    assert set(headline["overoptimisation"]) == {"gold_falls_while_proxy_rises", "gold_drop", "peak"}
 
     # Stage outputs are real, loadable artefacts.
     rows = load_preferences(out / "preferences.jsonl")

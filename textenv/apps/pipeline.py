@@ -65,7 +65,7 @@ ran/skipped, wall and CPU seconds), ``plots``,
 stage reports only its own few seconds).
 
 Measured (``OMP_NUM_THREADS=1 textenv pipeline --output DIR``, defaults, seed 0, a 2-core CPU shared with other
-jobs): ≈ 4.1 CPU-minutes; RM pair accuracy 0.894 on 877 held-out eval-prompt pairs (raw RM std 4.9 on the
+jobs): 3.9 CPU-minutes (10 min wall); RM pair accuracy 0.894 on 877 held-out eval-prompt pairs (raw RM std 4.9 on the
 training completions, normalised to 1); gold (fluent-sentiment) −0.035 → +0.854 at the best checkpoint (+0.847 at
 the last, proxy +1.43, KL 3.8 nats). The β = 0 run's gold peaks at +0.78 (8,417 tokens, KL 6) and falls to −1.14
 (KL 122) while its proxy rises from +1.39 to +1.92: over-optimisation. The frontier at 12,288 tokens runs from
@@ -832,7 +832,11 @@ def run(args: argparse.Namespace) -> int:
     summary = run_pipeline(args.output, **{name: getattr(args, name) for name in PipelineConfig.names()})
     headline = ("rm_pair_accuracy", "gold_before", "gold_sft", "gold_after", "gold_after_best", "gold_gain_best",
                 "proxy_after", "kl", "cpu_minutes", "wall_minutes")
-    print(json.dumps({key: summary[key] for key in headline} | {"best": summary["best"]}, indent=2))
+    verdict = summary["overoptimisation"]
+    goodhart = {key: verdict[key] for key in ("gold_falls_while_proxy_rises", "gold_drop")} | {
+        "peak": {key: verdict["peak"][key] for key in ("checkpoint", "gold_reward", "proxy_reward", "kl")}}
+    print(json.dumps({key: summary[key] for key in headline} | {"best": summary["best"], "overoptimisation": goodhart},
+                     indent=2, ensure_ascii=False))
     return 0
 
 
