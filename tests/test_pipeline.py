@@ -113,6 +113,10 @@ def test_pipeline_writes_every_stage_and_reuses_them(tiny_model_dir, tmp_path, l
     assert json.loads((out / "ppo" / "step-00000048" / "agent.json").read_text())["num_timesteps"] >= 48
     assert longer["checkpoints"][:2] == summary["checkpoints"]
 
+    # Reusing comparisons ranked by another gold labeller is refused (a DIR of the days when VADER was the default).
+    assert main(tiny_args(tiny_model_dir, out, "--gold", "vader")) == 2
+    assert f"ranked by gold {GOLD!r} but this run's --gold is 'vader'" in capsys.readouterr().err
+
     # Reusing DIR with a different β is refused rather than silently mixing runs.
     assert main(tiny_args(tiny_model_dir, out, "--beta", "0.2", "--ppo-timesteps", "48")) == 2
     assert "beta=0.1" in capsys.readouterr().err

@@ -318,6 +318,7 @@ class _PipelineRun:
             ran = []
             for path, split, count in ((self.prefs, "train", c.num_prompts), (self.eval_prefs, "eval", c.eval_prompts)):
                 if path.is_file():
+                    _check_ranked_by(path, c.gold)
                     continue
                 self.log(f"collect: {count} {split} prompts × K={c.k} completions ranked by {c.gold} → {path}")
                 _collect(path, model=c.model, prompts=self.held_out[:count] if split == "eval" else "builtin",
@@ -488,6 +489,23 @@ def _collect(path: Path, min_rows: int, **kwargs: Any) -> None:
         os.replace(tmp, path)
     finally:
         tmp.unlink(missing_ok=True)
+
+
+def _check_ranked_by(path: Path, gold: str) -> None:
+    """Refuse to reuse comparisons ranked by another gold labeller than ``gold`` (e.g. a DIR of an earlier version,
+    whose default gold was ``vader``): the RM and the evaluation would then answer to different labellers."""
+    with path.open(encoding="utf-8") as handle:
+        first = handle.readline()
+    try:
+        ranked_by = json.loads(first).get("meta", {}).get("gold")
+    except (json.JSONDecodeError, AttributeError):
+        return  # not ours to judge here: the RM stage reports a malformed file with its line number
+    if ranked_by is not None and ranked_by != gold:
+        raise InputError(
+            f"{path} was ranked by gold {ranked_by!r} but this run's --gold is {gold!r} (the default gold became "
+            f"'fluent-sentiment'); pass --gold {ranked_by}, or use another --output, or delete {path.name} and every "
+            "later stage's output"
+        )
 
 
 def _supervised_fine_tune(
