@@ -19,6 +19,9 @@ recommend (:mod:`textenv.comparison`):
    normalised scores), ``comparison.md`` (the table, also printed) and ``comparison.png`` (IQM with its CI per
    agent, and the performance profiles: the fraction of runs above each normalised score τ).
 
+Offline agents (``dpo``, ``lrml``, ``ilql``: the offline rows) train on the task's own data, made once per task:
+K = 4 completions of its training prompts from the untrained policy, ranked by its gold scorer.
+
 Every finished run leaves ``OUTPUT/runs/TASK/AGENT/seedS/result.json``; running the same command again skips
 it (resume after a crash or add seeds), so only the missing runs train. ``--jobs N`` trains N runs at once in
 separate processes (one torch thread each), never threads.
@@ -52,6 +55,16 @@ from textenv.models.loading import DEFAULT_MODEL
 from textenv.tasks import TASKS, get_task
 
 DEFAULT_AGENTS = ["reinforce", "ppo", "rloo", "grpo", "sb3-ppo"]
+#: Offline agents (the comparison's offline rows): the hyper-parameter that takes their data file, and settings of
+#: their own. Their data is the task's: K completions of its training prompts from the untrained policy, ranked by
+#: its gold scorer (``textenv collect``'s format: DPO/LRML read the rankings, ILQL the scored completions).
+OFFLINE_AGENTS: dict[str, tuple[str, dict[str, Any]]] = {
+    "dpo": ("preferences", {}),
+    "lrml": ("preferences", {}),
+    # ILQL learns its Q/V heads from zero: at the default β = 1 and heads' rate 1e-3 its Q-weighting moves little in
+    # a short run (docs/ilql.md); these are the settings docs/ilql.md measured a gain with
+    "ilql": ("data", {"beta": 10.0, "heads_learning_rate": 3e-3}),
+}
 
 
 # ---------------------------------------------------------------------------------------------- 1. one run
@@ -83,7 +96,10 @@ def train_one(agent_name: str, task_name: str, seed: int, args: argparse.Namespa
     env = make_env(task_name, args, group_size=agent_class(agent_name).default_group_size)
     run_dir = run_path(args.output, task_name, agent_name, seed)
     run_dir.mkdir(parents=True, exist_ok=True)
-    agent = make_agent(agent_name, env, seed=seed, tensorboard_log=str(run_dir / "tensorboard"))  # the one name
+    offline = OFFLINE_AGENTS.get(agent_name)
+    extra = {} if offline is None else {offline[0]: str(offline_data(task_name, args)), **offline[1]}
+    agent = make_agent(agent_name, env, seed=seed, tensorboard_log=str(run_dir / "tensorboard"),  # the one name
+                       **extra)
     start = time.perf_counter()
     agent.learn(args.total_timesteps, progress_bar=False)
     wall = time.perf_counter() - start
@@ -103,6 +119,24 @@ def untrained_score(task_name: str, args: argparse.Namespace) -> dict[str, Any]:
     path.parent.mkdir(parents=True, exist_ok=True)
     save_eval_json(path, result)
     return result
+
+
+def offline_data(task_name: str, args: argparse.Namespace) -> Path:
+    """The offline agents' data of ``task_name``: ``--offline-prompts`` training prompts × 4 completions of the
+    untrained policy, ranked by the task's gold scorer (:func:`textenv.apps.collect.collect_preferences`); made
+    once, written whole (a killed run leaves no partial file) and shared by every offline run of the task."""
+    from textenv.apps.collect import collect_preferences
+
+    path = args.output / "offline-data" / f"{task_name}.jsonl"
+    if not path.exists():
+        task = get_task(task_name)
+        partial = path.with_suffix(f".partial-{os.getpid()}")
+        path.parent.mkdir(parents=True, exist_ok=True)
+        collect_preferences(model=args.model, prompts=task.prompts, prompt_split=task.train_split,
+                            num_prompts=args.offline_prompts, k=4, max_new_tokens=args.max_new_tokens or task.max_new_tokens,
+                            gold=task.gold, output=partial, seed=0)
+        os.replace(partial, path)
+    return path
 
 
 def run_path(output: Path, task: str, agent: str, seed: int) -> Path:
@@ -125,6 +159,8 @@ def run_all(args: argparse.Namespace) -> list[dict[str, Any]]:
                 else:
                     jobs.append((agent, task, seed, args))
     print(f"{len(results)} runs already finished, {len(jobs)} to train")
+    for task in {task for agent, task, _, _ in jobs if agent in OFFLINE_AGENTS}:
+        offline_data(task, args)  # once, before the workers start (they would race to make it)
     if args.jobs == 1:
         for number, job in enumerate(jobs, 1):
             print(f"[{number}/{len(jobs)}] {job[0]} on {job[1]}, seed {job[2]}", flush=True)
@@ -233,14 +269,17 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser.add_argument("--kl-coef", type=float, default=0.05, help="β of the KL penalty")
     parser.add_argument("--eval-prompts", type=int, default=64, help="held-out prompts per task (one sample each)")
     parser.add_argument("--bootstrap", type=int, default=2000, help="bootstrap repetitions of the CIs")
+    parser.add_argument("--offline-prompts", type=int, default=200,
+                        help=f"training prompts (× 4 ranked completions) of the offline agents' data "
+                             f"({', '.join(OFFLINE_AGENTS)})")
     args = parser.parse_args(argv)
     for name in args.agents:
         agent_class(name)  # an unknown name fails now, not after the first run has trained
     for name in args.tasks:
         get_task(name)
-    for flag in ("seeds", "jobs", "threads", "bootstrap"):
+    for flag in ("seeds", "jobs", "threads", "bootstrap", "offline_prompts"):
         if getattr(args, flag) < 1:
-            parser.error(f"--{flag} must be at least 1")
+            parser.error(f"--{flag.replace('_', '-')} must be at least 1")
     return args
 
 

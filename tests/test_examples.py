@@ -106,3 +106,16 @@ def test_unknown_names_fail_before_any_training(tmp_path):
     with pytest.raises(ValueError, match="nope"):
         example.main(["--tasks", "nope", "--output", str(tmp_path / "x")])
     assert not (tmp_path / "x").exists()
+
+
+def test_offline_agents_train_on_the_tasks_ranked_completions(tiny_model_dir, tmp_path):
+    example = load_example("swap_algorithms")
+    out = tmp_path / "swap"
+    assert example.main(small_comparison(tiny_model_dir, out, ["dpo", "ilql"], ["length"], 2,
+                                         "--offline-prompts", "8")) == 0
+    data = [json.loads(line) for line in (out / "offline-data" / "length.jsonl").read_text().splitlines()]
+    assert 0 < len(data) <= 8 and all(len(row["ranked"]) >= 2 for row in data)  # ranked by gold; ties dropped
+    assert not [p for p in (out / "offline-data").iterdir() if "partial" in p.name]
+    report = json.loads((out / "comparison.json").read_text())
+    assert set(report["agents"]) == {"dpo", "ilql"}
+    assert all(r["tokens"] >= 32 and np.isfinite(r["score"]) for r in report["runs"])
