@@ -247,15 +247,15 @@ def print_header(args: argparse.Namespace) -> None:
     print(f"model={args.model} envs={args.num_envs} T={args.max_new_tokens} beta={args.kl_coef} "
           f"held-out={args.eval_prompts}x{args.eval_samples} budget={args.cpu_minutes:g} CPU-min "
           f"threads={args.threads}")
-    print(f"{'agent':>10} | {'before → after':>15} | {'change':>7} | {'KL':>5} | {'CPU-min':>7} | "
+    print(f"{'agent':>12} | {'before → after':>15} | {'change':>7} | {'KL':>5} | {'CPU-min':>7} | "
           f"{'wall-min':>8} | {'tokens':>7}", flush=True)
 
 
 def print_row(r: dict[str, Any]) -> None:
-    print(f"{r['agent']:>10} | {r['before']:+.3f} → {r['after']:+.3f} | {r['change']:+7.3f} | {r['kl']:5.2f} | "
+    print(f"{r['agent']:>12} | {r['before']:+.3f} → {r['after']:+.3f} | {r['change']:+7.3f} | {r['kl']:5.2f} | "
           f"{r['cpu_min']:7.2f} | {r['wall_min']:8.2f} | {r['tokens']:>7}", flush=True)
     for point in r["curve"]:
-        print(f"{'':>10}   at {point['cpu_min']:.2f} CPU-min, {point['tokens']} tokens: {point['change']:+.3f} "
+        print(f"{'':>12}   at {point['cpu_min']:.2f} CPU-min, {point['tokens']} tokens: {point['change']:+.3f} "
               f"(KL {point['kl']:.2f})", flush=True)
 
 
@@ -279,6 +279,8 @@ def mean_row(rows: list[dict[str, Any]]) -> dict[str, Any]:
     checkpoints = sorted({p["checkpoint_min"] for r in rows for p in r["curve"]})
     curve = [{key: statistics.fmean(p[key] for r in rows for p in r["curve"] if p["checkpoint_min"] == c)
               for key in ("checkpoint_min", "cpu_min", "tokens", "gold", "kl", "change")} for c in checkpoints]
+    for point in curve:
+        point["tokens"] = round(point["tokens"])
     return {**mean, "agent": rows[0]["agent"], "tokens": round(mean["tokens"]), "curve": curve,
             "change_std": statistics.stdev(r["change"] for r in rows) if len(rows) > 1 else 0.0}
 
@@ -319,7 +321,7 @@ def run_vs_trl(args: argparse.Namespace) -> None:
         print(f"means over {args.seeds} seeds (change ± std over seeds):")
         for row in rows["ours"] + rows["trl"]:
             print_row(row)
-            print(f"{'':>10}   change {row['change']:+.3f} ± {row['change_std']:.3f}")
+            print(f"{'':>12}   change {row['change']:+.3f} ± {row['change_std']:.3f}")
     for checkpoint_min in sorted({p["checkpoint_min"] for r in rows["ours"] + rows["trl"] for p in r["curve"]}):
         at = {side: [{**p, "agent": r["agent"]} for r in side_rows for p in r["curve"]
                      if p["checkpoint_min"] == checkpoint_min] for side, side_rows in rows.items()}

@@ -72,7 +72,7 @@ def test_the_seeds_are_averaged_per_trainer_and_per_checkpoint(learning):
     mean = learning.mean_row([seed_row(0.8, 2.0, 0.4), seed_row(0.6, 4.0, 0.2)])
     assert mean["agent"] == "ppo" and mean["change"] == pytest.approx(0.7) and mean["kl"] == pytest.approx(3.0)
     assert mean["change_std"] == pytest.approx(0.1414, abs=1e-4) and mean["tokens"] == 100
-    assert [p["change"] for p in mean["curve"]] == pytest.approx([0.3])
+    assert [p["change"] for p in mean["curve"]] == pytest.approx([0.3]) and mean["curve"][0]["tokens"] == 50
 
 
 def burn_cpu(seconds: float) -> None:
