@@ -494,7 +494,7 @@ def plot_reward_kl_frontier(
     """
     if not results_by_beta:
         raise ValueError("results_by_beta is empty: give {beta: evaluate_policy(...) result(s)}")
-    figure = _figure()
+    figure = new_figure()
     axes = figure.subplots()
     numeric = sorted(k for k in results_by_beta if isinstance(k, (int, float)))  # βs in order, then named series
     keys = numeric + [k for k in results_by_beta if not isinstance(k, (int, float))]
@@ -510,7 +510,7 @@ def plot_reward_kl_frontier(
     axes.set_title(title)
     axes.grid(alpha=0.3)
     axes.legend()
-    return _save_figure(figure, path)
+    return save_figure(figure, path)
 
 
 def plot_proxy_vs_gold(
@@ -528,7 +528,7 @@ def plot_proxy_vs_gold(
     kl = [_value(r, "kl", i) for i, r in enumerate(history)]
     gold = [_value(r, "gold_reward", i) for i, r in enumerate(history)]
     proxy = [_value(r, "proxy_reward", i) for i, r in enumerate(history)]
-    figure = _figure()
+    figure = new_figure()
     gold_axes = figure.subplots()
     proxy_axes = gold_axes.twinx()
     gold_axes.plot(kl, gold, marker="o", color="tab:blue", label="gold")
@@ -543,7 +543,7 @@ def plot_proxy_vs_gold(
     gold_axes.grid(alpha=0.3)
     handles = gold_axes.get_lines()[:1] + proxy_axes.get_lines()[:1]
     figure.legend(handles, [h.get_label() for h in handles], loc="outside lower center", ncols=2)  # clear of both
-    return _save_figure(figure, path)
+    return save_figure(figure, path)
 
 
 def _value(result: Mapping[str, Any], key: str, where: Any) -> float:
@@ -555,7 +555,7 @@ def _value(result: Mapping[str, Any], key: str, where: Any) -> float:
     return float(value)
 
 
-def _figure() -> Any:
+def new_figure() -> Any:
     """A pyplot-free matplotlib Figure (Agg canvas): no global backend switch, safe in threads and notebooks."""
     try:
         from matplotlib.figure import Figure
@@ -564,7 +564,8 @@ def _figure() -> Any:
     return Figure(figsize=(6.4, 4.8), layout="constrained")
 
 
-def _save_figure(figure: Any, path: str | os.PathLike) -> Path:
+def save_figure(figure: Any, path: str | os.PathLike) -> Path:
+    """Write ``figure`` as a PNG to ``path`` atomically (a crash leaves the old file or the new one)."""
     from matplotlib.backends.backend_agg import FigureCanvasAgg
 
     FigureCanvasAgg(figure)

@@ -759,9 +759,9 @@ def plot_overoptimisation(runs: Mapping[str, Sequence[dict[str, Any]]], sweep: M
     axes: each run's checkpoints ``{name: [result, ...]}`` joined in order (labelled with their tokens) and the
     ``sweep``'s policies ``{β: result}`` as open diamonds (labelled with β). Over-optimisation: the proxy keeps
     rising to the right while the gold turns down. Writes a PNG (atomically) and returns its path."""
-    from textenv.apps.evaluation import _figure, _save_figure
+    from textenv.apps.evaluation import new_figure, save_figure
 
-    figure = _figure()
+    figure = new_figure()
     gold_axes = figure.subplots()
     proxy_axes = gold_axes.twinx()
     handles = []
@@ -793,7 +793,7 @@ def plot_overoptimisation(runs: Mapping[str, Sequence[dict[str, Any]]], sweep: M
     gold_axes.set_title(title, fontsize=10)
     gold_axes.grid(alpha=0.3)
     figure.legend(handles, [h.get_label() for h in handles], loc="outside lower center", ncols=3, fontsize=7)
-    return _save_figure(figure, path)
+    return save_figure(figure, path)
 
 
 def _plot(out: Path, runs: dict[str, list[dict[str, Any]]], frontier: dict[Any, dict[str, Any]],
