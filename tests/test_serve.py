@@ -184,6 +184,36 @@ def test_a_token_is_asked_on_every_request_when_set(tmp_path):
     assert fresh.get("/?token=nope-nope-nope-nope", follow_redirects=False).status_code == 401
 
 
+def test_the_token_link_never_redirects_off_the_server():
+    """``GET //evil.example?token=T`` (a raw path starting with two slashes) must not answer ``Location:
+    //evil.example``, which a browser follows to another site (an open redirect)."""
+    import asyncio
+
+    token = "a-long-enough-secret-token"
+    app = build_app(None, None, None, ServeOptions(token=token, check_host=False))
+
+    async def location(raw: str) -> str:
+        sent: list[dict] = []
+        scope = {"type": "http", "method": "GET", "path": raw, "raw_path": raw.encode(),
+                 "query_string": f"token={token}".encode(), "headers": [(b"host", b"127.0.0.1")], "scheme": "http",
+                 "server": ("127.0.0.1", 80), "client": ("127.0.0.1", 1), "http_version": "1.1", "root_path": ""}
+
+        async def receive():
+            return {"type": "http.request", "body": b"", "more_body": False}
+
+        async def send(message):
+            sent.append(message)
+
+        await app(scope, receive, send)
+        assert sent[0]["status"] == 303
+        return dict(sent[0]["headers"])[b"location"].decode()
+
+    for raw in ("//evil.example", "///evil.example/x", "/\\evil.example"):
+        target = asyncio.run(location(raw))
+        assert target.startswith("/") and not target.startswith(("//", "/\\")), (raw, target)
+    assert asyncio.run(location("/label")) == "/label"
+
+
 def test_a_loopback_server_answers_only_to_loopback_host_names(tmp_path):
     client = client_for(make_desk(tmp_path))
     assert client.get("/api/info").status_code == 200

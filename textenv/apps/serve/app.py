@@ -142,7 +142,8 @@ class Guard:
         if request.method != "GET" or request.url.path.startswith("/api/"):
             return None
         rest = [(k, v) for k, v in request.query_params.multi_items() if k != "token"]
-        target = request.url.path + ("?" + urlencode(rest) if rest else "")
+        path = "/" + request.url.path.lstrip("/\\")  # "//host" would be a redirect to another site
+        target = path + ("?" + urlencode(rest) if rest else "")
         response = RedirectResponse(target, status_code=303)
         response.set_cookie(COOKIE, self.options.token or "", httponly=True, samesite="strict", path="/")
         return response
