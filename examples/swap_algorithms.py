@@ -23,7 +23,8 @@ Offline agents (``dpo``, ``lrml``, ``ilql``: the offline rows) train on the task
 K = 4 completions of its training prompts from the untrained policy, ranked by its gold scorer.
 
 Every finished run leaves ``OUTPUT/runs/TASK/AGENT/seedS/result.json``; running the same command again skips
-it (resume after a crash or add seeds), so only the missing runs train. ``--jobs N`` trains N runs at once in
+it (resume after a crash or add seeds), so only the missing runs train; a rerun into the same OUTPUT with
+another budget, model or evaluation (``OUTPUT/settings.json``) is refused instead of mixing runs. ``--jobs N`` trains N runs at once in
 separate processes (one torch thread each), never threads.
 
     python examples/swap_algorithms.py                                  # 5 agents × all tasks × 3 seeds
@@ -53,6 +54,7 @@ from textenv.apps.train import build_env
 from textenv.comparison import iqm, normalise, performance_profile, stratified_bootstrap_ci
 from textenv.models.loading import DEFAULT_MODEL
 from textenv.tasks import TASKS, get_task
+from textenv.validation import InputError
 
 DEFAULT_AGENTS = ["reinforce", "ppo", "rloo", "grpo", "sb3-ppo"]
 #: Offline agents (the comparison's offline rows): the hyper-parameter that takes their data file, and settings of
@@ -137,6 +139,29 @@ def offline_data(task_name: str, args: argparse.Namespace) -> Path:
                             gold=task.gold, output=partial, seed=0)
         os.replace(partial, path)
     return path
+
+
+#: The flags that change a run's numbers (its training, its evaluation, the untrained score, the offline data).
+RUN_SETTINGS = ("model", "total_timesteps", "num_envs", "max_new_tokens", "kl_coef", "eval_prompts",
+                "offline_prompts")
+
+
+def check_run_settings(args: argparse.Namespace) -> None:
+    """Reuse ``OUTPUT``'s finished runs only under the settings they were made with (``OUTPUT/settings.json``,
+    written by the first run): another budget, model or evaluation would mix runs (and the untrained score they
+    are normalised by) that do not compare. Agents, tasks, seeds, jobs and bootstrap may change."""
+    path = args.output / "settings.json"
+    settings = {key: str(getattr(args, key)) if isinstance(getattr(args, key), Path) else getattr(args, key)
+                for key in RUN_SETTINGS}
+    if not path.exists():
+        save_eval_json(path, settings)
+        return
+    saved = json.loads(path.read_text())
+    changed = {key: (saved.get(key), value) for key, value in settings.items() if saved.get(key) != value}
+    if changed:
+        listed = ", ".join(f"--{key.replace('_', '-')} {old!r} -> {new!r}" for key, (old, new) in changed.items())
+        raise InputError(f"--output {args.output} holds runs made with other settings ({listed}); their scores do "
+                         "not compare with these: choose another --output (or rerun with the same settings)")
 
 
 def run_path(output: Path, task: str, agent: str, seed: int) -> Path:
@@ -286,6 +311,7 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
 def main(argv: list[str] | None = None) -> int:
     args = parse_args(argv)
     args.output.mkdir(parents=True, exist_ok=True)
+    check_run_settings(args)
     start = time.perf_counter()
     results = run_all(args)
     untrained = {task: untrained_score(task, args)["score"] for task in args.tasks}

@@ -83,6 +83,23 @@ def test_finished_runs_are_skipped_and_a_new_seed_trains_only_its_runs(tiny_mode
     assert len(json.loads((out / "comparison.json").read_text())["runs"]) == 2
 
 
+def test_a_rerun_with_other_settings_never_mixes_in_the_earlier_runs(tiny_model_dir, tmp_path, capsys, two_tasks):
+    """Finished runs (and the cached untrained score) are reused only under the settings they were made with: a
+    rerun into the same --output with another budget or evaluation would normalise against stale numbers."""
+    example = load_example("swap_algorithms")
+    out = tmp_path / "swap"
+    task = two_tasks[:1]
+    assert example.main(small_comparison(tiny_model_dir, out, ["reinforce"], task, 1)) == 0
+    before = {p: p.read_bytes() for p in out.rglob("*.json")}
+    for changed in (["--eval-prompts", "4"], ["--kl-coef", "0.1"]):
+        with pytest.raises(ValueError, match="--output"):
+            example.main(small_comparison(tiny_model_dir, out, ["reinforce"], task, 1, *changed))
+    assert {p: p.read_bytes() for p in out.rglob("*.json")} == before  # nothing retrained or rewritten
+    capsys.readouterr()
+    assert example.main(small_comparison(tiny_model_dir, out, ["reinforce"], task, 1, "--bootstrap", "100")) == 0
+    assert "1 runs already finished, 0 to train" in capsys.readouterr().out  # settings that change no run
+
+
 @pytest.mark.slow
 def test_jobs_train_in_separate_processes_with_the_same_results(tiny_model_dir, tmp_path):
     example = load_example("swap_algorithms")
