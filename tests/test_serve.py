@@ -223,6 +223,16 @@ def test_a_loopback_server_answers_only_to_loopback_host_names(tmp_path):
         assert client.get("/api/info", headers={"Host": host}).status_code == 400, host
 
 
+def test_a_server_bound_to_another_loopback_address_answers_its_own_link(tmp_path):
+    """``textenv serve --host 127.0.0.2`` prints http://127.0.0.2:PORT/: the Host check must let that link in (an
+    IP literal cannot be rebound by DNS), as it does 127.0.0.1."""
+    client = client_for(make_desk(tmp_path))
+    for host in ("127.0.0.2:8000", "127.1.2.3", "[0:0:0:0:0:0:0:1]:8000"):
+        assert client.get("/api/info", headers={"Host": host}).status_code == 200, host
+    for host in ("127.0.0.2.evil.example", "10.0.0.1:8000", "[::2]:8000", "[127.0.0.1]"):
+        assert client.get("/api/info", headers={"Host": host}).status_code == 400, host
+
+
 # ---------------------------------------------------------------------------------------------- labelling
 def test_label_an_item_writes_the_preference_format_train_rm_reads(tmp_path):
     desk = make_desk(tmp_path, count=2)

@@ -30,6 +30,7 @@ from __future__ import annotations
 
 import asyncio
 import hmac
+import ipaddress
 import json
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
@@ -71,7 +72,7 @@ LOOPBACK_NAMES = {"127.0.0.1", "localhost", "[::1]"}
 @dataclass
 class ServeOptions:
     """What the app needs besides its parts: ``token`` (``None``: no token asked), ``check_host`` (answer only
-    ``Host: 127.0.0.1 / localhost / [::1]``, for a loopback-bound server), ``model_timeout`` (seconds a game move
+    ``Host: 127.0.0.1 / localhost / [::1]`` or another loopback IP, for a loopback-bound server), ``model_timeout`` (seconds a game move
     may wait for the model), and figures for ``/api/info``."""
 
     token: str | None = None
@@ -84,6 +85,19 @@ def static_files() -> dict[str, Path]:
     """File name → path of every servable file of the package's ``static/`` folder (no sub-folders)."""
     return {path.name: path for path in sorted(STATIC.iterdir())
             if path.is_file() and path.suffix in CONTENT_TYPES}
+
+
+def is_loopback_host(name: str) -> bool:
+    """Whether the Host header's name (port removed) is this machine: ``localhost`` or a loopback IP literal
+    (``127.x.x.x``, ``[::1]`` in any spelling), which DNS cannot rebind."""
+    if name.lower() in LOOPBACK_NAMES:
+        return True
+    bracketed = name.startswith("[") and name.endswith("]")
+    try:
+        address = ipaddress.ip_address(name[1:-1] if bracketed else name)
+    except ValueError:
+        return False
+    return address.is_loopback and (address.version == 6) == bracketed
 
 
 class Guard:
@@ -118,7 +132,7 @@ class Guard:
         """A response refusing ``request`` (bad Host, missing or wrong token), or ``None`` to let it through."""
         host = request.headers.get("host", "")
         name = host.rsplit(":", 1)[0] if not host.endswith("]") else host
-        if self.options.check_host and name.lower() not in LOOPBACK_NAMES:
+        if self.options.check_host and not is_loopback_host(name):
             return PlainTextResponse(f"unexpected Host {host[:80]!r}: this server answers only on 127.0.0.1", 400)
         token = self.options.token
         if token is None or self._token_given(request, token):
