@@ -464,6 +464,39 @@ def test_play_against_a_trained_checkpoint_with_its_base_model_as_reference(tiny
     assert "π_ref" in screen.getvalue()
 
 
+def test_play_against_an_ilql_checkpoint_plays_its_q_weighted_policy(tiny_model_dir, tmp_path) -> None:
+    """--checkpoint loads like textenv eval: an ILQL checkpoint's policy is its Q-weighted decoding around policy/
+    (ILQL.sampling_policy), not the LM alone, so the candidates and the policy's samples are the trained policy's."""
+    from textenv.agents.ilql import ILQL
+    from textenv.apps.cli import build_parser
+    from textenv.apps.play import build_play_env
+
+    data = tmp_path / "scored.jsonl"
+    data.write_text('{"prompt": "the film was", "completion": " good", "reward": 1.0}\n'
+                    '{"prompt": "the book", "completion": " bad", "reward": -1.0}\n')
+    train_env = TextGenVectorEnv(num_envs=2, model=str(tiny_model_dir), prompts=PROMPTS, max_new_tokens=3,
+                                 autoreset_mode="disabled", kl_coef=0.0, reward_model=LENGTH, device="cpu")
+    agent = ILQL(train_env, data=str(data), batch_size=2, beta=10.0)
+    agent.learn(total_timesteps=4, progress_bar=False)
+    generator = torch.Generator().manual_seed(0)
+    with torch.no_grad():  # a Q-weighting far from zero, so the two policies differ clearly
+        for head in agent.heads.target_q_heads:
+            head[2].weight.copy_(torch.randn(head[2].weight.shape, generator=generator))
+    agent.save(tmp_path / "ckpt")
+
+    args = build_parser().parse_args(["play", "--checkpoint", str(tmp_path / "ckpt"), "--prompt", "the film was",
+                                      "--device", "cpu"])
+    env = build_play_env(args)
+    obs, _ = env.reset()
+    ids, mask = torch.as_tensor(obs["input_ids"]), torch.as_tensor(obs["attention_mask"])
+    positions = (mask.cumsum(dim=1) - 1).clamp(min=0)
+    with torch.no_grad():
+        q_weighted = agent.sampling_module(input_ids=ids, attention_mask=mask, position_ids=positions).logits[0, -1]
+        lm_only = agent.policy(input_ids=ids, attention_mask=mask, position_ids=positions).logits[0, -1]
+    assert not torch.allclose(q_weighted, lm_only, atol=1e-2)
+    assert torch.allclose(env.next_token_logits()[0], q_weighted.float(), atol=1e-4)
+
+
 def test_colour_only_on_a_terminal() -> None:
     import io
 

@@ -849,9 +849,20 @@ def checkpoint_models(args: argparse.Namespace, device: torch.device) -> tuple[d
                                reference=getattr(args, "reference", None) or args.model)
     settings = eval_settings(flags, checkpoint)
     reference = load_causal_lm(settings["reference"], device).eval().requires_grad_(False)
-    models = {"model": load_causal_lm(checkpoint / "policy", device),
+    models = {"model": _sampling_policy(checkpoint, load_causal_lm(checkpoint / "policy", device)),
               "tokenizer": load_tokenizer(checkpoint / "policy"), "reference": reference}
     return models, settings
+
+
+def _sampling_policy(checkpoint: Path, lm: torch.nn.Module) -> torch.nn.Module:
+    """What the checkpoint's agent samples with, as ``textenv eval`` plays it: the LM, or the module the agent's
+    class builds around it (``sampling_policy``: ILQL's Q-weighted decoding)."""
+    from textenv.agents import AGENTS
+    from textenv.agents.base import read_checkpoint_meta
+
+    name = read_checkpoint_meta(checkpoint).get("agent")
+    build = getattr(AGENTS[name], "sampling_policy", None) if isinstance(name, str) and name in AGENTS else None
+    return lm if build is None else build(checkpoint, lm).to(lm.device)
 
 
 def run(args: argparse.Namespace, stdin: TextIO | None = None, stdout: TextIO | None = None) -> int:
