@@ -451,6 +451,28 @@ def test_a_failed_write_leaves_no_half_line(tmp_path, monkeypatch):
     assert len(load_preferences(path)) == 2
 
 
+def test_a_failed_fsync_takes_the_line_back_so_a_retry_does_not_duplicate_it(tmp_path, monkeypatch):
+    """A row whose fsync fails was not acknowledged (the request fails): it must not stay in the file, or the retry
+    writes the same label twice (and a restart counts a label the labeller was told was not saved)."""
+    desk = make_desk(tmp_path, count=2)
+    client = client_for(desk)
+    session = labelling_session(client)
+    item = post(client, "/api/label/next", {"session": session})[1]["item"]
+    real_fsync = os.fsync
+
+    def failing_fsync(fd):
+        raise OSError(5, "Input/output error")
+
+    monkeypatch.setattr(os, "fsync", failing_fsync)
+    with pytest.raises(OSError):
+        desk.submit(session, item["id"], [0, 1, 2])
+    monkeypatch.setattr(os, "fsync", real_fsync)
+    assert (tmp_path / "prefs.jsonl").read_text() == ""
+    status, answer = post(client, "/api/label/submit", {"session": session, "item": item["id"], "order": [0, 1, 2]})
+    assert status == 200, answer
+    assert len(load_preferences(tmp_path / "prefs.jsonl")) == 1
+
+
 # ---------------------------------------------------------------------------------------------- play
 @pytest.fixture(scope="module")
 def game_table(tiny_model_dir):

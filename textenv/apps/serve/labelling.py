@@ -87,7 +87,8 @@ class LineAppender:
 
     Each line is encoded first and handed to the kernel in one ``os.write`` on an ``O_APPEND`` descriptor, then
     ``fsync``-ed; :meth:`append` returns only after that. A short write (a full disk) is finished or, if it fails,
-    cut back to where the line started, so the file always ends with a whole line. Not thread-safe by itself: the
+    cut back to where the line started (so is a line whose ``fsync`` fails: it was not acknowledged), so
+    the file always ends with a whole line. Not thread-safe by itself: the
     :class:`LabelDesk` calls it under its lock.
     """
 
@@ -102,8 +103,13 @@ class LineAppender:
     def append(self, row: dict[str, Any]) -> None:
         """Write ``row`` as one line and make it durable (``fsync``) before returning."""
         data = (json.dumps(row, ensure_ascii=False) + "\n").encode("utf-8")
-        self._write_all(data, os.fstat(self._fd).st_size)
-        os.fsync(self._fd)
+        start = os.fstat(self._fd).st_size
+        self._write_all(data, start)
+        try:
+            os.fsync(self._fd)
+        except OSError:
+            os.ftruncate(self._fd, start)  # not acknowledged, so not kept: a retry must not write it twice
+            raise
 
     def _write_all(self, data: bytes, start: int) -> None:
         try:
