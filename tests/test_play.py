@@ -497,6 +497,36 @@ def test_play_against_an_ilql_checkpoint_plays_its_q_weighted_policy(tiny_model_
     assert torch.allclose(env.next_token_logits()[0], q_weighted.float(), atol=1e-4)
 
 
+def test_a_player_is_not_warned_that_their_actions_are_off_policy(tiny_model_dir) -> None:
+    """The player is another actor than π_θ on purpose (PlaySession measures their KL itself): the env's
+    OffPolicyActionsWarning, which tells a programmer to call set_policy, must not interrupt the game."""
+    import warnings
+
+    from textenv.logprobs import OffPolicyActionsWarning
+
+    def sensitive_env() -> TextGenVectorEnv:
+        env = play_env(tiny_model_dir)
+        env._off_policy_monitor.log_threshold, env._off_policy_monitor.block = 0.0, 4  # every action counts
+        return env
+
+    direct = sensitive_env()  # the monitor does fire on these actions when a program steps the env itself
+    direct.reset(options={"prompts": ["the film was"]})
+    for _ in range(3):
+        direct.step(np.array([5]))
+    with pytest.warns(OffPolicyActionsWarning):
+        direct.step(np.array([5]))  # the 4th action completes the block
+
+    session = PlaySession(sensitive_env(), prompt="the film was")
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        for _ in range(3):
+            session.choose(5)
+        session.undo()  # replays the tokens: the env steps again
+        session.type_text(" the film")
+        session.result()
+    assert not [w for w in caught if issubclass(w.category, OffPolicyActionsWarning)]
+
+
 def test_colour_only_on_a_terminal() -> None:
     import io
 

@@ -26,14 +26,16 @@ figures for the same tokens (TextGen-v0 always measures π_θ, whoever acted) ar
 from __future__ import annotations
 
 import argparse
+import contextlib
 import fcntl
 import json
 import math
 import os
 import sys
 import uuid
+import warnings
 import weakref
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any, TextIO
@@ -42,6 +44,7 @@ import numpy as np
 import torch
 
 from textenv.apps.arguments import COUNT, NON_NEGATIVE, SEED, ArgumentType
+from textenv.logprobs import OffPolicyActionsWarning
 from textenv.preferences import PreferencePair, load_preferences
 from textenv.rollout import sample_actions
 from textenv.validation import InputError, check_int, check_seed
@@ -346,7 +349,7 @@ class PlaySession:
         if not math.isfinite(logprob) or (ref_logprob is not None and not math.isfinite(ref_logprob)):
             raise InputError(f"token {token} ({self._decode([token], keep_special=True)!r}) has probability 0 under "
                              "the policy or the reference: its KL would be infinite; choose another token")
-        with self.env.pause_kl_controller():
+        with self.env.pause_kl_controller(), _player_actions():
             _, reward, terminated, truncated, info = self.env.step(np.array([token]))
         measured = logprob if ref_logprob is None else ref_logprob  # π_θ stands in for π_ref when there is none
         player_logprob = logprob if source == "sampled" else 0.0  # a chosen or typed token: probability 1
@@ -369,7 +372,7 @@ class PlaySession:
 
     def _replay(self) -> None:
         """Reset the env to this episode's prompt and step its tokens again (no new sampling)."""
-        with self.env.pause_kl_controller():
+        with self.env.pause_kl_controller(), _player_actions():
             self.env.reset(options={"prompts": [self.prompt]})
             for token in self.tokens:
                 self.env.step(np.array([token.id]))
@@ -393,6 +396,16 @@ class PlaySession:
                 "tokens": [{"id": i, "text": self._decode([i], keep_special=True)} for i in ids],
                 "num_tokens": len(ids), "rm_score": float(info["rm_score"][0]),
                 "kl": float(info["episode_kl"][0]), "return": total}
+
+
+@contextlib.contextmanager
+def _player_actions() -> Iterator[None]:
+    """Silence the env's :class:`~textenv.logprobs.OffPolicyActionsWarning` while it steps the player's tokens: the
+    player is another actor than π_θ on purpose (the session measures the player's KL itself), and the warning's
+    advice (``set_policy``) is for a program, not for a person in the middle of a game."""
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", OffPolicyActionsWarning)
+        yield
 
 
 # ---------------------------------------------------------------------------------------------- JSONL appends
