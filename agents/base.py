@@ -70,6 +70,7 @@ from textenv.checkpoint import (
     verify_directory,
     write_state,
 )
+from textenv.logprobs import position_ids
 from textenv.models.loading import resolve_model_path
 from textenv.models.lora import is_peft_model
 from textenv.rollout import sample_actions
@@ -346,10 +347,15 @@ class Agent(ABC):
         single = ids.dim() == 1
         if single:
             ids, mask = ids[None], mask[None]
-        positions = (mask.cumsum(dim=1) - 1).clamp(min=0)
-        logits = self.policy(input_ids=ids, attention_mask=mask, position_ids=positions).logits[:, -1].float()
+        logits = self.acting_model()(input_ids=ids, attention_mask=mask,
+                                     position_ids=position_ids(mask)).logits[:, -1].float()
         actions = sample_actions(logits, self.generator, temperature=0.0 if deterministic else 1.0).cpu().numpy()
         return (actions[0] if single else actions), None
+
+    def acting_model(self) -> torch.nn.Module:
+        """The model :meth:`predict` samples from: the policy (an agent that decodes with more than its LM, such as
+        ILQL's Q-weighted policy, returns that)."""
+        return self.policy
 
     # ------------------------------------------------------------------ persistence
     def save(self, path: str | Path) -> None:

@@ -68,7 +68,6 @@ from textenv.config import Flag, Integer, Number, option
 from textenv.fast import model_fast
 from textenv.logprobs import chosen_logprobs, entropy
 from textenv.prompts import read_text_lines
-from textenv.rollout import sample_actions
 from textenv.validation import InputError
 from textenv.vector_env import unwrap_vector_env
 
@@ -507,19 +506,9 @@ class ILQL(Agent):
         return {("loss" if key == "total" else f"loss_{key}"): value / max(count, 1) for key, value in totals.items()}
 
     # ------------------------------------------------------------------ acting
-    @torch.no_grad()
-    def predict(self, observation: dict[str, np.ndarray], deterministic: bool = False) -> tuple[np.ndarray, None]:
-        """Next token for a (batched or single) TextGen observation from the Q-weighted policy, SB3-style."""
-        ids = torch.as_tensor(observation["input_ids"], device=self.env.device)
-        mask = torch.as_tensor(observation["attention_mask"], device=self.env.device)
-        single = ids.dim() == 1
-        if single:
-            ids, mask = ids[None], mask[None]
-        positions = (mask.cumsum(dim=1) - 1).clamp(min=0)
-        logits = self.sampling_module(input_ids=ids, attention_mask=mask, position_ids=positions,
-                                      logits_to_keep=1).logits[:, -1].float()
-        actions = sample_actions(logits, self.generator, temperature=0.0 if deterministic else 1.0).cpu().numpy()
-        return (actions[0] if single else actions), None
+    def acting_model(self) -> nn.Module:
+        """:meth:`predict` samples from the Q-weighted policy, like the env."""
+        return self.sampling_module
 
     @classmethod
     def sampling_policy(cls, checkpoint: str | os.PathLike, lm: nn.Module) -> ILQLPolicy:
