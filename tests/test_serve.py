@@ -429,6 +429,28 @@ def test_malformed_bodies_are_refused(tmp_path):
 
 
 # ---------------------------------------------------------------------------------------------- the appender
+def test_the_appender_waits_for_another_textenv_process_appending_to_the_file(tmp_path):
+    """textenv play appends under flock; the labelling desk takes the same lock, so neither cuts into the other."""
+    import fcntl
+
+    from textenv.apps.play import append_jsonl
+
+    path = tmp_path / "prefs.jsonl"
+    appender = LineAppender(path)
+    holder = os.open(path, os.O_RDWR)
+    fcntl.flock(holder, fcntl.LOCK_EX)  # another process in the middle of its append
+    writer = threading.Thread(target=appender.append, args=({"prompt": "p", "chosen": "a", "rejected": "b"},))
+    writer.start()
+    writer.join(0.3)
+    assert writer.is_alive() and path.read_text() == ""  # it waits for the lock
+    fcntl.flock(holder, fcntl.LOCK_UN)
+    os.close(holder)
+    writer.join(5)
+    append_jsonl(path, {"prompt": "q", "chosen": "c", "rejected": "d"})
+    assert [json.loads(line)["prompt"] for line in path.read_text().splitlines()] == ["p", "q"]
+    appender.close()
+
+
 def test_a_failed_write_leaves_no_half_line(tmp_path, monkeypatch):
     path = tmp_path / "prefs.jsonl"
     path.write_text('{"prompt": "p", "chosen": "a", "rejected": "b"}\n')

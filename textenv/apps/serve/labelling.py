@@ -20,6 +20,7 @@ and ``textenv pipeline`` read.
 
 from __future__ import annotations
 
+import fcntl
 import hashlib
 import json
 import os
@@ -101,15 +102,21 @@ class LineAppender:
             self._write_all(b"\n", size)
 
     def append(self, row: dict[str, Any]) -> None:
-        """Write ``row`` as one line and make it durable (``fsync``) before returning."""
+        """Write ``row`` as one line and make it durable (``fsync``) before returning. Under an exclusive ``flock``,
+        as ``textenv play`` appends, so another textenv process appending to the same file waits (and a cut-back
+        never removes its line)."""
         data = (json.dumps(row, ensure_ascii=False) + "\n").encode("utf-8")
-        start = os.fstat(self._fd).st_size
-        self._write_all(data, start)
+        fcntl.flock(self._fd, fcntl.LOCK_EX)
         try:
-            os.fsync(self._fd)
-        except OSError:
-            os.ftruncate(self._fd, start)  # not acknowledged, so not kept: a retry must not write it twice
-            raise
+            start = os.fstat(self._fd).st_size
+            self._write_all(data, start)
+            try:
+                os.fsync(self._fd)
+            except OSError:
+                os.ftruncate(self._fd, start)  # not acknowledged, so not kept: a retry must not write it twice
+                raise
+        finally:
+            fcntl.flock(self._fd, fcntl.LOCK_UN)
 
     def _write_all(self, data: bytes, start: int) -> None:
         try:
