@@ -172,13 +172,7 @@ def run_load(seconds: float, labellers: int = 20, items: int | None = None, kill
             thread.join(max(1.0, stop_at - time.monotonic() + 15))
         elapsed = min(time.monotonic(), stop_at) - start
     finally:
-        if server.poll() is None:
-            server.send_signal(signal.SIGINT)
-            try:
-                server.wait(20)
-            except subprocess.TimeoutExpired:
-                server.kill()
-        server.wait(10)
+        stop_server(server)
     if killed:
         elapsed = kill_after
     return check_and_report(logs, output, elapsed, killed, (data, output, log_file))
@@ -231,12 +225,18 @@ def resume_count(data: Path, output: Path, log_file: Path) -> int:
             time.sleep(0.05)
         raise RuntimeError("the restarted server did not report its resume")
     finally:
+        stop_server(server)
+
+
+def stop_server(server: subprocess.Popen) -> None:
+    """Ctrl-C, as a person stops it (a killed server is already gone); SIGKILL if it does not stop in 20 s."""
+    if server.poll() is None:
         server.send_signal(signal.SIGINT)
         try:
             server.wait(20)
         except subprocess.TimeoutExpired:
             server.kill()
-            server.wait(10)
+    server.wait(10)
 
 
 def main() -> None:
