@@ -344,18 +344,26 @@ def _missing_keys(data: Any) -> str | None:
     for key in ("settings", "untrained", "agents", "runs"):
         if not isinstance(data.get(key), list if key == "runs" else dict) or not data[key]:
             return f"{key!r} is missing or empty"
-    settings, agents = data["settings"], data["agents"]
+    settings = data["settings"]
+    tasks = settings.get("tasks") if isinstance(settings.get("tasks"), list) else []
     lacking = [f"settings.{key}" for key in COMPARISON_KEYS["settings"] if key not in settings]
-    lacking += [f"untrained.{task}" for task in settings.get("tasks", []) if not _is_number(data["untrained"].get(task))]
-    for agent, row in agents.items():
+    lacking += ["settings.tasks"] if "tasks" in settings and not tasks else []
+    lacking += [f"untrained.{task}" for task in tasks if not _is_number(data["untrained"].get(task))]
+    for agent, row in data["agents"].items():
+        row = _as_dict(row)
         lacking += [f"agents.{agent}.{key}" for key in COMPARISON_KEYS["agent"] if key not in row]
         lacking += [f"agents.{agent}.{key}" for key in ("iqm", "ci_low", "ci_high", "kl")
                     if key in row and not _is_number(row[key])]
-        lacking += [f"agents.{agent}.tasks.{task}.normalised" for task in settings.get("tasks", [])
-                    if not _is_number(row.get("tasks", {}).get(task, {}).get("normalised"))]
+        per_task = _as_dict(row.get("tasks"))
+        lacking += [f"agents.{agent}.tasks.{task}.normalised" for task in tasks
+                    if not _is_number(_as_dict(per_task.get(task)).get("normalised"))]
     lacking += [f"runs[{i}].{key}" for i, run in enumerate(data["runs"]) for key in COMPARISON_KEYS["run"]
-                if key not in run]
-    return f"{', '.join(lacking[:4])} {'is' if len(lacking) == 1 else 'are'} missing or not a number" if lacking else None
+                if key not in _as_dict(run)]
+    return f"{', '.join(lacking[:4])} {'is' if len(lacking) == 1 else 'are'} missing or malformed" if lacking else None
+
+
+def _as_dict(value: Any) -> dict[str, Any]:
+    return value if isinstance(value, dict) else {}
 
 
 def _is_number(value: Any) -> bool:
