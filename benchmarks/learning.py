@@ -1,13 +1,15 @@
-"""Learning under a CPU budget: does every native agent raise held-out sentiment within a few CPU-minutes?
+"""Learning under a CPU budget: does every native agent raise the held-out gold score within a few CPU-minutes?
 
-The embedded sentiment task: the 2.66M-parameter review GPT-2 (``textenv/default``) continues training
-prompts; the reward is the VADER compound score of the completion (in [−1, 1]) minus β·Σ_t KL_t to the frozen
-start model (InstructGPT eq. 2). Each agent gets a FRESH env and trains, on its default hyper-parameters,
-for the same CPU-time budget (``time.process_time``: CPU seconds of this process, summed over its threads;
-evaluation excluded), whole iterations at a time.
+The tasks of the suite (``textenv.TASKS``, docs/tasks.md; ``--tasks``, default ``positive``) on the
+2.66M-parameter review GPT-2 (``textenv/default``): the policy continues a task's training prompts; the reward
+is the task's gold score of the completion (positive: the VADER compound score, in [−1, 1]) minus β·Σ_t KL_t to
+the frozen start model (InstructGPT eq. 2), T = the task's completion length unless ``--max-new-tokens``. Each
+agent gets a FRESH env and trains, on its default hyper-parameters, for the same CPU-time budget
+(``time.process_time``: CPU seconds of this process, summed over its threads; evaluation excluded), whole
+iterations at a time.
 
-Before and after training, the policy is measured on held-out prompts (the built-in ``"eval"`` split, never
-trained on) with :func:`textenv.apps.evaluation.evaluate_policy`: mean VADER over ``--eval-prompts`` prompts ×
+Before and after training, the policy is measured on the task's held-out prompts (never trained on) with
+:func:`textenv.apps.evaluation.evaluate_policy`: mean gold score over ``--eval-prompts`` prompts ×
 ``--eval-samples`` samples (same prompts and sampler seed before and after), and KL(π_θ‖π_ref) in nats per
 completion (k1 estimator, mean over samples).
 
@@ -15,14 +17,17 @@ Prints the table  agent | before → after | change | KL | CPU-min  and a final 
 met the bar "change ≥ +0.5 at KL ≤ 5 nats".
 
 ``--vs-trl``: head to head against TRL. TRL's ``RLOOTrainer`` and ``GRPOTrainer`` (the ``bench`` extra) train
-the same model on the same prompts, reward (VADER through TRL's ``reward_funcs``), B completions per step, K per
-prompt, T new tokens, Adam step size (1e-4, constant: ``lr_scheduler_type="constant"``, AdamW with weight
+the same model on the same prompts, reward (the task's gold scorer through TRL's ``reward_funcs``), B completions
+per step, K per prompt, T new tokens, Adam step size (1e-4, constant: ``lr_scheduler_type="constant"``, AdamW with weight
 decay 0 = Adam), gradient clip 1.0, seed and CPU budget as our agents (``benchmarks/trl_setup.py`` builds them,
 as for the throughput benchmark ``train.py``). TRL's process CPU time is counted from ``on_train_begin`` and
 training stops at the first step end past the budget, exactly as our loop stops at the first iteration end
 past it. TRL's trained model is then scored by the same :func:`evaluate_policy` call as ours (same held-out
 prompts, sampler seed, gold and reference). Every row runs in a fresh process with the same torch thread
-count, and the rows alternate sides (ours, TRL, TRL, ours, ...), so neighbouring rows see the same load.
+count, and the rows alternate sides (ours, TRL, TRL, ours, ...), so neighbouring rows see the same load;
+``--jobs 2`` runs two rows at a time (each still one process with ``--threads`` threads), which pairs an
+ours row with a TRL row most of the time. ``--output FILE`` appends every finished row to a JSONL file and a
+second run with the same settings skips the rows already there.
 
 β and KL: β = ``--kl-coef`` (0.05) on every side. Our agents and TRL's RLOO pay it in the reward,
 R = r − β·Σ_t (log π_θ − log π_ref) (InstructGPT eq. 2, the same k1 sum on both sides); TRL's RLOO also
@@ -30,18 +35,24 @@ normalises the advantages by their batch std as ours does (``normalize_advantage
 reward-side penalty: it adds β·k3 per token to the loss (DeepSeekMath eq. 3-4; ``loss_type="grpo"``, rewards
 scaled by the group std, as our GRPO's advantage). KL is measured the same way for every row, on held-out
 samples (nats per completion); a row counts for the last line only if it ends within ``--max-kl`` nats (5).
-The last line is ``learning_vs_trl: X`` = (best gain of our agents within the bound) ÷ (best gain of TRL's
-trainers within the bound); target ≥ 1.2. ``--seeds N`` runs every row with N seeds (training and evaluation
-seed; the side that goes first alternates between seeds too) and compares the means over seeds. ``--eval-at
-0.5`` also scores every row halfway through its budget (evaluation time is paused out of the budget; TRL's
-model is evaluated on a copy) and prints the ratio there: the gains saturate (VADER's ceiling at this β is
-about +0.85), so the ratio at the end of a long budget understates a difference in speed that the halfway
-ratio shows.
+
+The last line is ``learning_vs_trl: X`` = (best score of our agents) ÷ (best score of TRL's trainers); target
+≥ 1.2. A trainer's score is its held-out gain as a fraction of the task's headroom, (after − before) ÷ (1 −
+before) (every task's best possible score is 1), averaged over the tasks; only a trainer whose every task ends
+within the KL bound counts. On one task that is the ratio of the gains. ``--seeds N`` runs every row with N
+seeds (training and evaluation seed; the side that goes first alternates between seeds too) and compares the
+means over seeds; each task also gets its own line ``learning_vs_trl[task]: X``. ``--eval-at 0.5`` also scores
+every row halfway through its budget (evaluation time is paused out of the budget; TRL's model is evaluated on a
+copy) and prints the ratio there. Both sides maximise the same objective, E[r] − β·KL, so on a task that both
+learn to the objective's optimum within the budget (positive sentiment: about +0.85 held-out VADER at β =
+0.05) the ratio tends to 1 whatever the speeds: the suite's harder tasks are where a difference in learning
+speed still shows at the end of the budget.
 
     python benchmarks/learning.py                    # 4 agents × 10 CPU-min ≈ 45 min wall at 1 thread
     python benchmarks/learning.py --cpu-minutes 2 --agents ppo rloo
-    python benchmarks/learning.py --vs-trl           # rloo, grpo, ppo vs TRL rloo, grpo; 0.5 CPU-min each
-    python benchmarks/learning.py --vs-trl --seeds 3 --eval-at 0.5   # the reported run, ≈ 20 min wall
+    python benchmarks/learning.py --vs-trl --jobs 2 --output runs/vs-trl.jsonl   # the reported run, ≈ 30 min
+    python benchmarks/learning.py --vs-trl --output docs/results/learning_vs_trl.jsonl  # its rows: report only
+    python benchmarks/learning.py --vs-trl --tasks positive --seeds 1   # one task, one seed: 5 rows
     python benchmarks/learning.py --vs-trl --quick   # a smoke run of seconds per row
 """
 
@@ -49,21 +60,28 @@ from __future__ import annotations
 
 import argparse
 import copy
+import json
 import math
+import multiprocessing
 import statistics
 import time
 from collections.abc import Callable, Sequence
+from concurrent.futures import ProcessPoolExecutor
+from pathlib import Path
 from typing import Any
 
+import numpy as np
 import torch
 from transformers import PreTrainedModel, TrainerCallback
-from trl_setup import TRL_TRAINERS, CountingVader, TRLSettings, import_trl, isolated, make_trl_trainer
+from trl_setup import TRL_TRAINERS, CountingReward, TRLSettings, import_trl, make_trl_trainer
 
 from textenv.agents import agent_class, make_agent
 from textenv.apps.cli import build_env
 from textenv.apps.evaluation import evaluate_policy
+from textenv.apps.play import append_jsonl
+from textenv.comparison import stratified_bootstrap_ci
 from textenv.models.loading import DEFAULT_MODEL, load_tokenizer
-from textenv.prompts import load_prompts
+from textenv.tasks import TASKS, Task
 
 #: The issue's bar: held-out VADER gain of at least this much ...
 MIN_GAIN = 0.5
@@ -78,21 +96,33 @@ TRL_MATCHING: dict[str, dict[str, Any]] = {
     "grpo": {"loss_type": "grpo", "scale_rewards": "group"},
 }
 #: ``--quick``: a smoke run (seconds per row) of the same code paths.
-QUICK = {"cpu_minutes": 0.05, "num_envs": 8, "max_new_tokens": 8, "eval_prompts": 8, "eval_samples": 1}
+QUICK = {"cpu_minutes": 0.05, "num_envs": 8, "max_new_tokens": 8, "eval_prompts": 8, "eval_samples": 1,
+         "tasks": ["positive"], "seeds": 1}
+
+
+def task_of(args: argparse.Namespace) -> Task:
+    """The task a row trains (``args.task``, set per row)."""
+    return TASKS[args.task]
+
+
+def new_tokens(args: argparse.Namespace) -> int:
+    """T: ``--max-new-tokens``, or the task's own completion length."""
+    return args.max_new_tokens if args.max_new_tokens is not None else task_of(args).max_new_tokens
 
 
 def held_out(policy: str | PreTrainedModel, reference: Any, tokenizer: Any, args: argparse.Namespace
              ) -> dict[str, Any]:
-    """Mean held-out VADER and KL (nats / completion) of ``policy`` against ``reference``; deterministic given
-    ``args.seed`` (the same prompts and sampler seed for every row, before and after training)."""
+    """Mean held-out gold score of the task and KL (nats / completion) of ``policy`` against ``reference``;
+    deterministic given ``args.seed`` (the same prompts and sampler seed for every row, before and after)."""
+    task = task_of(args)
     return evaluate_policy(
         policy,
-        prompts=load_prompts("builtin", "eval")[: args.eval_prompts],
-        gold="vader",
+        prompts=task.held_out_prompts()[: args.eval_prompts],
+        gold=task.gold,
         reference=reference,
         tokenizer=tokenizer,
         num_samples=args.eval_samples,
-        max_new_tokens=args.max_new_tokens,
+        max_new_tokens=new_tokens(args),
         seed=args.seed + 10_000,
         batch_size=args.num_envs,
         max_table_rows=0,
@@ -100,12 +130,13 @@ def held_out(policy: str | PreTrainedModel, reference: Any, tokenizer: Any, args
     )
 
 
-def result_row(name: str, before: dict[str, Any], after: dict[str, Any], cpu_s: float, wall_s: float,
-               tokens: int, iterations: int, curve: list[dict[str, float]]) -> dict[str, Any]:
-    """One table row: held-out gold before / after, its change, KL after, the training cost, and the
-    checkpoints' ``curve`` (each with its ``change`` from ``before``)."""
+def result_row(name: str, args: argparse.Namespace, before: dict[str, Any], after: dict[str, Any], cpu_s: float,
+               wall_s: float, tokens: int, iterations: int, curve: list[dict[str, float]]) -> dict[str, Any]:
+    """One table row of ``args.task`` and ``args.seed``: held-out gold before / after, its change, KL after, the
+    training cost, and the checkpoints' ``curve`` (each with its ``change`` from ``before``)."""
     row = {
-        "agent": name, "before": before["gold_reward"], "after": after["gold_reward"],
+        "agent": name, "task": args.task, "seed": args.seed,
+        "before": before["gold_reward"], "after": after["gold_reward"],
         "change": after["gold_reward"] - before["gold_reward"], "kl": after["kl"],
         "cpu_min": cpu_s / 60, "wall_min": wall_s / 60, "tokens": tokens, "iterations": iterations,
         "curve": [{**point, "change": point["gold"] - before["gold_reward"]} for point in curve],
@@ -170,8 +201,8 @@ def train_for_cpu_budget(name: str, args: argparse.Namespace) -> dict[str, Any]:
     torch.set_num_threads(args.threads)  # again: a spawned process (--vs-trl) starts with torch's default
     cls = agent_class(name)
     env = build_env(
-        {"num_envs": args.num_envs, "max_new_tokens": args.max_new_tokens, "kl_coef": args.kl_coef,
-         "model": args.model},
+        {**task_of(args).env_kwargs(), "num_envs": args.num_envs, "max_new_tokens": new_tokens(args),
+         "kl_coef": args.kl_coef, "model": args.model},
         group_size=cls.default_group_size,  # rloo, grpo: K completions per prompt in the same num_envs rows
     )
     hyperparameters = {} if args.learning_rate is None else {"learning_rate": args.learning_rate}
@@ -188,7 +219,8 @@ def train_for_cpu_budget(name: str, args: argparse.Namespace) -> dict[str, Any]:
     cpu_s, wall_s = clock.cpu_s, clock.wall_s
 
     after = held_out(env.policy, reference, env.tokenizer, args)
-    return result_row(name, before, after, cpu_s, wall_s, agent.num_timesteps, agent.iterations, clock.curve)
+    return result_row(name, args, before, after, cpu_s, wall_s, agent.num_timesteps, agent.iterations,
+                      clock.curve)
 
 
 class CPUBudget(TrainerCallback):
@@ -223,13 +255,14 @@ def train_trl_for_cpu_budget(kind: str, args: argparse.Namespace) -> dict[str, A
         return None
     tokenizer = load_tokenizer(args.model)
     before = held_out(args.model, args.model, tokenizer, args)  # the start model, loaded as ours loads it
-    reward = CountingVader()
+    reward = CountingReward(task_of(args).make_gold())
     budget = CPUBudget(training_clock(args), lambda model: held_out(model, args.model, tokenizer, args),
                        lambda: reward.tokens)
     settings = TRLSettings(
         model=args.model, batch=args.num_envs, group_size=agent_class(kind).default_group_size,
-        new_tokens=args.max_new_tokens, beta=args.kl_coef,
+        new_tokens=new_tokens(args), beta=args.kl_coef,
         learning_rate=1e-4 if args.learning_rate is None else args.learning_rate, seed=args.seed,
+        prompts=tuple(task_of(args).train_prompts()),
     )
     with make_trl_trainer(trl, kind, settings, reward, max_steps=10**9, callbacks=[budget],
                           lr_scheduler_type="constant", **TRL_MATCHING[kind]) as trainer:
@@ -238,15 +271,17 @@ def train_trl_for_cpu_budget(kind: str, args: argparse.Namespace) -> dict[str, A
     if torch.get_num_threads() != args.threads:
         print(f"warning: TRL ran with {torch.get_num_threads()} torch threads, ours with {args.threads}")
     after = held_out(model, args.model, tokenizer, args)
-    return result_row(f"trl-{kind}", before, after, budget.cpu_s, budget.wall_s, reward.tokens, budget.steps,
+    return result_row(f"trl-{kind}", args, before, after, budget.cpu_s, budget.wall_s, reward.tokens, budget.steps,
                       budget.clock.curve)
 
 
 # ---------------------------------------------------------------------------------------------- report
 def print_header(args: argparse.Namespace) -> None:
-    print(f"model={args.model} envs={args.num_envs} T={args.max_new_tokens} beta={args.kl_coef} "
+    lengths = ", ".join(f"{t}={TASKS[t].max_new_tokens}" for t in args.tasks)
+    print(f"model={args.model} tasks={' '.join(args.tasks)} envs={args.num_envs} "
+          f"T={args.max_new_tokens or lengths} beta={args.kl_coef} "
           f"held-out={args.eval_prompts}x{args.eval_samples} budget={args.cpu_minutes:g} CPU-min "
-          f"threads={args.threads}")
+          f"threads={args.threads} jobs={args.jobs}")
     print(f"{'agent':>12} | {'before → after':>15} | {'change':>7} | {'KL':>5} | {'CPU-min':>7} | "
           f"{'wall-min':>8} | {'tokens':>7}", flush=True)
 
@@ -301,37 +336,200 @@ def learning_ratio(ours: dict[str, Any] | None, theirs: dict[str, Any] | None) -
     return ours["change"] / theirs["change"]
 
 
-def run_vs_trl(args: argparse.Namespace) -> None:
-    """``--vs-trl``: every row in a fresh process, alternating sides, for each of ``args.seeds`` seeds; prints the
-    rows, their means over seeds, the ratio at each checkpoint and the last line."""
-    runs: dict[tuple[str, str], list[dict[str, Any]]] = {}
-    start = time.perf_counter()
+def row_schedule(args: argparse.Namespace) -> list[tuple[int, str, str, str]]:
+    """Every ``(seed, task, side, name)`` row in run order: per seed, per task, the sides alternate
+    (:func:`vs_trl_schedule`), and the side that goes first alternates from one (seed, task) to the next."""
+    schedule = []
     for index, seed in enumerate(range(args.seed, args.seed + args.seeds)):
-        seed_args = argparse.Namespace(**{**vars(args), "seed": seed})
-        for side, name in vs_trl_schedule(args, first=index):
-            row = isolated(train_for_cpu_budget if side == "ours" else train_trl_for_cpu_budget, name, seed_args)
-            if row is None:
-                return  # TRL is not installed: the message is printed
-            runs.setdefault((side, name), []).append(row)
-            print_row({**row, "agent": row["agent"] if args.seeds == 1 else f"{row['agent']} s{seed}"})
-    print(f"wall time of the whole run: {(time.perf_counter() - start) / 60:.1f} min (with evaluation and "
-          "process start-up)")
-    rows = {side: [mean_row(r) for (s, _), r in runs.items() if s == side] for side in ("ours", "trl")}
+        for task_index, task in enumerate(args.tasks):
+            first = index * len(args.tasks) + task_index
+            schedule += [(seed, task, side, name) for side, name in vs_trl_schedule(args, first=first)]
+    return schedule
+
+
+#: The arguments that change a row's result: a ``--output`` file written with other values is not resumed.
+ROW_SETTINGS = ("model", "num_envs", "max_new_tokens", "kl_coef", "learning_rate", "eval_prompts", "eval_samples",
+                "threads", "cpu_minutes", "eval_at", "max_kl")
+
+
+def row_key(row: dict[str, Any]) -> tuple[str, str, int]:
+    """``(task, trainer, seed)`` of a finished row (the trainer's name says its side: ``trl-…`` is TRL's)."""
+    return row["task"], row["agent"], row["seed"]
+
+
+def finished_rows(path: Path | None, args: argparse.Namespace) -> list[dict[str, Any]]:
+    """The rows already in the ``--output`` JSONL (none without one, or when it does not exist yet). Its first
+    line holds the settings it was written with: other settings, or a file that is not such a JSONL, stop the
+    run (a resumed comparison must not mix rows measured differently)."""
+    settings = {key: getattr(args, key) for key in ROW_SETTINGS}
+    if path is None or not path.exists():
+        return []
+    lines = [json.loads(line) for line in path.read_text().splitlines() if line.strip()]
+    if not lines or lines[0].get("settings") is None:
+        raise SystemExit(f"--output {path}: not a learning.py rows file (no settings line); choose a new file")
+    if lines[0]["settings"] != json.loads(json.dumps(settings)):
+        raise SystemExit(f"--output {path} was written with {lines[0]['settings']}, this run has {settings}: "
+                         "use a new --output file, or the same settings to resume")
+    return [line["row"] for line in lines[1:]]
+
+
+def run_rows(args: argparse.Namespace) -> list[dict[str, Any]] | None:
+    """Train every row of :func:`row_schedule` not yet in ``--output``, ``--jobs`` at a time, each in a fresh
+    (spawned) process; append each finished row to ``--output``. ``None`` when TRL is not installed."""
+    rows = finished_rows(args.output, args)
+    done = {row_key(r) for r in rows}
+    if args.output is not None and not args.output.exists():
+        args.output.parent.mkdir(parents=True, exist_ok=True)
+        append_jsonl(args.output, {"settings": {key: getattr(args, key) for key in ROW_SETTINGS}})
+    todo = [(seed, task, side, name) for seed, task, side, name in row_schedule(args)
+            if (task, name if side == "ours" else f"trl-{name}", seed) not in done]
+    if len(rows):
+        print(f"{len(rows)} rows read from {args.output}; {len(todo)} to train", flush=True)
+    context = multiprocessing.get_context("spawn")
+    with ProcessPoolExecutor(max_workers=args.jobs, mp_context=context, max_tasks_per_child=1) as pool:
+        futures = [pool.submit(train_for_cpu_budget if side == "ours" else train_trl_for_cpu_budget, name,
+                               argparse.Namespace(**{**vars(args), "seed": seed, "task": task}))
+                   for seed, task, side, name in todo]
+        for future in futures:  # in schedule order: the printed table reads the same whatever --jobs is
+            row = future.result()
+            if row is None:  # TRL is not installed: the message is printed
+                for other in futures:
+                    other.cancel()
+                return None
+            if args.output is not None:
+                append_jsonl(args.output, {"row": row})
+            rows.append({**row, "trained_now": True})
+            print_row({**row, "agent": row_label(row, args)})
+    return rows
+
+
+def row_label(row: dict[str, Any], args: argparse.Namespace) -> str:
+    """A row's name in the table: the trainer, then its task and seed when the run has several."""
+    return (row["agent"] + (f"/{row['task']}" if len(args.tasks) > 1 else "")
+            + (f"/s{row['seed']}" if args.seeds > 1 else ""))
+
+
+def headroom_gain(row: dict[str, Any]) -> float:
+    """The held-out gain as a fraction of the task's headroom, (after − before) ÷ (1 − before): every task's best
+    possible score is 1, so 1 means the untrained policy's whole distance to a perfect score was gained."""
+    return row["change"] / (1.0 - row["before"])
+
+
+def suite_rows(task_rows: dict[str, list[dict[str, Any]]]) -> list[dict[str, Any]]:
+    """One row per trainer that has a row on every task: ``change`` = its :func:`headroom_gain` averaged over the
+    tasks, ``kl`` = its largest KL over the tasks (so "within the bound" means within it on every task)."""
+    names = set.intersection(*({r["agent"] for r in rows} for rows in task_rows.values()))
+    suite = []
+    for name in sorted(names):
+        rows = [next(r for r in task_rows[task] if r["agent"] == name) for task in task_rows]
+        suite.append({"agent": name, "change": statistics.fmean(headroom_gain(r) for r in rows),
+                      "kl": max(r["kl"] for r in rows)})
+    return suite
+
+
+def ratio_rows(task_rows: dict[str, list[dict[str, Any]]]) -> list[dict[str, Any]]:
+    """The rows the ratio compares: one task's own rows (gains in the gold's units), or :func:`suite_rows`."""
+    return next(iter(task_rows.values())) if len(task_rows) == 1 else suite_rows(task_rows)
+
+
+def suite_ratio(task_rows: dict[str, list[dict[str, Any]]], max_kl: float) -> float:
+    """``learning_vs_trl`` of rows grouped by task: best of ours ÷ best of TRL's (:func:`learning_ratio`)."""
+    rows = ratio_rows(task_rows)
+    return learning_ratio(best_gain([r for r in rows if not r["agent"].startswith("trl-")], max_kl),
+                          best_gain([r for r in rows if r["agent"].startswith("trl-")], max_kl))
+
+
+def checkpoint_rows(task_rows: dict[str, list[dict[str, Any]]], checkpoint_min: float
+                    ) -> dict[str, list[dict[str, Any]]]:
+    """The rows as they stood at one ``--eval-at`` checkpoint (its gain and KL in place of the final ones)."""
+    return {task: [{"agent": r["agent"], "before": r["before"], "change": p["change"], "kl": p["kl"]}
+                   for r in rows for p in r["curve"] if p["checkpoint_min"] == checkpoint_min]
+            for task, rows in task_rows.items()}
+
+
+def print_suite_table(task_rows: dict[str, list[dict[str, Any]]], max_kl: float) -> None:
+    """Per trainer, its headroom gain on each task and their mean (several tasks), and per task its ratio."""
+    tasks = list(task_rows)
+    print("held-out gain as a fraction of the headroom, (after - before) / (1 - before):")
+    print(f"{'trainer':>12} | " + " | ".join(f"{t:>8}" for t in tasks) + f" | {'mean':>6} | {'max KL':>6}")
+    for row in suite_rows(task_rows):
+        gains = [headroom_gain(next(r for r in task_rows[t] if r["agent"] == row["agent"])) for t in tasks]
+        print(f"{row['agent']:>12} | " + " | ".join(f"{g:+8.3f}" for g in gains)
+              + f" | {row['change']:+6.3f} | {row['kl']:6.2f}")
+    for task in tasks:
+        print(f"learning_vs_trl[{task}]: {suite_ratio({task: task_rows[task]}, max_kl):.2f}")
+
+
+def ratio_interval(rows: list[dict[str, Any]], args: argparse.Namespace, repetitions: int = 2000
+                   ) -> tuple[float, float] | None:
+    """95 % stratified bootstrap interval of ``learning_vs_trl`` over seeds: every (trainer, task) resamples its own
+    seeds (:func:`textenv.comparison.stratified_bootstrap_ci`, as the comparison's IQM intervals do), each task's
+    untrained score is held at its mean, and the trainers that count are those within the KL bound on the means.
+    ``None`` when a side has no such trainer or the trainers do not all have the same seeds."""
+    means = {task: [mean_row([r for r in rows if r["task"] == task and r["agent"] == name])
+                    for name in sorted({r["agent"] for r in rows if r["task"] == task})] for task in args.tasks}
+    counted = [r["agent"] for r in ratio_rows(means) if math.isfinite(r["change"]) and r["kl"] <= args.max_kl]
+    ours, theirs = [n for n in counted if not n.startswith("trl-")], [n for n in counted if n.startswith("trl-")]
+    columns = [(name, task) for name in counted for task in args.tasks]
+    seeds = [sorted(r["seed"] for r in rows if (r["agent"], r["task"]) == column) for column in columns]
+    if not ours or not theirs or any(s != seeds[0] for s in seeds):
+        return None
+    changes = np.array([[next(r["change"] for r in rows if (r["agent"], r["task"], r["seed"]) == (*column, seed))
+                         for column in columns] for seed in seeds[0]])  # (seeds, trainers × tasks)
+    headroom = np.array([1.0 - next(r["before"] for r in means[task]) for _, task in columns])
+
+    def ratio(matrix: np.ndarray) -> float:
+        score = dict(zip(counted, (matrix.mean(axis=0) / headroom).reshape(len(counted), -1).mean(axis=1)))
+        best_theirs = max(score[n] for n in theirs)
+        return max(score[n] for n in ours) / best_theirs if best_theirs > 0 else math.inf
+
+    return stratified_bootstrap_ci(changes, ratio, repetitions=repetitions, seed=args.seed)
+
+
+def report_vs_trl(rows: list[dict[str, Any]], args: argparse.Namespace) -> None:
+    """The means over seeds, the ratio at each checkpoint and per task, and the last line ``learning_vs_trl``."""
+    grouped: dict[str, dict[str, list[dict[str, Any]]]] = {}
+    for row in rows:
+        grouped.setdefault(row["task"], {}).setdefault(row["agent"], []).append(row)
+    task_rows = {task: [mean_row(r) for r in grouped[task].values()] for task in args.tasks if task in grouped}
     if args.seeds > 1:
         print(f"means over {args.seeds} seeds (change ± std over seeds):")
-        for row in rows["ours"] + rows["trl"]:
-            print_row(row)
-            print(f"{'':>12}   change {row['change']:+.3f} ± {row['change_std']:.3f}")
-    for checkpoint_min in sorted({p["checkpoint_min"] for r in rows["ours"] + rows["trl"] for p in r["curve"]}):
-        at = {side: [{**p, "agent": r["agent"]} for r in side_rows for p in r["curve"]
-                     if p["checkpoint_min"] == checkpoint_min] for side, side_rows in rows.items()}
-        ratio = learning_ratio(best_gain(at["ours"], args.max_kl), best_gain(at["trl"], args.max_kl))
+        for task, means in task_rows.items():
+            for row in means:
+                print_row({**row, "agent": row["agent"] + (f"/{task}" if len(task_rows) > 1 else "")})
+                print(f"{'':>12}   change {row['change']:+.3f} ± {row['change_std']:.3f}")
+    checkpoints = sorted({p["checkpoint_min"] for m in task_rows.values() for r in m for p in r["curve"]})
+    for checkpoint_min in checkpoints:
+        ratio = suite_ratio(checkpoint_rows(task_rows, checkpoint_min), args.max_kl)
         print(f"learning_vs_trl after {checkpoint_min:.2f} CPU-min: {ratio:.2f}")
-    ours, theirs = best_gain(rows["ours"], args.max_kl), best_gain(rows["trl"], args.max_kl)
-    for side, best in (("ours", ours), ("TRL", theirs)):
-        print(f"best of {side} within KL <= {args.max_kl:g} nats: "
+    if len(task_rows) > 1:
+        print_suite_table(task_rows, args.max_kl)
+    compared = ratio_rows(task_rows)
+    what = "gain" if len(task_rows) == 1 else f"mean fraction of the headroom over {len(task_rows)} tasks"
+    for side, trl in (("ours", False), ("TRL", True)):
+        best = best_gain([r for r in compared if r["agent"].startswith("trl-") == trl], args.max_kl)
+        print(f"best of {side} within KL <= {args.max_kl:g} nats ({what}): "
               + ("none" if best is None else f"{best['agent']} {best['change']:+.3f} (KL {best['kl']:.2f})"))
-    print(f"learning_vs_trl: {learning_ratio(ours, theirs):.2f}")
+    interval = ratio_interval(rows, args) if args.seeds > 1 else None
+    if interval is not None:
+        print(f"learning_vs_trl 95 % CI over the seeds (stratified bootstrap, 2000 resamples): "
+              f"[{interval[0]:.2f}, {interval[1]:.2f}]")
+    print(f"learning_vs_trl: {suite_ratio(task_rows, args.max_kl):.2f}")
+
+
+def run_vs_trl(args: argparse.Namespace) -> None:
+    """``--vs-trl``: every row in a fresh process, alternating sides, for each of ``args.seeds`` seeds and each
+    task; prints the rows, their means over seeds, the ratios and the last line."""
+    start = time.perf_counter()
+    rows = run_rows(args)
+    if rows is None:
+        return
+    trained = sum(r.get("trained_now", False) for r in rows)
+    print(f"wall time of this run: {(time.perf_counter() - start) / 60:.1f} min for {trained} rows (with "
+          "evaluation and process start-up)")
+    for row in rows:
+        row.pop("trained_now", None)
+    report_vs_trl(rows, args)
 
 
 def parse_arguments() -> argparse.Namespace:
@@ -342,24 +540,33 @@ def parse_arguments() -> argparse.Namespace:
                         help="training budget per agent (CPU-min; default 10, with --vs-trl 0.5)")
     parser.add_argument("--model", default=DEFAULT_MODEL)
     parser.add_argument("--num-envs", type=int, default=64, help="completions per iteration")
-    parser.add_argument("--max-new-tokens", type=int, default=24)
+    parser.add_argument("--tasks", nargs="+", default=None, choices=[*TASKS, "all"],
+                        help="tasks of the suite (textenv.TASKS) every row trains, or 'all' (default: positive; "
+                             "with --vs-trl: all)")
+    parser.add_argument("--max-new-tokens", type=int, default=None, help="T (default: each task's own)")
     parser.add_argument("--kl-coef", type=float, default=0.05, help="β")
     parser.add_argument("--learning-rate", type=float, default=None,
                         help="override every agent's default α (and TRL's, default 1e-4)")
     parser.add_argument("--eval-prompts", type=int, default=64, help="held-out prompts")
     parser.add_argument("--eval-samples", type=int, default=2, help="samples per held-out prompt")
     parser.add_argument("--seed", type=int, default=0)
-    parser.add_argument("--seeds", type=int, default=1,
+    parser.add_argument("--seeds", type=int, default=None,
                         help="--vs-trl: run every row with seeds --seed .. --seed+N-1 (the side that goes first "
-                             "alternates between seeds); the ratios compare the means over seeds")
+                             "alternates between seeds; default 3); the ratios compare the means over seeds")
     parser.add_argument("--threads", type=int, default=1, help="torch intra-op threads (every row)")
+    parser.add_argument("--jobs", type=int, default=1,
+                        help="--vs-trl: rows trained at once, each in its own process with --threads threads")
+    parser.add_argument("--output", type=Path, default=None,
+                        help="--vs-trl: append every finished row to this JSONL; a rerun with the same settings "
+                             "skips the rows already there")
     parser.add_argument("--vs-trl", action="store_true", help="also train TRL's trainers; last line learning_vs_trl")
     parser.add_argument("--trl-trainers", nargs="+", default=VS_TRL_TRAINERS, choices=sorted(TRL_TRAINERS))
     parser.add_argument("--max-kl", type=float, default=MAX_KL,
                         help="--vs-trl: only rows within this KL (nats / completion) count for the last line")
-    parser.add_argument("--eval-at", type=float, nargs="*", default=[],
+    parser.add_argument("--eval-at", type=float, nargs="*", default=None,
                         help="also evaluate at these fractions of the budget, e.g. 0.25 0.5 (evaluation time is "
-                             "not charged to the budget); --vs-trl prints the ratio at each")
+                             "not charged to the budget; default none, with --vs-trl 0.5); --vs-trl prints the "
+                             "ratio at each")
     parser.add_argument("--quick", action="store_true",
                         help=f"smoke run: {', '.join(f'{k}={v}' for k, v in QUICK.items())}")
     args = parser.parse_args()
@@ -370,10 +577,23 @@ def parse_arguments() -> argparse.Namespace:
         args.agents = VS_TRL_AGENTS if args.vs_trl else ["reinforce", "ppo", "rloo", "grpo"]
     if args.cpu_minutes is None:
         args.cpu_minutes = 0.5 if args.vs_trl else 10.0
+    # --vs-trl's defaults are the reported run: every task, 3 seeds, a halfway evaluation.
+    if args.tasks is None:
+        args.tasks = list(TASKS) if args.vs_trl else ["positive"]
+    if args.seeds is None:
+        args.seeds = 3 if args.vs_trl else 1
+    if args.eval_at is None:
+        args.eval_at = [0.5] if args.vs_trl else []
     if not args.cpu_minutes > 0:
         parser.error("--cpu-minutes must be > 0")
     if args.seeds < 1:
         parser.error("--seeds must be >= 1")
+    if args.jobs < 1:
+        parser.error("--jobs must be >= 1")
+    if "all" in args.tasks:
+        args.tasks = list(TASKS)
+    if len(set(args.tasks)) != len(args.tasks):
+        parser.error("--tasks: each task once")
     if not all(0 < f < 1 for f in args.eval_at):
         parser.error("--eval-at fractions must be in (0, 1): the end of the budget is always evaluated")
     return args
@@ -388,11 +608,12 @@ def main() -> None:
     if args.vs_trl:
         run_vs_trl(args)
         return
-    rows = []
-    for name in args.agents:
-        rows.append(train_for_cpu_budget(name, args))
-        print_row(rows[-1])
-    failed = [r["agent"] for r in rows if not r["met"]]
+    rows, one_seed = [], argparse.Namespace(**{**vars(args), "seeds": 1})
+    for task in args.tasks:
+        for name in args.agents:
+            rows.append(train_for_cpu_budget(name, argparse.Namespace(**{**vars(args), "task": task})))
+            print_row({**rows[-1], "agent": row_label(rows[-1], one_seed)})
+    failed = [row_label(r, one_seed) for r in rows if not r["met"]]
     verdict = "every agent met" if not failed else f"NOT met by {', '.join(failed)}:"
     print(f"{verdict} change >= +{MIN_GAIN} at KL <= {MAX_KL} nats in {args.cpu_minutes:g} CPU-min")
 

@@ -58,7 +58,7 @@ import time
 from typing import Any
 
 import torch
-from trl_setup import CountingVader, TRLSettings, import_trl, isolated, make_trl_trainer
+from trl_setup import CountingReward, TRLSettings, import_trl, isolated, make_trl_trainer
 
 from textenv.agents import agent_class, make_agent
 from textenv.apps.cli import build_env
@@ -108,7 +108,7 @@ def time_trl_rloo(args: argparse.Namespace) -> dict[str, Any] | None:
         return None
     from transformers import TrainerCallback
 
-    reward = CountingVader()
+    reward = CountingReward()
 
     class StepClock(TrainerCallback):
         """(time, tokens generated so far, torch threads) at the end of every optimizer step."""

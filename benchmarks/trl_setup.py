@@ -7,9 +7,9 @@ against our agents (held-out gold gain). Both build TRL's side with :func:`make_
 that make the two sides comparable are written once:
 
 * the same model directory (TRL loads it with ``AutoModelForCausalLM``; no hub access), the same tokenizer
-  and the built-in training prompts (a ``datasets.Dataset`` built in memory);
-* the same reward: :class:`CountingVader`, textenv's VADER scorer behind TRL's ``reward_funcs`` interface,
-  which also counts the tokens TRL generated;
+  and the same training prompts (the built-in ones, or a task's: a ``datasets.Dataset`` built in memory);
+* the same reward: :class:`CountingReward`, a textenv scorer (VADER, or a task's gold scorer) behind TRL's
+  ``reward_funcs`` interface, which also counts the tokens TRL generated;
 * B completions per optimizer step (``per_device_train_batch_size``), K per prompt (``num_generations``),
   at most T new tokens, one generation batch per step and one update per batch (on-policy, as ours);
 * plain sampling from π_θ (temperature 1, no top-k/top-p), fp32 on the CPU, no dropout, no gradient
@@ -31,7 +31,7 @@ from typing import Any
 
 from textenv.models.loading import load_tokenizer, resolve_model_path
 from textenv.prompts import load_prompts
-from textenv.reward_models import VaderSentimentReward, checked_scores
+from textenv.reward_models import RewardModel, VaderSentimentReward, checked_scores
 
 #: TRL trainers the benchmarks know: name -> (config class, trainer class) names in ``trl``.
 TRL_TRAINERS = {"rloo": ("RLOOConfig", "RLOOTrainer"), "grpo": ("GRPOConfig", "GRPOTrainer")}
@@ -44,14 +44,15 @@ def isolated(function: Callable[..., Any], *args: Any) -> Any:
         return pool.submit(function, *args).result()
 
 
-class CountingVader:
-    """VADER as a TRL reward function (``reward_funcs`` callable interface) that also counts the tokens TRL
-    generated: ``completion_ids`` are the completions as trained on (cut after the first EOS, EOS included)."""
+class CountingReward:
+    """A textenv reward model (default: VADER) as a TRL reward function (``reward_funcs`` callable interface) that
+    also counts the tokens TRL generated: ``completion_ids`` are the completions as trained on (cut after the
+    first EOS, EOS included). The scores are the scorer's own, checked finite and one per completion."""
 
-    __name__ = "vader"  # TRL names its reward metrics after the callable
+    __name__ = "gold"  # TRL names its reward metrics after the callable
 
-    def __init__(self) -> None:
-        self.scorer = VaderSentimentReward()
+    def __init__(self, scorer: RewardModel | None = None) -> None:
+        self.scorer = VaderSentimentReward() if scorer is None else scorer
         self.tokens = 0
         self.completions = 0
 
@@ -79,7 +80,7 @@ def import_trl() -> Any | None:
 @dataclass(frozen=True)
 class TRLSettings:
     """The settings both sides share: model, B completions per step, K per prompt, at most T new tokens, β,
-    Adam step size α and the seed."""
+    Adam step size α, the seed and the training prompts (``None``: the built-in training split)."""
 
     model: str
     batch: int
@@ -88,10 +89,11 @@ class TRLSettings:
     beta: float
     learning_rate: float = 1e-4
     seed: int = 0
+    prompts: tuple[str, ...] | None = None
 
 
 @contextmanager
-def make_trl_trainer(trl: Any, kind: str, settings: TRLSettings, reward: CountingVader, max_steps: int,
+def make_trl_trainer(trl: Any, kind: str, settings: TRLSettings, reward: CountingReward, max_steps: int,
                      callbacks: list[Any], **config_overrides: Any) -> Iterator[Any]:
     """A ``trl.RLOOTrainer`` / ``trl.GRPOTrainer`` (``kind`` in :data:`TRL_TRAINERS`) on ``settings``, inside a
     temporary output directory that is removed on exit (TRL requires one; nothing is written to it).
@@ -123,7 +125,8 @@ def make_trl_trainer(trl: Any, kind: str, settings: TRLSettings, reward: Countin
             model=str(resolve_model_path(settings.model)),  # a local directory: no hub access
             reward_funcs=reward,
             args=config,
-            train_dataset=Dataset.from_dict({"prompt": load_prompts("builtin", "train")}),
+            train_dataset=Dataset.from_dict(
+                {"prompt": list(settings.prompts or load_prompts("builtin", "train"))}),
             processing_class=load_tokenizer(settings.model),
             callbacks=callbacks,
         )

@@ -8,6 +8,7 @@ last line.
 from __future__ import annotations
 
 import importlib
+import json
 import math
 import os
 import re
@@ -138,3 +139,92 @@ def test_quick_run_scores_every_trainer_and_ends_with_the_ratio():
     ratio = r"(-?\d+\.\d\d|inf|nan)"
     assert any(re.fullmatch(rf"learning_vs_trl after 0\.01 CPU-min: {ratio}", line) for line in lines), result.stdout
     assert re.fullmatch(rf"learning_vs_trl: {ratio}", lines[-1]), lines[-1]
+
+
+def task_row(agent: str, before: float, change: float, kl: float = 1.0) -> dict:
+    return {"agent": agent, "before": before, "change": change, "kl": kl}
+
+
+def test_on_one_task_the_ratio_is_the_ratio_of_the_gains(learning):
+    rows = {"positive": [task_row("ppo", 0.0, 0.9), task_row("trl-grpo", 0.0, 0.6), task_row("rloo", 0.0, 0.3)]}
+    assert learning.suite_ratio(rows, max_kl=5.0) == pytest.approx(1.5)
+
+
+def test_on_the_suite_the_ratio_compares_mean_fractions_of_the_headroom(learning):
+    rows = {
+        "positive": [task_row("ppo", 0.2, 0.4), task_row("trl-rloo", 0.2, 0.4)],  # both gain half the headroom
+        "topic": [task_row("ppo", 0.0, 0.5), task_row("trl-rloo", 0.0, 0.1)],
+    }
+    suite = {r["agent"]: r for r in learning.suite_rows(rows)}
+    assert suite["ppo"]["change"] == pytest.approx((0.5 + 0.5) / 2)
+    assert suite["trl-rloo"]["change"] == pytest.approx((0.5 + 0.1) / 2)
+    assert learning.suite_ratio(rows, max_kl=5.0) == pytest.approx(0.5 / 0.3)
+    # a trainer counts only if it is within the KL bound on every task ...
+    rows["topic"][0]["kl"] = 6.0
+    assert learning.suite_rows(rows)[0]["kl"] == 6.0 and learning.suite_ratio(rows, max_kl=5.0) == 0.0
+    # ... and only if it has a row on every task
+    rows["topic"] = [task_row("trl-rloo", 0.0, 0.1)]
+    assert [r["agent"] for r in learning.suite_rows(rows)] == ["trl-rloo"]
+
+
+def test_every_seed_and_task_gets_every_row_and_the_first_side_alternates(learning):
+    args = Namespace(agents=["rloo", "ppo"], trl_trainers=["rloo"], seed=3, seeds=2, tasks=["positive", "topic"])
+    schedule = learning.row_schedule(args)
+    assert len(schedule) == 2 * 2 * 3 and len(set(schedule)) == len(schedule)
+    assert [s[2] for s in schedule[::3]] == ["ours", "trl", "ours", "trl"]  # who goes first, per (seed, task)
+    assert {s[0] for s in schedule} == {3, 4}
+
+
+def test_a_rows_file_is_resumed_only_with_the_same_settings(learning, tmp_path):
+    args = Namespace(**{key: 1 for key in learning.ROW_SETTINGS})
+    path = tmp_path / "rows.jsonl"
+    assert learning.finished_rows(path, args) == []  # a new file: nothing finished yet
+    row = {"agent": "ppo", "task": "topic", "seed": 0, "change": 0.5}
+    path.write_text(json.dumps({"settings": vars(args)}) + "\n" + json.dumps({"row": row}) + "\n")
+    assert learning.finished_rows(path, args) == [row]
+    with pytest.raises(SystemExit, match="cpu_minutes.*use a new --output"):
+        learning.finished_rows(path, Namespace(**{**vars(args), "cpu_minutes": 2}))
+    path.write_text(json.dumps({"row": row}) + "\n")
+    with pytest.raises(SystemExit, match="not a learning.py rows file"):
+        learning.finished_rows(path, args)
+
+
+def seed_rows(agent: str, task: str, changes: list[float], kl: float = 1.0, before: float = 0.0) -> list[dict]:
+    return [{"agent": agent, "task": task, "seed": seed, "before": before, "after": before + change,
+             "change": change, "kl": kl, "cpu_min": 0.5, "wall_min": 0.5, "tokens": 100, "iterations": 2,
+             "curve": []} for seed, change in enumerate(changes)]
+
+
+def test_the_ratio_interval_resamples_the_seeds_of_the_trainers_within_the_bound(learning):
+    args = Namespace(tasks=["positive", "topic"], max_kl=5.0, seed=0)
+    rows = (seed_rows("ppo", "positive", [0.6, 0.6, 0.6]) + seed_rows("ppo", "topic", [0.2, 0.2, 0.2])
+            + seed_rows("trl-grpo", "positive", [0.3, 0.3, 0.3]) + seed_rows("trl-grpo", "topic", [0.1, 0.1, 0.1]))
+    assert learning.ratio_interval(rows, args) == pytest.approx((2.0, 2.0))  # no spread over seeds: no width
+    noisy = rows + seed_rows("rloo", "positive", [0.0, 0.9, 0.9]) + seed_rows("rloo", "topic", [0.0, 0.3, 0.3])
+    low, high = learning.ratio_interval(noisy, args)
+    point = learning.suite_ratio({t: [learning.mean_row([r for r in noisy if (r["agent"], r["task"]) == (a, t)])
+                                      for a in ("ppo", "rloo", "trl-grpo")] for t in args.tasks}, 5.0)
+    assert low == pytest.approx(2.0) and high == pytest.approx(3.0) and low <= point <= high
+    # rloo over the KL bound does not count, in the point estimate or in the resamples
+    over = rows + seed_rows("rloo", "positive", [0.0, 0.9, 0.9], kl=9.0) + seed_rows("rloo", "topic", [0.0, 0.3, 0.3])
+    assert learning.ratio_interval(over, args) == pytest.approx((2.0, 2.0))
+    assert learning.ratio_interval(rows[:-1], args) is None  # a trainer is missing a seed: no interval
+
+
+def test_the_shipped_rows_reproduce_the_published_ratio():
+    """docs/results/learning_vs_trl.jsonl is the reported run: reporting it trains nothing and gives the numbers the
+    docs quote (docs/engine.md and the README)."""
+    root = BENCHMARKS.parent
+    result = subprocess.run(
+        [sys.executable, str(BENCHMARKS / "learning.py"), "--vs-trl", "--output",
+         str(root / "docs/results/learning_vs_trl.jsonl")],
+        check=False, capture_output=True, text=True, timeout=300, env={**os.environ, "OMP_NUM_THREADS": "1"},
+    )
+    assert result.returncode == 0, result.stderr[-3000:]
+    lines = result.stdout.strip().splitlines()
+    assert "75 rows read from" in result.stdout and "0 to train" in result.stdout
+    ratio = re.fullmatch(r"learning_vs_trl: (\d+\.\d\d)", lines[-1]).group(1)
+    interval = re.fullmatch(r"learning_vs_trl 95 % CI over the seeds .*: (\[\d+\.\d\d, \d+\.\d\d\])", lines[-2]).group(1)
+    for page in ("docs/engine.md", "README.md"):
+        text = (root / page).read_text()
+        assert f"learning_vs_trl: {ratio}" in text and interval in text, page
