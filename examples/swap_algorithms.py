@@ -51,9 +51,7 @@ import math
 import os
 import re
 import shlex
-import stat
 import sys
-import tempfile
 import textwrap
 import time
 from collections.abc import Sequence
@@ -67,6 +65,7 @@ import numpy as np
 from textenv.agents import agent_class, make_agent
 from textenv.apps.evaluation import evaluate_policy, save_eval_json
 from textenv.apps.train import build_env
+from textenv.checkpoint import write_file_atomically
 from textenv.comparison import iqm, normalise, performance_profile, stratified_bootstrap_ci
 from textenv.models.loading import DEFAULT_MODEL
 from textenv.tasks import TASKS, get_task
@@ -303,7 +302,7 @@ def plot(summary: dict[str, Any], path: Path) -> None:
     image = io.BytesIO()
     fig.savefig(image, format="png", dpi=120)
     plt.close(fig)
-    write_atomically(Path(path), image.getvalue())
+    write_file_atomically(Path(path), image.getvalue())
 
 
 # ---------------------------------------------------------------------------------------------- 3. the published table
@@ -452,23 +451,6 @@ def replace_block(text: str, block: str, path: Path) -> str:
     return text[:begin.end() + len(newline)] + block.replace("\n", newline) + newline + text[end.start():]
 
 
-def write_atomically(path: Path, data: bytes) -> None:
-    """Replace ``path``'s content by ``data`` keeping its permissions (a new file: rw-r--r--): a temporary file
-    beside it, fsync, ``os.replace``, so a crash leaves the old file or the new one, never half of it."""
-    mode = stat.S_IMODE(path.stat().st_mode) if path.exists() else 0o644
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.tmp-", dir=path.parent)
-    try:
-        with os.fdopen(fd, "wb") as handle:
-            handle.write(data)
-            handle.flush()
-            os.fsync(handle.fileno())
-        os.chmod(tmp, mode)
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
-
-
 def _shown(path: Path) -> str:
     """``path`` as the block shows it: relative to the working directory when it lies under it."""
     path = Path(path)
@@ -514,7 +496,7 @@ def report(args: argparse.Namespace) -> int:
         plot(comparison["agents"], args.plot)
     for page, (old, new) in pages.items():
         if new != old:
-            write_atomically(page, new.encode("utf-8"))
+            write_file_atomically(page, new.encode("utf-8"))
         print(f"{page}: {'table rewritten' if new != old else 'table already up to date'}")
     return 0
 

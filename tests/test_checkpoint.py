@@ -517,3 +517,21 @@ def test_an_exception_in_an_iteration_does_not_save(tiny_model_dir, tmp_path):
     with pytest.raises(RuntimeError, match="bug"):
         agent.learn(10_000, progress_bar=False, checkpoint_dir=tmp_path / "ckpt", checkpoint_every=1)
     assert snapshot(tmp_path / "ckpt") == before and signal.getsignal(signal.SIGINT) is handler
+
+
+def test_a_single_file_is_replaced_whole_keeping_its_permissions(tmp_path, monkeypatch):
+    report = tmp_path / "reports" / "eval.json"  # the parent directory is created
+    assert checkpoint.write_file_atomically(report, b"first") == report
+    assert report.read_bytes() == b"first" and report.stat().st_mode & 0o777 == 0o644
+    report.chmod(0o640)
+    checkpoint.write_file_atomically(report, b"second")
+    assert report.read_bytes() == b"second" and report.stat().st_mode & 0o777 == 0o640
+
+    def disk_full(fd):
+        raise OSError(28, "No space left on device")
+
+    monkeypatch.setattr(checkpoint.os, "fsync", disk_full)
+    with pytest.raises(OSError, match="No space left") as caught:
+        checkpoint.write_file_atomically(report, b"third")
+    assert caught.value.filename == str(report), "the error names the file"
+    assert report.read_bytes() == b"second" and sorted(p.name for p in report.parent.iterdir()) == ["eval.json"]

@@ -1,5 +1,7 @@
 """Everything textenv writes to disk as a directory, and the pickle-free state codec of checkpoints.
 
+(A single file, e.g. a report, is replaced atomically by :func:`write_file_atomically`.)
+
 **Directories we write** (agent checkpoints, reward models, ...) are written by :func:`atomic_directory`:
 
 * into a temporary sibling ``.NAME.tmp-XXXX`` that is then swapped in with two renames (old → ``.NAME.old``,
@@ -37,6 +39,7 @@ import os
 import re
 import shutil
 import socket
+import stat
 import tempfile
 import warnings
 from collections.abc import Iterator
@@ -477,6 +480,33 @@ def check_replaceable(path: str | os.PathLike, kind: str) -> None:
         origin = "files textenv did not write" if manifest else f"files textenv did not write (no {MANIFEST_NAME})"
         raise InputError(f"{target} holds {origin}: {shown}. textenv never deletes them: choose another path, "
                          "or move them elsewhere")
+
+
+def write_file_atomically(path: str | os.PathLike, data: bytes) -> Path:
+    """Create or replace the single file ``path`` with ``data`` so that a crash leaves the old content or the new,
+    never part of either: a temporary file beside it, fsync, ``os.replace``. An existing file keeps its permission
+    bits; a new one gets ``rw-r--r--``. Missing parent directories are created. An ``OSError`` (disk full,
+    read-only, permission) always names ``path``, and the temporary file is removed. Returns ``path``."""
+    target = Path(path)
+    target.parent.mkdir(parents=True, exist_ok=True)
+    mode = stat.S_IMODE(target.stat().st_mode) if target.is_file() else 0o644
+    fd, tmp = tempfile.mkstemp(prefix=f".{target.name}.tmp-", dir=target.parent)
+    try:
+        with os.fdopen(fd, "wb") as handle:
+            handle.write(data)
+            handle.flush()
+            os.fsync(handle.fileno())
+        os.chmod(tmp, mode)
+        os.replace(tmp, target)
+    except OSError as err:
+        Path(tmp).unlink(missing_ok=True)
+        if err.filename is None:  # write()/fsync() errors carry no file name
+            raise type(err)(err.errno, err.strerror, str(target)) from err
+        raise
+    except BaseException:
+        Path(tmp).unlink(missing_ok=True)
+        raise
+    return target
 
 
 @contextmanager

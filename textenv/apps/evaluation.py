@@ -29,7 +29,6 @@ import io
 import json
 import math
 import os
-import tempfile
 import time
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
@@ -41,6 +40,7 @@ import torch
 from transformers import PreTrainedModel, PreTrainedTokenizerBase
 
 from textenv.agents.lens import HTML_GENERATOR, EpisodeLens, episode_lenses, html_page
+from textenv.checkpoint import write_file_atomically
 from textenv.models.loading import DEFAULT_MODEL, load_causal_lm, load_tokenizer, resolve_device, resolve_model_path
 from textenv.prompts import PromptSource, load_prompts
 from textenv.reward_models import RewardModel, checked_scores, make_reward_model
@@ -351,7 +351,7 @@ def save_eval_json(path: str | os.PathLike, result: Mapping[str, Any]) -> Path:
     """Write ``result`` as indented JSON atomically (temporary file beside ``path``, fsync, ``os.replace``):
     a crash leaves either the old file or the new one. NumPy scalars/arrays and paths are converted."""
     text = json.dumps(result, indent=2, default=_json_default, allow_nan=True)
-    return _atomic_write(Path(path), text.encode("utf-8"))
+    return write_file_atomically(Path(path), text.encode("utf-8"))
 
 
 def results_writer(path: str | os.PathLike) -> str | None:
@@ -434,7 +434,7 @@ def save_lens_page(path: str | os.PathLike, result: Mapping[str, Any], title: st
                     f"{result['distinct_1']:.3g} / {result['distinct_2']:.3g}", "mean length (tokens)": result["length"],
                     "samples": f"{result['num_samples']} ({len(episodes)} shown)",
                     "temperature, seed": f"{settings.get('temperature')}, {settings.get('seed')}"})
-    return _atomic_write(Path(path), html_page(episodes, summary, title).encode("utf-8"))
+    return write_file_atomically(Path(path), html_page(episodes, summary, title).encode("utf-8"))
 
 
 def load_eval_json(path: str | os.PathLike) -> dict[str, Any]:
@@ -452,28 +452,6 @@ def _json_default(value: Any) -> Any:
     if isinstance(value, os.PathLike):
         return str(value)
     raise TypeError(f"cannot write {type(value).__name__} to JSON")
-
-
-def _atomic_write(path: Path, data: bytes) -> Path:
-    """Write ``data`` to a temporary file beside ``path``, fsync, ``os.replace``. An ``OSError`` (disk full,
-    read-only, permission) always names ``path``, and the temporary file is removed."""
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.tmp-", dir=path.parent)
-    try:
-        with os.fdopen(fd, "wb") as handle:
-            handle.write(data)
-            handle.flush()
-            os.fsync(handle.fileno())
-        os.replace(tmp, path)
-    except OSError as err:
-        Path(tmp).unlink(missing_ok=True)
-        if err.filename is None:  # write()/fsync() errors carry no file name
-            raise type(err)(err.errno, err.strerror, str(path)) from err
-        raise
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
-    return path
 
 
 # ---------------------------------------------------------------------------------------------- plots
@@ -571,4 +549,4 @@ def save_figure(figure: Any, path: str | os.PathLike) -> Path:
     FigureCanvasAgg(figure)
     buffer = io.BytesIO()
     figure.savefig(buffer, format="png", dpi=120)
-    return _atomic_write(Path(path), buffer.getvalue())
+    return write_file_atomically(Path(path), buffer.getvalue())
