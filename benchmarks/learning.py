@@ -271,7 +271,7 @@ def train_trl_for_cpu_budget(kind: str, args: argparse.Namespace) -> dict[str, A
     if torch.get_num_threads() != args.threads:
         print(f"warning: TRL ran with {torch.get_num_threads()} torch threads, ours with {args.threads}")
     after = held_out(model, args.model, tokenizer, args)
-    return result_row(f"trl-{kind}", args, before, after, budget.cpu_s, budget.wall_s, reward.tokens, budget.steps,
+    return result_row(trainer_name("trl", kind), args, before, after, budget.cpu_s, budget.wall_s, reward.tokens, budget.steps,
                       budget.clock.curve)
 
 
@@ -352,6 +352,11 @@ ROW_SETTINGS = ("model", "num_envs", "max_new_tokens", "kl_coef", "learning_rate
                 "threads", "cpu_minutes", "eval_at", "max_kl")
 
 
+def trainer_name(side: str, name: str) -> str:
+    """How rows name a trainer: our agent's name, or ``trl-<kind>`` for TRL's."""
+    return name if side == "ours" else f"trl-{name}"
+
+
 def row_key(row: dict[str, Any]) -> tuple[str, str, int]:
     """``(task, trainer, seed)`` of a finished row (the trainer's name says its side: ``trl-…`` is TRL's)."""
     return row["task"], row["agent"], row["seed"]
@@ -376,13 +381,15 @@ def finished_rows(path: Path | None, args: argparse.Namespace) -> list[dict[str,
 def run_rows(args: argparse.Namespace) -> list[dict[str, Any]] | None:
     """Train every row of :func:`row_schedule` not yet in ``--output``, ``--jobs`` at a time, each in a fresh
     (spawned) process; append each finished row to ``--output``. ``None`` when TRL is not installed."""
-    rows = finished_rows(args.output, args)
+    schedule = [(seed, task, side, name, (task, trainer_name(side, name), seed))
+                for seed, task, side, name in row_schedule(args)]
+    wanted = {key for *_, key in schedule}
+    rows = [r for r in finished_rows(args.output, args) if row_key(r) in wanted]  # this run's rows only
     done = {row_key(r) for r in rows}
     if args.output is not None and not args.output.exists():
         args.output.parent.mkdir(parents=True, exist_ok=True)
         append_jsonl(args.output, {"settings": {key: getattr(args, key) for key in ROW_SETTINGS}})
-    todo = [(seed, task, side, name) for seed, task, side, name in row_schedule(args)
-            if (task, name if side == "ours" else f"trl-{name}", seed) not in done]
+    todo = [(seed, task, side, name) for seed, task, side, name, key in schedule if key not in done]
     if len(rows):
         print(f"{len(rows)} rows read from {args.output}; {len(todo)} to train", flush=True)
     context = multiprocessing.get_context("spawn")
