@@ -271,8 +271,8 @@ def train_trl_for_cpu_budget(kind: str, args: argparse.Namespace) -> dict[str, A
     if torch.get_num_threads() != args.threads:
         print(f"warning: TRL ran with {torch.get_num_threads()} torch threads, ours with {args.threads}")
     after = held_out(model, args.model, tokenizer, args)
-    return result_row(trainer_name("trl", kind), args, before, after, budget.cpu_s, budget.wall_s, reward.tokens, budget.steps,
-                      budget.clock.curve)
+    return result_row(trainer_name("trl", kind), args, before, after, budget.cpu_s, budget.wall_s, reward.tokens,
+                      budget.steps, budget.clock.curve)
 
 
 # ---------------------------------------------------------------------------------------------- report
