@@ -17,10 +17,10 @@ Prints the table  agent | before → after | change | KL | CPU-min  and a final 
 met the bar "change ≥ +0.5 at KL ≤ 5 nats".
 
 ``--vs-trl``: head to head against TRL. TRL's ``RLOOTrainer`` and ``GRPOTrainer`` (the ``bench`` extra) train
-the same model on the same prompts, reward (the task's gold scorer through TRL's ``reward_funcs``), B completions
-per step, K per prompt, T new tokens, Adam step size (1e-4, constant: ``lr_scheduler_type="constant"``, AdamW with weight
-decay 0 = Adam), gradient clip 1.0, seed and CPU budget as our agents (``benchmarks/trl_setup.py`` builds them,
-as for the throughput benchmark ``train.py``). TRL's process CPU time is counted from ``on_train_begin`` and
+the same model on the same prompts, reward (the task's gold scorer through TRL's ``reward_funcs``), B
+completions per step, K per prompt, T new tokens, Adam step size (1e-4, constant: ``lr_scheduler_type="constant"``,
+AdamW with weight decay 0 = Adam), gradient clip 1.0, seed and CPU budget as our agents
+(``benchmarks/trl_setup.py`` builds them, as for the throughput benchmark ``train.py``). TRL's process CPU time is counted from ``on_train_begin`` and
 training stops at the first step end past the budget, exactly as our loop stops at the first iteration end
 past it. TRL's trained model is then scored by the same :func:`evaluate_policy` call as ours (same held-out
 prompts, sampler seed, gold and reference). Every row runs in a fresh process with the same torch thread
@@ -542,7 +542,8 @@ def run_vs_trl(args: argparse.Namespace) -> None:
 def parse_arguments() -> argparse.Namespace:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--agents", nargs="+", default=None,
-                        help=f"native agents (default: reinforce ppo rloo grpo; with --vs-trl: {' '.join(VS_TRL_AGENTS)})")
+                        help="native agents (default: reinforce ppo rloo grpo; with --vs-trl: "
+                             f"{' '.join(VS_TRL_AGENTS)})")
     parser.add_argument("--cpu-minutes", type=float, default=None,
                         help="training budget per agent (CPU-min; default 10, with --vs-trl 0.5)")
     parser.add_argument("--model", default=DEFAULT_MODEL)

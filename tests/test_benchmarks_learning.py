@@ -224,7 +224,8 @@ def test_the_shipped_rows_reproduce_the_published_ratio():
     lines = result.stdout.strip().splitlines()
     assert "75 rows read from" in result.stdout and "0 to train" in result.stdout
     ratio = re.fullmatch(r"learning_vs_trl: (\d+\.\d\d)", lines[-1]).group(1)
-    interval = re.fullmatch(r"learning_vs_trl 95 % CI over the seeds .*: (\[\d+\.\d\d, \d+\.\d\d\])", lines[-2]).group(1)
+    interval = re.fullmatch(r"learning_vs_trl 95 % CI over the seeds .*: (\[\d+\.\d\d, \d+\.\d\d\])",
+                            lines[-2]).group(1)
     for page in ("docs/engine.md", "README.md"):
         text = (root / page).read_text()
         assert f"learning_vs_trl: {ratio}" in text and interval in text, page
