@@ -16,18 +16,18 @@ completion (k1 estimator, mean over samples).
 Prints the table  agent | before → after | change | KL | CPU-min  and a final line saying whether every agent
 met the bar "change ≥ +0.5 at KL ≤ 5 nats".
 
-``--vs-trl``: head to head against TRL. TRL's ``RLOOTrainer`` and ``GRPOTrainer`` (the ``bench`` extra) train
-the same model on the same prompts, reward (the task's gold scorer through TRL's ``reward_funcs``), B
-completions per step, K per prompt, T new tokens, Adam step size (1e-4, constant: ``lr_scheduler_type="constant"``,
-AdamW with weight decay 0 = Adam), gradient clip 1.0, seed and CPU budget as our agents
-(``benchmarks/trl_setup.py`` builds them, as for the throughput benchmark ``train.py``). TRL's process CPU time is counted from ``on_train_begin`` and
-training stops at the first step end past the budget, exactly as our loop stops at the first iteration end
-past it. TRL's trained model is then scored by the same :func:`evaluate_policy` call as ours (same held-out
-prompts, sampler seed, gold and reference). Every row runs in a fresh process with the same torch thread
-count, and the rows alternate sides (ours, TRL, TRL, ours, ...), so neighbouring rows see the same load;
-``--jobs 2`` runs two rows at a time (each still one process with ``--threads`` threads), which pairs an
-ours row with a TRL row most of the time. ``--output FILE`` appends every finished row to a JSONL file and a
-second run with the same settings skips the rows already there.
+``--vs-trl``: head to head against TRL. TRL's ``RLOOTrainer`` and ``GRPOTrainer`` (the ``bench`` extra) train the
+same model on the same prompts, reward (the task's gold scorer through TRL's ``reward_funcs``), B completions per
+step, K per prompt, T new tokens, Adam step size (1e-4, constant: ``lr_scheduler_type="constant"``, AdamW with
+weight decay 0 = Adam), gradient clip 1.0, seed and CPU budget as our agents (``benchmarks/trl_setup.py`` builds
+them, as for the throughput benchmark ``train.py``). TRL's process CPU time is counted from ``on_train_begin`` and
+training stops at the first step end past the budget, exactly as our loop stops at the first iteration end past it.
+TRL's trained model is then scored by the same :func:`evaluate_policy` call as ours (same held-out prompts, sampler
+seed, gold and reference). Every row runs in a fresh process with the same torch thread count, and the rows
+alternate sides (ours, TRL, TRL, ours, ...), so neighbouring rows see the same load; ``--jobs 2`` runs two rows at a
+time (each still one process with ``--threads`` threads), which pairs an ours row with a TRL row most of the time.
+``--output FILE`` appends every finished row to a JSONL file and a second run with the same settings skips the rows
+already there.
 
 β and KL: β = ``--kl-coef`` (0.05) on every side. Our agents and TRL's RLOO pay it in the reward,
 R = r − β·Σ_t (log π_θ − log π_ref) (InstructGPT eq. 2, the same k1 sum on both sides); TRL's RLOO also
