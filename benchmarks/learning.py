@@ -467,23 +467,22 @@ def print_suite_table(task_rows: dict[str, list[dict[str, Any]]], max_kl: float)
         print(f"learning_vs_trl[{task}]: {suite_ratio({task: task_rows[task]}, max_kl):.2f}")
 
 
-def ratio_interval(rows: list[dict[str, Any]], args: argparse.Namespace, repetitions: int = 2000
-                   ) -> tuple[float, float] | None:
+def ratio_interval(rows: list[dict[str, Any]], task_rows: dict[str, list[dict[str, Any]]], args: argparse.Namespace,
+                   repetitions: int = 2000) -> tuple[float, float] | None:
     """95 % stratified bootstrap interval of ``learning_vs_trl`` over seeds: every (trainer, task) resamples its own
     seeds (:func:`textenv.comparison.stratified_bootstrap_ci`, as the comparison's IQM intervals do), each task's
-    untrained score is held at its mean, and the trainers that count are those within the KL bound on the means.
-    ``None`` when a side has no such trainer or the trainers do not all have the same seeds."""
-    means = {task: [mean_row([r for r in rows if r["task"] == task and r["agent"] == name])
-                    for name in sorted({r["agent"] for r in rows if r["task"] == task})] for task in args.tasks}
-    counted = [r["agent"] for r in ratio_rows(means) if math.isfinite(r["change"]) and r["kl"] <= args.max_kl]
+    untrained score is held at its mean, and the trainers that count are those within the KL bound on the means
+    (``task_rows``: the means over seeds of ``rows``, per task). ``None`` when a side has no such trainer or the
+    trainers do not all have the same seeds."""
+    counted = [r["agent"] for r in ratio_rows(task_rows) if math.isfinite(r["change"]) and r["kl"] <= args.max_kl]
     ours, theirs = [n for n in counted if not n.startswith("trl-")], [n for n in counted if n.startswith("trl-")]
-    columns = [(name, task) for name in counted for task in args.tasks]
+    columns = [(name, task) for name in counted for task in task_rows]
     seeds = [sorted(r["seed"] for r in rows if (r["agent"], r["task"]) == column) for column in columns]
     if not ours or not theirs or any(s != seeds[0] for s in seeds):
         return None
     changes = np.array([[next(r["change"] for r in rows if (r["agent"], r["task"], r["seed"]) == (*column, seed))
                          for column in columns] for seed in seeds[0]])  # (seeds, trainers × tasks)
-    headroom = np.array([1.0 - next(r["before"] for r in means[task]) for _, task in columns])
+    headroom = np.array([1.0 - next(r["before"] for r in task_rows[task]) for _, task in columns])
 
     def ratio(matrix: np.ndarray) -> float:
         score = dict(zip(counted, (matrix.mean(axis=0) / headroom).reshape(len(counted), -1).mean(axis=1)))
@@ -517,7 +516,7 @@ def report_vs_trl(rows: list[dict[str, Any]], args: argparse.Namespace) -> None:
         best = best_gain([r for r in compared if r["agent"].startswith("trl-") == trl], args.max_kl)
         print(f"best of {side} within KL <= {args.max_kl:g} nats ({what}): "
               + ("none" if best is None else f"{best['agent']} {best['change']:+.3f} (KL {best['kl']:.2f})"))
-    interval = ratio_interval(rows, args) if args.seeds > 1 else None
+    interval = ratio_interval(rows, task_rows, args) if args.seeds > 1 else None
     if interval is not None:
         print(f"learning_vs_trl 95 % CI over the seeds (stratified bootstrap, 2000 resamples): "
               f"[{interval[0]:.2f}, {interval[1]:.2f}]")

@@ -197,18 +197,24 @@ def seed_rows(agent: str, task: str, changes: list[float], kl: float = 1.0, befo
 
 def test_the_ratio_interval_resamples_the_seeds_of_the_trainers_within_the_bound(learning):
     args = Namespace(tasks=["positive", "topic"], max_kl=5.0, seed=0)
+
+    def interval(rows):
+        means = {t: [learning.mean_row([r for r in rows if (r["agent"], r["task"]) == (a, t)])
+                     for a in sorted({r["agent"] for r in rows if r["task"] == t})] for t in args.tasks}
+        return learning.ratio_interval(rows, means, args)
+
     rows = (seed_rows("ppo", "positive", [0.6, 0.6, 0.6]) + seed_rows("ppo", "topic", [0.2, 0.2, 0.2])
             + seed_rows("trl-grpo", "positive", [0.3, 0.3, 0.3]) + seed_rows("trl-grpo", "topic", [0.1, 0.1, 0.1]))
-    assert learning.ratio_interval(rows, args) == pytest.approx((2.0, 2.0))  # no spread over seeds: no width
+    assert interval(rows) == pytest.approx((2.0, 2.0))  # no spread over seeds: no width
     noisy = rows + seed_rows("rloo", "positive", [0.0, 0.9, 0.9]) + seed_rows("rloo", "topic", [0.0, 0.3, 0.3])
-    low, high = learning.ratio_interval(noisy, args)
+    low, high = interval(noisy)
     point = learning.suite_ratio({t: [learning.mean_row([r for r in noisy if (r["agent"], r["task"]) == (a, t)])
                                       for a in ("ppo", "rloo", "trl-grpo")] for t in args.tasks}, 5.0)
     assert low == pytest.approx(2.0) and high == pytest.approx(3.0) and low <= point <= high
     # rloo over the KL bound does not count, in the point estimate or in the resamples
     over = rows + seed_rows("rloo", "positive", [0.0, 0.9, 0.9], kl=9.0) + seed_rows("rloo", "topic", [0.0, 0.3, 0.3])
-    assert learning.ratio_interval(over, args) == pytest.approx((2.0, 2.0))
-    assert learning.ratio_interval(rows[:-1], args) is None  # a trainer is missing a seed: no interval
+    assert interval(over) == pytest.approx((2.0, 2.0))
+    assert interval(rows[:-1]) is None  # a trainer is missing a seed: no interval
 
 
 def test_the_shipped_rows_reproduce_the_published_ratio():
